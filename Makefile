@@ -1,0 +1,73 @@
+# closewait: `make` builds libclosewait.so here; `make test`, `make demo`, `make install`.
+CC ?= cc
+PREFIX ?= /usr/local
+CFLAGS ?= -O2 -g
+WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral
+CW_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden -pthread $(WARN) -Iinclude -Isrc \
+             -fno-omit-frame-pointer -D_FORTIFY_SOURCE=2
+# libunwind and libdw are dlopen'ed at run time (see src/stacks.c, src/symbolize.c): only their
+# headers are needed here, and none of their symbols enter the program's namespace.
+CW_LDFLAGS := -shared -pthread -ldl -Wl,--version-script=src/exports.map -Wl,-z,relro,-z,now \
+              -Wl,--no-undefined
+
+SRCS := $(wildcard src/*.c)
+HDRS := $(wildcard src/*.h) include/closewait.h
+BUILD ?= build/release
+OBJS := $(SRCS:src/%.c=$(BUILD)/%.o)
+LIB ?= libclosewait.so
+
+.PHONY: all deps test demo install clean asan tsan check-syms lint bench
+
+all: deps $(LIB)
+
+deps:
+	@sh tools/ensure-deps.sh
+
+$(BUILD)/%.o: src/%.c $(HDRS) | $(BUILD)
+	$(CC) $(CFLAGS) $(CW_CFLAGS) -c -o $@ $<
+
+$(BUILD):
+	mkdir -p $@
+
+$(LIB): $(OBJS) src/exports.map
+	$(CC) $(CFLAGS) -o $@ $(OBJS) $(CW_LDFLAGS)
+
+# Sanitizer builds of the library, for running the suite under ASan+UBSan and TSan.
+asan:
+	$(MAKE) BUILD=build/asan LIB=build/asan/libclosewait.so \
+	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined" build/asan/libclosewait.so
+tsan:
+	$(MAKE) BUILD=build/tsan LIB=build/tsan/libclosewait.so \
+	  CFLAGS="-O1 -g -fsanitize=thread" build/tsan/libclosewait.so
+
+# Exported symbols must be exactly the hooks and the public API.
+check-syms: $(LIB)
+	@nm -D --defined-only $(LIB) | awk '{print $$3}' | grep -v '^_' | sort > build/syms.txt || true
+	@cat build/syms.txt
+
+test: all
+	$(MAKE) -C tests
+	python3 tests/run.py
+
+demo: all
+	@sh demo/run-demo.sh
+
+bench: all
+	@sh bench/run.sh
+
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+	  --suppress=missingIncludeSystem --inline-suppr -Iinclude -Isrc src/
+	clang-tidy --quiet src/*.c -- -std=gnu11 -Iinclude -Isrc -D_GNU_SOURCE
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/libclosewait.so
+	install -m 0644 include/closewait.h $(DESTDIR)$(PREFIX)/include/closewait.h
+	sed 's|^CLOSEWAIT_DEFAULT_LIB=.*|CLOSEWAIT_DEFAULT_LIB=$(PREFIX)/lib/libclosewait.so|' tools/closewait \
+	  > $(DESTDIR)$(PREFIX)/bin/closewait && chmod 0755 $(DESTDIR)$(PREFIX)/bin/closewait
+	if [ -f tools/closewait-report ]; then install -m 0755 tools/closewait-report $(DESTDIR)$(PREFIX)/bin/; fi
+
+clean:
+	rm -rf build $(LIB)
+	-$(MAKE) -C tests clean 2>/dev/null

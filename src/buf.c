@@ -1,0 +1,77 @@
+#include "buf.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int grow(struct buf *b, size_t more)
+{
+    if (b->n + more + 1 <= b->cap) return 0;
+    size_t ncap = b->cap ? b->cap : 1024;
+    while (ncap < b->n + more + 1) ncap *= 2;
+    char *np = realloc(b->p, ncap);
+    if (np == NULL) return -1;
+    b->p = np;
+    b->cap = ncap;
+    return 0;
+}
+
+void buf_put(struct buf *b, const char *s, size_t n)
+{
+    if (grow(b, n) != 0) return;
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+}
+
+void buf_puts(struct buf *b, const char *s)
+{
+    buf_put(b, s, strlen(s));
+}
+
+void buf_printf(struct buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char small[256];
+    int len = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (len < 0) return;
+    if ((size_t)len < sizeof small) {
+        buf_put(b, small, (size_t)len);
+        return;
+    }
+    if (grow(b, (size_t)len) != 0) return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->n, (size_t)len + 1, fmt, ap);
+    va_end(ap);
+    b->n += (size_t)len;
+}
+
+void buf_json_str(struct buf *b, const char *s)
+{
+    if (s == NULL) {
+        buf_puts(b, "null");
+        return;
+    }
+    buf_put(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            char e[2] = {'\\', (char)*p};
+            buf_put(b, e, 2);
+        } else if (*p < 0x20 || *p == 0x7f) {
+            buf_printf(b, "\\u%04x", *p);
+        } else {
+            buf_put(b, (const char *)p, 1);
+        }
+    }
+    buf_put(b, "\"", 1);
+}
+
+void buf_free(struct buf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->n = b->cap = 0;
+}

@@ -1,0 +1,130 @@
+/* Internal interface shared by the hooks, the fd table, the stack store and the watcher. */
+#ifndef CLOSEWAIT_INTERNAL_H
+#define CLOSEWAIT_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CW_HIDDEN __attribute__((visibility("hidden")))
+#define CW_LIKELY(x) __builtin_expect(!!(x), 1)
+#define CW_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* ---- config.c ---------------------------------------------------------- */
+enum cw_format { CW_FORMAT_TEXT, CW_FORMAT_JSON };
+
+struct cw_config {
+    int64_t grace_ms;
+    int64_t interval_ms;
+    int stack_depth;
+    int exitcode;           /* -1: unset */
+    int symbolize;
+    int report_signal;      /* 0: none */
+    enum cw_format format;
+    char log_spec[512];     /* "stderr", "syslog" or a path with %p */
+    char suppress_path[512];
+};
+
+CW_HIDDEN extern struct cw_config cw_cfg;
+CW_HIDDEN void cw_config_load(void);
+/* One line on stderr, prefixed, with raw write(): usable before anything else is set up. */
+CW_HIDDEN void cw_warn(const char *a, const char *b, const char *c);
+
+/* ---- real.c: the next definition of each hooked function -------------- */
+CW_HIDDEN void *cw_resolve(const char *name);
+#define CW_REAL(fn)                                                                        \
+    static __typeof__(fn) *real_##fn;                                                      \
+    if (CW_UNLIKELY(real_##fn == NULL)) real_##fn = (__typeof__(fn) *)cw_resolve(#fn)
+
+/* ---- clock ------------------------------------------------------------- */
+CW_HIDDEN int64_t cw_now_ms(void);      /* CLOCK_MONOTONIC */
+CW_HIDDEN int64_t cw_wall_ms(void);     /* CLOCK_REALTIME */
+
+/* ---- fdtable.c --------------------------------------------------------- */
+/* How a tracked descriptor came to be, for the report. */
+enum cw_op {
+    OP_NONE = 0, OP_SOCKET, OP_ACCEPT, OP_ACCEPT4, OP_CONNECT, OP_DUP, OP_INHERITED,
+    OP_READ, OP_READV, OP_RECV, OP_RECVFROM, OP_RECVMSG, OP_RECVMMSG,
+    OP_READ_CHK, OP_RECV_CHK, OP_RECVFROM_CHK, OP_COUNT
+};
+CW_HIDDEN const char *cw_op_name(int op);
+
+enum cw_kind {
+    KIND_FREE = 0,     /* nothing known about this descriptor */
+    KIND_TCP = 1,      /* a TCP stream socket we track */
+    KIND_LISTEN = 2,   /* a TCP socket that listen() was called on */
+    KIND_OTHER = 3,    /* classified: not TCP (cached so accept() need not ask again) */
+};
+
+/* Flag bits in cw_slot.flags. */
+#define SF_EOF        0x01u   /* a read returned 0 with a non-zero length */
+#define SF_SHUT_WR    0x02u   /* the program called shutdown(SHUT_WR/SHUT_RDWR) */
+#define SF_CLIENT     0x04u   /* connect() was called */
+#define SF_DUP        0x08u   /* born from dup/dup2/dup3/F_DUPFD */
+#define SF_REPORTED   0x10u   /* the watcher reported it */
+
+/*
+ * One descriptor.  `seq` is (generation << 2 | kind): a birth or death stores a new value, so a
+ * reader that loads seq, reads the fields and loads seq again knows whether it saw one life.
+ * Fields are relaxed atomics: hooks on any thread write them, the watcher reads them.
+ * 64 bytes, one cache line.
+ */
+struct cw_slot {
+    _Atomic uint32_t seq;
+    _Atomic uint32_t flags;
+    _Atomic uint32_t open_stack;   /* stack store id, 0 = none */
+    _Atomic uint32_t eof_stack;
+    _Atomic uint64_t inode;        /* filled lazily by the watcher */
+    _Atomic int64_t open_ms;
+    _Atomic int64_t eof_ms;
+    _Atomic uint8_t opened_by;
+    _Atomic uint8_t eof_by;
+    _Atomic uint16_t fork_gen;     /* cw_fork_gen at birth: older means inherited from a parent */
+    _Atomic int32_t aux;           /* listen backlog on a listener; source fd of a dup */
+    /* Owned by the watcher alone. */
+    uint32_t w_seq;                /* seq these watcher fields belong to */
+    uint32_t w_flags;
+    int64_t w_fin_ms;              /* when the watcher first saw CLOSE_WAIT */
+};
+_Static_assert(sizeof(struct cw_slot) <= 64, "one cache line per descriptor");
+
+#define SEQ_KIND(s) ((s) & 3u)
+#define SEQ_GEN(s) ((s) >> 2)
+
+CW_HIDDEN extern _Atomic uint16_t cw_fork_gen;
+
+/* Slot of fd if its chunk exists, else NULL. Cheap: no syscall, no lock. */
+CW_HIDDEN struct cw_slot *cw_slot_peek(int fd);
+/* Slot of fd, creating its chunk (mmap) if needed; NULL if fd is out of range or mmap fails. */
+CW_HIDDEN struct cw_slot *cw_slot_get(int fd);
+/* Start a new life in the slot. */
+CW_HIDDEN void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack);
+/* End the life (before the real close runs). */
+CW_HIDDEN void cw_slot_forget(int fd);
+CW_HIDDEN void cw_slot_forget_range(unsigned first, unsigned last);
+/* Copy what is known of `from` into `to` (dup family). */
+CW_HIDDEN void cw_slot_copy(int from, int to);
+/* Iterate over chunks: the highest fd + 1 the table covers right now. */
+CW_HIDDEN int cw_table_limit(void);
+CW_HIDDEN int cw_table_chunk_present(int fd);
+#define CW_CHUNK_SLOTS 4096
+
+/* ---- stacks.c ---------------------------------------------------------- */
+#define CW_MAX_DEPTH 64
+CW_HIDDEN void cw_stacks_init(void);
+/* Capture the caller's stack (our own frames removed) and return its id, 0 on failure. */
+CW_HIDDEN uint32_t cw_stack_capture(void);
+/* Frames of stack id; returns depth (0 if unknown). */
+CW_HIDDEN int cw_stack_frames(uint32_t id, const uintptr_t **pcs);
+
+/* ---- hooks.c ----------------------------------------------------------- */
+CW_HIDDEN extern __thread int cw_in_lib __attribute__((tls_model("initial-exec")));
+CW_HIDDEN void cw_init(void);
+
+/* ---- watcher.c --------------------------------------------------------- */
+CW_HIDDEN void cw_watcher_start(void);
+CW_HIDDEN void cw_watcher_after_fork_child(void);
+CW_HIDDEN void cw_watcher_at_exit(void);
+
+#endif

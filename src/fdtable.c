@@ -1,0 +1,151 @@
+/*
+ * The per-descriptor table: two levels, chunks of CW_CHUNK_SLOTS slots mapped on first use, so
+ * a process with a raised RLIMIT_NOFILE pays only for the ranges it uses, and a lookup is two
+ * loads with no lock and no syscall.
+ */
+#include "closewait.h"
+
+#include <sys/mman.h>
+
+#define CW_MAX_CHUNKS 1024 /* 4M descriptors: above any RLIMIT_NOFILE a kernel allows by default */
+
+static _Atomic(struct cw_slot *) chunks[CW_MAX_CHUNKS];
+static _Atomic int chunk_limit; /* highest chunk index present + 1 */
+CW_HIDDEN _Atomic uint16_t cw_fork_gen;
+
+struct cw_slot *cw_slot_peek(int fd)
+{
+    unsigned u = (unsigned)fd;
+    unsigned c = u / CW_CHUNK_SLOTS;
+    if (CW_UNLIKELY(c >= CW_MAX_CHUNKS)) return NULL;
+    struct cw_slot *chunk = atomic_load_explicit(&chunks[c], memory_order_acquire);
+    if (chunk == NULL) return NULL;
+    return &chunk[u % CW_CHUNK_SLOTS];
+}
+
+struct cw_slot *cw_slot_get(int fd)
+{
+    struct cw_slot *s = cw_slot_peek(fd);
+    if (CW_LIKELY(s != NULL) || fd < 0) return s;
+    unsigned c = (unsigned)fd / CW_CHUNK_SLOTS;
+    if (c >= CW_MAX_CHUNKS) return NULL;
+    /* mmap, not malloc: this runs inside hooks that signal handlers may reach. */
+    void *mem = mmap(NULL, sizeof(struct cw_slot) * CW_CHUNK_SLOTS, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) return NULL;
+    struct cw_slot *expected = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&chunks[c], &expected, (struct cw_slot *)mem,
+                                                 memory_order_acq_rel, memory_order_acquire))
+        munmap(mem, sizeof(struct cw_slot) * CW_CHUNK_SLOTS);
+    int want = (int)c + 1;
+    int cur = atomic_load_explicit(&chunk_limit, memory_order_relaxed);
+    while (cur < want &&
+           !atomic_compare_exchange_weak_explicit(&chunk_limit, &cur, want, memory_order_release,
+                                                  memory_order_relaxed)) {
+    }
+    return cw_slot_peek(fd);
+}
+
+int cw_table_limit(void)
+{
+    return atomic_load_explicit(&chunk_limit, memory_order_acquire) * CW_CHUNK_SLOTS;
+}
+
+int cw_table_chunk_present(int fd)
+{
+    return cw_slot_peek(fd) != NULL;
+}
+
+static uint32_t next_seq(uint32_t old, enum cw_kind kind)
+{
+    return ((SEQ_GEN(old) + 1) << 2) | (uint32_t)kind;
+}
+
+void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack)
+{
+    uint32_t old = atomic_load_explicit(&s->seq, memory_order_relaxed);
+    /* Mark the slot free under a new generation while the fields change, so a reader never
+     * mixes two lives. */
+    atomic_store_explicit(&s->seq, next_seq(old, KIND_FREE), memory_order_release);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&s->flags, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->open_stack, stack, memory_order_relaxed);
+    atomic_store_explicit(&s->eof_stack, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->inode, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->open_ms, cw_now_ms(), memory_order_relaxed);
+    atomic_store_explicit(&s->eof_ms, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->opened_by, (uint8_t)op, memory_order_relaxed);
+    atomic_store_explicit(&s->eof_by, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->fork_gen, atomic_load_explicit(&cw_fork_gen, memory_order_relaxed),
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->aux, -1, memory_order_relaxed);
+    atomic_store_explicit(&s->seq, next_seq(old + 4, kind), memory_order_release);
+}
+
+void cw_slot_forget(int fd)
+{
+    struct cw_slot *s = cw_slot_peek(fd);
+    if (s == NULL) return;
+    uint32_t old = atomic_load_explicit(&s->seq, memory_order_relaxed);
+    if (SEQ_KIND(old) == KIND_FREE) return;
+    atomic_store_explicit(&s->seq, next_seq(old, KIND_FREE), memory_order_release);
+}
+
+void cw_slot_forget_range(unsigned first, unsigned last)
+{
+    unsigned limit = (unsigned)cw_table_limit();
+    if (limit == 0 || first >= limit) return;
+    if (last >= limit) last = limit - 1;
+    for (unsigned fd = first; fd <= last; fd++) {
+        if (fd % CW_CHUNK_SLOTS == 0 && cw_slot_peek((int)fd) == NULL) {
+            fd += CW_CHUNK_SLOTS - 1;
+            continue;
+        }
+        cw_slot_forget((int)fd);
+    }
+}
+
+void cw_slot_copy(int from, int to)
+{
+    struct cw_slot *src = cw_slot_peek(from);
+    if (src == NULL) return;
+    uint32_t seq = atomic_load_explicit(&src->seq, memory_order_acquire);
+    enum cw_kind kind = (enum cw_kind)SEQ_KIND(seq);
+    if (kind != KIND_TCP && kind != KIND_LISTEN) return;
+    struct cw_slot *dst = cw_slot_get(to);
+    if (dst == NULL) return;
+    uint32_t old = atomic_load_explicit(&dst->seq, memory_order_relaxed);
+    atomic_store_explicit(&dst->seq, next_seq(old, KIND_FREE), memory_order_release);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&dst->flags,
+                          (atomic_load_explicit(&src->flags, memory_order_relaxed) & ~SF_REPORTED) |
+                              SF_DUP,
+                          memory_order_relaxed);
+#define COPY(f) atomic_store_explicit(&dst->f, atomic_load_explicit(&src->f, memory_order_relaxed), \
+                                      memory_order_relaxed)
+    COPY(open_stack);
+    COPY(eof_stack);
+    COPY(inode);
+    COPY(open_ms);
+    COPY(eof_ms);
+    COPY(opened_by);
+    COPY(eof_by);
+    COPY(fork_gen);
+#undef COPY
+    atomic_store_explicit(&dst->aux, from, memory_order_relaxed);
+    atomic_store_explicit(&dst->seq, next_seq(old + 4, kind), memory_order_release);
+}
+
+const char *cw_op_name(int op)
+{
+    static const char *const names[OP_COUNT] = {
+        [OP_NONE] = "unknown",      [OP_SOCKET] = "socket",     [OP_ACCEPT] = "accept",
+        [OP_ACCEPT4] = "accept4",   [OP_CONNECT] = "connect",   [OP_DUP] = "dup",
+        [OP_INHERITED] = "inherited", [OP_READ] = "read",       [OP_READV] = "readv",
+        [OP_RECV] = "recv",         [OP_RECVFROM] = "recvfrom", [OP_RECVMSG] = "recvmsg",
+        [OP_RECVMMSG] = "recvmmsg", [OP_READ_CHK] = "__read_chk", [OP_RECV_CHK] = "__recv_chk",
+        [OP_RECVFROM_CHK] = "__recvfrom_chk",
+    };
+    if (op < 0 || op >= OP_COUNT || names[op] == NULL) return "unknown";
+    return names[op];
+}

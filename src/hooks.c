@@ -1,0 +1,472 @@
+/*
+ * The interposed libc functions.  Each one calls the real function first and looks at the
+ * result afterwards, except the closes, which drop the record before the real close runs (a
+ * concurrent accept() may get the same number the moment the kernel frees it).
+ *
+ * Discipline, because these run inside the host program, on any thread, in signal handlers:
+ * the real function is resolved lazily (calls arrive before our constructor); the common case
+ * (a read that returned data, a close of an untracked fd) costs a compare or two loads; no
+ * malloc, no stdio, no lock; errno is saved around anything of ours that may touch it.
+ */
+#define _GNU_SOURCE
+#include "closewait.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* The interposed functions are the library's interface to the program: exported (the version
+ * script in exports.map keeps everything else local). */
+#pragma GCC visibility push(default)
+
+#ifndef IPPROTO_MPTCP
+#define IPPROTO_MPTCP 262
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+CW_HIDDEN __thread int cw_in_lib __attribute__((tls_model("initial-exec")));
+static _Atomic int init_state; /* 0 none, 1 running, 2 done */
+
+void *cw_resolve(const char *name)
+{
+    void *p = dlsym(RTLD_NEXT, name);
+    if (p == NULL) {
+        /* Nothing to forward to is fatal for the caller; say which symbol before failing. */
+        cw_warn("cannot resolve the real ", name, "; aborting");
+        abort();
+    }
+    return p;
+}
+
+static void at_fork_child(void)
+{
+    atomic_fetch_add(&cw_fork_gen, 1);
+    cw_watcher_after_fork_child();
+}
+
+void cw_init(void)
+{
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&init_state, &expected, 1)) return;
+    int saved = errno;
+    cw_in_lib++;
+    cw_config_load();
+    cw_stacks_init();
+    pthread_atfork(NULL, NULL, at_fork_child);
+    cw_watcher_start();
+    cw_in_lib--;
+    atomic_store(&init_state, 2);
+    errno = saved;
+}
+
+__attribute__((constructor)) static void closewait_constructor(void)
+{
+    cw_init();
+}
+
+__attribute__((destructor)) static void closewait_destructor(void)
+{
+    if (atomic_load(&init_state) == 2) cw_watcher_at_exit();
+}
+
+/* ---- births ---------------------------------------------------------- */
+
+static int is_tcp_request(int domain, int type, int protocol)
+{
+    return (domain == AF_INET || domain == AF_INET6) && (type & 0xf) == SOCK_STREAM &&
+           (protocol == 0 || protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP);
+}
+
+static void birth(int fd, enum cw_kind kind, int op)
+{
+    if (CW_UNLIKELY(atomic_load_explicit(&init_state, memory_order_acquire) != 2)) cw_init();
+    struct cw_slot *s = cw_slot_get(fd);
+    if (s == NULL) return;
+    uint32_t stack = (kind == KIND_TCP || kind == KIND_LISTEN) && !cw_in_lib ? cw_stack_capture() : 0;
+    cw_slot_birth(s, kind, op, stack);
+}
+
+/* A descriptor we did not see born: is it a TCP socket?  Asked once, the answer is kept. */
+static enum cw_kind classify(int fd)
+{
+    int proto = 0;
+    socklen_t len = sizeof proto;
+    CW_REAL(getsockopt);
+    if (real_getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 &&
+        (proto == IPPROTO_TCP || proto == IPPROTO_MPTCP)) {
+        int type = 0;
+        len = sizeof type;
+        if (real_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM)
+            return KIND_TCP;
+    }
+    return KIND_OTHER;
+}
+
+static void on_accept(int lfd, int fd, int op)
+{
+    int saved = errno;
+    struct cw_slot *ls = cw_slot_get(lfd);
+    enum cw_kind lkind = KIND_OTHER;
+    if (ls != NULL) {
+        lkind = (enum cw_kind)SEQ_KIND(atomic_load_explicit(&ls->seq, memory_order_acquire));
+        if (lkind == KIND_FREE) {
+            /* A listener we did not see created (inherited, or made by a raw syscall). */
+            lkind = classify(lfd) == KIND_TCP ? KIND_LISTEN : KIND_OTHER;
+            cw_slot_birth(ls, lkind, OP_INHERITED, 0);
+        }
+    }
+    if (lkind == KIND_TCP || lkind == KIND_LISTEN) {
+        birth(fd, KIND_TCP, op);
+        struct cw_slot *s = cw_slot_peek(fd);
+        if (s != NULL) atomic_store_explicit(&s->aux, lfd, memory_order_relaxed);
+    } else {
+        cw_slot_forget(fd);
+    }
+    errno = saved;
+}
+
+int socket(int domain, int type, int protocol)
+{
+    CW_REAL(socket);
+    int fd = real_socket(domain, type, protocol);
+    if (fd >= 0) {
+        int saved = errno;
+        if (is_tcp_request(domain, type, protocol)) birth(fd, KIND_TCP, OP_SOCKET);
+        else cw_slot_forget(fd);
+        errno = saved;
+    }
+    return fd;
+}
+
+int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    CW_REAL(accept);
+    int r = real_accept(fd, addr, len);
+    if (r >= 0) on_accept(fd, r, OP_ACCEPT);
+    return r;
+}
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+    CW_REAL(accept4);
+    int r = real_accept4(fd, addr, len, flags);
+    if (r >= 0) on_accept(fd, r, OP_ACCEPT4);
+    return r;
+}
+
+int connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    CW_REAL(connect);
+    int r = real_connect(fd, addr, len);
+    struct cw_slot *s = cw_slot_peek(fd);
+    if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == KIND_TCP)
+        atomic_fetch_or_explicit(&s->flags, SF_CLIENT, memory_order_relaxed);
+    return r;
+}
+
+int listen(int fd, int backlog)
+{
+    CW_REAL(listen);
+    int r = real_listen(fd, backlog);
+    if (r == 0) {
+        int saved = errno;
+        struct cw_slot *s = cw_slot_get(fd);
+        if (s != NULL) {
+            enum cw_kind k = (enum cw_kind)SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire));
+            if (k == KIND_FREE) k = classify(fd);
+            if (k == KIND_TCP || k == KIND_LISTEN) {
+                /* The listen() site is what a backlog finding points at. */
+                birth(fd, KIND_LISTEN, OP_SOCKET);
+                atomic_store_explicit(&s->aux, backlog, memory_order_relaxed);
+            } else if (k == KIND_OTHER) {
+                cw_slot_birth(s, KIND_OTHER, OP_NONE, 0);
+            }
+        }
+        errno = saved;
+    }
+    return r;
+}
+
+/* ---- reads: only a return of 0 for a non-empty buffer is worth a look -- */
+
+static void on_eof(int fd, int op)
+{
+    struct cw_slot *s = cw_slot_peek(fd);
+    if (s == NULL) return;
+    uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+    if (SEQ_KIND(seq) != KIND_TCP) return;
+    if (atomic_load_explicit(&s->flags, memory_order_relaxed) & SF_EOF) return;
+    int saved = errno;
+    uint32_t stack = cw_in_lib ? 0 : cw_stack_capture();
+    atomic_store_explicit(&s->eof_stack, stack, memory_order_relaxed);
+    atomic_store_explicit(&s->eof_by, (uint8_t)op, memory_order_relaxed);
+    atomic_store_explicit(&s->eof_ms, cw_now_ms(), memory_order_relaxed);
+    atomic_fetch_or_explicit(&s->flags, SF_EOF, memory_order_release);
+    errno = saved;
+}
+
+static size_t iov_total(const struct iovec *iov, size_t n)
+{
+    size_t t = 0;
+    for (size_t i = 0; i < n && t == 0; i++) t += iov[i].iov_len;
+    return t;
+}
+
+ssize_t read(int fd, void *buf, size_t n)
+{
+    CW_REAL(read);
+    ssize_t r = real_read(fd, buf, n);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_READ);
+    return r;
+}
+
+ssize_t readv(int fd, const struct iovec *iov, int cnt)
+{
+    CW_REAL(readv);
+    ssize_t r = real_readv(fd, iov, cnt);
+    if (CW_UNLIKELY(r == 0) && cnt > 0 && iov_total(iov, (size_t)cnt) != 0) on_eof(fd, OP_READV);
+    return r;
+}
+
+ssize_t recv(int fd, void *buf, size_t n, int flags)
+{
+    CW_REAL(recv);
+    ssize_t r = real_recv(fd, buf, n, flags);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_RECV);
+    return r;
+}
+
+ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, socklen_t *len)
+{
+    CW_REAL(recvfrom);
+    ssize_t r = real_recvfrom(fd, buf, n, flags, addr, len);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_RECVFROM);
+    return r;
+}
+
+ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+    CW_REAL(recvmsg);
+    ssize_t r = real_recvmsg(fd, msg, flags);
+    if (CW_UNLIKELY(r == 0) && msg != NULL && msg->msg_iovlen > 0 &&
+        iov_total(msg->msg_iov, msg->msg_iovlen) != 0)
+        on_eof(fd, OP_RECVMSG);
+    return r;
+}
+
+int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct timespec *timeout)
+{
+    CW_REAL(recvmmsg);
+    int r = real_recvmmsg(fd, vec, vlen, flags, timeout);
+    /* On a stream socket the kernel ends the batch at EOF with an empty last message. */
+    if (CW_UNLIKELY(r > 0) && vec[r - 1].msg_len == 0 && vec[r - 1].msg_hdr.msg_iovlen > 0 &&
+        iov_total(vec[r - 1].msg_hdr.msg_iov, vec[r - 1].msg_hdr.msg_iovlen) != 0)
+        on_eof(fd, OP_RECVMMSG);
+    return r;
+}
+
+/* _FORTIFY_SOURCE entry points: distro builds call these instead of read/recv/recvfrom. */
+ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen);
+ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen)
+{
+    CW_REAL(__read_chk);
+    ssize_t r = real___read_chk(fd, buf, n, buflen);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_READ_CHK);
+    return r;
+}
+
+ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags);
+ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags)
+{
+    CW_REAL(__recv_chk);
+    ssize_t r = real___recv_chk(fd, buf, n, buflen, flags);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_RECV_CHK);
+    return r;
+}
+
+ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, struct sockaddr *addr,
+                       socklen_t *len);
+ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, struct sockaddr *addr,
+                       socklen_t *len)
+{
+    CW_REAL(__recvfrom_chk);
+    ssize_t r = real___recvfrom_chk(fd, buf, n, buflen, flags, addr, len);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_RECVFROM_CHK);
+    return r;
+}
+
+/* ---- shutdown, closes and duplicates ---------------------------------- */
+
+int shutdown(int fd, int how)
+{
+    CW_REAL(shutdown);
+    int r = real_shutdown(fd, how);
+    if (r == 0 && (how == SHUT_WR || how == SHUT_RDWR)) {
+        struct cw_slot *s = cw_slot_peek(fd);
+        if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == KIND_TCP)
+            atomic_fetch_or_explicit(&s->flags, SF_SHUT_WR, memory_order_release);
+    }
+    return r;
+}
+
+int close(int fd)
+{
+    CW_REAL(close);
+    cw_slot_forget(fd);
+    return real_close(fd);
+}
+
+int fclose(FILE *fp)
+{
+    CW_REAL(fclose);
+    if (fp != NULL) {
+        int saved = errno;
+        int fd = fileno(fp);
+        if (fd >= 0) cw_slot_forget(fd);
+        errno = saved;
+    }
+    return real_fclose(fp);
+}
+
+static void on_dup(int from, int to)
+{
+    struct cw_slot *s = cw_slot_peek(from);
+    uint32_t kind = s == NULL ? KIND_FREE : SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire));
+    if (kind == KIND_TCP || kind == KIND_LISTEN) {
+        int saved = errno;
+        cw_slot_copy(from, to);
+        errno = saved;
+    } else {
+        cw_slot_forget(to);
+    }
+}
+
+int dup(int fd)
+{
+    CW_REAL(dup);
+    int r = real_dup(fd);
+    if (r >= 0) on_dup(fd, r);
+    return r;
+}
+
+/* dup2/dup3 replace `to` atomically in the kernel: the number is never free in between, so the
+ * record is updated after the call. */
+int dup2(int from, int to)
+{
+    CW_REAL(dup2);
+    int r = real_dup2(from, to);
+    if (r >= 0 && from != to) on_dup(from, to);
+    return r;
+}
+
+int dup3(int from, int to, int flags)
+{
+    CW_REAL(dup3);
+    int r = real_dup3(from, to, flags);
+    if (r >= 0) on_dup(from, to);
+    return r;
+}
+
+static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg)
+{
+    int r = real(fd, cmd, arg);
+    if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) on_dup(fd, r);
+    return r;
+}
+
+int fcntl(int fd, int cmd, ...)
+{
+    CW_REAL(fcntl);
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *); /* as glibc does: every fcntl argument fits a pointer */
+    va_end(ap);
+    return fcntl_common(real_fcntl, fd, cmd, arg);
+}
+
+int fcntl64(int fd, int cmd, ...);
+int fcntl64(int fd, int cmd, ...)
+{
+    CW_REAL(fcntl64);
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    return fcntl_common(real_fcntl64, fd, cmd, arg);
+}
+
+int close_range(unsigned int first, unsigned int last, int flags)
+{
+    CW_REAL(close_range);
+    if (!((unsigned)flags & CLOSE_RANGE_CLOEXEC) && first <= last) cw_slot_forget_range(first, last);
+    return real_close_range(first, last, flags);
+}
+
+void closefrom(int lowfd)
+{
+    CW_REAL(closefrom);
+    if (lowfd >= 0) cw_slot_forget_range((unsigned)lowfd, ~0u);
+    real_closefrom(lowfd);
+}
+
+/* libuv closes with syscall(SYS_close); watch the descriptor calls made that way too. */
+long syscall(long number, ...)
+{
+    CW_REAL(syscall);
+    va_list ap;
+    va_start(ap, number);
+    long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long);
+    long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
+    va_end(ap);
+    switch (number) {
+    case SYS_close:
+        cw_slot_forget((int)a1);
+        break;
+#ifdef SYS_close_range
+    case SYS_close_range:
+        if (!((unsigned)a3 & CLOSE_RANGE_CLOEXEC) && (unsigned)a1 <= (unsigned)a2)
+            cw_slot_forget_range((unsigned)a1, (unsigned)a2);
+        break;
+#endif
+    default:
+        break;
+    }
+    long r = real_syscall(number, a1, a2, a3, a4, a5, a6);
+    if (r >= 0) {
+        switch (number) {
+#ifdef SYS_dup2
+        case SYS_dup2:
+            if (a1 != a2) on_dup((int)a1, (int)a2);
+            break;
+#endif
+        case SYS_dup3:
+            on_dup((int)a1, (int)a2);
+            break;
+        case SYS_dup:
+            on_dup((int)a1, (int)r);
+            break;
+        case SYS_accept:
+            on_accept((int)a1, (int)r, OP_ACCEPT);
+            break;
+        case SYS_accept4:
+            on_accept((int)a1, (int)r, OP_ACCEPT4);
+            break;
+        default:
+            break;
+        }
+    }
+    return r;
+}
+
+#pragma GCC visibility pop

@@ -1,0 +1,191 @@
+/* What the kernel knows: socket states by netlink sock_diag (as ss does), TCP_INFO, addresses. */
+#define _GNU_SOURCE
+#include "kernel.h"
+#include "sink.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void cw_inode_set_clear(struct inode_set *s)
+{
+    if (s->keys != NULL) memset(s->keys, 0, s->cap * sizeof *s->keys);
+    s->count = 0;
+}
+
+static size_t slot_of(uint64_t ino, size_t cap)
+{
+    uint64_t h = ino * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 17) & (cap - 1);
+}
+
+int cw_inode_set_has(const struct inode_set *s, uint64_t ino)
+{
+    if (s->count == 0 || ino == 0) return 0;
+    for (size_t i = slot_of(ino, s->cap);; i = (i + 1) & (s->cap - 1)) {
+        if (s->keys[i] == ino) return 1;
+        if (s->keys[i] == 0) return 0;
+    }
+}
+
+void cw_inode_set_add(struct inode_set *s, uint64_t ino)
+{
+    if (ino == 0) return;
+    if ((s->count + 1) * 2 > s->cap) {
+        size_t ncap = s->cap ? s->cap * 2 : 256;
+        uint64_t *nk = calloc(ncap, sizeof *nk);
+        if (nk == NULL) return;
+        for (size_t i = 0; i < s->cap; i++) {
+            if (s->keys[i] == 0) continue;
+            size_t j = slot_of(s->keys[i], ncap);
+            while (nk[j] != 0) j = (j + 1) & (ncap - 1);
+            nk[j] = s->keys[i];
+        }
+        free(s->keys);
+        s->keys = nk;
+        s->cap = ncap;
+    }
+    size_t i = slot_of(ino, s->cap);
+    while (s->keys[i] != 0) {
+        if (s->keys[i] == ino) return;
+        i = (i + 1) & (s->cap - 1);
+    }
+    s->keys[i] = ino;
+    s->count++;
+}
+
+static int diag_fd = -1;
+static uint64_t diag_ino;
+
+static int diag_socket(void)
+{
+    if (diag_fd >= 0 && cw_kernel_socket_inode(diag_fd) == diag_ino && diag_ino != 0) return diag_fd;
+    /* Lost (the program closed it, or forked): a fresh one; never close a number that may now
+     * be the program's. */
+    diag_fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (diag_fd < 0) return -1;
+    diag_fd = cw_fd_move_high(diag_fd);
+    diag_ino = cw_kernel_socket_inode(diag_fd);
+    struct timeval tv = {2, 0};
+    setsockopt(diag_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return diag_fd;
+}
+
+void cw_kernel_after_fork(void)
+{
+    /* The child shares the parent's netlink socket: replies could go to either; use its own. */
+    diag_fd = -1;
+    diag_ino = 0;
+}
+
+static int dump_family(int fd, int family, uint32_t state_mask, struct inode_set *out)
+{
+    struct {
+        struct nlmsghdr nh;
+        struct inet_diag_req_v2 req;
+    } msg;
+    memset(&msg, 0, sizeof msg);
+    msg.nh.nlmsg_len = sizeof msg;
+    msg.nh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    msg.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    msg.nh.nlmsg_seq = (uint32_t)family;
+    msg.req.sdiag_family = (uint8_t)family;
+    msg.req.sdiag_protocol = IPPROTO_TCP;
+    msg.req.idiag_states = state_mask;
+    struct sockaddr_nl nl = {.nl_family = AF_NETLINK};
+    if (sendto(fd, &msg, sizeof msg, 0, (struct sockaddr *)&nl, sizeof nl) < 0) return -1;
+
+    static char buf[32768] __attribute__((aligned(8)));
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (n == 0) return -1;
+        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n);
+             h = NLMSG_NEXT(h, n)) {
+            if (h->nlmsg_seq != (uint32_t)family) continue; /* a stale reply to an earlier dump */
+            if (h->nlmsg_type == NLMSG_DONE) return 0;
+            if (h->nlmsg_type == NLMSG_ERROR) return -1;
+            if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
+            const struct inet_diag_msg *m = NLMSG_DATA(h);
+            if (h->nlmsg_len < NLMSG_LENGTH(sizeof *m)) continue;
+            cw_inode_set_add(out, m->idiag_inode);
+        }
+    }
+}
+
+int cw_kernel_tcp_inodes(uint32_t state_mask, struct inode_set *out)
+{
+    cw_inode_set_clear(out);
+    int fd = diag_socket();
+    if (fd < 0) return -1;
+    if (dump_family(fd, AF_INET, state_mask, out) != 0) {
+        diag_fd = -1; /* desynchronised: start over with a new socket next time */
+        return -1;
+    }
+    if (dump_family(fd, AF_INET6, state_mask, out) != 0) {
+        diag_fd = -1;
+        return -1;
+    }
+    return 0;
+}
+
+int cw_kernel_tcp_info(int fd, struct tcp_info *ti)
+{
+    socklen_t len = sizeof *ti;
+    memset(ti, 0, sizeof *ti);
+    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len);
+}
+
+uint64_t cw_kernel_socket_inode(int fd)
+{
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return 0;
+    return (uint64_t)st.st_ino;
+}
+
+void cw_kernel_endpoint(int fd, int peer, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int r = peer ? getpeername(fd, (struct sockaddr *)&ss, &len)
+                 : getsockname(fd, (struct sockaddr *)&ss, &len);
+    char ip[INET6_ADDRSTRLEN];
+    if (r == 0 && ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+        snprintf(out, cap, "%s:%u", ip, ntohs(a->sin_port));
+    } else if (r == 0 && ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        if (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr)) {
+            inet_ntop(AF_INET, &a->sin6_addr.s6_addr[12], ip, sizeof ip);
+            snprintf(out, cap, "%s:%u", ip, ntohs(a->sin6_port));
+        } else {
+            inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
+            snprintf(out, cap, "[%s]:%u", ip, ntohs(a->sin6_port));
+        }
+    } else {
+        snprintf(out, cap, "?");
+    }
+}
+
+const char *cw_tcp_state_name(int state)
+{
+    static const char *const names[] = {
+        "UNKNOWN",  "ESTABLISHED", "SYN_SENT", "SYN_RECV",   "FIN_WAIT1", "FIN_WAIT2",
+        "TIME_WAIT", "CLOSE",      "CLOSE_WAIT", "LAST_ACK", "LISTEN",    "CLOSING",
+    };
+    if (state < 0 || state >= (int)(sizeof names / sizeof names[0])) return "UNKNOWN";
+    return names[state];
+}

@@ -1,0 +1,34 @@
+#ifndef CLOSEWAIT_KERNEL_H
+#define CLOSEWAIT_KERNEL_H
+#include "closewait.h"
+#include <linux/tcp.h>
+
+/* A set of socket inodes (open addressing; grows). */
+struct inode_set {
+    uint64_t *keys;
+    size_t cap, count;
+};
+CW_HIDDEN void cw_inode_set_clear(struct inode_set *s);
+CW_HIDDEN int cw_inode_set_has(const struct inode_set *s, uint64_t ino);
+CW_HIDDEN void cw_inode_set_add(struct inode_set *s, uint64_t ino);
+
+/* Inodes of every TCP socket of this network namespace in the given states (bit per TCP
+ * state), asked in one netlink sock_diag dump per address family.  -1 if netlink is not
+ * available (then callers ask TCP_INFO socket by socket). */
+CW_HIDDEN int cw_kernel_tcp_inodes(uint32_t state_mask, struct inode_set *out);
+
+/* TCP_INFO of fd; 0 on success. */
+CW_HIDDEN int cw_kernel_tcp_info(int fd, struct tcp_info *ti);
+/* Inode of the socket behind fd, 0 if fd is not a socket. */
+CW_HIDDEN uint64_t cw_kernel_socket_inode(int fd);
+/* "ip:port" of the local or peer end; "?" if unknown. */
+CW_HIDDEN void cw_kernel_endpoint(int fd, int peer, char *out, size_t cap);
+CW_HIDDEN const char *cw_tcp_state_name(int state);
+CW_HIDDEN void cw_kernel_after_fork(void);
+
+#define TCPS_ESTABLISHED 1
+#define TCPS_CLOSE 7
+#define TCPS_CLOSE_WAIT 8
+#define TCPS_LAST_ACK 9
+#define TCPS_LISTEN 10
+#endif

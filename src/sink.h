@@ -1,0 +1,9 @@
+#ifndef CLOSEWAIT_SINK_H
+#define CLOSEWAIT_SINK_H
+#include "closewait.h"
+CW_HIDDEN void cw_sink_open(void);
+CW_HIDDEN void cw_sink_after_fork(void);
+CW_HIDDEN void cw_sink_write(const char *text, size_t len);
+/* Move a descriptor of ours above the range the program uses; returns the new number. */
+CW_HIDDEN int cw_fd_move_high(int fd);
+#endif

@@ -1,0 +1,184 @@
+/*
+ * Backtraces: captured with libunwind once per socket birth (and once per EOF), deduplicated in
+ * a lock-free store so that a hook, even one called from a signal handler, never blocks and
+ * never allocates from malloc.
+ *
+ * libunwind is opened with dlopen(RTLD_LOCAL | RTLD_DEEPBIND) rather than linked: its exported
+ * names (unw_backtrace, backtrace, _Unwind_Backtrace) then never enter the program's global
+ * scope, and a program that carries its own unwinder (LLVM's libunwind, a static copy,
+ * gperftools) keeps using its own while we use ours.
+ */
+#define _GNU_SOURCE
+#include "closewait.h"
+
+#include <dlfcn.h>
+#include <libunwind.h>
+#include <link.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define STR2(x) #x
+#define STR(x) STR2(x)
+
+static int (*unwind_backtrace)(void **, int);
+static _Atomic int unwinder_state; /* 0: not tried, 1: trying, 2: ready, 3: unavailable */
+
+struct range { uintptr_t lo, hi; };
+static struct range own_text, unwinder_text;
+
+/* Stack store: an open-addressing index of packed (hash, arena offset) words over an arena of
+ * frames.  A new stack is written to the arena first and then published with one CAS, so a
+ * reader never sees a half-written stack. */
+#define INDEX_BITS 16
+#define INDEX_SIZE (1u << INDEX_BITS)
+#define ARENA_BYTES (64u << 20)
+static _Atomic uint64_t stack_index[INDEX_SIZE];
+static unsigned char *arena;
+static _Atomic size_t arena_used;
+
+struct stored_stack {
+    uint32_t depth;
+    uint32_t hash;
+    uintptr_t pcs[];
+};
+
+static int find_text(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct range *r = data;
+    uintptr_t probe = r->lo;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD) continue;
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+        uintptr_t hi = lo + ph->p_memsz;
+        if (probe >= lo && probe < hi) {
+            /* The whole object: its lowest and highest loaded address. */
+            uintptr_t olo = UINTPTR_MAX, ohi = 0;
+            for (int j = 0; j < info->dlpi_phnum; j++) {
+                const ElfW(Phdr) *q = &info->dlpi_phdr[j];
+                if (q->p_type != PT_LOAD) continue;
+                uintptr_t a = info->dlpi_addr + q->p_vaddr;
+                if (a < olo) olo = a;
+                if (a + q->p_memsz > ohi) ohi = a + q->p_memsz;
+            }
+            r->lo = olo;
+            r->hi = ohi;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static struct range object_range(const void *addr)
+{
+    struct range r = {(uintptr_t)addr, 0};
+    if (dl_iterate_phdr(find_text, &r) == 0) r.lo = r.hi = 0;
+    return r;
+}
+
+void cw_stacks_init(void)
+{
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&unwinder_state, &expected, 1)) return;
+
+    own_text = object_range((const void *)&cw_stacks_init);
+    void *mem = mmap(NULL, ARENA_BYTES, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem != MAP_FAILED) arena = mem;
+
+    void *h = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    if (h == NULL) {
+        cw_warn("cannot load libunwind.so.8 (install libunwind8); ", "reports will have no backtraces",
+                NULL);
+        atomic_store(&unwinder_state, 3);
+        return;
+    }
+    unwind_backtrace = (int (*)(void **, int))dlsym(h, "unw_backtrace");
+    int (*set_policy)(unw_addr_space_t, unw_caching_policy_t) =
+        (int (*)(unw_addr_space_t, unw_caching_policy_t))dlsym(h, STR(unw_set_caching_policy));
+    unw_addr_space_t *local_as = (unw_addr_space_t *)dlsym(h, STR(unw_local_addr_space));
+    /* Per-thread caching: no lock taken while unwinding, so a signal handler can unwind too. */
+    if (set_policy != NULL && local_as != NULL) set_policy(*local_as, UNW_CACHE_PER_THREAD);
+    if (unwind_backtrace != NULL) unwinder_text = object_range((const void *)unwind_backtrace);
+    atomic_store(&unwinder_state, unwind_backtrace != NULL && arena != NULL ? 2 : 3);
+}
+
+static int ours(uintptr_t pc)
+{
+    return (pc >= own_text.lo && pc < own_text.hi) ||
+           (pc >= unwinder_text.lo && pc < unwinder_text.hi);
+}
+
+static uint32_t hash_pcs(const uintptr_t *pcs, int n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < n; i++) {
+        h ^= pcs[i];
+        h *= 0x100000001b3ull;
+        h ^= h >> 29;
+    }
+    uint32_t r = (uint32_t)(h ^ (h >> 32));
+    return r == 0 ? 1 : r;
+}
+
+static uint32_t store(const uintptr_t *pcs, int n)
+{
+    uint32_t hash = hash_pcs(pcs, n);
+    size_t need = sizeof(struct stored_stack) + (size_t)n * sizeof(uintptr_t);
+    size_t reserved = (size_t)-1;
+    for (uint32_t probe = 0; probe < 64; probe++) {
+        uint32_t i = (hash + probe) & (INDEX_SIZE - 1);
+        uint64_t e = atomic_load_explicit(&stack_index[i], memory_order_acquire);
+        if (e == 0) {
+            if (reserved == (size_t)-1) {
+                reserved = atomic_fetch_add_explicit(&arena_used, need, memory_order_relaxed);
+                if (reserved + need > ARENA_BYTES) return 0;
+                struct stored_stack *st = (struct stored_stack *)(arena + reserved);
+                st->depth = (uint32_t)n;
+                st->hash = hash;
+                memcpy(st->pcs, pcs, (size_t)n * sizeof(uintptr_t));
+            }
+            uint64_t packed = ((uint64_t)hash << 32) | (uint64_t)(reserved / 8 + 1);
+            if (atomic_compare_exchange_strong_explicit(&stack_index[i], &e, packed,
+                                                        memory_order_release,
+                                                        memory_order_acquire))
+                return i + 1;
+            /* Lost the race for this entry: fall through and look at what won. */
+        }
+        if ((uint32_t)(e >> 32) != hash) continue;
+        const struct stored_stack *st =
+            (const struct stored_stack *)(arena + ((e & 0xffffffffu) - 1) * 8);
+        if (st->depth == (uint32_t)n && memcmp(st->pcs, pcs, (size_t)n * sizeof(uintptr_t)) == 0)
+            return i + 1; /* the arena space reserved above, if any, is simply not used */
+    }
+    return 0;
+}
+
+uint32_t cw_stack_capture(void)
+{
+    int st = atomic_load_explicit(&unwinder_state, memory_order_acquire);
+    if (CW_UNLIKELY(st != 2)) {
+        if (st == 0) cw_stacks_init();
+        if (atomic_load_explicit(&unwinder_state, memory_order_acquire) != 2) return 0;
+    }
+    void *buf[CW_MAX_DEPTH + 16];
+    int n = unwind_backtrace(buf, cw_cfg.stack_depth + 16);
+    if (n <= 0) return 0;
+    int skip = 0;
+    while (skip < n && ours((uintptr_t)buf[skip])) skip++;
+    int depth = n - skip;
+    if (depth > cw_cfg.stack_depth) depth = cw_cfg.stack_depth;
+    if (depth <= 0) return 0;
+    return store((const uintptr_t *)&buf[skip], depth);
+}
+
+int cw_stack_frames(uint32_t id, const uintptr_t **pcs)
+{
+    if (id == 0 || id > INDEX_SIZE) return 0;
+    uint64_t e = atomic_load_explicit(&stack_index[id - 1], memory_order_acquire);
+    if (e == 0) return 0;
+    const struct stored_stack *st = (const struct stored_stack *)(arena + ((e & 0xffffffffu) - 1) * 8);
+    *pcs = st->pcs;
+    return (int)st->depth;
+}

@@ -1,0 +1,369 @@
+/*
+ * pc -> module, function, file:line, inlined frames.  elfutils' libdwfl does the DWARF work (it
+ * also finds separate debug files under /usr/lib/debug/.build-id); it is dlopen'ed by the
+ * watcher the first time a report needs it, so a process that never leaks never loads it, and
+ * a machine without libdw1 still gets module+offset and ELF symbol names from dladdr.
+ * Results are cached by pc: a stack seen again costs a hash lookup.
+ */
+#define _GNU_SOURCE
+#include "symbolize.h"
+
+#include <dlfcn.h>
+#include <dwarf.h>
+#include <elfutils/libdw.h>
+#include <elfutils/libdwfl.h>
+#include <link.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DW(fn) static __typeof__(fn) *p_##fn
+DW(dwfl_begin);
+DW(dwfl_end);
+DW(dwfl_linux_proc_report);
+DW(dwfl_report_end);
+DW(dwfl_addrmodule);
+DW(dwfl_module_addrinfo);
+DW(dwfl_module_getsrc);
+DW(dwfl_lineinfo);
+DW(dwfl_module_info);
+DW(dwfl_module_build_id);
+DW(dwfl_module_getelf);
+DW(dwfl_module_addrdie);
+DW(dwfl_linux_proc_find_elf);
+DW(dwfl_standard_find_debuginfo);
+DW(dwarf_getscopes);
+DW(dwarf_tag);
+DW(dwarf_diename);
+DW(dwarf_attr_integrate);
+DW(dwarf_formudata);
+DW(dwarf_formstring);
+DW(dwarf_getsrcfiles);
+DW(dwarf_filesrc);
+#undef DW
+
+static int dw_state; /* 0 untried, 1 ready, -1 unavailable */
+static Dwfl *dwfl;
+static Dwfl_Callbacks callbacks;
+static char *(*demangle)(const char *, char *, size_t *, int *);
+
+static int load_libdw(void)
+{
+    if (dw_state != 0) return dw_state;
+    dw_state = -1;
+    void *h = dlopen("libdw.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) return dw_state;
+#define LOAD(fn)                                                                               \
+    do {                                                                                       \
+        p_##fn = (__typeof__(fn) *)dlsym(h, #fn);                                              \
+        if (p_##fn == NULL) return dw_state;                                                   \
+    } while (0)
+    LOAD(dwfl_begin);
+    LOAD(dwfl_end);
+    LOAD(dwfl_linux_proc_report);
+    LOAD(dwfl_report_end);
+    LOAD(dwfl_addrmodule);
+    LOAD(dwfl_module_addrinfo);
+    LOAD(dwfl_module_getsrc);
+    LOAD(dwfl_lineinfo);
+    LOAD(dwfl_module_info);
+    LOAD(dwfl_module_build_id);
+    LOAD(dwfl_module_getelf);
+    LOAD(dwfl_module_addrdie);
+    LOAD(dwfl_linux_proc_find_elf);
+    LOAD(dwfl_standard_find_debuginfo);
+    LOAD(dwarf_getscopes);
+    LOAD(dwarf_tag);
+    LOAD(dwarf_diename);
+    LOAD(dwarf_attr_integrate);
+    LOAD(dwarf_formudata);
+    LOAD(dwarf_formstring);
+    LOAD(dwarf_getsrcfiles);
+    LOAD(dwarf_filesrc);
+#undef LOAD
+    callbacks.find_elf = p_dwfl_linux_proc_find_elf;
+    callbacks.find_debuginfo = p_dwfl_standard_find_debuginfo;
+    dw_state = 1;
+    return dw_state;
+}
+
+static Dwfl *get_dwfl(void)
+{
+    if (dwfl != NULL) return dwfl;
+    if (load_libdw() != 1) return NULL;
+    dwfl = p_dwfl_begin(&callbacks);
+    if (dwfl == NULL) return NULL;
+    if (p_dwfl_linux_proc_report(dwfl, getpid()) != 0) {
+        p_dwfl_end(dwfl);
+        dwfl = NULL;
+        return NULL;
+    }
+    p_dwfl_report_end(dwfl, NULL, NULL);
+    return dwfl;
+}
+
+/* ---- cache ------------------------------------------------------------- */
+
+struct cached {
+    uintptr_t pc;
+    int innermost;
+    int n;
+    struct cw_frame *frames;
+};
+static struct cached *cache;
+static size_t cache_cap, cache_count;
+
+static const char *intern(const char *s)
+{
+    /* Strings live as long as the cache; a small table of distinct names keeps duplicates out. */
+    static char **names;
+    static size_t cap, count;
+    if (s == NULL) return NULL;
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = s; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    if ((count + 1) * 2 > cap) {
+        size_t ncap = cap ? cap * 2 : 1024;
+        char **nn = calloc(ncap, sizeof *nn);
+        if (nn == NULL) return NULL;
+        for (size_t i = 0; i < cap; i++) {
+            if (names[i] == NULL) continue;
+            uint64_t g = 1469598103934665603ull;
+            for (const char *p = names[i]; *p; p++) g = (g ^ (unsigned char)*p) * 1099511628211ull;
+            size_t j = g & (ncap - 1);
+            while (nn[j] != NULL) j = (j + 1) & (ncap - 1);
+            nn[j] = names[i];
+        }
+        free(names);
+        names = nn;
+        cap = ncap;
+    }
+    size_t i = h & (cap - 1);
+    while (names[i] != NULL) {
+        if (strcmp(names[i], s) == 0) return names[i];
+        i = (i + 1) & (cap - 1);
+    }
+    names[i] = strdup(s);
+    if (names[i] != NULL) count++;
+    return names[i];
+}
+
+static struct cached *cache_find(uintptr_t pc, int innermost, int insert)
+{
+    if ((cache_count + 1) * 2 > cache_cap) {
+        if (!insert) {
+            if (cache_cap == 0) return NULL;
+        } else {
+            size_t ncap = cache_cap ? cache_cap * 2 : 1024;
+            struct cached *nc = calloc(ncap, sizeof *nc);
+            if (nc == NULL) return NULL;
+            for (size_t i = 0; i < cache_cap; i++) {
+                if (cache[i].pc == 0) continue;
+                size_t j = (size_t)((cache[i].pc * 0x9e3779b97f4a7c15ull) >> 20) & (ncap - 1);
+                while (nc[j].pc != 0) j = (j + 1) & (ncap - 1);
+                nc[j] = cache[i];
+            }
+            free(cache);
+            cache = nc;
+            cache_cap = ncap;
+        }
+    }
+    size_t i = (size_t)((pc * 0x9e3779b97f4a7c15ull) >> 20) & (cache_cap - 1);
+    while (cache[i].pc != 0) {
+        if (cache[i].pc == pc && cache[i].innermost == innermost) return &cache[i];
+        i = (i + 1) & (cache_cap - 1);
+    }
+    if (!insert) return NULL;
+    cache[i].pc = pc;
+    cache[i].innermost = innermost;
+    cache_count++;
+    return &cache[i];
+}
+
+void cw_symbolize_refresh(void)
+{
+    if (dwfl != NULL) {
+        p_dwfl_end(dwfl);
+        dwfl = NULL;
+    }
+}
+
+static const char *demangled(const char *name)
+{
+    /* "memcpy@@GLIBC_2.14": the symbol version is noise in a report */
+    const char *at = name != NULL ? strchr(name, '@') : NULL;
+    char plain[512];
+    if (at != NULL && at != name && (size_t)(at - name) < sizeof plain) {
+        memcpy(plain, name, (size_t)(at - name));
+        plain[at - name] = '\0';
+        name = plain;
+    }
+    if (name == NULL || name[0] != '_' || name[1] != 'Z') return intern(name);
+    if (demangle == NULL)
+        demangle = (char *(*)(const char *, char *, size_t *, int *))dlsym(RTLD_DEFAULT, "__cxa_demangle");
+    if (demangle == NULL) return intern(name);
+    int status = 0;
+    char *d = demangle(name, NULL, NULL, &status);
+    if (d == NULL || status != 0) return intern(name);
+    const char *r = intern(d);
+    free(d);
+    return r;
+}
+
+static const char *die_function_name(Dwarf_Die *die)
+{
+    Dwarf_Attribute attr;
+    const char *linkage = NULL;
+    if (p_dwarf_attr_integrate(die, DW_AT_linkage_name, &attr) != NULL ||
+        p_dwarf_attr_integrate(die, DW_AT_MIPS_linkage_name, &attr) != NULL)
+        linkage = p_dwarf_formstring(&attr);
+    if (linkage != NULL) return demangled(linkage);
+    if (p_dwarf_attr_integrate(die, DW_AT_name, &attr) != NULL) return intern(p_dwarf_formstring(&attr));
+    return NULL;
+}
+
+static const char *hex_build_id(Dwfl_Module *mod)
+{
+    const unsigned char *bits;
+    GElf_Addr vaddr;
+    int len = p_dwfl_module_build_id(mod, &bits, &vaddr);
+    if (len <= 0 || len > 64) return NULL;
+    char hex[130];
+    for (int i = 0; i < len; i++) snprintf(hex + 2 * i, 3, "%02x", bits[i]);
+    return intern(hex);
+}
+
+/* With libdw: ELF symbol (static functions too), line table and inline chain. */
+static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, int max)
+{
+    Dwfl *d = get_dwfl();
+    if (d == NULL) return -1;
+    Dwfl_Module *mod = p_dwfl_addrmodule(d, lookup);
+    if (mod == NULL) {
+        cw_symbolize_refresh(); /* a library loaded since we last looked */
+        d = get_dwfl();
+        if (d == NULL) return -1;
+        mod = p_dwfl_addrmodule(d, lookup);
+        if (mod == NULL) return -1;
+    }
+    GElf_Addr bias = 0;
+    p_dwfl_module_getelf(mod, &bias);
+    const char *modname = NULL, *mainfile = NULL;
+    p_dwfl_module_info(mod, NULL, NULL, NULL, NULL, NULL, &mainfile, NULL);
+    /* The name is the path in /proc/self/maps (the object the program loaded), not the
+     * separate debug file the symbols may have come from. */
+    modname = p_dwfl_module_info(mod, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+
+    struct cw_frame base = {0};
+    base.pc = pc;
+    base.offset = pc - (uintptr_t)bias;
+    base.module = intern(modname != NULL && modname[0] == '/' ? modname : mainfile != NULL ? mainfile : modname);
+    base.build_id = hex_build_id(mod);
+
+    GElf_Off off;
+    GElf_Sym sym;
+    base.function = demangled(p_dwfl_module_addrinfo(mod, lookup, &off, &sym, NULL, NULL, NULL));
+    Dwfl_Line *line = p_dwfl_module_getsrc(mod, lookup);
+    if (line != NULL) {
+        int lineno = 0;
+        const char *file = p_dwfl_lineinfo(line, NULL, &lineno, NULL, NULL, NULL);
+        base.file = intern(file);
+        base.line = lineno;
+    }
+
+    /* Inlined calls: each DW_TAG_inlined_subroutine scope is a frame whose caller's location is
+     * its DW_AT_call_file:DW_AT_call_line. */
+    Dwarf_Addr cubias = 0;
+    Dwarf_Die *cudie = p_dwfl_module_addrdie(mod, lookup, &cubias);
+    Dwarf_Die *scopes = NULL;
+    int nscopes = cudie != NULL ? p_dwarf_getscopes(cudie, lookup - cubias, &scopes) : 0;
+    int n = 0;
+    if (nscopes > 0) {
+        Dwarf_Files *files = NULL;
+        size_t nfiles = 0;
+        p_dwarf_getsrcfiles(cudie, &files, &nfiles);
+        const char *file = base.file;
+        int lineno = base.line;
+        for (int i = 0; i < nscopes && n < max; i++) {
+            int tag = p_dwarf_tag(&scopes[i]);
+            if (tag != DW_TAG_inlined_subroutine && tag != DW_TAG_subprogram) continue;
+            struct cw_frame f = base;
+            f.function = die_function_name(&scopes[i]);
+            if (tag == DW_TAG_subprogram && base.function != NULL) f.function = base.function;
+            f.file = file;
+            f.line = lineno;
+            f.inlined = tag == DW_TAG_inlined_subroutine;
+            out[n++] = f;
+            if (tag == DW_TAG_subprogram) break;
+            Dwarf_Attribute attr;
+            Dwarf_Word w;
+            file = NULL;
+            lineno = 0;
+            if (p_dwarf_attr_integrate(&scopes[i], DW_AT_call_file, &attr) != NULL &&
+                p_dwarf_formudata(&attr, &w) == 0 && files != NULL)
+                file = intern(p_dwarf_filesrc(files, w, NULL, NULL));
+            if (p_dwarf_attr_integrate(&scopes[i], DW_AT_call_line, &attr) != NULL &&
+                p_dwarf_formudata(&attr, &w) == 0)
+                lineno = (int)w;
+        }
+        free(scopes);
+    }
+    if (n == 0) out[n++] = base;
+    return n;
+}
+
+/* Without libdw: dladdr gives the module, its load bias and exported names. */
+static int symbolize_dladdr(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, int with_names)
+{
+    struct cw_frame f = {0};
+    f.pc = pc;
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (dladdr1((void *)lookup, &info, (void **)&lm, RTLD_DL_LINKMAP) != 0) {
+        uintptr_t bias = lm != NULL ? (uintptr_t)lm->l_addr : (uintptr_t)info.dli_fbase;
+        f.offset = pc - bias;
+        const char *name = info.dli_fname;
+        if (name != NULL && name[0] == '\0') {
+            static char exe[512];
+            ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+            if (len > 0) {
+                exe[len] = '\0';
+                name = exe;
+            }
+        }
+        f.module = intern(name);
+        if (with_names) f.function = demangled(info.dli_sname);
+    } else {
+        f.offset = pc;
+    }
+    out[0] = f;
+    return 1;
+}
+
+int cw_symbolize(uintptr_t pc, int innermost, struct cw_frame *out, int max)
+{
+    if (max <= 0) return 0;
+    struct cached *c = cache_find(pc, innermost, 0);
+    if (c != NULL && c->frames != NULL) {
+        int n = c->n < max ? c->n : max;
+        memcpy(out, c->frames, (size_t)n * sizeof *out);
+        return n;
+    }
+    /* A return address points after the call; the call itself is one byte earlier. */
+    uintptr_t lookup = innermost ? pc : pc - 1;
+    struct cw_frame tmp[16];
+    int n = -1;
+    if (cw_cfg.symbolize) n = symbolize_dwfl(pc, lookup, tmp, 16);
+    if (n <= 0) n = symbolize_dladdr(pc, lookup, tmp, cw_cfg.symbolize);
+    c = cache_find(pc, innermost, 1);
+    if (c != NULL) {
+        c->frames = malloc((size_t)n * sizeof *tmp);
+        if (c->frames != NULL) {
+            memcpy(c->frames, tmp, (size_t)n * sizeof *tmp);
+            c->n = n;
+        }
+    }
+    if (n > max) n = max;
+    memcpy(out, tmp, (size_t)n * sizeof *out);
+    return n;
+}

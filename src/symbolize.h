@@ -1,0 +1,23 @@
+#ifndef CLOSEWAIT_SYMBOLIZE_H
+#define CLOSEWAIT_SYMBOLIZE_H
+#include "closewait.h"
+
+/* One source-level frame.  A pc inside inlined code expands into several, innermost first;
+ * all but the last of them have `inlined` set. */
+struct cw_frame {
+    uintptr_t pc;
+    uintptr_t offset;        /* ELF virtual address within the module (what addr2line wants) */
+    const char *module;      /* path, or NULL (JIT code, anonymous memory) */
+    const char *build_id;    /* hex, or NULL */
+    const char *function;    /* or NULL */
+    const char *file;        /* or NULL */
+    int line;                /* 0 if unknown */
+    int inlined;
+};
+
+/* Expands pc (a return address unless innermost) into up to max frames; returns how many.
+ * Watcher thread only: it allocates and caches. */
+CW_HIDDEN int cw_symbolize(uintptr_t pc, int innermost, struct cw_frame *out, int max);
+/* Forget modules (a dlopen may have mapped new ones); called when a pc has no module. */
+CW_HIDDEN void cw_symbolize_refresh(void);
+#endif

@@ -1,0 +1,736 @@
+/*
+ * The watcher: one thread, all signals blocked, that wakes every CLOSEWAIT_INTERVAL_MS and
+ *  1. asks the kernel for every TCP socket in CLOSE_WAIT in one netlink dump (cost grows with
+ *     the sockets that are in CLOSE_WAIT, not with the sockets open);
+ *  2. walks the fd table (memory only) to match them by inode, and picks up descriptors whose
+ *     EOF a hook saw;
+ *  3. for each one past the grace period, asks the kernel once more about that very descriptor
+ *     (same inode? really CLOSE_WAIT? still sending?) and only then reports it;
+ *  4. notices when a reported descriptor is finally closed.
+ * Everything that allocates, formats or symbolizes happens here, never in a hook.
+ */
+#define _GNU_SOURCE
+#include "buf.h"
+#include "closewait.h"
+#include "kernel.h"
+#include "sink.h"
+#include "symbolize.h"
+
+#include <errno.h>
+#include <fnmatch.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CLOSEWAIT_VERSION "0.1.0"
+
+enum reason { R_EOF_NOT_CLOSED, R_PEER_CLOSED_UNREAD, R_SHUTDOWN_NOT_CLOSED };
+static const char *const reason_names[] = {"eof_not_closed", "peer_closed_unread",
+                                           "shutdown_not_closed"};
+
+/* w_flags bits (watcher-owned, per slot life) */
+#define WF_REPORTED 1u
+#define WF_SUPPRESSED 2u
+
+/* Findings from one open site (one open stack). */
+struct group {
+    uint32_t stack;
+    uint64_t stable_id;
+    int number;           /* 1, 2, ... in order of first report */
+    long now, ever, peak;
+    int64_t first_ms, last_ms, peak_ms;
+    int printed;          /* text format: full stack already shown */
+};
+
+/* A reported descriptor not closed yet. */
+struct leak {
+    int fd;
+    uint32_t seq;
+    uint64_t inode;
+    size_t gi;            /* index into groups */
+    int64_t fin_ms;
+    char local[64], peer[64];
+};
+
+static pthread_mutex_t tick_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_t thread;
+static _Atomic int running;
+static _Atomic int dump_requested;
+static struct group *groups;
+static size_t ngroups, groups_cap;
+static struct leak *leaks;
+static size_t nleaks, leaks_cap;
+static long total_reported, total_suppressed;
+static struct inode_set cw_inodes;
+static char exe_path[PATH_MAX];
+static char hostname[256];
+static int announced;
+static char **suppressions;
+static size_t nsuppressions;
+
+/* ---- time and identity ----------------------------------------------- */
+
+static void iso_time(int64_t wall_ms, char *out, size_t cap)
+{
+    time_t t = (time_t)(wall_ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(wall_ms % 1000));
+}
+
+static void json_head(struct buf *b, const char *event)
+{
+    int64_t wall = cw_wall_ms();
+    char iso[64];
+    iso_time(wall, iso, sizeof iso);
+    buf_printf(b, "{\"event\":\"%s\",\"pid\":%ld,\"time\":\"%s\",\"ts_ms\":%lld", event,
+               (long)getpid(), iso, (long long)wall);
+}
+
+static void load_identity(void)
+{
+    ssize_t n = readlink("/proc/self/exe", exe_path, sizeof exe_path - 1);
+    exe_path[n > 0 ? n : 0] = '\0';
+    if (gethostname(hostname, sizeof hostname - 1) != 0) hostname[0] = '\0';
+}
+
+/* The first event of a process in JSON says what the process is. */
+static void announce(void)
+{
+    if (announced || cw_cfg.format != CW_FORMAT_JSON) return;
+    announced = 1;
+    struct buf b = {0};
+    json_head(&b, "start");
+    buf_printf(&b, ",\"ppid\":%ld,\"exe\":", (long)getppid());
+    buf_json_str(&b, exe_path);
+    buf_puts(&b, ",\"host\":");
+    buf_json_str(&b, hostname);
+    buf_printf(&b, ",\"grace_ms\":%lld,\"version\":\"%s\"}\n", (long long)cw_cfg.grace_ms,
+               CLOSEWAIT_VERSION);
+    cw_sink_write(b.p, b.n);
+    buf_free(&b);
+}
+
+/* ---- stacks ----------------------------------------------------------- */
+
+#define MAX_FRAMES (CW_MAX_DEPTH * 4)
+
+static int expand_stack(uint32_t id, struct cw_frame *out, int max, int *raw_depth)
+{
+    const uintptr_t *pcs;
+    int depth = cw_stack_frames(id, &pcs);
+    int n = 0;
+    for (int i = 0; i < depth && n < max; i++) n += cw_symbolize(pcs[i], i == 0, out + n, max - n);
+    if (raw_depth != NULL) *raw_depth = depth;
+    return n;
+}
+
+static const char *base_name(const char *path)
+{
+    if (path == NULL) return "?";
+    const char *s = strrchr(path, '/');
+    return s != NULL ? s + 1 : path;
+}
+
+/* The same code in any process and any run gives the same id: module names and offsets, not
+ * addresses (ASLR) nor pids. */
+static uint64_t stable_stack_id(uint32_t id)
+{
+    const uintptr_t *pcs;
+    int depth = cw_stack_frames(id, &pcs);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < depth; i++) {
+        struct cw_frame f[16];
+        int n = cw_symbolize(pcs[i], i == 0, f, 16);
+        if (n <= 0) continue;
+        const char *m = base_name(f[n - 1].module);
+        for (const char *p = m; *p; p++) h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
+        uintptr_t off = f[n - 1].module != NULL ? f[n - 1].offset : 0;
+        for (int k = 0; k < 8; k++) h = (h ^ ((off >> (8 * k)) & 0xff)) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+static void json_frames(struct buf *b, const char *key, uint32_t id)
+{
+    struct cw_frame f[MAX_FRAMES];
+    int n = expand_stack(id, f, MAX_FRAMES, NULL);
+    buf_printf(b, ",\"%s\":[", key);
+    for (int i = 0; i < n; i++) {
+        buf_printf(b, "%s{\"pc\":\"0x%lx\",\"module\":", i ? "," : "", (unsigned long)f[i].pc);
+        buf_json_str(b, f[i].module);
+        buf_printf(b, ",\"offset\":\"0x%lx\"", (unsigned long)f[i].offset);
+        if (f[i].build_id != NULL) buf_printf(b, ",\"build_id\":\"%s\"", f[i].build_id);
+        if (f[i].function != NULL) {
+            buf_puts(b, ",\"function\":");
+            buf_json_str(b, f[i].function);
+        }
+        if (f[i].file != NULL) {
+            buf_puts(b, ",\"file\":");
+            buf_json_str(b, f[i].file);
+            buf_printf(b, ",\"line\":%d", f[i].line);
+        }
+        if (f[i].inlined) buf_puts(b, ",\"inlined\":true");
+        buf_puts(b, "}");
+    }
+    buf_puts(b, "]");
+}
+
+static void text_frames(struct buf *b, uint32_t id)
+{
+    struct cw_frame f[MAX_FRAMES];
+    int n = expand_stack(id, f, MAX_FRAMES, NULL);
+    if (n == 0) buf_puts(b, "    (no backtrace: libunwind unavailable)\n");
+    for (int i = 0; i < n; i++) {
+        buf_printf(b, "    #%d 0x%lx in %s", i, (unsigned long)f[i].pc,
+                   f[i].function != NULL ? f[i].function : "??");
+        if (f[i].file != NULL) buf_printf(b, " %s:%d", f[i].file, f[i].line);
+        if (f[i].inlined) buf_puts(b, " (inlined)");
+        buf_printf(b, " (%s+0x%lx)\n", f[i].module != NULL ? f[i].module : "?",
+                   (unsigned long)f[i].offset);
+    }
+}
+
+/* ---- suppressions ----------------------------------------------------- */
+
+static void load_suppressions(void)
+{
+    if (cw_cfg.suppress_path[0] == '\0') return;
+    FILE *fp = fopen(cw_cfg.suppress_path, "re");
+    if (fp == NULL) {
+        cw_warn("cannot read CLOSEWAIT_SUPPRESSIONS ", cw_cfg.suppress_path, "; nothing suppressed");
+        return;
+    }
+    char line[512];
+    while (fgets(line, sizeof line, fp) != NULL && nsuppressions < 4096) {
+        size_t len = strcspn(line, "\r\n");
+        line[len] = '\0';
+        char *s = line;
+        while (*s == ' ' || *s == '\t') s++;
+        if (*s == '\0' || *s == '#') continue;
+        char **ns = realloc(suppressions, (nsuppressions + 1) * sizeof *ns);
+        if (ns == NULL) break;
+        suppressions = ns;
+        suppressions[nsuppressions] = strdup(s);
+        if (suppressions[nsuppressions] != NULL) nsuppressions++;
+    }
+    fclose(fp);
+}
+
+/* Patterns: "fun:GLOB", "mod:GLOB", or a bare GLOB for a function. */
+static int suppressed(uint32_t id)
+{
+    if (nsuppressions == 0) return 0;
+    struct cw_frame f[MAX_FRAMES];
+    int n = expand_stack(id, f, MAX_FRAMES, NULL);
+    for (size_t k = 0; k < nsuppressions; k++) {
+        const char *pat = suppressions[k];
+        int mod = strncmp(pat, "mod:", 4) == 0;
+        if (mod || strncmp(pat, "fun:", 4) == 0) pat += 4;
+        for (int i = 0; i < n; i++) {
+            const char *subject = mod ? f[i].module : f[i].function;
+            if (subject != NULL && fnmatch(pat, subject, 0) == 0) return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- findings --------------------------------------------------------- */
+
+static struct group *group_for(uint32_t stack, int64_t now)
+{
+    for (size_t i = 0; i < ngroups; i++)
+        if (groups[i].stack == stack) return &groups[i];
+    if (ngroups == groups_cap) {
+        size_t ncap = groups_cap ? groups_cap * 2 : 16;
+        struct group *ng = realloc(groups, ncap * sizeof *ng);
+        if (ng == NULL) return NULL;
+        groups = ng;
+        groups_cap = ncap;
+    }
+    struct group *g = &groups[ngroups++];
+    memset(g, 0, sizeof *g);
+    g->stack = stack;
+    g->stable_id = stable_stack_id(stack);
+    g->number = (int)ngroups;
+    g->first_ms = now;
+    return g;
+}
+
+/* Growing: the number held open from this site reached a new high in the last minute. */
+static int growing(const struct group *g, int64_t now)
+{
+    return g->now >= 2 && g->now == g->peak && now - g->peak_ms < 60000;
+}
+
+struct observed {
+    int fd;
+    uint32_t seq;
+    uint64_t inode;
+    uint32_t flags, open_stack, eof_stack;
+    int64_t open_ms, eof_ms, fin_ms;
+    int opened_by, eof_by, state;
+    enum reason reason;
+};
+
+static void dup_fds_of(const struct observed *o, int *out, int *n, int max)
+{
+    *n = 0;
+    int limit = cw_table_limit();
+    for (int fd = 0; fd < limit && *n < max; fd++) {
+        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
+            fd += CW_CHUNK_SLOTS - 1;
+            continue;
+        }
+        if (fd == o->fd) continue;
+        struct cw_slot *s = cw_slot_peek(fd);
+        if (s == NULL) continue;
+        uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (SEQ_KIND(seq) == KIND_TCP && atomic_load_explicit(&s->inode, memory_order_relaxed) == o->inode)
+            out[(*n)++] = fd;
+    }
+}
+
+static void report_leak(const struct observed *o, int64_t now)
+{
+    struct group *g = group_for(o->open_stack, now);
+    if (g == NULL) return;
+    if (nleaks == leaks_cap) {
+        size_t ncap = leaks_cap ? leaks_cap * 2 : 64;
+        struct leak *nl = realloc(leaks, ncap * sizeof *nl);
+        if (nl == NULL) return;
+        leaks = nl;
+        leaks_cap = ncap;
+    }
+    struct leak *l = &leaks[nleaks++];
+    l->fd = o->fd;
+    l->seq = o->seq;
+    l->inode = o->inode;
+    l->gi = (size_t)(g - groups);
+    l->fin_ms = o->fin_ms;
+    cw_kernel_endpoint(o->fd, 0, l->local, sizeof l->local);
+    cw_kernel_endpoint(o->fd, 1, l->peer, sizeof l->peer);
+    g->now++;
+    g->ever++;
+    g->last_ms = now;
+    if (g->now > g->peak) {
+        g->peak = g->now;
+        g->peak_ms = now;
+    }
+    total_reported++;
+
+    int dups[8], ndups;
+    dup_fds_of(o, dups, &ndups, 8);
+    char sid[17];
+    snprintf(sid, sizeof sid, "%016llx", (unsigned long long)g->stable_id);
+    struct buf b = {0};
+    if (cw_cfg.format == CW_FORMAT_JSON) {
+        announce();
+        json_head(&b, "leak");
+        buf_printf(&b, ",\"fd\":%d,\"reason\":\"%s\",\"state\":\"%s\",\"local\":", o->fd,
+                   reason_names[o->reason], cw_tcp_state_name(o->state));
+        buf_json_str(&b, l->local);
+        buf_puts(&b, ",\"peer\":");
+        buf_json_str(&b, l->peer);
+        buf_printf(&b, ",\"since_fin_ms\":%lld,\"open_age_ms\":%lld,\"opened_by\":\"%s\"",
+                   (long long)(now - o->fin_ms), (long long)(now - o->open_ms), cw_op_name(o->opened_by));
+        buf_printf(&b, ",\"stack_id\":\"%s\",\"site\":%d,\"site_open\":%ld,\"site_ever\":%ld,\"growing\":%s",
+                   sid, g->number, g->now, g->ever, growing(g, now) ? "true" : "false");
+        if (ndups > 0) {
+            buf_puts(&b, ",\"dup_fds\":[");
+            for (int i = 0; i < ndups; i++) buf_printf(&b, "%s%d", i ? "," : "", dups[i]);
+            buf_puts(&b, "]");
+        }
+        buf_puts(&b, ",\"exe\":");
+        buf_json_str(&b, exe_path);
+        json_frames(&b, "open_stack", o->open_stack);
+        if (o->flags & SF_EOF) {
+            buf_printf(&b, ",\"eof_by\":\"%s\"", cw_op_name(o->eof_by));
+            json_frames(&b, "eof_stack", o->eof_stack);
+        }
+        buf_puts(&b, "}\n");
+    } else {
+        int pid = (int)getpid();
+        double held = (double)(now - o->fin_ms) / 1000.0;
+        buf_printf(&b, "==%d==closewait: fd %d held in %s %.1f s after the peer closed (%s)\n", pid,
+                   o->fd, cw_tcp_state_name(o->state), held, reason_names[o->reason]);
+        buf_printf(&b, "==%d==  connection %s <- %s, opened by %s %.1f s ago", pid, l->local, l->peer,
+                   cw_op_name(o->opened_by), (double)(now - o->open_ms) / 1000.0);
+        if (ndups > 0) {
+            buf_puts(&b, "; also held as fd");
+            for (int i = 0; i < ndups; i++) buf_printf(&b, " %d", dups[i]);
+        }
+        buf_puts(&b, "\n");
+        if (!g->printed) {
+            g->printed = 1;
+            buf_printf(&b, "Socket opened at (open site #%d, stack %s):\n", g->number, sid);
+            text_frames(&b, o->open_stack);
+        } else {
+            buf_printf(&b, "Socket opened at open site #%d (stack %s), shown above: %ld open now, %ld in all%s\n",
+                       g->number, sid, g->now, g->ever, growing(g, now) ? ", growing" : "");
+        }
+        if (o->flags & SF_EOF) {
+            buf_printf(&b, "EOF read by %s at:\n", cw_op_name(o->eof_by));
+            text_frames(&b, o->eof_stack);
+        }
+        buf_puts(&b, "\n");
+    }
+    cw_sink_write(b.p, b.n);
+    buf_free(&b);
+}
+
+static void report_closed(const struct leak *l, int64_t now, const char *how)
+{
+    struct group *g = &groups[l->gi];
+    g->now--;
+    char sid[17];
+    snprintf(sid, sizeof sid, "%016llx", (unsigned long long)g->stable_id);
+    struct buf b = {0};
+    if (cw_cfg.format == CW_FORMAT_JSON) {
+        announce();
+        json_head(&b, "closed_late");
+        buf_printf(&b, ",\"fd\":%d,\"stack_id\":\"%s\",\"local\":", l->fd, sid);
+        buf_json_str(&b, l->local);
+        buf_puts(&b, ",\"peer\":");
+        buf_json_str(&b, l->peer);
+        buf_printf(&b, ",\"held_ms\":%lld,\"closed_by\":\"%s\"}\n", (long long)(now - l->fin_ms), how);
+    } else {
+        buf_printf(&b, "==%d==closewait: fd %d (%s <- %s) closed at last, %.1f s after the peer closed (open site #%d)\n\n",
+                   (int)getpid(), l->fd, l->local, l->peer, (double)(now - l->fin_ms) / 1000.0,
+                   g->number);
+    }
+    cw_sink_write(b.p, b.n);
+    buf_free(&b);
+}
+
+/* Reported descriptors that are gone now (closed by a hook we saw, or by one we did not). */
+static void sweep_leaks(int64_t now)
+{
+    for (size_t i = 0; i < nleaks;) {
+        struct leak *l = &leaks[i];
+        struct cw_slot *s = cw_slot_peek(l->fd);
+        uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_acquire) : 0;
+        const char *how = NULL;
+        if (seq != l->seq) how = "close";
+        else if (cw_kernel_socket_inode(l->fd) != l->inode) how = "unseen";
+        if (how == NULL) {
+            i++;
+            continue;
+        }
+        report_closed(l, now, how);
+        leaks[i] = leaks[--nleaks];
+    }
+}
+
+/* ---- the scan ---------------------------------------------------------- */
+
+/* Drop a stale record (the descriptor was closed by a path no hook saw), unless its slot
+ * changed meanwhile. */
+static void drop_stale(struct cw_slot *s, uint32_t seq)
+{
+    uint32_t next = ((SEQ_GEN(seq) + 1) << 2) | KIND_FREE;
+    atomic_compare_exchange_strong(&s->seq, &seq, next);
+}
+
+static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
+{
+    uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+    if (SEQ_KIND(seq) != KIND_TCP) return;
+    if (s->w_seq != seq) {
+        s->w_seq = seq;
+        s->w_flags = 0;
+        s->w_fin_ms = 0;
+    }
+    if (s->w_flags & (WF_REPORTED | WF_SUPPRESSED)) return;
+    /* The parent process answers for what a fork inherited (it knows where it came from). */
+    if (atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
+        atomic_load_explicit(&cw_fork_gen, memory_order_relaxed))
+        return;
+
+    uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    if (inode == 0) {
+        inode = cw_kernel_socket_inode(fd);
+        if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return;
+        if (inode == 0) {
+            drop_stale(s, seq);
+            return;
+        }
+        atomic_store_explicit(&s->inode, inode, memory_order_relaxed);
+    }
+    uint32_t flags = atomic_load_explicit(&s->flags, memory_order_acquire);
+    int in_cw;
+    if (have_diag) {
+        in_cw = cw_inode_set_has(&cw_inodes, inode);
+    } else {
+        struct tcp_info ti;
+        in_cw = cw_kernel_tcp_info(fd, &ti) == 0 &&
+                (ti.tcpi_state == TCPS_CLOSE_WAIT || ti.tcpi_state == TCPS_LAST_ACK);
+    }
+    if (!(flags & SF_EOF) && !in_cw) {
+        s->w_fin_ms = 0;
+        return;
+    }
+    if (s->w_fin_ms == 0) s->w_fin_ms = now;
+    int64_t fin = s->w_fin_ms;
+    if (flags & SF_EOF) {
+        int64_t eof = atomic_load_explicit(&s->eof_ms, memory_order_relaxed);
+        if (eof != 0 && eof < fin) fin = eof;
+    }
+    if (now - fin < cw_cfg.grace_ms) return;
+
+    /* Past the grace period: the kernel's word on this very descriptor. */
+    if (cw_kernel_socket_inode(fd) != inode) {
+        drop_stale(s, seq);
+        return;
+    }
+    struct tcp_info ti;
+    if (cw_kernel_tcp_info(fd, &ti) != 0) return;
+    int state = ti.tcpi_state;
+    int held = state == TCPS_CLOSE_WAIT ||
+               ((flags & SF_SHUT_WR) && (state == TCPS_LAST_ACK || state == TCPS_CLOSE));
+    if (!held) {
+        s->w_fin_ms = 0; /* e.g. the program's own shutdown(SHUT_RD): reads return 0, no FIN */
+        return;
+    }
+    /* Data still going out, or sent after the FIN within the grace period: a reply to a
+     * half-closing client, alive and not leaked. */
+    int64_t last_send_age = (int64_t)ti.tcpi_last_data_sent;
+    if (ti.tcpi_notsent_bytes > 0 || ti.tcpi_unacked > 0 ||
+        (last_send_age < now - fin && last_send_age < cw_cfg.grace_ms))
+        return;
+    if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return;
+
+    struct observed o = {
+        .fd = fd,
+        .seq = seq,
+        .inode = inode,
+        .flags = flags,
+        .open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed),
+        .eof_stack = atomic_load_explicit(&s->eof_stack, memory_order_relaxed),
+        .open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed),
+        .eof_ms = atomic_load_explicit(&s->eof_ms, memory_order_relaxed),
+        .fin_ms = fin,
+        .opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed),
+        .eof_by = atomic_load_explicit(&s->eof_by, memory_order_relaxed),
+        .state = state,
+        .reason = (flags & SF_SHUT_WR) ? R_SHUTDOWN_NOT_CLOSED
+                  : (flags & SF_EOF)   ? R_EOF_NOT_CLOSED
+                                       : R_PEER_CLOSED_UNREAD,
+    };
+    /* A dup of a socket already reported: the report named this fd already. */
+    for (size_t i = 0; i < nleaks; i++) {
+        if (leaks[i].inode == inode) {
+            s->w_flags |= WF_REPORTED;
+            return;
+        }
+    }
+    if (suppressed(o.open_stack)) {
+        s->w_flags |= WF_SUPPRESSED;
+        total_suppressed++;
+        return;
+    }
+    s->w_flags |= WF_REPORTED;
+    atomic_fetch_or_explicit(&s->flags, SF_REPORTED, memory_order_relaxed);
+    report_leak(&o, now);
+}
+
+static void tick(void)
+{
+    int64_t now = cw_now_ms();
+    int have_diag = cw_kernel_tcp_inodes(1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK, &cw_inodes) == 0;
+    int limit = cw_table_limit();
+    for (int fd = 0; fd < limit; fd++) {
+        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
+            fd += CW_CHUNK_SLOTS - 1;
+            continue;
+        }
+        struct cw_slot *s = cw_slot_peek(fd);
+        if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == KIND_TCP)
+            examine(fd, s, have_diag, now);
+    }
+    sweep_leaks(now);
+}
+
+/* ---- summaries ---------------------------------------------------------- */
+
+static void write_summary(const char *why)
+{
+    int64_t now = cw_now_ms();
+    long open = 0;
+    size_t sites = 0;
+    for (size_t i = 0; i < ngroups; i++) {
+        open += groups[i].now;
+        if (groups[i].now > 0) sites++;
+    }
+    struct buf b = {0};
+    if (cw_cfg.format == CW_FORMAT_JSON) {
+        if (total_reported == 0 && total_suppressed == 0 && strcmp(why, "exit") == 0) return;
+        announce();
+        json_head(&b, "summary");
+        buf_printf(&b, ",\"why\":\"%s\",\"leaks_open\":%ld,\"leaks_total\":%ld,\"suppressed\":%ld,\"findings\":[",
+                   why, open, total_reported, total_suppressed);
+        for (size_t i = 0; i < ngroups; i++)
+            buf_printf(&b, "%s{\"stack_id\":\"%016llx\",\"site\":%d,\"count_now\":%ld,\"count_ever\":%ld,\"growing\":%s}",
+                       i ? "," : "", (unsigned long long)groups[i].stable_id, groups[i].number,
+                       groups[i].now, groups[i].ever, growing(&groups[i], now) ? "true" : "false");
+        buf_puts(&b, "]}\n");
+    } else {
+        if (total_reported == 0 && total_suppressed == 0) {
+            if (strcmp(why, "exit") == 0) return;
+            buf_printf(&b, "==%d==closewait: no socket held in CLOSE_WAIT so far\n", (int)getpid());
+        } else {
+            int pid = (int)getpid();
+            buf_printf(&b, "==%d==closewait: findings (%s), by open site:\n", pid, why);
+            /* most open first, then most ever */
+            size_t *order = malloc(ngroups * sizeof *order);
+            for (size_t i = 0; order != NULL && i < ngroups; i++) order[i] = i;
+            for (size_t i = 1; order != NULL && i < ngroups; i++)
+                for (size_t j = i; j > 0; j--) {
+                    const struct group *a = &groups[order[j - 1]], *c = &groups[order[j]];
+                    if (a->now > c->now || (a->now == c->now && a->ever >= c->ever)) break;
+                    size_t t = order[j - 1];
+                    order[j - 1] = order[j];
+                    order[j] = t;
+                }
+            for (size_t k = 0; order != NULL && k < ngroups; k++) {
+                struct group *g = &groups[order[k]];
+                buf_printf(&b, "Open site #%d (stack %016llx): %ld socket(s) held now, %ld in all%s\n",
+                           g->number, (unsigned long long)g->stable_id, g->now, g->ever,
+                           growing(g, now) ? ", growing" : "");
+                text_frames(&b, g->stack);
+            }
+            free(order);
+            buf_printf(&b, "SUMMARY: closewait: %ld socket(s) held in CLOSE_WAIT from %zu open site(s); %ld reported in all",
+                       open, sites, total_reported);
+            if (total_suppressed) buf_printf(&b, ", %ld suppressed", total_suppressed);
+            buf_puts(&b, ".\n");
+        }
+    }
+    cw_sink_write(b.p, b.n);
+    buf_free(&b);
+}
+
+/* ---- the thread ---------------------------------------------------------- */
+
+static void on_report_signal(int sig)
+{
+    (void)sig;
+    atomic_store(&dump_requested, 1);
+}
+
+static void *watcher_main(void *arg)
+{
+    (void)arg;
+    cw_in_lib = 1;
+    while (atomic_load(&running)) {
+        struct timespec ts = {(time_t)(cw_cfg.interval_ms / 1000),
+                              (long)(cw_cfg.interval_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+        if (!atomic_load(&running)) break;
+        pthread_mutex_lock(&tick_lock);
+        tick();
+        if (atomic_exchange(&dump_requested, 0)) write_summary("on request");
+        pthread_mutex_unlock(&tick_lock);
+    }
+    return NULL;
+}
+
+static void start_thread(void)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    /* The thread inherits this mask: the program's signals must never land on it. */
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    atomic_store(&running, 1);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    if (pthread_create(&thread, &attr, watcher_main, NULL) != 0) {
+        atomic_store(&running, 0);
+        cw_warn("cannot start the watcher thread; ", "only exit summaries will be written", NULL);
+    }
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+void cw_watcher_start(void)
+{
+    load_identity();
+    cw_sink_open();
+    load_suppressions();
+    if (cw_cfg.report_signal != 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_report_signal;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        sigaction(cw_cfg.report_signal, &sa, NULL);
+    }
+    start_thread();
+}
+
+void cw_watcher_after_fork_child(void)
+{
+    /* The child has no watcher thread and owns none of the parent's findings. */
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    memcpy(&tick_lock, &fresh, sizeof fresh);
+    nleaks = 0;
+    ngroups = 0;
+    total_reported = total_suppressed = 0;
+    announced = 0;
+    cw_kernel_after_fork();
+    cw_sink_after_fork();
+    load_identity();
+    start_thread();
+}
+
+void cw_watcher_at_exit(void)
+{
+    atomic_store(&running, 0);
+    pthread_mutex_lock(&tick_lock);
+    tick();
+    write_summary("exit");
+    long open = 0;
+    for (size_t i = 0; i < ngroups; i++) open += groups[i].now;
+    pthread_mutex_unlock(&tick_lock);
+    if (open > 0 && cw_cfg.exitcode >= 0) {
+        fflush(NULL);
+        _exit(cw_cfg.exitcode);
+    }
+}
+
+/* ---- public API ---------------------------------------------------------- */
+#include "../include/closewait.h"
+
+__attribute__((visibility("default"))) const char *closewait_version(void)
+{
+    return CLOSEWAIT_VERSION;
+}
+
+__attribute__((visibility("default"))) void closewait_dump(void)
+{
+    cw_init();
+    int saved = errno;
+    pthread_mutex_lock(&tick_lock);
+    tick();
+    write_summary("on request");
+    pthread_mutex_unlock(&tick_lock);
+    errno = saved;
+}
+
+__attribute__((visibility("default"))) long closewait_leaks_open(void)
+{
+    pthread_mutex_lock(&tick_lock);
+    long open = 0;
+    for (size_t i = 0; i < ngroups; i++) open += groups[i].now;
+    pthread_mutex_unlock(&tick_lock);
+    return open;
+}
