@@ -120,6 +120,8 @@ CW_HIDDEN int cw_stack_frames(uint32_t id, const uintptr_t **pcs);
 
 /* ---- hooks.c ----------------------------------------------------------- */
 CW_HIDDEN extern __thread int cw_in_lib __attribute__((tls_model("initial-exec")));
+/* Set while libunwind runs on this thread: its pipe I/O is routed by the hooks. */
+CW_HIDDEN extern __thread int cw_in_unwind __attribute__((tls_model("initial-exec")));
 CW_HIDDEN void cw_init(void);
 
 /* ---- watcher.c --------------------------------------------------------- */

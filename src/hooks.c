@@ -10,6 +10,7 @@
  */
 #define _GNU_SOURCE
 #include "closewait.h"
+#include "sink.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -19,6 +20,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <stdlib.h>
@@ -36,6 +38,7 @@
 #endif
 
 CW_HIDDEN __thread int cw_in_lib __attribute__((tls_model("initial-exec")));
+CW_HIDDEN __thread int cw_in_unwind __attribute__((tls_model("initial-exec")));
 static _Atomic int init_state; /* 0 none, 1 running, 2 done */
 
 void *cw_resolve(const char *name)
@@ -198,6 +201,67 @@ int listen(int fd, int backlog)
     return r;
 }
 
+/* ---- libunwind's memory-validation pipe ------------------------------------
+ * libunwind opens a pipe on its first unwind and, to validate an address, reads and writes one
+ * byte through it; when a read fails it closes both numbers and opens a new pipe.  Inside the
+ * program those numbers are the program's to reuse (a daemon closes every fd at start), so
+ * left alone libunwind would read a byte from, write a byte to, or close one of the program's
+ * own sockets.  While cw_in_unwind is set the hooks put the pipe at high numbers, remember its
+ * inodes, and refuse any read, write or close on a number that is not that pipe any more. */
+static struct { _Atomic int fd; _Atomic uint64_t ino; } unwinder_pipe[2] = {{-1, 0}, {-1, 0}};
+
+static int unwinder_owns(int fd)
+{
+    for (int i = 0; i < 2; i++)
+        if (fd >= 0 && atomic_load(&unwinder_pipe[i].fd) == fd) {
+            struct stat st;
+            return fstat(fd, &st) == 0 && (uint64_t)st.st_ino == atomic_load(&unwinder_pipe[i].ino);
+        }
+    return 0;
+}
+
+static int unwinder_pipe2(int fds[2], int flags)
+{
+    CW_REAL(pipe2);
+    int r = real_pipe2(fds, flags);
+    if (r != 0) return r;
+    int depth = cw_in_unwind;
+    cw_in_unwind = 0; /* our own close of the low numbers must go through */
+    for (int i = 0; i < 2; i++) {
+        int hi = cw_fd_move_high(fds[i]);
+        struct stat st;
+        fds[i] = hi;
+        atomic_store(&unwinder_pipe[i].fd, hi);
+        atomic_store(&unwinder_pipe[i].ino, fstat(hi, &st) == 0 ? (uint64_t)st.st_ino : 0);
+    }
+    cw_in_unwind = depth;
+    return 0;
+}
+
+int pipe2(int fds[2], int flags)
+{
+    if (CW_UNLIKELY(cw_in_unwind)) return unwinder_pipe2(fds, flags);
+    CW_REAL(pipe2);
+    return real_pipe2(fds, flags);
+}
+
+int pipe(int fds[2])
+{
+    if (CW_UNLIKELY(cw_in_unwind)) return unwinder_pipe2(fds, O_CLOEXEC);
+    CW_REAL(pipe);
+    return real_pipe(fds);
+}
+
+ssize_t write(int fd, const void *buf, size_t n)
+{
+    CW_REAL(write);
+    if (CW_UNLIKELY(cw_in_unwind) && !unwinder_owns(fd)) {
+        errno = EBADF;
+        return -1;
+    }
+    return real_write(fd, buf, n);
+}
+
 /* ---- reads: only a return of 0 for a non-empty buffer is worth a look -- */
 
 static void on_eof(int fd, int op)
@@ -226,6 +290,10 @@ static size_t iov_total(const struct iovec *iov, size_t n)
 ssize_t read(int fd, void *buf, size_t n)
 {
     CW_REAL(read);
+    if (CW_UNLIKELY(cw_in_unwind) && !unwinder_owns(fd)) {
+        errno = EBADF;
+        return -1;
+    }
     ssize_t r = real_read(fd, buf, n);
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_READ);
     return r;
@@ -323,6 +391,7 @@ int shutdown(int fd, int how)
 int close(int fd)
 {
     CW_REAL(close);
+    if (CW_UNLIKELY(cw_in_unwind) && !unwinder_owns(fd)) return 0;
     cw_slot_forget(fd);
     return real_close(fd);
 }

@@ -3,10 +3,12 @@
  * a lock-free store so that a hook, even one called from a signal handler, never blocks and
  * never allocates from malloc.
  *
- * libunwind is opened with dlopen(RTLD_LOCAL | RTLD_DEEPBIND) rather than linked: its exported
- * names (unw_backtrace, backtrace, _Unwind_Backtrace) then never enter the program's global
- * scope, and a program that carries its own unwinder (LLVM's libunwind, a static copy,
- * gperftools) keeps using its own while we use ours.
+ * libunwind is opened with dlopen(RTLD_LOCAL) rather than linked: its exported names
+ * (unw_backtrace, backtrace, _Unwind_Backtrace) then never enter the program's global scope, and
+ * a program that carries its own unwinder (LLVM's libunwind, gperftools) keeps using its own.
+ * Not RTLD_DEEPBIND: libunwind's own libc calls must reach our hooks, because it keeps a pipe to
+ * validate memory, and cw_in_unwind lets the hooks keep that pipe away from the program's
+ * descriptors (see unwinder_io in hooks.c).
  */
 #define _GNU_SOURCE
 #include "closewait.h"
@@ -87,7 +89,10 @@ void cw_stacks_init(void)
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (mem != MAP_FAILED) arena = mem;
 
-    void *h = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    /* libunwind opens its validation pipe from its constructor already. */
+    cw_in_unwind++;
+    void *h = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
+    cw_in_unwind--;
     if (h == NULL) {
         cw_warn("cannot load libunwind.so.8 (install libunwind8); ", "reports will have no backtraces",
                 NULL);
@@ -163,7 +168,9 @@ uint32_t cw_stack_capture(void)
         if (atomic_load_explicit(&unwinder_state, memory_order_acquire) != 2) return 0;
     }
     void *buf[CW_MAX_DEPTH + 16];
+    cw_in_unwind++;
     int n = unwind_backtrace(buf, cw_cfg.stack_depth + 16);
+    cw_in_unwind--;
     if (n <= 0) return 0;
     int skip = 0;
     while (skip < n && ours((uintptr_t)buf[skip])) skip++;
