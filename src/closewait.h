@@ -63,6 +63,12 @@ enum cw_kind {
 #define SF_CLIENT     0x04u   /* connect() was called */
 #define SF_DUP        0x08u   /* born from dup/dup2/dup3/F_DUPFD */
 #define SF_REPORTED   0x10u   /* the watcher reported it */
+#define SF_BACKLOGGED 0x20u   /* listener: its accept queue is not empty; check what accept returns */
+#define SF_DEAD_ON_ACCEPT 0x40u /* accepted already in CLOSE_WAIT, after waiting in the queue */
+/* A connection whose last data arrived this long before accept() returned it, and whose peer
+ * has already closed, died waiting in the accept queue (a healthy client that sends its
+ * request and half-closes at once is accepted within milliseconds). */
+#define CW_QUEUED_DEAD_MS 1000
 
 /*
  * One descriptor.  `seq` is (generation << 2 | kind): a birth or death stores a new value, so a

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -133,6 +134,21 @@ static void on_accept(int lfd, int fd, int op)
         birth(fd, KIND_TCP, op);
         struct cw_slot *s = cw_slot_peek(fd);
         if (s != NULL) atomic_store_explicit(&s->aux, lfd, memory_order_relaxed);
+        /* Only while the watcher sees a queue on this listener: did the client give up
+         * before we got to it? */
+        if (s != NULL && ls != NULL &&
+            (atomic_load_explicit(&ls->flags, memory_order_relaxed) & SF_BACKLOGGED)) {
+            struct tcp_info ti;
+            socklen_t tlen = sizeof ti;
+            CW_REAL(getsockopt);
+            if (real_getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen) == 0 && ti.tcpi_state == 8 &&
+                ti.tcpi_last_data_recv >= CW_QUEUED_DEAD_MS) {
+                atomic_fetch_or_explicit(&s->flags, SF_DEAD_ON_ACCEPT, memory_order_relaxed);
+                /* a listener never reads EOF: its eof fields count dead accepts */
+                atomic_fetch_add_explicit(&ls->eof_stack, 1, memory_order_relaxed);
+                atomic_store_explicit(&ls->eof_ms, cw_now_ms(), memory_order_relaxed);
+            }
+        }
     } else {
         cw_slot_forget(fd);
     }

@@ -63,6 +63,51 @@ void cw_inode_set_add(struct inode_set *s, uint64_t ino)
     s->count++;
 }
 
+static struct dumped_socket *dumped;
+static size_t ndumped, dumped_cap;
+
+const struct dumped_socket *cw_kernel_dumped(uint64_t inode)
+{
+    for (size_t i = 0; i < ndumped; i++)
+        if (dumped[i].inode == inode) return &dumped[i];
+    return NULL;
+}
+
+static void format_endpoint(int family, const __be32 *addr, __be16 port, char *out, size_t cap)
+{
+    char ip[INET6_ADDRSTRLEN];
+    if (family == AF_INET) {
+        inet_ntop(AF_INET, addr, ip, sizeof ip);
+        snprintf(out, cap, "%s:%u", ip, ntohs(port));
+    } else {
+        const unsigned char *b = (const unsigned char *)addr;
+        static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(b, mapped, 12) == 0) {
+            inet_ntop(AF_INET, b + 12, ip, sizeof ip);
+            snprintf(out, cap, "%s:%u", ip, ntohs(port));
+        } else {
+            inet_ntop(AF_INET6, addr, ip, sizeof ip);
+            snprintf(out, cap, "[%s]:%u", ip, ntohs(port));
+        }
+    }
+}
+
+static void remember(const struct inet_diag_msg *m)
+{
+    if (ndumped == dumped_cap) {
+        if (dumped_cap >= 65536) return; /* addresses of a pathological number of sockets: skip */
+        size_t ncap = dumped_cap ? dumped_cap * 2 : 64;
+        struct dumped_socket *nd = realloc(dumped, ncap * sizeof *nd);
+        if (nd == NULL) return;
+        dumped = nd;
+        dumped_cap = ncap;
+    }
+    struct dumped_socket *d = &dumped[ndumped++];
+    d->inode = m->idiag_inode;
+    format_endpoint(m->idiag_family, m->id.idiag_src, m->id.idiag_sport, d->local, sizeof d->local);
+    format_endpoint(m->idiag_family, m->id.idiag_dst, m->id.idiag_dport, d->peer, sizeof d->peer);
+}
+
 static int diag_fd = -1;
 static uint64_t diag_ino;
 
@@ -87,7 +132,8 @@ void cw_kernel_after_fork(void)
     diag_ino = 0;
 }
 
-static int dump_family(int fd, int family, uint32_t state_mask, struct inode_set *out)
+static int dump_family(int fd, int family, uint32_t state_mask, struct inode_set *out,
+                       struct unowned_ports *unowned)
 {
     struct {
         struct nlmsghdr nh;
@@ -120,21 +166,36 @@ static int dump_family(int fd, int family, uint32_t state_mask, struct inode_set
             if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
             const struct inet_diag_msg *m = NLMSG_DATA(h);
             if (h->nlmsg_len < NLMSG_LENGTH(sizeof *m)) continue;
-            cw_inode_set_add(out, m->idiag_inode);
+            if (m->idiag_inode != 0) {
+                cw_inode_set_add(out, m->idiag_inode);
+                remember(m);
+            } else if (unowned != NULL && m->idiag_state == TCPS_CLOSE_WAIT) {
+                uint16_t port = ntohs(m->id.idiag_sport);
+                int i = 0;
+                while (i < unowned->n && unowned->port[i] != port) i++;
+                if (i == unowned->n && unowned->n < CW_MAX_UNOWNED_PORTS) {
+                    unowned->port[i] = port;
+                    unowned->count[i] = 0;
+                    unowned->n++;
+                }
+                if (i < unowned->n) unowned->count[i]++;
+            }
         }
     }
 }
 
-int cw_kernel_tcp_inodes(uint32_t state_mask, struct inode_set *out)
+int cw_kernel_tcp_inodes(uint32_t state_mask, struct inode_set *out, struct unowned_ports *unowned)
 {
     cw_inode_set_clear(out);
+    ndumped = 0;
+    if (unowned != NULL) unowned->n = 0;
     int fd = diag_socket();
     if (fd < 0) return -1;
-    if (dump_family(fd, AF_INET, state_mask, out) != 0) {
+    if (dump_family(fd, AF_INET, state_mask, out, unowned) != 0) {
         diag_fd = -1; /* desynchronised: start over with a new socket next time */
         return -1;
     }
-    if (dump_family(fd, AF_INET6, state_mask, out) != 0) {
+    if (dump_family(fd, AF_INET6, state_mask, out, unowned) != 0) {
         diag_fd = -1;
         return -1;
     }

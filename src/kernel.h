@@ -12,10 +12,26 @@ CW_HIDDEN void cw_inode_set_clear(struct inode_set *s);
 CW_HIDDEN int cw_inode_set_has(const struct inode_set *s, uint64_t ino);
 CW_HIDDEN void cw_inode_set_add(struct inode_set *s, uint64_t ino);
 
+/* Addresses of the sockets the last dump returned (for sockets we do not hold ourselves). */
+struct dumped_socket {
+    uint64_t inode;
+    char local[64], peer[64];
+};
+CW_HIDDEN const struct dumped_socket *cw_kernel_dumped(uint64_t inode);
+
+/* CLOSE_WAIT sockets no process holds yet (waiting in an accept queue), by local port. */
+#define CW_MAX_UNOWNED_PORTS 64
+struct unowned_ports {
+    int n;
+    uint16_t port[CW_MAX_UNOWNED_PORTS];
+    uint32_t count[CW_MAX_UNOWNED_PORTS];
+};
+
 /* Inodes of every TCP socket of this network namespace in the given states (bit per TCP
  * state), asked in one netlink sock_diag dump per address family.  -1 if netlink is not
  * available (then callers ask TCP_INFO socket by socket). */
-CW_HIDDEN int cw_kernel_tcp_inodes(uint32_t state_mask, struct inode_set *out);
+CW_HIDDEN int cw_kernel_tcp_inodes(uint32_t state_mask, struct inode_set *out,
+                                   struct unowned_ports *unowned);
 
 /* TCP_INFO of fd; 0 on success. */
 CW_HIDDEN int cw_kernel_tcp_info(int fd, struct tcp_info *ti);

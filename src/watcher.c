@@ -14,8 +14,10 @@
 #include "closewait.h"
 #include "kernel.h"
 #include "sink.h"
+#include "spawns.h"
 #include "symbolize.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fnmatch.h>
 #include <limits.h>
@@ -29,9 +31,9 @@
 
 #define CLOSEWAIT_VERSION "0.1.0"
 
-enum reason { R_EOF_NOT_CLOSED, R_PEER_CLOSED_UNREAD, R_SHUTDOWN_NOT_CLOSED };
+enum reason { R_EOF_NOT_CLOSED, R_PEER_CLOSED_UNREAD, R_SHUTDOWN_NOT_CLOSED, R_INHERITED };
 static const char *const reason_names[] = {"eof_not_closed", "peer_closed_unread",
-                                           "shutdown_not_closed"};
+                                           "shutdown_not_closed", "inherited"};
 
 /* w_flags bits (watcher-owned, per slot life) */
 #define WF_REPORTED 1u
@@ -55,6 +57,7 @@ struct leak {
     size_t gi;            /* index into groups */
     int64_t fin_ms;
     char local[64], peer[64];
+    int foreign;          /* held by another process (a child): gone when the kernel says so */
 };
 
 static pthread_mutex_t tick_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -67,6 +70,9 @@ static struct leak *leaks;
 static size_t nleaks, leaks_cap;
 static long total_reported, total_suppressed;
 static struct inode_set cw_inodes;
+static int have_diag_now;
+static int parent_alive;      /* in a forked child: the parent that forked us is still there */
+static struct unowned_ports unowned;
 static char exe_path[PATH_MAX];
 static char hostname[256];
 static int announced;
@@ -277,6 +283,11 @@ struct observed {
     int64_t open_ms, eof_ms, fin_ms;
     int opened_by, eof_by, state;
     enum reason reason;
+    /* inherited sockets */
+    const char *local, *peer;   /* when the socket is not ours to ask */
+    pid_t holder;               /* the process holding it, if not us */
+    uint32_t spawn_stack;
+    int spawn_kind;
 };
 
 static void dup_fds_of(const struct observed *o, int *out, int *n, int max)
@@ -314,8 +325,14 @@ static void report_leak(const struct observed *o, int64_t now)
     l->inode = o->inode;
     l->gi = (size_t)(g - groups);
     l->fin_ms = o->fin_ms;
-    cw_kernel_endpoint(o->fd, 0, l->local, sizeof l->local);
-    cw_kernel_endpoint(o->fd, 1, l->peer, sizeof l->peer);
+    l->foreign = o->holder != 0 && o->holder != getpid();
+    if (o->local != NULL) {
+        snprintf(l->local, sizeof l->local, "%s", o->local);
+        snprintf(l->peer, sizeof l->peer, "%s", o->peer);
+    } else {
+        cw_kernel_endpoint(o->fd, 0, l->local, sizeof l->local);
+        cw_kernel_endpoint(o->fd, 1, l->peer, sizeof l->peer);
+    }
     g->now++;
     g->ever++;
     g->last_ms = now;
@@ -325,8 +342,8 @@ static void report_leak(const struct observed *o, int64_t now)
     }
     total_reported++;
 
-    int dups[8], ndups;
-    dup_fds_of(o, dups, &ndups, 8);
+    int dups[8], ndups = 0;
+    if (!l->foreign) dup_fds_of(o, dups, &ndups, 8);
     char sid[17];
     snprintf(sid, sizeof sid, "%016llx", (unsigned long long)g->stable_id);
     struct buf b = {0};
@@ -349,6 +366,11 @@ static void report_leak(const struct observed *o, int64_t now)
         }
         buf_puts(&b, ",\"exe\":");
         buf_json_str(&b, exe_path);
+        if (o->reason == R_INHERITED) {
+            buf_printf(&b, ",\"holder_pid\":%ld,\"spawned_by\":\"%s\"", (long)o->holder,
+                       cw_spawn_kind_name(o->spawn_kind));
+            json_frames(&b, "spawn_stack", o->spawn_stack);
+        }
         json_frames(&b, "open_stack", o->open_stack);
         if (o->flags & SF_EOF) {
             buf_printf(&b, ",\"eof_by\":\"%s\"", cw_op_name(o->eof_by));
@@ -378,6 +400,11 @@ static void report_leak(const struct observed *o, int64_t now)
         if (o->flags & SF_EOF) {
             buf_printf(&b, "EOF read by %s at:\n", cw_op_name(o->eof_by));
             text_frames(&b, o->eof_stack);
+        }
+        if (o->reason == R_INHERITED) {
+            buf_printf(&b, "Held by process %ld, which inherited it through %s at:\n", (long)o->holder,
+                       cw_spawn_kind_name(o->spawn_kind));
+            text_frames(&b, o->spawn_stack);
         }
         buf_puts(&b, "\n");
     }
@@ -417,8 +444,13 @@ static void sweep_leaks(int64_t now)
         struct cw_slot *s = cw_slot_peek(l->fd);
         uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_acquire) : 0;
         const char *how = NULL;
-        if (seq != l->seq) how = "close";
-        else if (cw_kernel_socket_inode(l->fd) != l->inode) how = "unseen";
+        if (l->foreign) {
+            if (have_diag_now && !cw_inode_set_has(&cw_inodes, l->inode)) how = "holder";
+        } else if (seq != l->seq) {
+            how = "close";
+        } else if (cw_kernel_socket_inode(l->fd) != l->inode) {
+            how = "unseen";
+        }
         if (how == NULL) {
             i++;
             continue;
@@ -448,10 +480,11 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
         s->w_fin_ms = 0;
     }
     if (s->w_flags & (WF_REPORTED | WF_SUPPRESSED)) return;
-    /* The parent process answers for what a fork inherited (it knows where it came from). */
-    if (atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
-        atomic_load_explicit(&cw_fork_gen, memory_order_relaxed))
-        return;
+    /* The parent process answers for what a fork inherited (it knows where it came from);
+     * once it is gone, the child speaks for it, saying the socket was inherited. */
+    int inherited = atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
+                    atomic_load_explicit(&cw_fork_gen, memory_order_relaxed);
+    if (inherited && parent_alive) return;
 
     uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
     if (inode == 0) {
@@ -519,9 +552,13 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
         .opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed),
         .eof_by = atomic_load_explicit(&s->eof_by, memory_order_relaxed),
         .state = state,
-        .reason = (flags & SF_SHUT_WR) ? R_SHUTDOWN_NOT_CLOSED
-                  : (flags & SF_EOF)   ? R_EOF_NOT_CLOSED
-                                       : R_PEER_CLOSED_UNREAD,
+        .reason = inherited            ? R_INHERITED
+                  : (flags & SF_SHUT_WR) ? R_SHUTDOWN_NOT_CLOSED
+                  : (flags & SF_EOF)     ? R_EOF_NOT_CLOSED
+                                         : R_PEER_CLOSED_UNREAD,
+        .holder = inherited ? getpid() : 0,
+        .spawn_stack = inherited ? cw_fork_stack : 0,
+        .spawn_kind = SPAWN_FORK,
     };
     /* A dup of a socket already reported: the report named this fd already. */
     for (size_t i = 0; i < nleaks; i++) {
@@ -540,10 +577,16 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     report_leak(&o, now);
 }
 
+static void check_crossed(int64_t now);
+static void check_listeners(int64_t now);
+
 static void tick(void)
 {
     int64_t now = cw_now_ms();
-    int have_diag = cw_kernel_tcp_inodes(1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK, &cw_inodes) == 0;
+    int have_diag = cw_kernel_tcp_inodes(1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK, &cw_inodes,
+                                         &unowned) == 0;
+    have_diag_now = have_diag;
+    parent_alive = cw_fork_parent != 0 && getppid() == cw_fork_parent;
     int limit = cw_table_limit();
     for (int fd = 0; fd < limit; fd++) {
         if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
@@ -554,7 +597,255 @@ static void tick(void)
         if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == KIND_TCP)
             examine(fd, s, have_diag, now);
     }
+    if (have_diag) check_crossed(now);
+    check_listeners(now);
     sweep_leaks(now);
+}
+
+/* ---- sockets that crossed into children -------------------------------- */
+
+/* Does process pid hold socket inode?  Returns its fd there, or -1. */
+static int fd_in_process(pid_t pid, uint64_t inode)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%ld/fd", (long)pid);
+    DIR *d = opendir(dir);
+    if (d == NULL) return -1;
+    char want[64];
+    int wlen = snprintf(want, sizeof want, "socket:[%llu]", (unsigned long long)inode);
+    int found = -1;
+    struct dirent *e;
+    while (found < 0 && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        char path[384], target[64];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        ssize_t n = readlink(path, target, sizeof target);
+        if (n == wlen && memcmp(target, want, (size_t)n) == 0) found = atoi(e->d_name);
+    }
+    closedir(d);
+    return found;
+}
+
+/* Who holds the socket now: the child we spawned, or (system, popen, a daemonizing child)
+ * whichever process it is. */
+static pid_t find_holder(pid_t hint, uint64_t inode, int *fd)
+{
+    pid_t self = getpid();
+    if (hint > 0 && (*fd = fd_in_process(hint, inode)) >= 0) return hint;
+    DIR *d = opendir("/proc");
+    if (d == NULL) return 0;
+    pid_t holder = 0;
+    struct dirent *e;
+    while (holder == 0 && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        pid_t pid = (pid_t)atoi(e->d_name);
+        if (pid == self || pid == hint) continue;
+        if ((*fd = fd_in_process(pid, inode)) >= 0) holder = pid;
+    }
+    closedir(d);
+    return holder;
+}
+
+static int held_here(uint64_t inode)
+{
+    int limit = cw_table_limit();
+    for (int fd = 0; fd < limit; fd++) {
+        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
+            fd += CW_CHUNK_SLOTS - 1;
+            continue;
+        }
+        struct cw_slot *s = cw_slot_peek(fd);
+        if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == KIND_TCP &&
+            atomic_load_explicit(&s->inode, memory_order_relaxed) == inode)
+            return 1;
+    }
+    return 0;
+}
+
+static void check_crossed(int64_t now)
+{
+    if (cw_inodes.count == 0) return;
+    for (int i = 0; i < CW_MAX_SPAWNS; i++) {
+        struct cw_spawn *r = &cw_spawns[i];
+        int expected = 2;
+        /* hold the record (state 1) so that a spawn on another thread does not reuse it */
+        if (!atomic_compare_exchange_strong(&r->state, &expected, 1)) continue;
+        for (size_t k = 0; k < r->nsocks; k++) {
+            struct cw_crossed *c = &r->socks[k];
+            if (c->w_done) continue;
+            if (!cw_inode_set_has(&cw_inodes, c->inode)) {
+                c->w_fin_ms = 0;
+                continue;
+            }
+            if (c->w_fin_ms == 0) c->w_fin_ms = now;
+            if (now - c->w_fin_ms < cw_cfg.grace_ms) continue;
+            /* Ours still: our own report covers it. */
+            if (held_here(c->inode)) continue;
+            int child_fd = -1;
+            pid_t holder = find_holder(r->child, c->inode, &child_fd);
+            if (holder == 0) continue;
+            c->w_done = 1;
+            int dup_of_reported = 0;
+            for (size_t j = 0; j < nleaks; j++)
+                if (leaks[j].inode == c->inode) dup_of_reported = 1;
+            if (dup_of_reported) continue;
+            const struct dumped_socket *ds = cw_kernel_dumped(c->inode);
+            struct observed o = {
+                .fd = child_fd,
+                .inode = c->inode,
+                .open_stack = c->open_stack,
+                .open_ms = c->open_ms,
+                .fin_ms = c->w_fin_ms,
+                .opened_by = c->opened_by,
+                .state = TCPS_CLOSE_WAIT,
+                .reason = R_INHERITED,
+                .local = ds != NULL ? ds->local : "?",
+                .peer = ds != NULL ? ds->peer : "?",
+                .holder = holder,
+                .spawn_stack = r->stack,
+                .spawn_kind = r->kind,
+            };
+            if (suppressed(o.open_stack)) {
+                total_suppressed++;
+                continue;
+            }
+            report_leak(&o, now);
+        }
+        atomic_store(&r->state, 2);
+    }
+}
+
+/* ---- listeners: the accept queue ---------------------------------------- */
+
+struct listener {
+    int fd;
+    uint32_t seq;
+    uint16_t port;
+    char addr[64];
+    uint32_t dead_reported;     /* accepted-dead count at the last report */
+    uint32_t queued_reported;
+    int64_t last_report_ms;
+    int64_t full_since;
+    int full_reported;
+};
+static struct listener *listeners;
+static size_t nlisteners, listeners_cap;
+
+static struct listener *listener_for(int fd, uint32_t seq)
+{
+    for (size_t i = 0; i < nlisteners; i++)
+        if (listeners[i].fd == fd) {
+            if (listeners[i].seq != seq) {
+                memset(&listeners[i], 0, sizeof listeners[i]);
+                listeners[i].fd = fd;
+                listeners[i].seq = seq;
+            }
+            return &listeners[i];
+        }
+    if (nlisteners == listeners_cap) {
+        size_t ncap = listeners_cap ? listeners_cap * 2 : 8;
+        struct listener *nl = realloc(listeners, ncap * sizeof *nl);
+        if (nl == NULL) return NULL;
+        listeners = nl;
+        listeners_cap = ncap;
+    }
+    struct listener *l = &listeners[nlisteners++];
+    memset(l, 0, sizeof *l);
+    l->fd = fd;
+    l->seq = seq;
+    return l;
+}
+
+static void report_backlog(struct listener *l, struct cw_slot *s, const char *reason, uint32_t dead,
+                           uint32_t queued, const struct tcp_info *ti)
+{
+    uint32_t stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed);
+    int backlog = atomic_load_explicit(&s->aux, memory_order_relaxed);
+    struct buf b = {0};
+    if (cw_cfg.format == CW_FORMAT_JSON) {
+        announce();
+        json_head(&b, "backlog");
+        buf_printf(&b, ",\"reason\":\"%s\",\"fd\":%d,\"listen\":", reason, l->fd);
+        buf_json_str(&b, l->addr);
+        buf_printf(&b, ",\"backlog\":%d,\"accepted_dead\":%u,\"queued_dead\":%u,\"queue_len\":%u,\"queue_limit\":%u",
+                   backlog, dead, queued, ti->tcpi_unacked, ti->tcpi_sacked);
+        buf_printf(&b, ",\"stack_id\":\"%016llx\",\"exe\":", (unsigned long long)stable_stack_id(stack));
+        buf_json_str(&b, exe_path);
+        json_frames(&b, "listen_stack", stack);
+        buf_puts(&b, "}\n");
+    } else {
+        int pid = (int)getpid();
+        if (strcmp(reason, "accept_queue_full") == 0)
+            buf_printf(&b, "==%d==closewait: listener %s (backlog %d): accept queue full (%u waiting, limit %u); "
+                           "the kernel is dropping new connections' SYNs and clients retry (accept_queue_full)\n",
+                       pid, l->addr, backlog, ti->tcpi_unacked, ti->tcpi_sacked);
+        else
+            buf_printf(&b, "==%d==closewait: listener %s (backlog %d): %u connection(s) accepted after the client "
+                           "had given up, %u dead in the accept queue now (peer_closed_in_backlog)\n",
+                       pid, l->addr, backlog, dead, queued);
+        buf_puts(&b, "Listening socket set up at:\n");
+        text_frames(&b, stack);
+        buf_puts(&b, "\n");
+    }
+    cw_sink_write(b.p, b.n);
+    buf_free(&b);
+}
+
+static void check_listeners(int64_t now)
+{
+    int limit = cw_table_limit();
+    for (int fd = 0; fd < limit; fd++) {
+        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
+            fd += CW_CHUNK_SLOTS - 1;
+            continue;
+        }
+        struct cw_slot *s = cw_slot_peek(fd);
+        if (s == NULL) continue;
+        uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (SEQ_KIND(seq) != KIND_LISTEN) continue;
+        if (atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
+            atomic_load_explicit(&cw_fork_gen, memory_order_relaxed))
+            continue; /* the parent watches its own listeners */
+        struct listener *l = listener_for(fd, seq);
+        if (l == NULL) continue;
+        struct tcp_info ti;
+        if (cw_kernel_tcp_info(fd, &ti) != 0 || ti.tcpi_state != TCPS_LISTEN) continue;
+        if (l->port == 0) {
+            cw_kernel_endpoint(fd, 0, l->addr, sizeof l->addr);
+            const char *colon = strrchr(l->addr, ':');
+            l->port = colon != NULL ? (uint16_t)atoi(colon + 1) : 0;
+        }
+        uint32_t queued = 0;
+        for (int i = 0; i < unowned.n; i++)
+            if (unowned.port[i] == l->port) queued = unowned.count[i];
+        /* While connections wait, accept() checks each one it returns. */
+        if (ti.tcpi_unacked > 0 || queued > 0)
+            atomic_fetch_or_explicit(&s->flags, SF_BACKLOGGED, memory_order_relaxed);
+        else
+            atomic_fetch_and_explicit(&s->flags, ~SF_BACKLOGGED, memory_order_relaxed);
+        uint32_t dead = atomic_load_explicit(&s->eof_stack, memory_order_relaxed);
+
+        /* One finding per listener, its counts updated at most once per grace period. */
+        if ((dead > l->dead_reported || queued > l->queued_reported) &&
+            (l->last_report_ms == 0 || now - l->last_report_ms >= cw_cfg.grace_ms)) {
+            report_backlog(l, s, "peer_closed_in_backlog", dead, queued, &ti);
+            l->dead_reported = dead;
+            if (queued > l->queued_reported) l->queued_reported = queued;
+            l->last_report_ms = now;
+        }
+        /* Full: more waiting than the limit; the kernel drops SYNs until accept() catches up. */
+        if (ti.tcpi_unacked > ti.tcpi_sacked) {
+            if (l->full_since == 0) l->full_since = now;
+            int64_t hold = cw_cfg.grace_ms < 1000 ? cw_cfg.grace_ms : 1000;
+            if (!l->full_reported && now - l->full_since >= hold) {
+                report_backlog(l, s, "accept_queue_full", dead, queued, &ti);
+                l->full_reported = 1;
+            }
+        } else {
+            l->full_since = 0;
+            l->full_reported = 0;
+        }
+    }
 }
 
 /* ---- summaries ---------------------------------------------------------- */

@@ -1,0 +1,176 @@
+/*
+ * Children: a socket accepted without SOCK_CLOEXEC crosses into whatever the program spawns
+ * (and with fork without exec, CLOEXEC does not even help).  When the parent closes its copy
+ * the connection lives on in the child, which never knew it had it, and `ss` shows only the
+ * child.  Each spawn is recorded here with its backtrace and the sockets open at that moment;
+ * the watcher later finds which of them sit in CLOSE_WAIT held by another process.
+ */
+#define _GNU_SOURCE
+#include "spawns.h"
+
+#include <errno.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#pragma GCC visibility push(default)
+
+CW_HIDDEN struct cw_spawn cw_spawns[CW_MAX_SPAWNS];
+CW_HIDDEN pid_t cw_fork_parent;
+CW_HIDDEN uint32_t cw_fork_stack;
+static _Atomic unsigned spawn_next;
+
+const char *cw_spawn_kind_name(int kind)
+{
+    switch (kind) {
+    case SPAWN_FORK: return "fork";
+    case SPAWN_POSIX_SPAWN: return "posix_spawn";
+    case SPAWN_SYSTEM: return "system";
+    case SPAWN_POPEN: return "popen";
+    default: return "spawn";
+    }
+}
+
+/* Snapshot of the tracked connections (not listeners: a prefork child inheriting the listener
+ * is the design, not a leak).  mmap, not malloc: fork may be called from a signal handler. */
+static void record(int kind, pid_t child, uint32_t stack)
+{
+    int limit = cw_table_limit();
+    size_t n = 0;
+    for (int fd = 0; fd < limit; fd++) {
+        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
+            fd += CW_CHUNK_SLOTS - 1;
+            continue;
+        }
+        struct cw_slot *s = cw_slot_peek(fd);
+        if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == KIND_TCP) n++;
+    }
+    if (n == 0) return;
+    size_t bytes = (n * sizeof(struct cw_crossed) + 4095) & ~(size_t)4095;
+    struct cw_crossed *socks = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (socks == MAP_FAILED) return;
+    size_t k = 0;
+    for (int fd = 0; fd < limit && k < n; fd++) {
+        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
+            fd += CW_CHUNK_SLOTS - 1;
+            continue;
+        }
+        struct cw_slot *s = cw_slot_peek(fd);
+        if (s == NULL || SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) != KIND_TCP) continue;
+        uint64_t ino = atomic_load_explicit(&s->inode, memory_order_relaxed);
+        if (ino == 0) {
+            struct stat st;
+            if (fstat(fd, &st) != 0) continue;
+            ino = (uint64_t)st.st_ino;
+        }
+        socks[k].fd = fd;
+        socks[k].inode = ino;
+        socks[k].open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed);
+        socks[k].open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed);
+        socks[k].opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed);
+        socks[k].w_done = 0;
+        socks[k].w_fin_ms = 0;
+        k++;
+    }
+    /* Take the next record in the ring; one still being read by the watcher is skipped. */
+    for (int tries = 0; tries < CW_MAX_SPAWNS; tries++) {
+        struct cw_spawn *r = &cw_spawns[atomic_fetch_add(&spawn_next, 1) % CW_MAX_SPAWNS];
+        int expected = atomic_load(&r->state);
+        if (expected == 1 || !atomic_compare_exchange_strong(&r->state, &expected, 1)) continue;
+        if (r->socks != NULL) munmap(r->socks, r->map_bytes);
+        r->kind = kind;
+        r->child = child;
+        r->stack = stack;
+        r->when_ms = cw_now_ms();
+        r->socks = socks;
+        r->nsocks = k;
+        r->map_bytes = bytes;
+        atomic_store(&r->state, 2);
+        return;
+    }
+    munmap(socks, bytes);
+}
+
+static uint32_t spawn_stack(void)
+{
+    return cw_in_lib ? 0 : cw_stack_capture();
+}
+
+pid_t fork(void)
+{
+    CW_REAL(fork);
+    int saved = errno;
+    uint32_t stack = spawn_stack();
+    pid_t parent = getpid();
+    errno = saved;
+    pid_t r = real_fork();
+    if (r > 0) {
+        saved = errno;
+        record(SPAWN_FORK, r, stack);
+        errno = saved;
+    } else if (r == 0) {
+        cw_fork_parent = parent;
+        cw_fork_stack = stack;
+    }
+    return r;
+}
+
+int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+                const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    CW_REAL(posix_spawn);
+    pid_t child = 0;
+    int r = real_posix_spawn(&child, path, fa, attr, argv, envp);
+    if (pid != NULL) *pid = child;
+    if (r == 0) {
+        int saved = errno;
+        record(SPAWN_POSIX_SPAWN, child, spawn_stack());
+        errno = saved;
+    }
+    return r;
+}
+
+int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
+                 const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    CW_REAL(posix_spawnp);
+    pid_t child = 0;
+    int r = real_posix_spawnp(&child, file, fa, attr, argv, envp);
+    if (pid != NULL) *pid = child;
+    if (r == 0) {
+        int saved = errno;
+        record(SPAWN_POSIX_SPAWN, child, spawn_stack());
+        errno = saved;
+    }
+    return r;
+}
+
+/* system() returns when its child has exited; what matters is what the command left running
+ * in the background, whose pid we never learn: record before the call. */
+int system(const char *command)
+{
+    CW_REAL(system);
+    if (command != NULL) {
+        int saved = errno;
+        record(SPAWN_SYSTEM, 0, spawn_stack());
+        errno = saved;
+    }
+    return real_system(command);
+}
+
+FILE *popen(const char *command, const char *type)
+{
+    CW_REAL(popen);
+    FILE *r = real_popen(command, type);
+    if (r != NULL) {
+        int saved = errno;
+        record(SPAWN_POPEN, 0, spawn_stack());
+        errno = saved;
+    }
+    return r;
+}
+
+#pragma GCC visibility pop

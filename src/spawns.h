@@ -1,0 +1,36 @@
+#ifndef CLOSEWAIT_SPAWN_H
+#define CLOSEWAIT_SPAWN_H
+#include "closewait.h"
+
+/* A tracked socket that was open when a child was made. */
+struct cw_crossed {
+    int fd;
+    uint32_t open_stack;
+    uint64_t inode;
+    int64_t open_ms;
+    uint8_t opened_by;
+    /* watcher-owned */
+    uint8_t w_done;
+    int64_t w_fin_ms;
+};
+
+enum cw_spawn_kind { SPAWN_FORK = 1, SPAWN_POSIX_SPAWN, SPAWN_SYSTEM, SPAWN_POPEN };
+
+/* One fork/posix_spawn/system/popen: who, from where, and which sockets crossed. */
+struct cw_spawn {
+    _Atomic int state;          /* 0 free, 1 being written, 2 ready */
+    int kind;
+    pid_t child;                /* 0 when libc does not tell us (system, popen) */
+    uint32_t stack;
+    int64_t when_ms;
+    struct cw_crossed *socks;   /* mmap'd */
+    size_t nsocks, map_bytes;
+};
+
+#define CW_MAX_SPAWNS 64
+CW_HIDDEN extern struct cw_spawn cw_spawns[CW_MAX_SPAWNS];
+CW_HIDDEN const char *cw_spawn_kind_name(int kind);
+/* In a forked child (no exec): the parent's pid and the fork's stack. */
+CW_HIDDEN extern pid_t cw_fork_parent;
+CW_HIDDEN extern uint32_t cw_fork_stack;
+#endif
