@@ -308,6 +308,24 @@ static void dup_fds_of(const struct observed *o, int *out, int *n, int max)
     }
 }
 
+/* Text format: each distinct stack is printed in full once; later reports point back to it. */
+static int text_stack_shown(uint32_t stack)
+{
+    static uint32_t *shown;
+    static size_t nshown, cap;
+    for (size_t i = 0; i < nshown; i++)
+        if (shown[i] == stack) return 1;
+    if (nshown == cap) {
+        size_t ncap = cap ? cap * 2 : 32;
+        uint32_t *ns = realloc(shown, ncap * sizeof *ns);
+        if (ns == NULL) return 0;
+        shown = ns;
+        cap = ncap;
+    }
+    shown[nshown++] = stack;
+    return 0;
+}
+
 static void report_leak(const struct observed *o, int64_t now)
 {
     struct group *g = group_for(o->open_stack, now);
@@ -398,8 +416,17 @@ static void report_leak(const struct observed *o, int64_t now)
                        g->number, sid, g->now, g->ever, growing(g, now) ? ", growing" : "");
         }
         if (o->flags & SF_EOF) {
-            buf_printf(&b, "EOF read by %s at:\n", cw_op_name(o->eof_by));
-            text_frames(&b, o->eof_stack);
+            if (text_stack_shown(o->eof_stack)) {
+                struct cw_frame f[4];
+                int nf = expand_stack(o->eof_stack, f, 4, NULL);
+                buf_printf(&b, "EOF read by %s in %s", cw_op_name(o->eof_by),
+                           nf > 0 && f[0].function != NULL ? f[0].function : "??");
+                if (nf > 0 && f[0].file != NULL) buf_printf(&b, " %s:%d", f[0].file, f[0].line);
+                buf_puts(&b, ", the same stack as shown above\n");
+            } else {
+                buf_printf(&b, "EOF read by %s at:\n", cw_op_name(o->eof_by));
+                text_frames(&b, o->eof_stack);
+            }
         }
         if (o->reason == R_INHERITED) {
             buf_printf(&b, "Held by process %ld, which inherited it through %s at:\n", (long)o->holder,
