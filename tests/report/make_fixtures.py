@@ -11,8 +11,10 @@ Scenario (see test_report.py for what the report must say about it):
   pid 1002, /usr/bin/demo-client, in app.log.1 and app.log
     stack C  2 leaks seen, summary says count_now 2 count_ever 3
     stack D  never seen as a leak; summary says count_now 1 count_ever 1
-  host web-2 (web2.log), pid 1001 twice (the pid is reused after the first one exits)
-    stack A  2 leaks + summary (count_now 2), then 1 leak in the new process
+  host web-2 (web2.log, named only by start events), pid 1001 twice (reused after exit)
+    stack A  2 leaks + summary at exit (count_now 2), then 1 leak in the new process
+  host web-3 (web3.log, a "host" field on every line), pid 2001
+    stack B  1 leak, a summary "on request" (count_now 1), 1 more leak (site_open 2)
   app.log starts with a copy of app.log.1's last line (copytruncate overlap): a duplicate.
 """
 import gzip
@@ -83,10 +85,17 @@ def closed_late(ts, pid, fd, sid, held, host=None):
     return ev
 
 
-def summary(ts, pid, open_, total, findings, host=None):
+def start(ts, pid, exe, host, grace=10000):
+    return {"event": "start", "pid": pid, "time": iso(ts), "ts_ms": ts, "ppid": 1, "exe": exe,
+            "host": host, "grace_ms": grace, "version": "0.1.0"}
+
+
+def summary(ts, pid, open_, total, findings, host=None, why=None):
     ev = {"event": "summary", "pid": pid, "time": iso(ts), "ts_ms": ts, "leaks_open": open_,
           "leaks_total": total,
           "findings": [{"stack_id": s, "count_now": n, "count_ever": e} for s, n, e in findings]}
+    if why:
+        ev["why"] = why
     if host:
         ev["host"] = host
     return ev
@@ -132,15 +141,27 @@ def scenario():
         files[name].sort(key=lambda p: p[0])
     # copytruncate overlap: app.log starts with app.log.1's last line
     files["app.log"].insert(0, files["app.log.1"][-1])
-    web2 = []
+    # web-2: the library's own format, the host named only by each process's start event
+    web2 = [start(BASE + 90000, 1001, SERVER, "web-2")]
     for j in range(2):
         ts = BASE + 100000 + j * 60000
         web2.append(leak(ts, 1001, 30 + j, A, STACK_A, "eof_not_closed",
-                         "10.0.9.%d:41000" % j, SERVER, host="web-2", eof=EOF_A))
-    web2.append(summary(BASE + 300000, 1001, 2, 2, [(A, 2, 2)], host="web-2"))
+                         "10.0.9.%d:41000" % j, SERVER, eof=EOF_A))
+    web2.append(summary(BASE + 300000, 1001, 2, 2, [(A, 2, 2)], why="exit"))
+    web2.append(start(BASE + 390000, 1001, SERVER, "web-2"))
     web2.append(leak(BASE + 400000, 1001, 30, A, STACK_A, "eof_not_closed", "10.0.9.9:41000",
-                     SERVER, host="web-2", eof=EOF_A))
-    return {k: [ev for _, ev in v] for k, v in files.items()}, web2
+                     SERVER, eof=EOF_A))
+    # web-3: a log shipper added "host" to every line; a summary on request mid-run
+    web3 = []
+    for j, ts in enumerate((BASE + 200000, BASE + 320000)):
+        ev = leak(ts, 2001, 50 + j, B, STACK_B, "peer_closed_unread", "127.0.0.1:%d" % (52000 + j),
+                  SERVER, opened_by="accept", host="web-3", since=10300)
+        ev["site_open"], ev["site_ever"], ev["growing"] = j + 1, j + 1, False
+        web3.append(ev)
+        if j == 0:
+            web3.append(summary(BASE + 250000, 2001, 1, 1, [(B, 1, 1)], host="web-3",
+                                why="on request"))
+    return {k: [ev for _, ev in v] for k, v in files.items()}, web2, web3
 
 
 def dump(events):
@@ -197,7 +218,7 @@ HOSTILE_LINES = [
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    files, web2 = scenario()
+    files, web2, web3 = scenario()
     for name, events in files.items():
         data = dump(events)
         path = os.path.join(OUT, name)
@@ -210,6 +231,8 @@ def main():
             f.write(data)
     with open(os.path.join(OUT, "web2.log"), "wb") as f:
         f.write(dump(web2))
+    with open(os.path.join(OUT, "web3.log"), "wb") as f:
+        f.write(dump(web3))
     with open(os.path.join(OUT, "hostile.log"), "wb") as f:
         f.write(b"\n".join(HOSTILE_LINES) + b"\n")
     with open(os.path.join(OUT, "suppressions.txt"), "w") as f:
@@ -219,7 +242,9 @@ def main():
                 "   # indented comment\n"
                 "fun:never_matches_*\n"
                 "src:/nowhere/*.c\n")
-    # a template for the symbolization test: @MODULE@ and @OFF_*@ are filled in by the test
+    # a template for the symbolization test: @MODULE@, @OFF_*@ and @PC_*@ are filled in by
+    # the test: FUNC is a function's start (from nm; innermost, looked up as is), OUTER and MAIN
+    # are return addresses (looked up at offset - 1)
     with open(os.path.join(OUT, "symbolize.log.in"), "w") as f:
         f.write(json.dumps({
             "event": "leak", "pid": 555, "time": iso(BASE), "ts_ms": BASE, "fd": 4,
@@ -227,10 +252,11 @@ def main():
             "peer": "127.0.0.1:50000", "since_fin_ms": 2000, "open_age_ms": 2100,
             "opened_by": "accept", "stack_id": "5757575757575757", "exe": "@MODULE@",
             "open_stack": [
-                {"pc": "0x7f00000010f3a1", "module": "/nonexistent/libc.so.6",
-                 "offset": "0x10f3a1"},
+                {"pc": "@PC_FUNC@", "module": "@MODULE@", "offset": "@OFF_FUNC@"},
                 {"pc": "@PC_OUTER@", "module": "@MODULE@", "offset": "@OFF_OUTER@"},
                 {"pc": "@PC_MAIN@", "module": "@MODULE@", "offset": "@OFF_MAIN@"},
+                {"pc": "0x7f00000010f3a1", "module": "/nonexistent/libc.so.6",
+                 "offset": "0x10f3a1"},
             ]}) + "\n")
 
 
