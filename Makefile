@@ -58,7 +58,7 @@ bench: all
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 	  --suppress=missingIncludeSystem --inline-suppr -Iinclude -Isrc src/
-	clang-tidy --quiet src/*.c -- -std=gnu11 -Iinclude -Isrc -D_GNU_SOURCE
+	clang-tidy --quiet src/*.c -- -std=gnu11 -Iinclude -Isrc
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin

@@ -475,7 +475,7 @@ int fcntl(int fd, int cmd, ...)
     CW_REAL(fcntl);
     va_list ap;
     va_start(ap, cmd);
-    void *arg = va_arg(ap, void *); /* as glibc does: every fcntl argument fits a pointer */
+    void *arg = va_arg(ap, void *); /* NOLINT(clang-analyzer-valist.Uninitialized): as glibc does, every fcntl argument fits a pointer */
     va_end(ap);
     return fcntl_common(real_fcntl, fd, cmd, arg);
 }
@@ -486,7 +486,7 @@ int fcntl64(int fd, int cmd, ...)
     CW_REAL(fcntl64);
     va_list ap;
     va_start(ap, cmd);
-    void *arg = va_arg(ap, void *);
+    void *arg = va_arg(ap, void *); /* NOLINT(clang-analyzer-valist.Uninitialized) */
     va_end(ap);
     return fcntl_common(real_fcntl64, fd, cmd, arg);
 }
@@ -511,7 +511,7 @@ long syscall(long number, ...)
     CW_REAL(syscall);
     va_list ap;
     va_start(ap, number);
-    long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long);
+    long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long); /* NOLINT(clang-analyzer-valist.Uninitialized) */
     long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
     va_end(ap);
     switch (number) {

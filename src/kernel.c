@@ -219,6 +219,7 @@ uint64_t cw_kernel_socket_inode(int fd)
 void cw_kernel_endpoint(int fd, int peer, char *out, size_t cap)
 {
     struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
     socklen_t len = sizeof ss;
     int r = peer ? getpeername(fd, (struct sockaddr *)&ss, &len)
                  : getsockname(fd, (struct sockaddr *)&ss, &len);

@@ -229,7 +229,7 @@ static const char *hex_build_id(Dwfl_Module *mod)
     int len = p_dwfl_module_build_id(mod, &bits, &vaddr);
     if (len <= 0 || len > 64) return NULL;
     char hex[130];
-    for (int i = 0; i < len; i++) snprintf(hex + 2 * i, 3, "%02x", bits[i]);
+    for (int i = 0; i < len; i++) snprintf(hex + 2 * (size_t)i, 3, "%02x", bits[i]);
     return intern(hex);
 }
 
@@ -319,7 +319,7 @@ static int symbolize_dladdr(uintptr_t pc, uintptr_t lookup, struct cw_frame *out
     f.pc = pc;
     Dl_info info;
     struct link_map *lm = NULL;
-    if (dladdr1((void *)lookup, &info, (void **)&lm, RTLD_DL_LINKMAP) != 0) {
+    if (dladdr1((void *)lookup, &info, /* NOLINT(performance-no-int-to-ptr) */ (void **)&lm, RTLD_DL_LINKMAP) != 0) {
         uintptr_t bias = lm != NULL ? (uintptr_t)lm->l_addr : (uintptr_t)info.dli_fbase;
         f.offset = pc - bias;
         const char *name = info.dli_fname;

@@ -906,22 +906,24 @@ static void write_summary(const char *why)
             int pid = (int)getpid();
             buf_printf(&b, "==%d==closewait: findings (%s), by open site:\n", pid, why);
             /* most open first, then most ever */
-            size_t *order = malloc(ngroups * sizeof *order);
-            for (size_t i = 0; order != NULL && i < ngroups; i++) order[i] = i;
-            for (size_t i = 1; order != NULL && i < ngroups; i++)
-                for (size_t j = i; j > 0; j--) {
-                    const struct group *a = &groups[order[j - 1]], *c = &groups[order[j]];
-                    if (a->now > c->now || (a->now == c->now && a->ever >= c->ever)) break;
-                    size_t t = order[j - 1];
-                    order[j - 1] = order[j];
-                    order[j] = t;
+            size_t *order = calloc(ngroups ? ngroups : 1, sizeof *order);
+            if (order != NULL) {
+                for (size_t i = 0; i < ngroups; i++) order[i] = i;
+                for (size_t i = 1; i < ngroups; i++)
+                    for (size_t j = i; j > 0; j--) {
+                        const struct group *a = &groups[order[j - 1]], *c = &groups[order[j]];
+                        if (a->now > c->now || (a->now == c->now && a->ever >= c->ever)) break;
+                        size_t t = order[j - 1];
+                        order[j - 1] = order[j];
+                        order[j] = t;
+                    }
+                for (size_t k = 0; k < ngroups; k++) {
+                    struct group *g = &groups[order[k]];
+                    buf_printf(&b, "Open site #%d (stack %016llx): %ld socket(s) held now, %ld in all%s\n",
+                               g->number, (unsigned long long)g->stable_id, g->now, g->ever,
+                               growing(g, now) ? ", growing" : "");
+                    text_frames(&b, g->stack);
                 }
-            for (size_t k = 0; order != NULL && k < ngroups; k++) {
-                struct group *g = &groups[order[k]];
-                buf_printf(&b, "Open site #%d (stack %016llx): %ld socket(s) held now, %ld in all%s\n",
-                           g->number, (unsigned long long)g->stable_id, g->now, g->ever,
-                           growing(g, now) ? ", growing" : "");
-                text_frames(&b, g->stack);
             }
             free(order);
             buf_printf(&b, "SUMMARY: closewait: %ld socket(s) held in CLOSE_WAIT from %zu open site(s); %ld reported in all",
@@ -970,7 +972,7 @@ static void start_thread(void)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_attr_setstacksize(&attr, (size_t)256 * 1024);
     if (pthread_create(&thread, &attr, watcher_main, NULL) != 0) {
         atomic_store(&running, 0);
         cw_warn("cannot start the watcher thread; ", "only exit summaries will be written", NULL);
