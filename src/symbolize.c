@@ -262,7 +262,9 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
 
     GElf_Off off;
     GElf_Sym sym;
+    off = 0;
     base.function = demangled(p_dwfl_module_addrinfo(mod, lookup, &off, &sym, NULL, NULL, NULL));
+    base.sym_off = base.function != NULL ? (uintptr_t)off : (uintptr_t)-1;
     Dwfl_Line *line = p_dwfl_module_getsrc(mod, lookup);
     if (line != NULL) {
         int lineno = 0;
@@ -333,10 +335,34 @@ static int symbolize_dladdr(uintptr_t pc, uintptr_t lookup, struct cw_frame *out
         }
         f.module = intern(name);
         if (with_names) f.function = demangled(info.dli_sname);
+        f.sym_off = info.dli_saddr != NULL ? lookup - (uintptr_t)info.dli_saddr : (uintptr_t)-1;
     } else {
         f.offset = pc;
+        f.sym_off = (uintptr_t)-1;
     }
     out[0] = f;
+    return 1;
+}
+
+int cw_tail_call_frame(uintptr_t ret_addr, struct cw_frame *out)
+{
+    /* call rel32: e8 xx xx xx xx, ending at the return address.  The bytes are the caller's
+     * own code (mapped, readable: it just executed). */
+    const unsigned char *insn = (const unsigned char *)(ret_addr - 5); /* NOLINT(performance-no-int-to-ptr) */
+    if (ret_addr < 4096 || insn[0] != 0xe8) return 0;
+    int32_t rel;
+    memcpy(&rel, insn + 1, sizeof rel);
+    uintptr_t target = ret_addr + (uintptr_t)(intptr_t)rel;
+    struct cw_frame f[16];
+    int n = cw_symbolize(target, 1, f, 16);
+    if (n <= 0) return 0;
+    struct cw_frame *entry = &f[n - 1];
+    /* A PLT stub has no symbol of its own; a real function is entered at its first byte. */
+    if (entry->function == NULL || entry->sym_off != 0 || strstr(entry->function, "@plt") != NULL)
+        return 0;
+    *out = *entry;
+    out->inlined = 0;
+    out->tail_call = 1;
     return 1;
 }
 

@@ -132,7 +132,9 @@ static int expand_stack(uint32_t id, struct cw_frame *out, int max, int *raw_dep
     const uintptr_t *pcs;
     int depth = cw_stack_frames(id, &pcs);
     int n = 0;
-    for (int i = 0; i < depth && n < max; i++) n += cw_symbolize(pcs[i], i == 0, out + n, max - n);
+    /* Every captured pc is a return address: our own frames were cut off above it. */
+    if (depth > 0 && max > 0 && cw_tail_call_frame(pcs[0], &out[0])) n = 1;
+    for (int i = 0; i < depth && n < max; i++) n += cw_symbolize(pcs[i], 0, out + n, max - n);
     if (raw_depth != NULL) *raw_depth = depth;
     return n;
 }
@@ -153,7 +155,7 @@ static uint64_t stable_stack_id(uint32_t id)
     uint64_t h = 0xcbf29ce484222325ull;
     for (int i = 0; i < depth; i++) {
         struct cw_frame f[16];
-        int n = cw_symbolize(pcs[i], i == 0, f, 16);
+        int n = cw_symbolize(pcs[i], 0, f, 16);
         if (n <= 0) continue;
         const char *m = base_name(f[n - 1].module);
         for (const char *p = m; *p; p++) h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
@@ -183,6 +185,7 @@ static void json_frames(struct buf *b, const char *key, uint32_t id)
             buf_printf(b, ",\"line\":%d", f[i].line);
         }
         if (f[i].inlined) buf_puts(b, ",\"inlined\":true");
+        if (f[i].tail_call) buf_puts(b, ",\"tail_call\":true");
         buf_puts(b, "}");
     }
     buf_puts(b, "]");
@@ -198,6 +201,7 @@ static void text_frames(struct buf *b, uint32_t id)
                    f[i].function != NULL ? f[i].function : "??");
         if (f[i].file != NULL) buf_printf(b, " %s:%d", f[i].file, f[i].line);
         if (f[i].inlined) buf_puts(b, " (inlined)");
+        if (f[i].tail_call) buf_puts(b, " (tail call, recovered)");
         buf_printf(b, " (%s+0x%lx)\n", f[i].module != NULL ? f[i].module : "?",
                    (unsigned long)f[i].offset);
     }
