@@ -99,6 +99,8 @@ _Static_assert(sizeof(struct cw_slot) <= 64, "one cache line per descriptor");
 #define SEQ_GEN(s) ((s) >> 2)
 
 CW_HIDDEN extern _Atomic uint16_t cw_fork_gen;
+/* Set at the first TCP socket: until then the watcher has nothing to do. */
+CW_HIDDEN extern _Atomic int cw_any_tcp;
 
 /* Slot of fd if its chunk exists, else NULL. Cheap: no syscall, no lock. */
 CW_HIDDEN struct cw_slot *cw_slot_peek(int fd);

@@ -12,6 +12,7 @@
 static _Atomic(struct cw_slot *) chunks[CW_MAX_CHUNKS];
 static _Atomic int chunk_limit; /* highest chunk index present + 1 */
 CW_HIDDEN _Atomic uint16_t cw_fork_gen;
+CW_HIDDEN _Atomic int cw_any_tcp;
 
 struct cw_slot *cw_slot_peek(int fd)
 {
@@ -80,6 +81,8 @@ void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack)
                           memory_order_relaxed);
     atomic_store_explicit(&s->aux, -1, memory_order_relaxed);
     atomic_store_explicit(&s->seq, next_seq(old + 4, kind), memory_order_release);
+    if ((kind == KIND_TCP || kind == KIND_LISTEN) && !atomic_load_explicit(&cw_any_tcp, memory_order_relaxed))
+        atomic_store_explicit(&cw_any_tcp, 1, memory_order_relaxed);
 }
 
 void cw_slot_forget(int fd)
@@ -134,6 +137,7 @@ void cw_slot_copy(int from, int to)
 #undef COPY
     atomic_store_explicit(&dst->aux, from, memory_order_relaxed);
     atomic_store_explicit(&dst->seq, next_seq(old + 4, kind), memory_order_release);
+    atomic_store_explicit(&cw_any_tcp, 1, memory_order_relaxed);
 }
 
 const char *cw_op_name(int op)

@@ -609,10 +609,13 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
 }
 
 static void check_crossed(int64_t now);
-static void check_listeners(int64_t now);
+static void check_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now);
 
 static void tick(void)
 {
+    /* A process that never made a TCP socket (a shell, a compiler under an inherited
+     * LD_PRELOAD) costs nothing more than this test. */
+    if (!atomic_load_explicit(&cw_any_tcp, memory_order_relaxed)) return;
     int64_t now = cw_now_ms();
     int have_diag = cw_kernel_tcp_inodes(1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK, &cw_inodes,
                                          &unowned) == 0;
@@ -625,11 +628,12 @@ static void tick(void)
             continue;
         }
         struct cw_slot *s = cw_slot_peek(fd);
-        if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == KIND_TCP)
-            examine(fd, s, have_diag, now);
+        if (s == NULL) continue;
+        uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (SEQ_KIND(seq) == KIND_TCP) examine(fd, s, have_diag, now);
+        else if (SEQ_KIND(seq) == KIND_LISTEN) check_listener(fd, s, seq, now);
     }
     if (have_diag) check_crossed(now);
-    check_listeners(now);
     sweep_leaks(now);
 }
 
@@ -822,60 +826,49 @@ static void report_backlog(struct listener *l, struct cw_slot *s, const char *re
     buf_free(&b);
 }
 
-static void check_listeners(int64_t now)
+static void check_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
 {
-    int limit = cw_table_limit();
-    for (int fd = 0; fd < limit; fd++) {
-        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
-            fd += CW_CHUNK_SLOTS - 1;
-            continue;
-        }
-        struct cw_slot *s = cw_slot_peek(fd);
-        if (s == NULL) continue;
-        uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-        if (SEQ_KIND(seq) != KIND_LISTEN) continue;
-        if (atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
-            atomic_load_explicit(&cw_fork_gen, memory_order_relaxed))
-            continue; /* the parent watches its own listeners */
-        struct listener *l = listener_for(fd, seq);
-        if (l == NULL) continue;
-        struct tcp_info ti;
-        if (cw_kernel_tcp_info(fd, &ti) != 0 || ti.tcpi_state != TCPS_LISTEN) continue;
-        if (l->port == 0) {
-            cw_kernel_endpoint(fd, 0, l->addr, sizeof l->addr);
-            const char *colon = strrchr(l->addr, ':');
-            l->port = colon != NULL ? (uint16_t)atoi(colon + 1) : 0;
-        }
-        uint32_t queued = 0;
-        for (int i = 0; i < unowned.n; i++)
-            if (unowned.port[i] == l->port) queued = unowned.count[i];
-        /* While connections wait, accept() checks each one it returns. */
-        if (ti.tcpi_unacked > 0 || queued > 0)
-            atomic_fetch_or_explicit(&s->flags, SF_BACKLOGGED, memory_order_relaxed);
-        else
-            atomic_fetch_and_explicit(&s->flags, ~SF_BACKLOGGED, memory_order_relaxed);
-        uint32_t dead = atomic_load_explicit(&s->eof_stack, memory_order_relaxed);
+    if (atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
+        atomic_load_explicit(&cw_fork_gen, memory_order_relaxed))
+        return; /* the parent watches its own listeners */
+    struct listener *l = listener_for(fd, seq);
+    if (l == NULL) return;
+    struct tcp_info ti;
+    if (cw_kernel_tcp_info(fd, &ti) != 0 || ti.tcpi_state != TCPS_LISTEN) return;
+    if (l->port == 0) {
+        cw_kernel_endpoint(fd, 0, l->addr, sizeof l->addr);
+        const char *colon = strrchr(l->addr, ':');
+        l->port = colon != NULL ? (uint16_t)atoi(colon + 1) : 0;
+    }
+    uint32_t queued = 0;
+    for (int i = 0; i < unowned.n; i++)
+        if (unowned.port[i] == l->port) queued = unowned.count[i];
+    /* While connections wait, accept() checks each one it returns. */
+    if (ti.tcpi_unacked > 0 || queued > 0)
+        atomic_fetch_or_explicit(&s->flags, SF_BACKLOGGED, memory_order_relaxed);
+    else
+        atomic_fetch_and_explicit(&s->flags, ~SF_BACKLOGGED, memory_order_relaxed);
+    uint32_t dead = atomic_load_explicit(&s->eof_stack, memory_order_relaxed);
 
-        /* One finding per listener, its counts updated at most once per grace period. */
-        if ((dead > l->dead_reported || queued > l->queued_reported) &&
-            (l->last_report_ms == 0 || now - l->last_report_ms >= cw_cfg.grace_ms)) {
-            report_backlog(l, s, "peer_closed_in_backlog", dead, queued, &ti);
-            l->dead_reported = dead;
-            if (queued > l->queued_reported) l->queued_reported = queued;
-            l->last_report_ms = now;
+    /* One finding per listener, its counts updated at most once per grace period. */
+    if ((dead > l->dead_reported || queued > l->queued_reported) &&
+        (l->last_report_ms == 0 || now - l->last_report_ms >= cw_cfg.grace_ms)) {
+        report_backlog(l, s, "peer_closed_in_backlog", dead, queued, &ti);
+        l->dead_reported = dead;
+        if (queued > l->queued_reported) l->queued_reported = queued;
+        l->last_report_ms = now;
+    }
+    /* Full: more waiting than the limit; the kernel drops SYNs until accept() catches up. */
+    if (ti.tcpi_unacked > ti.tcpi_sacked) {
+        if (l->full_since == 0) l->full_since = now;
+        int64_t hold = cw_cfg.grace_ms < 1000 ? cw_cfg.grace_ms : 1000;
+        if (!l->full_reported && now - l->full_since >= hold) {
+            report_backlog(l, s, "accept_queue_full", dead, queued, &ti);
+            l->full_reported = 1;
         }
-        /* Full: more waiting than the limit; the kernel drops SYNs until accept() catches up. */
-        if (ti.tcpi_unacked > ti.tcpi_sacked) {
-            if (l->full_since == 0) l->full_since = now;
-            int64_t hold = cw_cfg.grace_ms < 1000 ? cw_cfg.grace_ms : 1000;
-            if (!l->full_reported && now - l->full_since >= hold) {
-                report_backlog(l, s, "accept_queue_full", dead, queued, &ti);
-                l->full_reported = 1;
-            }
-        } else {
-            l->full_since = 0;
-            l->full_reported = 0;
-        }
+    } else {
+        l->full_since = 0;
+        l->full_reported = 0;
     }
 }
 
