@@ -960,6 +960,37 @@ class Symbolize(unittest.TestCase):
         r, _ = run_json("--no-symbolize", "--suppressions", supp, self.log(self.prog))
         self.assertEqual(r["summary"]["suppressed_findings"], 0)
 
+    def one_frame_log(self, frames, name):
+        e = json.loads(self.template.replace("@MODULE@", self.prog))
+        e["open_stack"] = frames
+        p = os.path.join(self.tmp, name)
+        with open(p, "w") as f:
+            f.write(json.dumps(e) + "\n")
+        return p
+
+    def test_innermost_return_address(self):
+        # the library cuts its own frames off: its first frame is a return address, and the
+        # call's line (offset - 1) is what both it and the report must show
+        p = self.one_frame_log([{"module": self.prog, "offset": "0x%x" % self.off_main}],
+                               "ret.log")
+        r, _ = run_json(p)
+        fr = r["findings"][0]["open_stack"][0]
+        self.assertEqual((fr["function"], fr["line"]), ("main", self.lines["L_MAIN_CALL"]))
+
+    def test_tail_call_frame_is_an_exact_address(self):
+        p = self.one_frame_log([{"module": self.prog, "offset": "0x%x" % self.off_func,
+                                 "tail_call": True},
+                                {"module": self.prog, "offset": "0x%x" % self.off_main}],
+                               "tail.log")
+        r, _ = run_json(p)
+        stack = r["findings"][0]["open_stack"]
+        self.assertEqual([(f["function"], f["line"], f["tail_call"]) for f in stack],
+                         [("open_conn", self.lines["L_OPEN"], True),
+                          ("main", self.lines["L_MAIN_CALL"], False)])
+        rc, out, _ = run(p)
+        self.assertRegex(out, r"#0 open_conn at .*prog\.c:%d \(.*\) \[tail call\]"
+                         % self.lines["L_OPEN"])
+
     def test_non_pie_executable(self):
         d = tempfile.mkdtemp(dir=self.tmp)
         exe = os.path.join(d, "prog")
