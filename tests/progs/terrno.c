@@ -18,6 +18,11 @@
 
 #define MAGIC 4242
 
+extern ssize_t __read_chk(int fd, void *buf, size_t nbytes, size_t buflen);
+extern ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags);
+extern ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags,
+                              struct sockaddr *addr, socklen_t *addrlen);
+
 static void show(const char *what, long ret, int err)
 {
     /* non-negative results that are descriptors are shown as "ok" */
@@ -61,6 +66,16 @@ int main(void)
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
     CHECK("recvmsg(devnull)", recvmsg(nul, &mh, 0));
+    CHECK("__read_chk(9999)", __read_chk(9999, buf, sizeof buf, sizeof buf));
+    CHECK("__recv_chk(devnull)", __recv_chk(nul, buf, sizeof buf, sizeof buf, 0));
+    CHECK("__recvfrom_chk(devnull)",
+          __recvfrom_chk(nul, buf, sizeof buf, sizeof buf, 0, NULL, NULL));
+    struct mmsghdr mm;
+    memset(&mm, 0, sizeof mm);
+    mm.msg_hdr.msg_iov = &iov;
+    mm.msg_hdr.msg_iovlen = 1;
+    CHECK("recvmmsg(devnull)", recvmmsg(nul, &mm, 1, 0, NULL));
+    CHECK("recvmmsg(9999)", recvmmsg(9999, &mm, 1, 0, NULL));
     CHECK("accept(devnull)", accept(nul, NULL, NULL));
     CHECK("socket(badfamily)", socket(12345, SOCK_STREAM, 0));
     CHECK("socket(badtype)", socket(AF_INET, 12345, 0));
@@ -98,11 +113,18 @@ int main(void)
     CHECKFD("accept", fd, accept(lfd, NULL, NULL));
     CHECK("send", send(cfd, "hello", 5, 0));
     CHECK("recv data", recv(fd, buf, sizeof buf, 0));
+    CHECK("send more", send(cfd, "more", 4, 0));
+    usleep(20000);
     CHECK("recv 0 bytes live", recv(fd, buf, 0, 0));
+    CHECK("recv rest", recv(fd, buf, sizeof buf, 0));
     CHECK("recv nonblock empty", recv(fd, buf, sizeof buf, MSG_DONTWAIT));
     CHECK("close(client)", close(cfd));
     CHECK("recv eof", recv(fd, buf, sizeof buf, 0));
     CHECK("read eof", read(fd, buf, sizeof buf));
+    CHECK("__read_chk eof", __read_chk(fd, buf, sizeof buf, sizeof buf));
+    CHECK("__recv_chk eof", __recv_chk(fd, buf, sizeof buf, sizeof buf, 0));
+    CHECK("__recvfrom_chk eof", __recvfrom_chk(fd, buf, sizeof buf, sizeof buf, 0, NULL, NULL));
+    CHECK("recvmmsg eof", recvmmsg(fd, &mm, 1, 0, NULL));
     CHECK("shutdown", shutdown(fd, SHUT_WR));
     CHECK("close(accepted)", close(fd));
     CHECK("close(accepted) again", close(fd));

@@ -7,9 +7,10 @@
  *   ttraps udp HOLD_MS     UDP socket on 127.0.0.1: prints "PORT <n>", receives four
  *                          zero-length datagrams with recvfrom, recv, read, recvmsg,
  *                          keeps the socket open
- *   ttraps recv0 HOLD_MS   TCP server: prints "PORT <n>", accepts one connection,
- *                          recv(fd, buf, 0, 0) on the live socket, keeps it HOLD_MS,
- *                          then reads until the real EOF and closes at once
+ *   ttraps recv0 HOLD_MS   TCP server: prints "PORT <n>", accepts one connection, waits
+ *                          for data to be pending (the client sends some and stays
+ *                          connected), recv(fd, buf, 0, 0) returns 0 on the live socket,
+ *                          keeps it HOLD_MS, then reads until the real EOF and closes
  * Output lines: "EOF <fd>", "GOT <call> <ret>", "RECV0 <ret>", "DONE".
  */
 #define _GNU_SOURCE
@@ -121,7 +122,11 @@ int main(int argc, char **argv)
         if (fd < 0)
             return 1;
         printf("ACCEPT %d\n", fd);
-        ssize_t r = recv(fd, buf, 0, 0);
+        /* with nothing pending a zero-length recv blocks; wait for the data */
+        ssize_t r = recv(fd, buf, 1, MSG_PEEK);
+        if (r != 1)
+            return 1;
+        r = recv(fd, buf, 0, 0);
         printf("RECV0 %zd\n", r);
         sleep_ms(hold);
         ssize_t n;

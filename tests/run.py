@@ -1,0 +1,1115 @@
+#!/usr/bin/env python3
+"""Tests for libclosewait.so: real programs under LD_PRELOAD, driven with real sockets on
+127.0.0.1, with the kernel's view (ss, /proc) as ground truth.
+
+    python3 tests/run.py [-k SUBSTRING] [--lib PATH] [-v]
+
+The library is --lib, else $CLOSEWAIT_LIB, else libclosewait.so at the repository root.
+Standard library only. Every wait is a bounded poll.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS_DIR)
+BUILD = os.path.join(TESTS_DIR, 'build')
+TSERVER = os.path.join(BUILD, 'tserver')
+TTRAPS = os.path.join(BUILD, 'ttraps')
+TERRNO = os.path.join(BUILD, 'terrno')
+SEED_PY = os.path.join(TESTS_DIR, 'progs', 'seed_server.py')
+SYSTEM_PYTHON = '/usr/bin/python3'
+
+GRACE_MS = 300
+HOST = '127.0.0.1'
+
+LIB = None          # set in main()
+VERBOSE = False
+
+
+class TestFailure(Exception):
+    pass
+
+
+class TestSkip(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def log(msg):
+    if VERBOSE:
+        sys.stderr.write('    %s\n' % msg)
+
+
+def poll_until(fn, timeout, interval=0.02):
+    """Calls fn until it returns something true or timeout seconds pass; returns the last value."""
+    deadline = time.time() + timeout
+    while True:
+        v = fn()
+        if v or time.time() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- programs under test
+
+class Prog:
+    """A program started with or without the library, its stdout lines collected by a thread."""
+
+    def __init__(self, argv, lib=True, fmt='json', grace=GRACE_MS, env=None, log_name='closewait.log'):
+        self.dir = tempfile.mkdtemp(prefix='cwtest-')
+        self.log = os.path.join(self.dir, log_name)
+        self.argv = argv
+        e = {k: v for k, v in os.environ.items()
+             if not k.startswith('CLOSEWAIT_') and k != 'LD_PRELOAD'}
+        if lib:
+            e['LD_PRELOAD'] = LIB
+            e['CLOSEWAIT_LOG'] = self.log
+            e['CLOSEWAIT_FORMAT'] = fmt
+            if grace is not None:
+                e['CLOSEWAIT_GRACE_MS'] = str(grace)
+        for k, v in (env or {}).items():
+            if v is None:
+                e.pop(k, None)
+            else:
+                e[k] = v
+        self.stderr_path = os.path.join(self.dir, 'stderr')
+        self._stderr = open(self.stderr_path, 'wb')
+        self.lines = []             # (arrival time, text)
+        self.cond = threading.Condition()
+        self.stdout_done = False
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, env=e, close_fds=True)
+        self.pid = self.proc.pid
+        self.t_start = time.time()
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+
+    def _read_stdout(self):
+        for raw in self.proc.stdout:
+            line = raw.decode('utf-8', 'replace').rstrip('\n')
+            with self.cond:
+                self.lines.append((time.time(), line))
+                self.cond.notify_all()
+        with self.cond:
+            self.stdout_done = True
+            self.cond.notify_all()
+
+    def context(self):
+        out = ' | '.join(l for _, l in self.lines[-8:])
+        err = self.stderr_text().strip().replace('\n', ' | ')[-600:]
+        return 'argv=%s stdout=[%s] stderr=[%s] rc=%s' % (
+            ' '.join(os.path.basename(a) for a in self.argv), out, err, self.proc.poll())
+
+    def wait_line(self, pattern, timeout=5.0):
+        """First stdout line matching the regex (searched from the start): (time, match)."""
+        rx = re.compile(pattern)
+        deadline = time.time() + timeout
+        with self.cond:
+            while True:
+                for t, l in self.lines:
+                    m = rx.match(l)
+                    if m:
+                        return t, m
+                left = deadline - time.time()
+                if left <= 0 or self.stdout_done:
+                    raise TestFailure('no stdout line /%s/ within %.1fs (%s)' % (
+                        pattern, timeout, self.context()))
+                self.cond.wait(min(left, 0.1))
+
+    def has_line(self, pattern):
+        rx = re.compile(pattern)
+        with self.cond:
+            return any(rx.match(l) for _, l in self.lines)
+
+    def port(self):
+        return int(self.wait_line(r'PORT (\d+)$')[1].group(1))
+
+    def raw_log(self):
+        try:
+            with open(self.log, 'rb') as f:
+                return f.read().decode('utf-8', 'replace')
+        except FileNotFoundError:
+            return ''
+
+    def events(self, path=None):
+        """Every complete line of the JSON log, parsed. An unparsable line fails the test."""
+        if path:
+            with open(path, 'rb') as f:
+                text = f.read().decode('utf-8', 'replace')
+        else:
+            text = self.raw_log()
+        out = []
+        for line in text.split('\n')[:-1]:      # a last line without '\n' is still being written
+            if not line.strip():
+                raise TestFailure('empty line in the JSON log')
+            try:
+                ev = json.loads(line)
+            except ValueError as ex:
+                raise TestFailure('log line is not JSON (%s): %r' % (ex, line[:300]))
+            if not isinstance(ev, dict):
+                raise TestFailure('log line is not a JSON object: %r' % line[:300])
+            out.append(ev)
+        return out
+
+    def leaks(self):
+        return [e for e in self.events() if e.get('event') == 'leak']
+
+    def wait_events(self, pred, count=1, timeout=5.0):
+        """Polls the log until `count` events satisfy pred; returns (events, time seen)."""
+        deadline = time.time() + timeout
+        while True:
+            evs = [e for e in self.events() if pred(e)]
+            now = time.time()
+            if len(evs) >= count:
+                return evs, now
+            if now >= deadline:
+                raise TestFailure('%d event(s) wanted within %.1fs, got %d; log=%s; %s' % (
+                    count, timeout, len(evs), short_log(self), self.context()))
+            time.sleep(0.02)
+
+    def stderr_text(self):
+        try:
+            with open(self.stderr_path, 'rb') as f:
+                return f.read().decode('utf-8', 'replace')
+        except FileNotFoundError:
+            return ''
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def quit(self):
+        """Closes the program's stdin (ends a -q linger)."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def wait_exit(self, timeout=10.0):
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise TestFailure('program did not exit within %.1fs (%s)' % (timeout, self.context()))
+        self._reader.join(2)
+        return rc
+
+    def finish(self, timeout=10.0, expect_rc=0):
+        self.quit()
+        rc = self.wait_exit(timeout)
+        if expect_rc is not None:
+            check(rc == expect_rc, 'program exit status %s, wanted %s (%s)' % (rc, expect_rc, self.context()))
+        return rc
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def short_log(prog, limit=700):
+    t = prog.raw_log().strip().replace('\n', ' || ')
+    return '[' + (t if len(t) <= limit else t[:limit] + '...') + ']'
+
+
+# ---------------------------------------------------------------- kernel view
+
+_USERS_RX = re.compile(r'pid=(\d+),fd=(\d+)')
+
+
+def ss_sockets():
+    """All TCP sockets as the kernel shows them: dicts state/local/peer/owners[(pid, fd)]."""
+    r = subprocess.run(['ss', '-Htanp'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=10)
+    out = []
+    for line in r.stdout.decode('utf-8', 'replace').splitlines():
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        owners = [(int(p), int(f)) for p, f in _USERS_RX.findall(line)]
+        out.append({'state': parts[0], 'local': parts[3], 'peer': parts[4], 'owners': owners})
+    return out
+
+
+def kernel_socket(local, peer):
+    for s in ss_sockets():
+        if s['local'] == local and s['peer'] == peer:
+            return s
+    return None
+
+
+def wait_kernel_state(local, peer, state, pid=None, fd=None, timeout=3.0):
+    """Waits until the kernel shows the socket local<->peer in `state` (owned by pid/fd)."""
+    def ok():
+        s = kernel_socket(local, peer)
+        if not s or s['state'] != state:
+            return None
+        if pid is not None and fd is not None and (pid, fd) not in s['owners']:
+            return None
+        return s
+    s = poll_until(ok, timeout, 0.05)
+    if not s:
+        raise TestFailure('kernel does not show %s -> %s in %s owned by pid %s fd %s (it shows %s)' % (
+            local, peer, state, pid, fd, kernel_socket(local, peer)))
+    return s
+
+
+def close_wait_of(pid):
+    return [s for s in ss_sockets() if s['state'] == 'CLOSE-WAIT'
+            and any(p == pid for p, _ in s['owners'])]
+
+
+def fd_target(pid, fd):
+    try:
+        return os.readlink('/proc/%d/fd/%d' % (pid, fd))
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------- clients
+
+def addr(sa):
+    ip, port = sa[0], sa[1]
+    return ('[%s]:%d' % (ip, port)) if ':' in ip else ('%s:%d' % (ip, port))
+
+
+class Conn:
+    """A client connection to a test server plus what the server said about it."""
+
+    def __init__(self, prog, port, data=b'', accept_timeout=5.0):
+        self.sock = socket.create_connection((HOST, port), timeout=5)
+        self.client_local = addr(self.sock.getsockname())
+        self.server_local = addr(self.sock.getpeername())   # the server's view: local
+        self.server_peer = self.client_local                # ... and peer
+        self.cport = self.sock.getsockname()[1]
+        if data:
+            self.sock.sendall(data)
+        self.prog = prog
+        self.fd = None
+        self.t_close = None
+        if prog is not None:
+            self.fd = int(prog.wait_line(r'ACCEPT (\d+) %d$' % self.cport, accept_timeout)[1].group(1))
+
+    def close(self):
+        self.sock.close()
+        self.t_close = time.time()
+
+    def matches(self, ev):
+        return ev.get('peer') == self.server_peer
+
+
+def leak_for(conn):
+    return lambda e: e.get('event') == 'leak' and e.get('peer') == conn.server_peer
+
+
+def is_leak(e):
+    return e.get('event') == 'leak'
+
+
+# ---------------------------------------------------------------- assertions on events
+
+def frame_functions(stack):
+    return [f.get('function') for f in stack or [] if isinstance(f, dict)]
+
+
+def check_stack_names(ev, key, name):
+    st = ev.get(key)
+    check(isinstance(st, list) and st, '%s missing or empty: %r' % (key, st))
+    names = frame_functions(st)
+    check(name in names, '%s does not name %s; functions: %s' % (key, name, names))
+
+
+def check_leak(ev, conn, reason, opened_by=None, open_fn=None, eof_fn=None, eof_by=None,
+               reasons=None):
+    want_reasons = reasons or (reason,)
+    check(ev.get('reason') in want_reasons, 'reason %r, wanted %s' % (ev.get('reason'), ' or '.join(want_reasons)))
+    check(ev.get('fd') == conn.fd, 'fd %r, wanted %d' % (ev.get('fd'), conn.fd))
+    check(ev.get('local') == conn.server_local, 'local %r, wanted %s' % (ev.get('local'), conn.server_local))
+    check(ev.get('peer') == conn.server_peer, 'peer %r, wanted %s' % (ev.get('peer'), conn.server_peer))
+    if opened_by is not None:
+        ok = ev.get('opened_by') in (opened_by if isinstance(opened_by, tuple) else (opened_by,))
+        check(ok, 'opened_by %r, wanted %s' % (ev.get('opened_by'), opened_by))
+    if open_fn:
+        check_stack_names(ev, 'open_stack', open_fn)
+    else:
+        check(isinstance(ev.get('open_stack'), list) and ev['open_stack'], 'open_stack empty: %r' % ev.get('open_stack'))
+    if eof_fn:
+        check_stack_names(ev, 'eof_stack', eof_fn)
+    if eof_by:
+        ok = ev.get('eof_by') in (eof_by if isinstance(eof_by, tuple) else (eof_by,))
+        check(ok, 'eof_by %r, wanted %s' % (ev.get('eof_by'), eof_by))
+
+
+HEX_RX = re.compile(r'^0x[0-9a-fA-F]+$')
+TIME_RX = re.compile(r'^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{3})Z$')
+ADDR_RX = re.compile(r'^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):\d{1,5}$')
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_common(ev, pid):
+    for k in ('event', 'pid', 'time', 'ts_ms'):
+        check(k in ev, 'event lacks %r: %s' % (k, ev))
+    check(isinstance(ev['event'], str), 'event not a string: %r' % ev['event'])
+    check(is_int(ev['pid']) and ev['pid'] == pid, 'pid %r, wanted %d' % (ev['pid'], pid))
+    check(is_int(ev['ts_ms']), 'ts_ms not an integer: %r' % ev['ts_ms'])
+    now = time.time() * 1000
+    check(now - 120000 < ev['ts_ms'] <= now + 1000, 'ts_ms %r is not now (%d)' % (ev['ts_ms'], now))
+    m = TIME_RX.match(ev['time']) if isinstance(ev['time'], str) else None
+    check(m, 'time %r is not ISO 8601 UTC with ms (YYYY-MM-DDTHH:MM:SS.mmmZ)' % (ev['time'],))
+    dt = datetime.datetime(*[int(x) for x in m.groups()[:6]], tzinfo=datetime.timezone.utc)
+    t_ms = int(dt.timestamp()) * 1000 + int(m.group(7))
+    check(abs(t_ms - ev['ts_ms']) <= 1, 'time %s and ts_ms %d disagree' % (ev['time'], ev['ts_ms']))
+
+
+def validate_frames(stack, key):
+    check(isinstance(stack, list) and stack, '%s missing or empty' % key)
+    for fr in stack:
+        check(isinstance(fr, dict), '%s frame not an object: %r' % (key, fr))
+        check(isinstance(fr.get('pc'), str) and HEX_RX.match(fr['pc']), '%s frame pc %r not 0x hex' % (key, fr.get('pc')))
+        check(isinstance(fr.get('module'), str) and fr['module'].startswith('/'), '%s frame module %r not a path' % (key, fr.get('module')))
+        check(os.path.exists(fr['module']), '%s frame module %s does not exist' % (key, fr['module']))
+        check(isinstance(fr.get('offset'), str) and HEX_RX.match(fr['offset']), '%s frame offset %r not 0x hex' % (key, fr.get('offset')))
+        if 'function' in fr:
+            check(isinstance(fr['function'], str) and fr['function'], '%s frame function %r' % (key, fr['function']))
+        if 'file' in fr:
+            check(isinstance(fr['file'], str) and fr['file'], '%s frame file %r' % (key, fr['file']))
+        if 'line' in fr:
+            check(is_int(fr['line']) and fr['line'] > 0, '%s frame line %r' % (key, fr['line']))
+
+
+def validate_leak(ev, exe=None):
+    check(is_int(ev.get('fd')) and ev['fd'] >= 0, 'fd %r' % ev.get('fd'))
+    check(ev.get('reason') in ('eof_not_closed', 'peer_closed_unread', 'shutdown_not_closed'), 'reason %r' % ev.get('reason'))
+    check(ev.get('state') in ('CLOSE_WAIT', 'LAST_ACK', 'CLOSE'), 'state %r' % ev.get('state'))
+    for k in ('local', 'peer'):
+        check(isinstance(ev.get(k), str) and ADDR_RX.match(ev[k]), '%s %r is not ip:port' % (k, ev.get(k)))
+    for k in ('since_fin_ms', 'open_age_ms'):
+        check(is_int(ev.get(k)) and ev[k] >= 0, '%s %r' % (k, ev.get(k)))
+    check(ev['open_age_ms'] + 5 >= ev['since_fin_ms'], 'open_age_ms %d < since_fin_ms %d' % (ev['open_age_ms'], ev['since_fin_ms']))
+    check(isinstance(ev.get('opened_by'), str) and ev['opened_by'], 'opened_by %r' % ev.get('opened_by'))
+    check(isinstance(ev.get('stack_id'), str) and re.match(r'^[0-9a-fA-F]{16}$', ev['stack_id']), 'stack_id %r is not 16 hex digits' % ev.get('stack_id'))
+    validate_frames(ev.get('open_stack'), 'open_stack')
+    if 'eof_stack' in ev or 'eof_by' in ev:
+        validate_frames(ev.get('eof_stack'), 'eof_stack')
+        check(isinstance(ev.get('eof_by'), str) and ev['eof_by'], 'eof_by %r' % ev.get('eof_by'))
+    if 'dup_fds' in ev:
+        check(isinstance(ev['dup_fds'], list) and all(is_int(x) for x in ev['dup_fds']), 'dup_fds %r' % ev['dup_fds'])
+    check(isinstance(ev.get('exe'), str), 'exe %r' % ev.get('exe'))
+    if exe:
+        check(os.path.realpath(ev['exe']) == os.path.realpath(exe), 'exe %r, wanted %s' % (ev['exe'], exe))
+
+
+def validate_closed_late(ev):
+    check(is_int(ev.get('fd')), 'closed_late fd %r' % ev.get('fd'))
+    check(isinstance(ev.get('stack_id'), str) and re.match(r'^[0-9a-fA-F]{16}$', ev['stack_id']), 'closed_late stack_id %r' % ev.get('stack_id'))
+    for k in ('local', 'peer'):
+        check(isinstance(ev.get(k), str) and ADDR_RX.match(ev[k]), 'closed_late %s %r' % (k, ev.get(k)))
+    check(is_int(ev.get('held_ms')) and ev['held_ms'] >= 0, 'closed_late held_ms %r' % ev.get('held_ms'))
+
+
+def validate_summary(ev):
+    check(is_int(ev.get('leaks_open')) and ev['leaks_open'] >= 0, 'summary leaks_open %r' % ev.get('leaks_open'))
+    check(is_int(ev.get('leaks_total')) and ev['leaks_total'] >= ev['leaks_open'], 'summary leaks_total %r' % ev.get('leaks_total'))
+    check(isinstance(ev.get('findings'), list), 'summary findings %r' % ev.get('findings'))
+    for f in ev['findings']:
+        check(isinstance(f, dict) and isinstance(f.get('stack_id'), str) and is_int(f.get('count_now'))
+              and is_int(f.get('count_ever')), 'summary finding %r' % f)
+
+
+def no_leaks(prog, why=''):
+    leaks = prog.leaks()
+    check(not leaks, 'false report%s: %s' % (why and ' (' + why + ')', json.dumps(leaks)[:600]))
+
+
+def quiet_period():
+    """Long enough for a false report to appear: three grace periods and a margin."""
+    time.sleep(3 * GRACE_MS / 1000.0 + 0.4)
+
+
+def summary_of(prog):
+    s = [e for e in prog.events() if e.get('event') == 'summary']
+    return s[-1] if s else None
+
+
+# ---------------------------------------------------------------- registry
+
+TESTS = []
+
+
+def test(fn=None, name=None):
+    def reg(f):
+        TESTS.append((name or f.__name__.replace('test_', '', 1), f))
+        return f
+    return reg(fn) if fn else reg
+
+
+def run_prog(argv, **kw):
+    p = Prog(argv, **kw)
+    _live.append(p)
+    return p
+
+
+_live = []
+
+
+# ---------------------------------------------------------------- tests: read entry points
+
+READ_METHODS = [
+    # method arg, rd_ function, eof_by names accepted, accept4?
+    ('read', 'rd_read', ('read',), False),
+    ('readv', 'rd_readv', ('readv',), True),
+    ('recv', 'rd_recv', ('recv',), True),
+    ('recvfrom', 'rd_recvfrom', ('recvfrom',), False),
+    ('recvmsg', 'rd_recvmsg', ('recvmsg',), True),
+    ('recvmmsg', 'rd_recvmmsg', ('recvmmsg',), False),
+    ('read_chk', 'rd_read_chk', ('__read_chk',), True),
+    ('recv_chk', 'rd_recv_chk', ('__recv_chk',), False),
+    ('recvfrom_chk', 'rd_recvfrom_chk', ('__recvfrom_chk',), True),
+]
+
+
+def make_eof_test(method, rdfn, eof_by, use_accept4):
+    def t():
+        argv = [TSERVER, '-n', '1', '-m', method, '-c', 'leak', '-q', '-l', '15000']
+        if use_accept4:
+            argv.append('-A')
+        p = run_prog(argv)
+        c = Conn(p, p.port())
+        c.close()
+        p.wait_line(r'EOF %d$' % c.fd)
+        p.wait_line(r'LEAK %d$' % c.fd)
+        wait_kernel_state(c.server_local, c.server_peer, 'CLOSE-WAIT', p.pid, c.fd)
+        evs, _ = p.wait_events(is_leak, 1, timeout=GRACE_MS / 1000.0 + 4)
+        time.sleep(2 * GRACE_MS / 1000.0 + 0.3)      # room for a duplicate
+        p.finish()
+        leaks = p.leaks()
+        check(len(leaks) == 1, 'wanted exactly one leak event, got %d: %s' % (len(leaks), json.dumps(leaks)[:500]))
+        check_leak(leaks[0], c, 'eof_not_closed',
+                   opened_by='accept4' if use_accept4 else 'accept',
+                   open_fn='tserver_accept_conn', eof_fn=rdfn, eof_by=eof_by)
+    return t
+
+
+for _m, _fn, _by, _a4 in READ_METHODS:
+    test(make_eof_test(_m, _fn, _by, _a4), name='eof_leak_' + _m)
+
+
+# ---------------------------------------------------------------- tests: timing
+
+@test
+def test_report_while_sleeping():
+    """The program reads EOF, then sleeps in nanosleep making no calls: the report still
+    arrives within grace + 1 s of the client's close."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'recv', '-c', 'leak', '-l', '6000'])
+    c = Conn(p, p.port())
+    c.close()
+    p.wait_line(r'LEAK %d$' % c.fd)
+    limit = GRACE_MS / 1000.0 + 1.0
+    evs, seen = p.wait_events(is_leak, 1, timeout=limit + 2.0)
+    latency = seen - c.t_close
+    check(p.alive(), 'program had already exited when the report came')
+    check(latency <= limit + 0.1, 'report came %.2fs after the close, limit %.2fs' % (latency, limit))
+    check(evs[0].get('reason') == 'eof_not_closed', 'reason %r' % evs[0].get('reason'))
+    sf = evs[0].get('since_fin_ms')
+    check(is_int(sf) and GRACE_MS - 50 <= sf <= GRACE_MS + 1500, 'since_fin_ms %r vs grace %d' % (sf, GRACE_MS))
+    p.proc.terminate()
+    p.wait_exit(5)
+
+
+@test
+def test_seed_sleep_before_read():
+    """The blog's scenario: accept, sleep 3 s before reading; the client closes at once.
+    The socket sits in CLOSE_WAIT and is reported before the server wakes."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'recv', '-s', '3000', '-c', 'close', '-q', '-l', '3000'])
+    c = Conn(p, p.port())
+    c.close()
+    wait_kernel_state(c.server_local, c.server_peer, 'CLOSE-WAIT', p.pid, c.fd)
+    evs, seen = p.wait_events(is_leak, 1, timeout=GRACE_MS / 1000.0 + 1.5)
+    check(not p.has_line(r'WOKE '), 'the server woke before the report')
+    ev = evs[0]
+    check_leak(ev, c, 'peer_closed_unread', opened_by='accept', open_fn='tserver_accept_conn')
+    check(ev.get('state') == 'CLOSE_WAIT', 'state %r' % ev.get('state'))
+    check('eof_stack' not in ev and 'eof_by' not in ev, 'eof fields on a socket whose EOF was never read: %r' % ev.get('eof_by'))
+    check(seen - c.t_close <= GRACE_MS / 1000.0 + 1.1, 'report %.2fs after the close' % (seen - c.t_close))
+    t_woke = p.wait_line(r'WOKE %d$' % c.fd, 6)[0]
+    check(seen < t_woke, 'report after the wake')
+    p.wait_line(r'CLOSED %d close$' % c.fd, 3)
+    cl, _ = p.wait_events(lambda e: e.get('event') == 'closed_late' and e.get('peer') == c.server_peer, 1, 3)
+    check(cl[0].get('fd') == c.fd, 'closed_late fd %r' % cl[0].get('fd'))
+    held = cl[0].get('held_ms')
+    check(is_int(held) and 2000 <= held <= 6000, 'closed_late held_ms %r (the socket was held ~3 s)' % held)
+    p.finish()
+    check(len(p.leaks()) == 1, 'wanted one leak event, got %d' % len(p.leaks()))
+
+
+@test
+def test_seed_python_server():
+    """The blog's server.py itself, run by /usr/bin/python3 under the library."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        raise TestSkip('no ' + SYSTEM_PYTHON)
+    p = run_prog([SYSTEM_PYTHON, SEED_PY, '3'])
+    c = Conn(p, p.port())
+    c.close()
+    wait_kernel_state(c.server_local, c.server_peer, 'CLOSE-WAIT', p.pid, c.fd)
+    evs, seen = p.wait_events(is_leak, 1, timeout=GRACE_MS / 1000.0 + 1.5)
+    check(not p.has_line(r'WOKE '), 'the server woke before the report')
+    ev = evs[0]
+    check_leak(ev, c, 'peer_closed_unread', opened_by=('accept', 'accept4'))
+    mods = [f.get('module', '') for f in ev['open_stack']]
+    check(any('_socket' in m or 'python' in m for m in mods), 'open_stack has no python frame: %s' % mods)
+    check(os.path.realpath(ev.get('exe', '')) == os.path.realpath(SYSTEM_PYTHON), 'exe %r' % ev.get('exe'))
+    p.wait_line(r'DONE$', 8)
+    p.finish()
+    check(len(p.leaks()) == 1, 'wanted one leak event, got %d' % len(p.leaks()))
+
+
+# ---------------------------------------------------------------- tests: no false reports
+
+@test
+def test_correct_server_3000():
+    """A correct threaded echo server, 3000 connections, 8 clients at a time: no report."""
+    total, workers = 3000, 8
+    p = run_prog([TSERVER, '-t', '-e', '-n', str(total), '-m', 'recv', '-c', 'close', '-q',
+                  '-l', '20000', '-T', '120'])
+    port = p.port()
+    errors = []
+
+    def client(k):
+        try:
+            for i in range(total // workers):
+                s = socket.create_connection((HOST, port), timeout=10)
+                s.sendall(b'ping')
+                got = b''
+                while len(got) < 4:
+                    d = s.recv(4 - len(got))
+                    if not d:
+                        break
+                    got += d
+                if got != b'ping':
+                    errors.append('bad echo %r' % got)
+                    s.close()
+                    return
+                s.close()
+        except OSError as ex:
+            errors.append(str(ex))
+
+    ths = [threading.Thread(target=client, args=(k,)) for k in range(workers)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join(90)
+    check(not errors, 'client errors: %s' % errors[:3])
+    p.wait_line(r'DONE$', 30)
+    quiet_period()
+    check(not close_wait_of(p.pid), 'kernel shows CLOSE_WAIT sockets of the server: %s' % close_wait_of(p.pid))
+    no_leaks(p)
+    p.finish()
+    no_leaks(p)
+    s = summary_of(p)
+    if s:
+        check(s.get('leaks_total') == 0, 'summary leaks_total %r' % s.get('leaks_total'))
+
+
+@test
+def test_trap_regular_file():
+    p = run_prog([TTRAPS, 'file', str(3 * GRACE_MS + 400)])
+    p.wait_line(r'EOF ')
+    p.wait_line(r'DONE$', 5)
+    p.finish()
+    no_leaks(p, 'EOF on a regular file')
+
+
+@test
+def test_trap_pipe():
+    p = run_prog([TTRAPS, 'pipe', str(3 * GRACE_MS + 400)])
+    p.wait_line(r'EOF ')
+    p.wait_line(r'DONE$', 5)
+    p.finish()
+    no_leaks(p, 'EOF on a pipe')
+
+
+@test
+def test_trap_udp_zero_length():
+    p = run_prog([TTRAPS, 'udp', str(3 * GRACE_MS + 400)])
+    port = p.port()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for call in ('recvfrom', 'recv', 'read', 'recvmsg'):
+            u.sendto(b'', (HOST, port))
+            p.wait_line(r'GOT %s 0$' % call, 3)
+    finally:
+        u.close()
+    p.wait_line(r'DONE$', 5)
+    p.finish()
+    no_leaks(p, 'zero-length UDP datagrams')
+
+
+@test
+def test_trap_recv_zero_length_live():
+    """recv(fd, buf, 0, 0) returns 0 on a live connection with data pending: not an EOF."""
+    hold = 3 * GRACE_MS + 400
+    p = run_prog([TTRAPS, 'recv0', str(hold)])
+    port = p.port()
+    c = Conn(None, port, data=b'hello')
+    fd = int(p.wait_line(r'ACCEPT (\d+)$')[1].group(1))
+    p.wait_line(r'RECV0 0$', 3)
+    time.sleep(hold / 1000.0 * 0.8)
+    s = kernel_socket(c.server_local, c.server_peer)
+    check(s and s['state'] == 'ESTAB', 'server socket not ESTABLISHED: %s' % s)
+    no_leaks(p, 'zero-length recv on a live socket')
+    c.close()
+    p.wait_line(r'CLOSED %d close$' % fd, 5)
+    p.wait_line(r'DONE$', 5)
+    p.finish()
+    no_leaks(p, 'zero-length recv on a live socket')
+
+
+def make_close_trap(mode, what):
+    def t():
+        p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', mode, '-q', '-l', '10000'])
+        c = Conn(p, p.port())
+        c.close()
+        p.wait_line(r'EOF %d$' % c.fd)
+        p.wait_line(r'CLOSED %d %s$' % (c.fd, mode))
+        def gone():
+            s = kernel_socket(c.server_local, c.server_peer)
+            return s is None or s['state'] != 'CLOSE-WAIT' or (p.pid, c.fd) not in s['owners']
+        check(poll_until(gone, 2), 'kernel still shows the socket in CLOSE_WAIT after %s' % what)
+        tgt = fd_target(p.pid, c.fd)
+        if mode == 'dup2':
+            check(tgt == '/dev/null', 'fd %d now %r, wanted /dev/null' % (c.fd, tgt))
+        else:
+            check(tgt is None, 'fd %d still open: %r' % (c.fd, tgt))
+        quiet_period()
+        no_leaks(p, what)
+        p.finish()
+        no_leaks(p, what)
+        s = summary_of(p)
+        if s:
+            check(s.get('leaks_total') == 0 and s.get('leaks_open') == 0, 'summary %s' % s)
+    return t
+
+
+for _mode, _what in (('fclose', 'closed by fclose(fdopen(fd))'),
+                     ('close_range', 'closed by close_range'),
+                     ('syscall', 'closed by syscall(SYS_close)'),
+                     ('dup2', '/dev/null dup2()ed over the socket'),
+                     ('close', 'EOF followed at once by close')):
+    test(make_close_trap(_mode, _what), name='trap_' + _mode)
+
+
+@test
+def test_trap_fd_reuse():
+    """Close via syscall (unseen), then a new unconnected socket gets the same number: the
+    new socket must not inherit the old one's EOF record."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'reuse', '-q', '-l', '10000'])
+    c = Conn(p, p.port())
+    c.close()
+    p.wait_line(r'EOF %d$' % c.fd)
+    m = p.wait_line(r'REUSE (\d+) (-?\d+)$')[1]
+    old, new = int(m.group(1)), int(m.group(2))
+    check(old == new, 'the new socket got fd %d, not %d: scenario not set up' % (new, old))
+    tgt = fd_target(p.pid, new)
+    check(tgt and tgt.startswith('socket:'), 'fd %d is %r' % (new, tgt))
+    s = kernel_socket(c.server_local, c.server_peer)
+    check(not s or s['state'] != 'CLOSE-WAIT', 'old socket still in CLOSE_WAIT: %s' % s)
+    quiet_period()
+    no_leaks(p, 'descriptor number reused by a new socket')
+    p.finish()
+    no_leaks(p, 'descriptor number reused by a new socket')
+
+
+@test
+def test_trap_half_close_quick_reply():
+    """Clients send a request and shutdown(SHUT_WR); the server replies 150 ms after the
+    EOF (less than the grace period) and closes."""
+    n = 3
+    p = run_prog([TSERVER, '-n', str(n), '-m', 'recv', '-c', 'close', '-R', '-d', str(GRACE_MS // 2),
+                  '-q', '-l', '10000'])
+    port = p.port()
+    for i in range(n):
+        c = Conn(p, port, data=b'GET /\r\n')
+        c.sock.shutdown(socket.SHUT_WR)
+        got = b''
+        while True:
+            d = c.sock.recv(100)
+            if not d:
+                break
+            got += d
+        check(got == b'REPLY\n', 'reply %r' % got)
+        c.close()
+        p.wait_line(r'CLOSED %d close$' % c.fd)
+    quiet_period()
+    no_leaks(p, 'half-closing client answered within the grace period')
+    p.finish()
+    no_leaks(p, 'half-closing client answered within the grace period')
+
+
+@test
+def test_trap_accepted_in_close_wait():
+    """The client sends a request and closes before the server accepts (the connection waits
+    in the accept queue, already in CLOSE_WAIT, longer than the grace period); the server then
+    accepts, reads and closes at once."""
+    p = run_prog([TSERVER, '-n', '1', '-w', str(2 * GRACE_MS + 300), '-m', 'read', '-c', 'close',
+                  '-q', '-l', '10000'])
+    port = p.port()
+    c = Conn(None, port, data=b'GET /\r\n')
+    c.close()
+    s = poll_until(lambda: (kernel_socket(c.server_local, c.server_peer) or {}).get('state') == 'CLOSE-WAIT', 2)
+    check(s, 'queued connection not in CLOSE_WAIT')
+    fd = int(p.wait_line(r'ACCEPT (\d+) %d$' % c.cport, 5)[1].group(1))
+    p.wait_line(r'CLOSED %d close$' % fd, 3)
+    quiet_period()
+    no_leaks(p, 'connection accepted already in CLOSE_WAIT, then served and closed')
+    p.finish()
+    no_leaks(p, 'connection accepted already in CLOSE_WAIT, then served and closed')
+
+
+# ---------------------------------------------------------------- tests: other leaks
+
+SHUTDOWN_REASON_SEEN = []
+
+
+@test
+def test_shutdown_without_close():
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'shutdown', '-q', '-l', '10000'])
+    c = Conn(p, p.port())
+    c.close()
+    p.wait_line(r'EOF %d$' % c.fd)
+    p.wait_line(r'LEAK %d$' % c.fd)
+    tgt = fd_target(p.pid, c.fd)
+    check(tgt and tgt.startswith('socket:'), 'fd %d is %r, wanted the socket still open' % (c.fd, tgt))
+    evs, _ = p.wait_events(is_leak, 1, timeout=GRACE_MS / 1000.0 + 4)
+    time.sleep(2 * GRACE_MS / 1000.0 + 0.2)
+    p.finish()
+    leaks = p.leaks()
+    check(len(leaks) == 1, 'wanted exactly one leak event, got %d' % len(leaks))
+    check_leak(leaks[0], c, None, reasons=('shutdown_not_closed', 'eof_not_closed'),
+               opened_by='accept', open_fn='tserver_accept_conn')
+    check(leaks[0].get('state') in ('CLOSE_WAIT', 'LAST_ACK', 'CLOSE'), 'state %r' % leaks[0].get('state'))
+    SHUTDOWN_REASON_SEEN.append('%s/%s' % (leaks[0].get('reason'), leaks[0].get('state')))
+    return 'reason=%s state=%s' % (leaks[0].get('reason'), leaks[0].get('state'))
+
+
+@test
+def test_threaded_some_leak():
+    """One thread per connection; 3 of 7 connections leak: exactly 3 reports, each with the
+    leaking connection's own fd, one code site."""
+    p = run_prog([TSERVER, '-t', '-n', '7', '-m', 'read', '-c', 'close', '-s', '100', '-q', '-l', '10000'])
+    port = p.port()
+    conns = []
+    for i in range(7):
+        conns.append(Conn(p, port, data=b'LEAK\n' if i % 2 else b'CLOSE\n'))
+    for c in conns:
+        c.close()
+    leaking = [c for i, c in enumerate(conns) if i % 2]
+    for c in conns:
+        p.wait_line(r'(LEAK|CLOSED) %d' % c.fd)
+    for c in leaking:
+        wait_kernel_state(c.server_local, c.server_peer, 'CLOSE-WAIT', p.pid, c.fd)
+    p.wait_events(is_leak, len(leaking), timeout=GRACE_MS / 1000.0 + 4)
+    time.sleep(2 * GRACE_MS / 1000.0 + 0.3)
+    check(len(close_wait_of(p.pid)) == len(leaking), 'kernel CLOSE_WAIT count %d' % len(close_wait_of(p.pid)))
+    p.finish()
+    leaks = p.leaks()
+    check(len(leaks) == len(leaking), 'wanted %d leak events, got %d: %s' % (
+        len(leaking), len(leaks), [(e.get('fd'), e.get('peer')) for e in leaks]))
+    for c in leaking:
+        mine = [e for e in leaks if c.matches(e)]
+        check(len(mine) == 1, 'connection fd %d (peer %s): %d events' % (c.fd, c.server_peer, len(mine)))
+        check_leak(mine[0], c, 'eof_not_closed', opened_by='accept', open_fn='tserver_accept_conn',
+                   eof_fn='rd_read', eof_by='read')
+    check(len({e['fd'] for e in leaks}) == len(leaking), 'fds not distinct')
+    ids = {e.get('stack_id') for e in leaks}
+    check(len(ids) == 1, 'one accept site, but stack_ids %s' % ids)
+    s = summary_of(p)
+    check(s is not None, 'no summary event at exit')
+    f = [x for x in s.get('findings', []) if x.get('stack_id') in ids]
+    check(f and f[0].get('count_ever') == len(leaking) and f[0].get('count_now') == len(leaking),
+          'summary findings %s' % s.get('findings'))
+
+
+@test
+def test_dup_copy_kept():
+    """The server dup()s the socket, closes the original and keeps the copy: one report,
+    carrying the copy's fd."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'dupkeep', '-q', '-l', '10000'])
+    c = Conn(p, p.port())
+    c.close()
+    m = p.wait_line(r'DUP %d (\d+)$' % c.fd)[1]
+    d = int(m.group(1))
+    wait_kernel_state(c.server_local, c.server_peer, 'CLOSE-WAIT', p.pid, d)
+    p.wait_events(is_leak, 1, timeout=GRACE_MS / 1000.0 + 4)
+    time.sleep(2 * GRACE_MS / 1000.0 + 0.2)
+    p.finish()
+    leaks = p.leaks()
+    check(len(leaks) == 1, 'wanted exactly one leak event, got %d: %s' % (len(leaks), [(e.get('fd'), e.get('reason')) for e in leaks]))
+    check(c.matches(leaks[0]), 'peer %r, wanted %s' % (leaks[0].get('peer'), c.server_peer))
+    check(leaks[0].get('fd') == d, 'fd %r, wanted the kept copy %d' % (leaks[0].get('fd'), d))
+    check(leaks[0].get('reason') == 'eof_not_closed', 'reason %r' % leaks[0].get('reason'))
+
+
+# ---------------------------------------------------------------- tests: errno
+
+@test
+def test_errno_preserved():
+    outs = []
+    for lib in (False, True):
+        p = run_prog([TERRNO], lib=lib)
+        rc = p.wait_exit(10)
+        check(rc == 0, 'terrno exit status %s (library %s): %s' % (rc, lib, p.context()))
+        outs.append([l for _, l in p.lines])
+    bare, hooked = outs
+    check(len(bare) > 40, 'terrno printed only %d lines' % len(bare))
+    diffs = ['%s  <->  %s' % (a, b) for a, b in zip(bare, hooked) if a != b]
+    check(len(bare) == len(hooked), 'line counts differ: %d without, %d with the library' % (len(bare), len(hooked)))
+    check(not diffs, 'results differ (without <-> with the library): %s' % '; '.join(diffs[:6]))
+
+
+# ---------------------------------------------------------------- tests: contract
+
+@test
+def test_json_contract():
+    """Two connections, one code site: one is closed 2.3 x grace after its EOF (leak +
+    closed_late), the other is kept to exit (summary). Every line is checked."""
+    delay = int(GRACE_MS * 2.3)
+    p = run_prog([TSERVER, '-t', '-n', '2', '-m', 'recv', '-c', 'close', '-d', str(delay), '-q', '-l', '10000'])
+    port = p.port()
+    a = Conn(p, port, data=b'x')
+    b = Conn(p, port, data=b'LEAK')
+    a.close()
+    b.close()
+    p.wait_line(r'CLOSED %d close$' % a.fd, 5)
+    p.wait_line(r'LEAK %d$' % b.fd, 5)
+    cl, _ = p.wait_events(lambda e: e.get('event') == 'closed_late', 1, timeout=3)
+    time.sleep(0.3)
+    p.finish()
+    evs = p.events()
+    check(evs, 'empty log')
+    for ev in evs:     # events the contract does not name (e.g. "start") are allowed
+        validate_common(ev, p.pid)
+    leaks = [e for e in evs if e['event'] == 'leak']
+    check(len(leaks) == 2, 'wanted 2 leak events, got %d' % len(leaks))
+    for e in leaks:
+        validate_leak(e, exe=TSERVER)
+        check(e['state'] == 'CLOSE_WAIT', 'state %r' % e['state'])
+        check(e['eof_by'] == 'recv', 'eof_by %r' % e.get('eof_by'))
+        check(e['opened_by'] == 'accept', 'opened_by %r' % e.get('opened_by'))
+    la = [e for e in leaks if a.matches(e)]
+    lb = [e for e in leaks if b.matches(e)]
+    check(len(la) == 1 and len(lb) == 1, 'leak events do not match the two connections')
+    check_leak(la[0], a, 'eof_not_closed', open_fn='tserver_accept_conn', eof_fn='rd_recv')
+    check_leak(lb[0], b, 'eof_not_closed', open_fn='tserver_accept_conn', eof_fn='rd_recv')
+    check(la[0]['stack_id'] == lb[0]['stack_id'], 'same site, different stack_id')
+    closed = [e for e in evs if e['event'] == 'closed_late']
+    check(len(closed) == 1, 'wanted 1 closed_late, got %d' % len(closed))
+    c = closed[0]
+    validate_closed_late(c)
+    check(c['fd'] == a.fd and c['local'] == a.server_local and c['peer'] == a.server_peer,
+          'closed_late names fd %r %s %s, wanted %d %s %s' % (c['fd'], c['local'], c['peer'], a.fd, a.server_local, a.server_peer))
+    check(c['stack_id'] == la[0]['stack_id'], 'closed_late stack_id differs from the leak')
+    check(delay - 100 <= c['held_ms'] <= delay + 1500, 'held_ms %d, the socket was held %d ms after EOF' % (c['held_ms'], delay))
+    check(c['ts_ms'] >= la[0]['ts_ms'], 'closed_late before the leak report')
+    sums = [e for e in evs if e['event'] == 'summary']
+    check(len(sums) == 1, 'wanted 1 summary at exit, got %d' % len(sums))
+    s = sums[0]
+    validate_summary(s)
+    check(s['leaks_open'] == 1 and s['leaks_total'] == 2, 'summary leaks_open %r leaks_total %r, wanted 1 and 2' % (s['leaks_open'], s['leaks_total']))
+    f = [x for x in s['findings'] if x['stack_id'] == la[0]['stack_id']]
+    check(len(f) == 1 and f[0]['count_now'] == 1 and f[0]['count_ever'] == 2, 'findings %s' % s['findings'])
+    check(evs[-1]['event'] == 'summary', 'summary is not the last line')
+
+
+@test
+def test_text_format():
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'], fmt='text')
+    c = Conn(p, p.port())
+    c.close()
+    p.wait_line(r'LEAK %d$' % c.fd)
+    txt = poll_until(lambda: (lambda t: t if c.server_peer in t else None)(p.raw_log()), GRACE_MS / 1000.0 + 4)
+    check(txt, 'no text report naming %s: %s' % (c.server_peer, short_log(p)))
+    time.sleep(0.2)
+    p.finish()
+    txt = p.raw_log()
+    check(not txt.lstrip().startswith('{'), 'text format looks like JSON')
+    check(re.search(r'\bfd\D{0,3}%d\b' % c.fd, txt), 'fd %d not in the text report: %s' % (c.fd, short_log(p)))
+    check(c.server_local in txt, 'local address %s not in the text report' % c.server_local)
+    check(c.server_peer in txt, 'peer address %s not in the text report' % c.server_peer)
+    check('tserver_accept_conn' in txt, "opener's function tserver_accept_conn not in the text report")
+
+
+@test
+def test_bad_option_value():
+    """CLOSEWAIT_GRACE_MS=banana: one warning line on stderr, the default (10 s) is used."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '20000', '-T', '60'],
+                 grace=None, env={'CLOSEWAIT_GRACE_MS': 'banana'})
+    c = Conn(p, p.port())
+    c.close()
+    p.wait_line(r'LEAK %d$' % c.fd)
+    err = [l for l in p.stderr_text().splitlines() if l.strip()]
+    check(len(err) == 1, 'wanted one warning line on stderr, got %d: %s' % (len(err), err[:4]))
+    check('CLOSEWAIT_GRACE_MS' in err[0], 'warning does not name the variable: %r' % err[0])
+    time.sleep(2.0)
+    check(not p.leaks(), 'reported within 2 s: the bad value was not replaced by the 10 s default')
+    evs, seen = p.wait_events(is_leak, 1, timeout=13.0)
+    check(seen - c.t_close >= 9.5, 'reported after %.1fs, default grace is 10 s' % (seen - c.t_close))
+    sf = evs[0].get('since_fin_ms')
+    check(is_int(sf) and sf >= 9500, 'since_fin_ms %r' % sf)
+    p.finish()
+    err = [l for l in p.stderr_text().splitlines() if l.strip()]
+    check(len(err) == 1, 'stderr has %d lines at exit: %s' % (len(err), err[:4]))
+
+
+@test
+def test_stack_id_stable():
+    ids = []
+    for i in range(2):
+        p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'])
+        c = Conn(p, p.port())
+        c.close()
+        evs, _ = p.wait_events(is_leak, 1, timeout=GRACE_MS / 1000.0 + 4)
+        ids.append(evs[0].get('stack_id'))
+        p.finish()
+    check(ids[0] and re.match(r'^[0-9a-fA-F]{16}$', ids[0]), 'stack_id %r' % ids[0])
+    check(ids[0] == ids[1], 'stack_id differs between runs: %s' % ids)
+
+
+@test
+def test_exitcode():
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
+                 env={'CLOSEWAIT_EXITCODE': '7'})
+    c = Conn(p, p.port())
+    c.close()
+    p.wait_events(is_leak, 1, timeout=GRACE_MS / 1000.0 + 4)
+    p.finish(expect_rc=7)
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'close', '-q', '-l', '10000'],
+                 env={'CLOSEWAIT_EXITCODE': '7'})
+    c = Conn(p, p.port())
+    c.close()
+    p.wait_line(r'CLOSED %d' % c.fd)
+    p.finish(expect_rc=0)
+
+
+@test
+def test_symbolize_off():
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
+                 env={'CLOSEWAIT_SYMBOLIZE': '0'})
+    c = Conn(p, p.port())
+    c.close()
+    evs, _ = p.wait_events(is_leak, 1, timeout=GRACE_MS / 1000.0 + 4)
+    p.finish()
+    st = evs[0].get('open_stack')
+    validate_frames(st, 'open_stack')
+    named = [f for f in st if 'function' in f]
+    check(not named, 'CLOSEWAIT_SYMBOLIZE=0 but frames carry names: %s' % [f['function'] for f in named])
+    check(any(os.path.realpath(f['module']) == os.path.realpath(TSERVER) for f in st), 'no frame in the program itself')
+
+
+@test
+def test_log_path_pid():
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
+                 log_name='cw.%p.log')
+    real = os.path.join(p.dir, 'cw.%d.log' % p.pid)
+    c = Conn(p, p.port())
+    c.close()
+    found = poll_until(lambda: os.path.exists(real) and [e for e in p.events(real) if e.get('event') == 'leak'],
+                       GRACE_MS / 1000.0 + 4)
+    check(found, 'no leak event in %s; directory holds %s' % (os.path.basename(real), os.listdir(p.dir)))
+    mode = os.stat(real).st_mode & 0o777
+    check(mode == 0o600, 'log file mode %o, wanted 600' % mode)
+    check(not os.path.exists(p.log), 'a file named literally %s was created' % os.path.basename(p.log))
+    p.finish()
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    global LIB, VERBOSE
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('-k', dest='k', help='run only tests whose name contains this')
+    ap.add_argument('--lib', help='library to preload (default $CLOSEWAIT_LIB or ./libclosewait.so)')
+    ap.add_argument('-v', action='store_true', help='print tracebacks of failures')
+    args = ap.parse_args()
+    VERBOSE = args.v
+    LIB = args.lib or os.environ.get('CLOSEWAIT_LIB') or os.path.join(ROOT, 'libclosewait.so')
+    LIB = ':'.join(os.path.abspath(x) if os.path.exists(x) else x for x in LIB.split(':'))
+
+    selected = [(n, f) for n, f in TESTS if not args.k or args.k in n]
+    passed = failed = skipped = 0
+
+    r = subprocess.run(['make', '-s', '-C', TESTS_DIR], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        print('FAIL build: make -C tests: %s' % r.stdout.decode('utf-8', 'replace').strip()[-800:])
+        print('0 passed, %d failed' % (len(selected) + 1))
+        return 1
+    missing = [x for x in LIB.split(':') if not os.path.exists(x)]
+    if shutil.which('ss') is None:
+        missing.append('ss (iproute2)')
+
+    t_all = time.time()
+    for name, fn in selected:
+        if missing:
+            print('FAIL %s: not found: %s' % (name, ', '.join(missing)), flush=True)
+            failed += 1
+            continue
+        t0 = time.time()
+        try:
+            note = fn()
+            passed += 1
+            print('PASS %s (%.1fs)%s' % (name, time.time() - t0, (' ' + note) if isinstance(note, str) else ''), flush=True)
+        except TestSkip as ex:
+            skipped += 1
+            print('SKIP %s: %s' % (name, ex), flush=True)
+        except TestFailure as ex:
+            failed += 1
+            print('FAIL %s: %s' % (name, ' '.join(str(ex).split())), flush=True)
+            if VERBOSE:
+                traceback.print_exc()
+        except Exception as ex:     # a broken test is a failed test
+            failed += 1
+            print('FAIL %s: %s: %s' % (name, type(ex).__name__, ' '.join(str(ex).split())), flush=True)
+            if VERBOSE:
+                traceback.print_exc()
+        finally:
+            while _live:
+                _live.pop().cleanup()
+    log('total %.1fs' % (time.time() - t_all))
+    tail = '%d passed, %d failed' % (passed, failed)
+    if skipped:
+        tail += ', %d skipped' % skipped
+    print(tail)
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())
