@@ -48,13 +48,13 @@ def load_tool():
 cwr = load_tool()
 
 
-def run(*args, stdin=None, env=None):
+def run(*args, stdin=None, env=None, cwd=None):
     """Runs the tool; returns (exit status, stdout, stderr) as text."""
     e = dict(os.environ)
     e.pop("CLOSEWAIT_REPORT_ADDR2LINE", None)
     if env:
         e.update(env)
-    p = subprocess.run([sys.executable, TOOL] + list(args), input=stdin,
+    p = subprocess.run([sys.executable, TOOL] + list(args), input=stdin, cwd=cwd,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, timeout=300)
     return (p.returncode, p.stdout.decode("utf-8", "replace"),
             p.stderr.decode("utf-8", "replace"))
@@ -857,6 +857,12 @@ class Symbolize(unittest.TestCase):
     def test_stripped_with_separate_debug_file(self):
         r, err = run_json("--debug-dir", self.debug_dir, self.log(self.stripped))
         self.assert_symbolized(r["findings"][0]["open_stack"], self.stripped)
+
+    def test_relative_debug_dir(self):
+        log = self.log(self.stripped)
+        rc, out, err = run("--format", "json", "--debug-dir", "debug", log, cwd=self.tmp)
+        self.assertEqual(rc, 0, err)
+        self.assert_symbolized(json.loads(out)["findings"][0]["open_stack"], self.stripped)
 
     def test_stripped_without_debug_file_left_as_is(self):
         rc, out, err = run("--format", "json", self.log(self.stripped))
