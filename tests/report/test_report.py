@@ -427,6 +427,13 @@ class MergeRules(unittest.TestCase):
                          [{"host": None, "pid": 7}, {"host": None, "pid": 100},
                           {"host": "h9", "pid": 100}])
 
+    def test_suppressed_in_process(self):
+        r = report_of([ev("summary", 0, why="exit", suppressed=3, findings=[]),
+                       ev("summary", 0, pid=101, why="on request", suppressed=1, findings=[]),
+                       ev("summary", 5, pid=101, why="exit", suppressed=2, findings=[])])
+        self.assertEqual(r["summary"]["suppressed_in_process"], 5)
+        self.assertEqual(r["findings"], [])
+
     def test_duplicate_lines_count_once(self):
         e = leak_ev(0, 10)
         r = report_of([e, e, e])
