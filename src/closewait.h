@@ -117,6 +117,7 @@ CW_HIDDEN void cw_slot_copy(int from, int to);
 CW_HIDDEN int cw_table_limit(void);
 CW_HIDDEN int cw_table_chunk_present(int fd);
 #define CW_CHUNK_SLOTS 4096
+#define CW_MAX_CHUNKS 1024 /* 4M descriptors: above any RLIMIT_NOFILE a kernel allows by default */
 
 /* ---- stacks.c ---------------------------------------------------------- */
 #define CW_MAX_DEPTH 64

@@ -7,7 +7,6 @@
 
 #include <sys/mman.h>
 
-#define CW_MAX_CHUNKS 1024 /* 4M descriptors: above any RLIMIT_NOFILE a kernel allows by default */
 
 static _Atomic(struct cw_slot *) chunks[CW_MAX_CHUNKS];
 static _Atomic int chunk_limit; /* highest chunk index present + 1 */

@@ -10,13 +10,13 @@
  */
 #define _GNU_SOURCE
 #include "closewait.h"
+#include "kernel.h"
 #include "sink.h"
 
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -395,12 +395,21 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, st
 int shutdown(int fd, int how)
 {
     CW_REAL(shutdown);
-    int r = real_shutdown(fd, how);
-    if (r == 0 && (how == SHUT_WR || how == SHUT_RDWR)) {
-        struct cw_slot *s = cw_slot_peek(fd);
-        if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == KIND_TCP)
-            atomic_fetch_or_explicit(&s->flags, SF_SHUT_WR, memory_order_release);
+    struct cw_slot *s = cw_slot_peek(fd);
+    uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_relaxed) : 0;
+    int tracked = s != NULL && SEQ_KIND(seq) == KIND_TCP && (how == SHUT_WR || how == SHUT_RDWR);
+    if (tracked) {
+        /* Once both sides have closed, getpeername() fails: keep the peer's address now. */
+        int saved = errno;
+        struct cw_peer *p = cw_peer_slot(fd);
+        if (p != NULL && (p->seq != seq || p->family == 0)) {
+            struct cw_peer tmp = {.seq = seq};
+            if (cw_kernel_peer(fd, &tmp) == 0) *p = tmp;
+        }
+        errno = saved;
     }
+    int r = real_shutdown(fd, how);
+    if (r == 0 && tracked) atomic_fetch_or_explicit(&s->flags, SF_SHUT_WR, memory_order_release);
     return r;
 }
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -250,4 +251,59 @@ const char *cw_tcp_state_name(int state)
     };
     if (state < 0 || state >= (int)(sizeof names / sizeof names[0])) return "UNKNOWN";
     return names[state];
+}
+
+int cw_kernel_peer(int fd, struct cw_peer *out)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t len = sizeof ss;
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0) return -1;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        out->family = AF_INET;
+        out->port = ntohs(a->sin_port);
+        memcpy(out->addr, &a->sin_addr, 4);
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        out->family = AF_INET6;
+        out->port = ntohs(a->sin6_port);
+        memcpy(out->addr, &a->sin6_addr, 16);
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+void cw_peer_format(const struct cw_peer *p, char *out, size_t cap)
+{
+    if (p->family == AF_INET || p->family == AF_INET6) {
+        __be32 addr[4];
+        memcpy(addr, p->addr, sizeof addr);
+        format_endpoint(p->family, addr, htons(p->port), out, cap);
+    } else {
+        snprintf(out, cap, "?");
+    }
+}
+
+static _Atomic(struct cw_peer *) peer_chunks[CW_MAX_CHUNKS];
+
+struct cw_peer *cw_peer_slot(int fd)
+{
+    unsigned c = (unsigned)fd / CW_CHUNK_SLOTS;
+    if (fd < 0 || c >= CW_MAX_CHUNKS) return NULL;
+    struct cw_peer *chunk = atomic_load_explicit(&peer_chunks[c], memory_order_acquire);
+    if (chunk == NULL) {
+        size_t bytes = sizeof(struct cw_peer) * CW_CHUNK_SLOTS;
+        void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mem == MAP_FAILED) return NULL;
+        struct cw_peer *expected = NULL;
+        if (atomic_compare_exchange_strong(&peer_chunks[c], &expected, (struct cw_peer *)mem)) {
+            chunk = mem;
+        } else {
+            munmap(mem, bytes);
+            chunk = expected;
+        }
+    }
+    return &chunk[(unsigned)fd % CW_CHUNK_SLOTS];
 }

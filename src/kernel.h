@@ -39,6 +39,17 @@ CW_HIDDEN int cw_kernel_tcp_info(int fd, struct tcp_info *ti);
 CW_HIDDEN uint64_t cw_kernel_socket_inode(int fd);
 /* "ip:port" of the local or peer end; "?" if unknown. */
 CW_HIDDEN void cw_kernel_endpoint(int fd, int peer, char *out, size_t cap);
+/* A peer address kept in 24 bytes, asked while the connection is up: once both sides have
+ * closed (shutdown without close), getpeername() has nothing to say. */
+struct cw_peer {
+    uint32_t seq;
+    uint16_t family, port;  /* family 0: not known yet */
+    uint8_t addr[16];
+};
+CW_HIDDEN int cw_kernel_peer(int fd, struct cw_peer *out);
+/* The peer-address side table, per fd, chunks mapped on first use (hooks may write it). */
+CW_HIDDEN struct cw_peer *cw_peer_slot(int fd);
+CW_HIDDEN void cw_peer_format(const struct cw_peer *p, char *out, size_t cap);
 CW_HIDDEN const char *cw_tcp_state_name(int state);
 CW_HIDDEN void cw_kernel_after_fork(void);
 

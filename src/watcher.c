@@ -79,6 +79,15 @@ static int announced;
 static char **suppressions;
 static size_t nsuppressions;
 
+static void remember_peer(int fd, uint32_t seq)
+{
+    struct cw_peer *p = cw_peer_slot(fd);
+    if (p == NULL || (p->seq == seq && p->family != 0)) return;
+    p->seq = seq;
+    p->family = 0;
+    if (cw_kernel_peer(fd, p) != 0) p->family = 0;
+}
+
 /* ---- time and identity ----------------------------------------------- */
 
 static void iso_time(int64_t wall_ms, char *out, size_t cap)
@@ -354,6 +363,9 @@ static void report_leak(const struct observed *o, int64_t now)
     } else {
         cw_kernel_endpoint(o->fd, 0, l->local, sizeof l->local);
         cw_kernel_endpoint(o->fd, 1, l->peer, sizeof l->peer);
+        const struct cw_peer *p = cw_peer_slot(o->fd);
+        if (strcmp(l->peer, "?") == 0 && p != NULL && p->seq == o->seq)
+            cw_peer_format(p, l->peer, sizeof l->peer);
     }
     g->now++;
     g->ever++;
@@ -527,6 +539,7 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
         }
         atomic_store_explicit(&s->inode, inode, memory_order_relaxed);
     }
+    remember_peer(fd, seq);
     uint32_t flags = atomic_load_explicit(&s->flags, memory_order_acquire);
     int in_cw;
     if (have_diag) {
