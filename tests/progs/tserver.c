@@ -9,7 +9,7 @@
  *   EOF <fd>                  the read call returned end of file
  *   CLOSED <fd> <how>         the connection was disposed of (how = close mode)
  *   LEAK <fd>                 the descriptor is kept open on purpose
- *   REUSE <oldfd> <newfd>     close via syscall, then a new socket took the number
+ *   REUSE <oldfd> <newfd>     close via syscall, then a new socket (or file) took the number
  *   DUP <oldfd> <newfd>       the socket was dup()ed and the original closed
  *   DONE                      all connections handled, lingering before exit
  *
@@ -17,7 +17,8 @@
  *   -n N      connections to accept (default 1)
  *   -m M      read call: read recv recvfrom recvmsg recvmmsg readv
  *             read_chk recv_chk recvfrom_chk
- *   -c C      after EOF: close leak shutdown fclose close_range syscall dup2 reuse dupkeep
+ *   -c C      after EOF: close leak shutdown fclose close_range syscall dup2 reuse reusefile
+ *             dupkeep
  *             (a request containing "LEAK" always leaks, "CLOSE" always closes)
  *   -A        use accept4 instead of accept
  *   -s MS     sleep before the first read
@@ -29,6 +30,8 @@
  *   -l MS     linger after all connections (default 1000)
  *   -q        linger ends early when stdin is readable or closed
  *   -T S      hard limit in seconds (alarm), default 60
+ *   -W MS     after EOF, stream a reply (1 KiB every 50 ms) for MS, then "END\n"
+ *   -6        AF_INET6 socket bound to ::ffff:127.0.0.1 (still 127.0.0.1 only)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -58,7 +61,7 @@ static const char *opt_method = "read";
 static const char *opt_close = "close";
 static int opt_n = 1, opt_accept4, opt_reply, opt_echo, opt_threads, opt_quit_on_stdin;
 static int opt_sleep_read_ms, opt_sleep_accept_ms, opt_delay_ms, opt_linger_ms = 1000;
-static int opt_limit_s = 60;
+static int opt_limit_s = 60, opt_stream_ms, opt_inet6;
 
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -88,14 +91,14 @@ static volatile int sink;
 
 NOINLINE ssize_t rd_read(int fd, char *buf, size_t len)
 {
-    ssize_t n = read(fd, buf, len);
+    ssize_t n = read(fd, buf, len); /* @rd_read */
     sink = (int)n;
     return n;
 }
 
 NOINLINE ssize_t rd_recv(int fd, char *buf, size_t len)
 {
-    ssize_t n = recv(fd, buf, len, 0);
+    ssize_t n = recv(fd, buf, len, 0); /* @rd_recv */
     sink = (int)n;
     return n;
 }
@@ -104,7 +107,7 @@ NOINLINE ssize_t rd_recvfrom(int fd, char *buf, size_t len)
 {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    ssize_t n = recvfrom(fd, buf, len, 0, (struct sockaddr *)&ss, &sl);
+    ssize_t n = recvfrom(fd, buf, len, 0, (struct sockaddr *)&ss, &sl); /* @rd_recvfrom */
     sink = (int)n;
     return n;
 }
@@ -116,7 +119,7 @@ NOINLINE ssize_t rd_recvmsg(int fd, char *buf, size_t len)
     memset(&mh, 0, sizeof mh);
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
-    ssize_t n = recvmsg(fd, &mh, 0);
+    ssize_t n = recvmsg(fd, &mh, 0); /* @rd_recvmsg */
     sink = (int)n;
     return n;
 }
@@ -128,7 +131,7 @@ NOINLINE ssize_t rd_recvmmsg(int fd, char *buf, size_t len)
     memset(&mm, 0, sizeof mm);
     mm.msg_hdr.msg_iov = &iov;
     mm.msg_hdr.msg_iovlen = 1;
-    int r = recvmmsg(fd, &mm, 1, 0, NULL);
+    int r = recvmmsg(fd, &mm, 1, 0, NULL); /* @rd_recvmmsg */
     sink = r;
     if (r < 0)
         return -1;
@@ -140,21 +143,21 @@ NOINLINE ssize_t rd_recvmmsg(int fd, char *buf, size_t len)
 NOINLINE ssize_t rd_readv(int fd, char *buf, size_t len)
 {
     struct iovec iov[2] = {{buf, len / 2}, {buf + len / 2, len - len / 2}};
-    ssize_t n = readv(fd, iov, 2);
+    ssize_t n = readv(fd, iov, 2); /* @rd_readv */
     sink = (int)n;
     return n;
 }
 
 NOINLINE ssize_t rd_read_chk(int fd, char *buf, size_t len)
 {
-    ssize_t n = __read_chk(fd, buf, len, len);
+    ssize_t n = __read_chk(fd, buf, len, len); /* @rd_read_chk */
     sink = (int)n;
     return n;
 }
 
 NOINLINE ssize_t rd_recv_chk(int fd, char *buf, size_t len)
 {
-    ssize_t n = __recv_chk(fd, buf, len, len, 0);
+    ssize_t n = __recv_chk(fd, buf, len, len, 0); /* @rd_recv_chk */
     sink = (int)n;
     return n;
 }
@@ -163,7 +166,7 @@ NOINLINE ssize_t rd_recvfrom_chk(int fd, char *buf, size_t len)
 {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    ssize_t n = __recvfrom_chk(fd, buf, len, len, 0, (struct sockaddr *)&ss, &sl);
+    ssize_t n = __recvfrom_chk(fd, buf, len, len, 0, (struct sockaddr *)&ss, &sl); /* @rd_recvfrom_chk */
     sink = (int)n;
     return n;
 }
@@ -185,15 +188,16 @@ static reader_fn reader;
 
 NOINLINE int tserver_accept_conn(int lfd, int *peer_port)
 {
-    struct sockaddr_in sa;
+    struct sockaddr_storage sa;
     socklen_t sl = sizeof sa;
     int fd;
     if (opt_accept4)
-        fd = accept4(lfd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
+        fd = accept4(lfd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC); /* @accept4 */
     else
-        fd = accept(lfd, (struct sockaddr *)&sa, &sl);
+        fd = accept(lfd, (struct sockaddr *)&sa, &sl); /* @accept */
     if (fd >= 0)
-        *peer_port = ntohs(sa.sin_port);
+        *peer_port = sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&sa)->sin6_port)
+                                              : ntohs(((struct sockaddr_in *)&sa)->sin_port);
     sink = fd;
     return fd;
 }
@@ -248,6 +252,10 @@ NOINLINE static void dispose(int fd, const char *how)
         for (int i = 0; i < nheld; i++)
             close(held[i]);
         say("REUSE %d %d", fd, s); /* the new socket stays open, unconnected */
+    } else if (strcmp(how, "reusefile") == 0) {
+        syscall(SYS_close, fd);
+        int f = open("/dev/null", O_RDONLY);
+        say("REUSE %d %d", fd, f); /* a regular descriptor now holds the number */
     } else if (strcmp(how, "dupkeep") == 0) {
         int d = dup(fd);
         close(fd);
@@ -316,6 +324,16 @@ NOINLINE static void serve(int fd)
         sleep_ms(opt_delay_ms);
     if (opt_reply)
         write_all(fd, "REPLY\n", 6);
+    if (opt_stream_ms) {
+        /* a reply that keeps streaming after the client's half-close */
+        char chunk[1024];
+        memset(chunk, 'z', sizeof chunk);
+        for (int t = 0; t < opt_stream_ms; t += 50) {
+            write_all(fd, chunk, sizeof chunk);
+            sleep_ms(50);
+        }
+        write_all(fd, "END\n", 4);
+    }
     const char *how = opt_close;
     if (strstr(req, "LEAK"))
         how = "leak";
@@ -334,7 +352,7 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int c;
-    while ((c = getopt(argc, argv, "n:m:c:As:w:d:Retl:qT:")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:c:As:w:d:Retl:qT:W:6")) != -1) {
         switch (c) {
         case 'n': opt_n = atoi(optarg); break;
         case 'm': opt_method = optarg; break;
@@ -349,6 +367,8 @@ int main(int argc, char **argv)
         case 'l': opt_linger_ms = atoi(optarg); break;
         case 'q': opt_quit_on_stdin = 1; break;
         case 'T': opt_limit_s = atoi(optarg); break;
+        case 'W': opt_stream_ms = atoi(optarg); break;
+        case '6': opt_inet6 = 1; break;
         default:
             fprintf(stderr, "usage: see the comment at the top of tserver.c\n");
             return 2;
@@ -363,21 +383,37 @@ int main(int argc, char **argv)
     }
     alarm((unsigned)opt_limit_s);
 
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
+    int lfd = socket(opt_inet6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    int one = 1, port;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sa.sin_port = 0;
-    if (bind(lfd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(lfd, 512) != 0) {
-        perror("bind/listen");
-        return 1;
+    if (opt_inet6) {
+        /* IPv6 socket, still 127.0.0.1 only: the v4-mapped address ::ffff:127.0.0.1 */
+        struct sockaddr_in6 s6;
+        memset(&s6, 0, sizeof s6);
+        s6.sin6_family = AF_INET6;
+        inet_pton(AF_INET6, "::ffff:127.0.0.1", &s6.sin6_addr);
+        if (bind(lfd, (struct sockaddr *)&s6, sizeof s6) != 0 || listen(lfd, 512) != 0) {
+            perror("bind/listen");
+            return 1;
+        }
+        socklen_t sl = sizeof s6;
+        getsockname(lfd, (struct sockaddr *)&s6, &sl);
+        port = ntohs(s6.sin6_port);
+    } else {
+        struct sockaddr_in sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sin_family = AF_INET;
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        sa.sin_port = 0;
+        if (bind(lfd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(lfd, 512) != 0) {
+            perror("bind/listen");
+            return 1;
+        }
+        socklen_t sl = sizeof sa;
+        getsockname(lfd, (struct sockaddr *)&sa, &sl);
+        port = ntohs(sa.sin_port);
     }
-    socklen_t sl = sizeof sa;
-    getsockname(lfd, (struct sockaddr *)&sa, &sl);
-    say("PORT %d", ntohs(sa.sin_port));
+    say("PORT %d", port);
 
     pthread_t *tids = calloc((size_t)(opt_n > 0 ? opt_n : 1), sizeof *tids);
     int ntids = 0;
