@@ -47,7 +47,8 @@ check-syms: $(LIB)
 
 test: all
 	$(MAKE) -C tests
-	python3 tests/run.py
+	@if [ -f tests/hostile/Makefile ]; then $(MAKE) -C tests/hostile; fi
+	python3 tests/run-all.py
 
 demo: all
 	@sh demo/run-demo.sh

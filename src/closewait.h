@@ -34,8 +34,12 @@ CW_HIDDEN void cw_warn(const char *a, const char *b, const char *c);
 /* ---- real.c: the next definition of each hooked function -------------- */
 CW_HIDDEN void *cw_resolve(const char *name);
 #define CW_REAL(fn)                                                                        \
-    static __typeof__(fn) *real_##fn;                                                      \
-    if (CW_UNLIKELY(real_##fn == NULL)) real_##fn = (__typeof__(fn) *)cw_resolve(#fn)
+    static _Atomic(__typeof__(fn) *) real_##fn##_ptr;                                      \
+    __typeof__(fn) *real_##fn = atomic_load_explicit(&real_##fn##_ptr, memory_order_relaxed); \
+    if (CW_UNLIKELY(real_##fn == NULL)) {                                                  \
+        real_##fn = (__typeof__(fn) *)cw_resolve(#fn);                                     \
+        atomic_store_explicit(&real_##fn##_ptr, real_##fn, memory_order_relaxed);          \
+    }
 
 /* ---- clock ------------------------------------------------------------- */
 CW_HIDDEN int64_t cw_now_ms(void);      /* CLOCK_MONOTONIC */
