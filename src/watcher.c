@@ -321,6 +321,13 @@ static void dup_fds_of(const struct observed *o, int *out, int *n, int max)
     }
 }
 
+static const char *role_of(const struct observed *o)
+{
+    if (o->opened_by == OP_ACCEPT || o->opened_by == OP_ACCEPT4) return "server";
+    if (o->flags & SF_CLIENT) return "client";
+    return "unknown";
+}
+
 /* Text format: each distinct stack is printed in full once; later reports point back to it. */
 static int text_stack_shown(uint32_t stack)
 {
@@ -389,8 +396,9 @@ static void report_leak(const struct observed *o, int64_t now)
         buf_json_str(&b, l->local);
         buf_puts(&b, ",\"peer\":");
         buf_json_str(&b, l->peer);
-        buf_printf(&b, ",\"since_fin_ms\":%lld,\"open_age_ms\":%lld,\"opened_by\":\"%s\"",
-                   (long long)(now - o->fin_ms), (long long)(now - o->open_ms), cw_op_name(o->opened_by));
+        buf_printf(&b, ",\"since_fin_ms\":%lld,\"open_age_ms\":%lld,\"opened_by\":\"%s\",\"role\":\"%s\"",
+                   (long long)(now - o->fin_ms), (long long)(now - o->open_ms), cw_op_name(o->opened_by),
+                   role_of(o));
         buf_printf(&b, ",\"stack_id\":\"%s\",\"site\":%d,\"site_open\":%ld,\"site_ever\":%ld,\"growing\":%s",
                    sid, g->number, g->now, g->ever, growing(g, now) ? "true" : "false");
         if (ndups > 0) {
@@ -416,8 +424,9 @@ static void report_leak(const struct observed *o, int64_t now)
         double held = (double)(now - o->fin_ms) / 1000.0;
         buf_printf(&b, "==%d==closewait: fd %d held in %s %.1f s after the peer closed (%s)\n", pid,
                    o->fd, cw_tcp_state_name(o->state), held, reason_names[o->reason]);
-        buf_printf(&b, "==%d==  connection %s <- %s, opened by %s %.1f s ago", pid, l->local, l->peer,
-                   cw_op_name(o->opened_by), (double)(now - o->open_ms) / 1000.0);
+        buf_printf(&b, "==%d==  %s connection %s %s %s, opened by %s %.1f s ago", pid, role_of(o), l->local,
+                   strcmp(role_of(o), "client") == 0 ? "->" : "<-", l->peer, cw_op_name(o->opened_by),
+                   (double)(now - o->open_ms) / 1000.0);
         if (ndups > 0) {
             buf_puts(&b, "; also held as fd");
             for (int i = 0; i < ndups; i++) buf_printf(&b, " %d", dups[i]);
@@ -548,6 +557,13 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
         struct tcp_info ti;
         in_cw = cw_kernel_tcp_info(fd, &ti) == 0 &&
                 (ti.tcpi_state == TCPS_CLOSE_WAIT || ti.tcpi_state == TCPS_LAST_ACK);
+    }
+    if (!(flags & SF_EOF) && !in_cw && (flags & SF_SHUT_WR)) {
+        /* We sent our FIN first (a relay's half-close): when the peer's FIN arrives the socket
+         * goes straight to CLOSE, which no CLOSE_WAIT dump lists.  Few sockets sit shut down
+         * without being closed, so asking each one is cheap. */
+        struct tcp_info ti;
+        in_cw = cw_kernel_tcp_info(fd, &ti) == 0 && ti.tcpi_state == TCPS_CLOSE;
     }
     if (!(flags & SF_EOF) && !in_cw) {
         s->w_fin_ms = 0;
