@@ -720,13 +720,15 @@ def test_trap_udp_zero_length():
 
 @test
 def test_trap_recv_zero_length_live():
-    """recv(fd, buf, 0, 0) returns 0 on a live connection with data pending: not an EOF."""
+    """Zero-length recv, read and readv return 0 on a live connection: not an EOF."""
     hold = 3 * GRACE_MS + 400
     p = run_prog([TTRAPS, 'recv0', str(hold)])
     port = p.port()
     c = Conn(None, port, data=b'hello')
     fd = int(p.wait_line(r'ACCEPT (\d+)$')[1].group(1))
     p.wait_line(r'RECV0 0$', 3)
+    p.wait_line(r'READ0 0$', 3)
+    p.wait_line(r'READV0 0$', 3)
     time.sleep(hold / 1000.0 * 0.8)
     s = kernel_socket(c.server_local, c.server_peer)
     check(s and s['state'] == 'ESTAB', 'server socket not ESTABLISHED: %s' % s)
@@ -960,6 +962,96 @@ def test_threaded_some_leak():
     f = [x for x in s.get('findings', []) if x.get('stack_id') in ids]
     check(f and f[0].get('count_ever') == len(leaking) and f[0].get('count_now') == len(leaking),
           'summary findings %s' % s.get('findings'))
+
+
+def make_closed_late_test(mode):
+    def t():
+        """Reported, then closed 2.5 x grace after the EOF by a call that is not close():
+        a closed_late event, and the summary counts nothing open."""
+        delay = int(GRACE_MS * 2.5)
+        p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', mode, '-d', str(delay), '-q', '-l', '10000'])
+        c = Conn(p, p.port())
+        c.close()
+        p.wait_events(is_leak, 1, timeout=GRACE_MS / 1000.0 + 4)
+        check(not p.has_line(r'CLOSED '), 'closed before the report: grace not honoured?')
+        p.wait_line(r'CLOSED %d %s$' % (c.fd, mode), 5)
+        cl, _ = p.wait_events(lambda e: e.get('event') == 'closed_late', 1, timeout=GRACE_MS / 1000.0 + 4)
+        time.sleep(0.2)
+        p.finish()
+        leaks = p.leaks()
+        check(len(leaks) == 1, 'wanted one leak event, got %d' % len(leaks))
+        check_leak(leaks[0], c, 'eof_not_closed', open_fn='tserver_accept_conn', eof_fn='rd_read')
+        e = cl[0]
+        check(e.get('fd') == c.fd and e.get('peer') == c.server_peer and e.get('local') == c.server_local,
+              'closed_late names fd %r %r %r' % (e.get('fd'), e.get('local'), e.get('peer')))
+        check(e.get('stack_id') == leaks[0].get('stack_id'), 'closed_late stack_id differs from the leak')
+        held = e.get('held_ms')
+        check(is_int(held) and delay - 100 <= held <= delay + 1500, 'held_ms %r, held ~%d ms' % (held, delay))
+        s = summary_of(p)
+        check(s is not None, 'no summary at exit')
+        check(s.get('leaks_open') == 0 and s.get('leaks_total') == 1,
+              'summary leaks_open %r leaks_total %r, wanted 0 and 1' % (s.get('leaks_open'), s.get('leaks_total')))
+    return t
+
+
+for _mode in ('syscall', 'close_range', 'fclose', 'dup2'):
+    test(make_closed_late_test(_mode), name='closed_late_via_' + _mode)
+
+
+@test
+def test_reuse_after_report():
+    """A reported socket is closed via syscall(SYS_close) (no close() seen); the next accepted
+    connection gets the same number and leaks too: two reports, each with its own peer."""
+    delay = int(GRACE_MS * 2.5)
+    p = run_prog([TSERVER, '-n', '2', '-m', 'read', '-c', 'syscall', '-d', str(delay), '-q', '-l', '10000'])
+    port = p.port()
+    a = Conn(p, port)
+    a.close()
+    p.wait_events(is_leak, 1, timeout=GRACE_MS / 1000.0 + 4)
+    p.wait_line(r'CLOSED %d syscall$' % a.fd, 5)
+    b = Conn(p, port, data=b'LEAK')
+    b.close()
+    check(b.fd == a.fd, 'second connection got fd %d, first had %d: scenario not set up' % (b.fd, a.fd))
+    p.wait_line(r'LEAK %d$' % b.fd, 5)
+    p.wait_events(is_leak, 2, timeout=GRACE_MS / 1000.0 + 4)
+    time.sleep(2 * GRACE_MS / 1000.0 + 0.2)
+    p.finish()
+    leaks = p.leaks()
+    check(len(leaks) == 2, 'wanted 2 leak events, got %d: %s' % (len(leaks), [(e.get('fd'), e.get('peer')) for e in leaks]))
+    for conn, name in ((a, 'first'), (b, 'second')):
+        mine = [e for e in leaks if conn.matches(e)]
+        check(len(mine) == 1, 'the %s connection (peer %s) has %d reports' % (name, conn.server_peer, len(mine)))
+        check_leak(mine[0], conn, 'eof_not_closed')
+    s = summary_of(p)
+    check(s is not None and s.get('leaks_open') == 1 and s.get('leaks_total') == 2,
+          'summary %s, wanted leaks_open 1 leaks_total 2' % (s and {k: s.get(k) for k in ('leaks_open', 'leaks_total')}))
+
+
+@test
+def test_many_leaks():
+    """400 connections, all leaked by one thread-per-connection server: 400 reports, distinct
+    fds and peers, one code site counted 400 times."""
+    n = 400
+    p = run_prog([TSERVER, '-t', '-n', str(n), '-m', 'recv', '-c', 'leak', '-q', '-l', '30000'])
+    port = p.port()
+    conns = [Conn(None, port) for _ in range(n)]
+    for c in conns:
+        c.close()
+    poll_until(lambda: len([l for _, l in p.lines if l.startswith('LEAK ')]) >= n, 10, 0.05)
+    check(len(close_wait_of(p.pid)) == n, 'kernel shows %d CLOSE_WAIT sockets, wanted %d' % (len(close_wait_of(p.pid)), n))
+    p.wait_events(is_leak, n, timeout=GRACE_MS / 1000.0 + 8)
+    time.sleep(2 * GRACE_MS / 1000.0 + 0.2)
+    p.finish()
+    leaks = p.leaks()
+    check(len(leaks) == n, 'wanted %d leak events, got %d' % (n, len(leaks)))
+    check(len({e.get('fd') for e in leaks}) == n, 'fds not distinct')
+    peers = {e.get('peer') for e in leaks}
+    check(peers == {c.server_peer for c in conns}, 'reported peers differ from the clients: %d unmatched' % len(peers ^ {c.server_peer for c in conns}))
+    ids = {e.get('stack_id') for e in leaks}
+    check(len(ids) == 1, 'one accept site, %d stack_ids' % len(ids))
+    s = summary_of(p)
+    f = [x for x in (s or {}).get('findings', []) if x.get('stack_id') in ids]
+    check(f and f[0].get('count_ever') == n and f[0].get('count_now') == n, 'summary findings %s' % (s and s.get('findings')))
 
 
 @test

@@ -9,7 +9,8 @@
  *                          keeps the socket open
  *   ttraps recv0 HOLD_MS   TCP server: prints "PORT <n>", accepts one connection, waits
  *                          for data to be pending (the client sends some and stays
- *                          connected), recv(fd, buf, 0, 0) returns 0 on the live socket,
+ *                          connected), recv(fd, buf, 0, 0), read(fd, buf, 0) and a
+ *                          zero-length readv() return 0 on the live socket,
  *                          keeps it HOLD_MS, then reads until the real EOF and closes
  * Output lines: "EOF <fd>", "GOT <call> <ret>", "RECV0 <ret>", "DONE".
  */
@@ -22,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -128,6 +130,12 @@ int main(int argc, char **argv)
             return 1;
         r = recv(fd, buf, 0, 0);
         printf("RECV0 %zd\n", r);
+        /* read() and readv() of zero bytes return 0 at once, data pending or not */
+        r = read(fd, buf, 0);
+        printf("READ0 %zd\n", r);
+        struct iovec iov0 = {buf, 0};
+        r = readv(fd, &iov0, 1);
+        printf("READV0 %zd\n", r);
         sleep_ms(hold);
         ssize_t n;
         while ((n = read(fd, buf, sizeof buf)) > 0)
