@@ -151,13 +151,13 @@ static UNUSED int make_leak(int lfd, int port, const char *kind)
     while (read(s, &b, 1) < 0 && errno == EINTR) {
     }
     close(c);
+    char l[64], p[64];
+    endpoint(s, 0, l, sizeof l);
+    endpoint(s, 1, p, sizeof p);
     if (strcmp(kind, "eof") == 0 || strcmp(kind, "shut") == 0) {
         if (drain_to_eof(s) != 0) fail_setup("read to EOF");
         if (strcmp(kind, "shut") == 0) shutdown(s, SHUT_WR);
     }
-    char l[64], p[64];
-    endpoint(s, 0, l, sizeof l);
-    endpoint(s, 1, p, sizeof p);
     printf("#leak fd=%d local=%s peer=%s kind=%s\n", s, l, p, kind);
     fflush(stdout);
     return s;

@@ -21,6 +21,25 @@ static void show(const char *what, long r)
 
 static int devnull_fds[1 << 20];
 
+/* Both leaks come from here: one open site, reported twice. */
+__attribute__((noinline)) static int accept_leak(int l, int client, const char *phase)
+{
+    int s = accept(l, NULL, NULL);
+    if (s < 0) return -1;
+    char b;
+    write_all(client, "y", 1);
+    printf("read_first_byte=%ld\n", (long)read(s, &b, 1));
+    close(client);
+    /* The client's number is free now: in the full phase, take it back at once. */
+    if (strcmp(phase, "full") == 0) printf("refilled=%d\n", open("/dev/null", O_RDONLY) >= 0);
+    printf("read_eof=%d\n", drain_to_eof(s));
+    char a[64], p[64];
+    endpoint(s, 0, a, sizeof a);
+    endpoint(s, 1, p, sizeof p);
+    printf("#leak fd=%d local=%s peer=%s kind=eof phase=%s\n", s, a, p, phase);
+    return s;
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -72,46 +91,27 @@ int main(void)
     int freed = devnull_fds[n / 2];
     close(freed);
     sleep_ms(400);
-    int s1 = accept(l, NULL, NULL);
-    printf("accept_after_free_got_freed_number=%d\n", s1 == freed);
-    if (s1 < 0) {
-        printf("# accept after free: %s\n", strerror(errno));
-        return 1;
+    /* Two leaks from one call site: the first while the table is full, the second after the
+     * program has freed it. */
+    for (int phase = 0; phase < 2; phase++) {
+        if (phase == 1) {
+            for (int i = 0; i < n; i++)
+                if (devnull_fds[i] != freed) close(devnull_fds[i]);
+        }
+        int sfd = accept_leak(l, clients[1 + phase], phase == 0 ? "full" : "free");
+        if (phase == 0) {
+            printf("accept_after_free_got_freed_number=%d\n", sfd == freed);
+            if (sfd < 0) {
+                printf("# accept after free: %s\n", strerror(errno));
+                return 1;
+            }
+        } else {
+            printf("accept_after_all_free=%d\n", sfd >= 0);
+        }
+        wait_for_leaks(1 + phase, 6000);
+        /* clients[2] still waits in the queue. */
+        if (phase == 0) show("accept_still_full", accept(l, NULL, NULL));
     }
-    /* A leak while the table is full. */
-    write_all(clients[1], "y", 1);
-    char b;
-    printf("read_first_byte=%ld\n", (long)read(s1, &b, 1));
-    close(clients[1]);
-    int c1fd = clients[1];
-    (void)c1fd;
-    /* clients[1] freed one more number: take it back so the table stays full. */
-    int refill = open("/dev/null", O_RDONLY);
-    printf("refilled=%d\n", refill >= 0);
-    printf("read_eof=%d\n", drain_to_eof(s1));
-    char a[64], p[64];
-    endpoint(s1, 0, a, sizeof a);
-    endpoint(s1, 1, p, sizeof p);
-    printf("#leak fd=%d local=%s peer=%s kind=eof phase=full\n", s1, a, p);
-    wait_for_leaks(1, 6000);
-    show("accept_still_full", accept(l, NULL, NULL));
-
-    /* Free everything; the same code leaks once more. */
-    for (int i = 0; i < n; i++)
-        if (devnull_fds[i] != freed) close(devnull_fds[i]);
-    if (refill >= 0) close(refill);
-    int c2 = connect_local(port);
-    if (c2 < 0) fail_setup("connect 2");
-    int s2 = accept(l, NULL, NULL);
-    write_all(c2, "z", 1);
-    close(c2);
-    read(s2, &b, 1);
-    printf("read_eof_2=%d\n", drain_to_eof(s2));
-    endpoint(s2, 0, a, sizeof a);
-    endpoint(s2, 1, p, sizeof p);
-    printf("#leak fd=%d local=%s peer=%s kind=eof phase=free\n", s2, a, p);
-    wait_for_leaks(2, 6000);
-    close(clients[2]);
 
     /* Other failures: the same errno with and without the library. */
     int dn = open("/dev/null", O_RDONLY);

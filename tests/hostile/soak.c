@@ -7,14 +7,17 @@
  * shutdown(SHUT_WR) and kept ("shut").  THREADS*LEAKS leaks in all, printed as "#leak" lines
  * for the runner to match; nothing else may be reported.
  *
- * usage: soak [seconds] [threads] [maxpairs] [leaks-per-thread]
+ * Each round's connections are held open HOLD_MS before they close (many open at once, a
+ * bounded rate of new ones).
+ *
+ * usage: soak [seconds] [threads] [maxpairs] [leaks-per-thread] [hold-ms]
  */
 #include "common.h"
 
 #include <stdatomic.h>
 #include <sys/uio.h>
 
-static int seconds = 30, nthreads = 8, maxpairs = 1000, leaks_per_thread = 5;
+static int seconds = 30, nthreads = 8, maxpairs = 1000, leaks_per_thread = 5, hold_ms = 20;
 static int64_t deadline;
 static _Atomic long connections, errors, open_now, open_peak;
 static pthread_mutex_t print_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -61,9 +64,13 @@ static void *worker(void *arg)
 {
     int id = (int)(intptr_t)arg;
     int mode = id % 3;
-    int port;
+    int port, leak_port;
     int lfd = listen_local(4096, &port);
-    if (lfd < 0) fail_setup("listen");
+    /* The connections that leak come through a listener of their own: a leaked socket stays
+     * in CLOSE_WAIT only while no new connection reuses its 4-tuple (on loopback the kernel
+     * recycles the client's closed ports at once, and the reused SYN resets the old socket). */
+    int leak_lfd = listen_local(16, &leak_port);
+    if (lfd < 0 || leak_lfd < 0) fail_setup("listen");
     int *cli = calloc((size_t)maxpairs, sizeof *cli), *srv = calloc((size_t)maxpairs, sizeof *srv);
     if (cli == NULL || srv == NULL) fail_setup("calloc");
     static const int sizes[] = {1000, 300, 700, 150, 1000, 500, 850, 50};
@@ -72,13 +79,15 @@ static void *worker(void *arg)
         int b = sizes[round % 8] * maxpairs / 1000;
         if (b < 2) b = 2;
         int made = 0;
+        int leak_at = round < leaks_per_thread ? b / 2 : -1;
         for (; made < b; made++) {
-            cli[made] = connect_local(port);
+            int l = made == leak_at ? leak_lfd : lfd;
+            cli[made] = connect_local(made == leak_at ? leak_port : port);
             if (cli[made] < 0) {
                 atomic_fetch_add(&errors, 1);
                 break;
             }
-            srv[made] = (id & 1) ? accept4(lfd, NULL, NULL, SOCK_CLOEXEC) : accept(lfd, NULL, NULL);
+            srv[made] = (id & 1) ? accept4(l, NULL, NULL, SOCK_CLOEXEC) : accept(l, NULL, NULL);
             if (srv[made] < 0) {
                 atomic_fetch_add(&errors, 1);
                 close(cli[made]);
@@ -99,11 +108,11 @@ static void *worker(void *arg)
             req[0] = 'A';
             if (write_all(srv[i], req, 16) != 0) atomic_fetch_add(&errors, 1);
         }
-        for (int i = 0; i < made; i++) {
+        for (int i = 0; i < made; i++)
             if (read_exact(mode, cli[i], ans, 16) != 0 || ans[0] != 'A') atomic_fetch_add(&errors, 1);
-            close(cli[i]);
-        }
-        int leak_at = round < leaks_per_thread ? made / 2 : -1;
+        if (hold_ms > 0) sleep_ms(hold_ms);
+        for (int i = 0; i < made; i++) close(cli[i]);
+        if (leak_at >= made) leak_at = -1;
         for (int i = 0; i < made; i++) {
             if (i == leak_at) {
                 const char *kind = kinds[(id * leaks_per_thread + round) % 3];
@@ -111,10 +120,10 @@ static void *worker(void *arg)
                     char x;
                     if (rd(mode, srv[i], &x, 1) != 0) atomic_fetch_add(&errors, 1);
                 }
-                if (strcmp(kind, "shut") == 0) shutdown(srv[i], SHUT_WR);
                 char a[64], p[64];
                 endpoint(srv[i], 0, a, sizeof a);
                 endpoint(srv[i], 1, p, sizeof p);
+                if (strcmp(kind, "shut") == 0) shutdown(srv[i], SHUT_WR);
                 pthread_mutex_lock(&print_lock);
                 printf("#leak fd=%d local=%s peer=%s kind=%s thread=%d round=%d\n", srv[i], a, p, kind,
                        id, round);
@@ -130,6 +139,7 @@ static void *worker(void *arg)
         atomic_fetch_add(&connections, made);
     }
     close(lfd);
+    close(leak_lfd);
     free(cli);
     free(srv);
     return NULL;
@@ -141,6 +151,7 @@ int main(int argc, char **argv)
     if (argc > 2) nthreads = atoi(argv[2]);
     if (argc > 3) maxpairs = atoi(argv[3]);
     if (argc > 4) leaks_per_thread = atoi(argv[4]);
+    if (argc > 5) hold_ms = atoi(argv[5]);
     if (nthreads < 1 || nthreads > 64 || maxpairs < 2) return 2;
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
