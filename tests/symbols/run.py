@@ -126,13 +126,14 @@ def build_all():
         if src.endswith(('.c', '.cpp', '.h')):
             MARKS[src] = source_marks(os.path.join(PROGS, src))
     if not shutil.which('gcc'):
-        for n in ('inline_srv', 'tail_srv', 'supp_srv', 'fork_srv', 'dl_host', 'libcwplugin.so'):
+        for n in ('inline_srv', 'tail_srv', 'tail_srv_nopie', 'supp_srv', 'fork_srv', 'dl_host', 'libcwplugin.so'):
             BINS[n] = None
             BUILD_ERRORS[n] = 'gcc is not installed'
     else:
         c = ['gcc', '-std=gnu11', '-Wall', '-Wextra', '-Werror', '-I', PROGS]
         compile_prog('inline_srv', c + ['-O2', '-g', os.path.join(PROGS, 'inline_srv.c')])
         compile_prog('tail_srv', c + ['-O2', '-g', os.path.join(PROGS, 'tail_srv.c')])
+        compile_prog('tail_srv_nopie', c + ['-O2', '-g', '-fno-pie', '-no-pie', os.path.join(PROGS, 'tail_srv.c')])
         compile_prog('supp_srv', c + ['-O2', '-g', os.path.join(PROGS, 'supp_srv.c')])
         compile_prog('fork_srv', c + ['-O2', '-g', os.path.join(PROGS, 'fork_srv.c')])
         compile_prog('dl_host', c + ['-O2', '-g', os.path.join(PROGS, 'dl_host.c'), '-ldl'])
@@ -532,13 +533,42 @@ def test_tail_call_symbolize0_report():
     expect_frame(rstack, 1, 'handle', src, mark(src, 'handle'))
 
 
-def stripped_copy(kind):
-    """A copy of inline_srv in its own directory, stripped as `kind`; the debug file split off.
+def test_nonpie_tail_call():
+    """A non-PIE build (-no-pie, loaded at 0x400000): names, lines and the tail-call frame."""
+    binary = need('tail_srv_nopie')
+    evs, rc, _ = leak_and_exit([binary])
+    check(rc == 0, 'exit status %r' % rc)
+    _, stack = the_leak(evs)
+    src = 'tail_srv.c'
+    f = expect_frame(stack, 0, 'get_conn', src, None, tail_call=True,
+                     lines=(mark(src, 'get_conn_start') - 1, mark(src, 'get_conn_end')))
+    check(f.get('module') == os.path.realpath(binary), 'get_conn module %r' % f.get('module'))
+    expect_frame(stack, 1, 'handle', src, mark(src, 'handle'))
+    check(len(stack) > 2 and stack[2].get('function') == 'main', 'frame #2 should be main: %s' % show(stack))
+    expect_frames_complete(stack, binary)
+
+
+def test_nonpie_report():
+    """A stripped non-PIE build under CLOSEWAIT_SYMBOLIZE=0: the report names handle and main
+    from module+offset through the debuglink."""
+    binary, _ = stripped_copy('strip-all', 'tail_srv_nopie', 'tail_srv')
+    stack, logf = symbolize0_run(binary)
+    rstack = report_stack_names(report_json([logf]))
+    src = 'tail_srv.c'
+    i = next((k for k, f in enumerate(rstack) if f.get('function') == 'handle'), None)
+    check(i is not None, 'no handle frame in the report: %s' % show(rstack))
+    expect_frame(rstack, i, 'handle', src, mark(src, 'handle'))
+    check(len(rstack) > i + 1 and rstack[i + 1].get('function') == 'main', 'main should follow handle: %s' % show(rstack))
+
+
+def stripped_copy(kind, prog='inline_srv', name='inline_srv'):
+    """A copy of a program (as `name`) in its own directory, stripped as `kind` (strip-g,
+    strip-all, or no-link: strip-all without a debuglink); the debug file split off next to it.
     Returns (binary, debug file)."""
-    src = need('inline_srv')
+    src = need(prog)
     d = tempfile.mkdtemp(prefix='strip-%s-' % kind, dir=WORK)
-    binary = os.path.join(d, 'inline_srv')
-    debug = os.path.join(d, 'inline_srv.debug')
+    binary = os.path.join(d, name)
+    debug = os.path.join(d, name + '.debug')
     shutil.copy2(src, binary)
     steps = [['objcopy', '--only-keep-debug', binary, debug]]
     if kind == 'strip-g':
@@ -546,7 +576,7 @@ def stripped_copy(kind):
     else:
         steps.append(['strip', '--strip-all', binary])
     if kind != 'no-link':
-        steps.append(['objcopy', '--add-gnu-debuglink=inline_srv.debug', 'inline_srv'])
+        steps.append(['objcopy', '--add-gnu-debuglink=%s.debug' % name, name])
     for argv in steps:
         r = run(argv, cwd=d)
         check(r.returncode == 0, '%s failed: %s' % (' '.join(argv), r.stdout.decode('utf-8', 'replace')))
@@ -758,6 +788,31 @@ def test_exitcode_clean():
         check(not of_kind(evs, 'leak'), 'clean program reported: %r' % of_kind(evs, 'leak'))
 
 
+def test_exitcode_closed_late():
+    """CLOSEWAIT_EXITCODE=23: a leak reported and then closed is not held at exit: status 0,
+    a closed_late event, and a summary with leaks_open 0 and leaks_total 1."""
+    binary = need('inline_srv')
+    p = leak_run([binary], 1, env={'CLOSEWAIT_EXITCODE': '23'})
+    try:
+        p.send('close\n')
+        p.wait_lines(r'closed$')
+        late = wait_events(p.log, 'closed_late', 1, timeout=3.0, prog=p)
+        rc = p.finish()
+    finally:
+        p.kill()
+    check(rc == 0, 'exit status %r, expected 0 (nothing held at exit)' % rc)
+    evs = events(p.log)
+    leak, _ = the_leak(evs)
+    c = late[0]
+    check(c.get('fd') == leak.get('fd') and c.get('stack_id') == leak.get('stack_id'),
+          'closed_late %r does not match the leak (fd %r, stack %r)' % (c, leak.get('fd'), leak.get('stack_id')))
+    check(c.get('closed_by') == 'close', 'closed_by %r' % c.get('closed_by'))
+    check(isinstance(c.get('held_ms'), int) and c['held_ms'] >= GRACE_MS, 'held_ms %r' % c.get('held_ms'))
+    sums = of_kind(evs, 'summary')
+    check(len(sums) == 1 and sums[0].get('leaks_open') == 0 and sums[0].get('leaks_total') == 1,
+          'summary %r' % sums)
+
+
 def test_report_signal_usr2():
     """CLOSEWAIT_REPORT_SIGNAL=USR2: SIGUSR2 writes an "on request" summary; the program runs on."""
     binary = need('inline_srv')
@@ -793,8 +848,23 @@ def write_supp(text):
 
 def test_suppress_fun():
     """fun:quiet_site: that leak is not reported and is counted as suppressed; the other is."""
+    one_of_two_suppressed('# a known leak\nfun:quiet_site\n')
+
+
+def test_suppress_bare_glob():
+    """A bare glob is a function pattern (leading blanks, comments and blank lines skipped)."""
+    one_of_two_suppressed('\n# known\n   quiet_s*\n\n')
+
+
+def test_suppress_trailing_blanks():
+    """Blanks after a pattern are not part of it (docs/report.md: the library's syntax is the
+    report's, whose surrounding blanks are trimmed): 'fun:quiet_site<space><tab>' still matches."""
+    one_of_two_suppressed('fun:quiet_site \t\n')
+
+
+def one_of_two_suppressed(patterns):
     binary = need('supp_srv')
-    supp = write_supp('# a known leak\nfun:quiet_site\n')
+    supp = write_supp(patterns)
     p = Prog([binary], env={'CLOSEWAIT_SUPPRESSIONS': supp})
     try:
         port = p.port()
@@ -821,24 +891,47 @@ def test_suppress_fun():
     check(sums[0].get('leaks_open') == 1, 'summary leaks_open %r' % sums[0].get('leaks_open'))
 
 
-def test_suppress_inlined_helper():
-    """fun:take_conn names an inlined helper (a name only DWARF knows): nothing is reported."""
-    binary = need('inline_srv')
-    supp = write_supp('fun:take_conn\n')
-    p = leak_run([binary], 1, env={'CLOSEWAIT_SUPPRESSIONS': supp}, wait_leaks=False)
+def all_suppressed(argv, patterns, nleaks=1):
+    """Runs a program whose every leak matches a pattern: no leak event, the exit summary
+    counts them as suppressed."""
+    supp = write_supp(patterns)
+    p = leak_run(argv, nleaks, env={'CLOSEWAIT_SUPPRESSIONS': supp}, wait_leaks=False)
     try:
-        time.sleep(GRACE_MS * 4 / 1000.0)
+        time.sleep(GRACE_MS * 4 / 1000.0)       # the grace is long over: a report would be out
         rc = p.finish()
     finally:
         p.kill()
     check(rc == 0, 'exit status %r' % rc)
+    warn = p.stderr_text()
+    check('closewait' not in warn, 'warning on stderr: %r' % warn[-300:])
     evs = events(p.log)
     check(not of_kind(evs, 'leak'), 'suppressed leak reported: %s'
           % [show(l.get('open_stack', [])) for l in of_kind(evs, 'leak')])
     sums = of_kind(evs, 'summary')
     check(len(sums) == 1, 'one summary expected (something was suppressed), got %d' % len(sums))
-    check(sums[0].get('suppressed') == 1 and sums[0].get('leaks_open') == 0,
-          'summary suppressed=%r leaks_open=%r' % (sums[0].get('suppressed'), sums[0].get('leaks_open')))
+    check(sums[0].get('suppressed') == nleaks and sums[0].get('leaks_open') == 0,
+          'summary suppressed=%r leaks_open=%r, expected %d and 0'
+          % (sums[0].get('suppressed'), sums[0].get('leaks_open'), nleaks))
+
+
+def test_suppress_inlined_helper():
+    """fun:take_conn names an inlined helper (a name only DWARF knows): nothing is reported."""
+    all_suppressed([need('inline_srv')], 'fun:take_conn\n')
+
+
+def test_suppress_static_caller():
+    """fun:serve_one names the static function the accept was inlined into: both leaks go."""
+    all_suppressed([need('inline_srv'), '2'], 'fun:serve_one\n', nleaks=2)
+
+
+def test_suppress_mod():
+    """mod:*/libcwplugin.so matches the module path of the dlopen()ed library."""
+    all_suppressed([need('dl_host'), need('libcwplugin.so')], 'mod:*/libcwplugin.so\n')
+
+
+def test_suppress_cxx_demangled():
+    """fun:ns::Server::accept_one* matches the demangled C++ name."""
+    all_suppressed([need('cxx_srv')], 'fun:ns::Server::accept_one*\n')
 
 
 # ------------------------------------------------------------------ tests: the merge tool
@@ -924,6 +1017,8 @@ TESTS = [
     ('dlopen_plugin', test_dlopen_plugin),
     ('tail_call', test_tail_call),
     ('tail_call_symbolize0_report', test_tail_call_symbolize0_report),
+    ('nonpie_tail_call', test_nonpie_tail_call),
+    ('nonpie_report', test_nonpie_report),
     ('stripped_g_debuglink', test_stripped_g_debuglink),
     ('stripped_all_debuglink', test_stripped_all_debuglink),
     ('stripped_build_id_dir', test_stripped_build_id_dir),
@@ -934,9 +1029,15 @@ TESTS = [
     ('summary_json', test_summary_json),
     ('exitcode_leak', test_exitcode_leak),
     ('exitcode_clean', test_exitcode_clean),
+    ('exitcode_closed_late', test_exitcode_closed_late),
     ('report_signal_usr2', test_report_signal_usr2),
     ('suppress_fun', test_suppress_fun),
+    ('suppress_bare_glob', test_suppress_bare_glob),
+    ('suppress_trailing_blanks', test_suppress_trailing_blanks),
     ('suppress_inlined_helper', test_suppress_inlined_helper),
+    ('suppress_static_caller', test_suppress_static_caller),
+    ('suppress_mod', test_suppress_mod),
+    ('suppress_cxx_demangled', test_suppress_cxx_demangled),
     ('fork_merge', test_fork_merge),
 ]
 

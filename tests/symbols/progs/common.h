@@ -57,16 +57,25 @@ static inline void cw_say(const char *what, int n)
     fflush(stdout);
 }
 
-/* Answers "ping" with "pong" until stdin reaches EOF. */
-static inline void cw_serve_stdin(void)
+/* Answers "ping" with "pong" and "close" with on_close() then "closed", until stdin's EOF. */
+static inline void cw_serve_stdin_with(void (*on_close)(void))
 {
     char line[128];
     while (fgets(line, sizeof line, stdin) != NULL) {
         if (strncmp(line, "ping", 4) == 0) {
             printf("pong\n");
             fflush(stdout);
+        } else if (strncmp(line, "close", 5) == 0 && on_close != NULL) {
+            on_close();
+            printf("closed\n");
+            fflush(stdout);
         }
     }
+}
+
+static inline void cw_serve_stdin(void)
+{
+    cw_serve_stdin_with(NULL);
 }
 
 #endif
