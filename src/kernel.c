@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -306,4 +307,54 @@ struct cw_peer *cw_peer_slot(int fd)
         }
     }
     return &chunk[(unsigned)fd % CW_CHUNK_SLOTS];
+}
+
+CW_HIDDEN _Atomic int cw_epoll_fd = -1;
+static uint64_t epoll_ino;
+static uint32_t epoll_generation;
+
+int cw_epoll_ensure(void)
+{
+    int fd = atomic_load(&cw_epoll_fd);
+    if (fd >= 0 && cw_kernel_socket_inode(fd) == 0) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && (uint64_t)st.st_ino == epoll_ino) return 0;
+    }
+    /* Gone (a daemon's close-all loop) or never made: a new instance; never close the old
+     * number, it may be the program's now. */
+    int nfd = epoll_create1(EPOLL_CLOEXEC);
+    if (nfd < 0) return -1;
+    nfd = cw_fd_move_high(nfd);
+    struct stat st;
+    epoll_ino = fstat(nfd, &st) == 0 ? (uint64_t)st.st_ino : 0;
+    epoll_generation++;
+    atomic_store(&cw_epoll_fd, nfd);
+    return 0;
+}
+
+uint32_t cw_epoll_generation(void)
+{
+    return epoll_generation;
+}
+
+int cw_epoll_watch(int fd, uint64_t inode)
+{
+    int ep = atomic_load(&cw_epoll_fd);
+    if (ep < 0) return -1;
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLRDHUP | EPOLLET;
+    ev.data.u64 = (uint64_t)(uint32_t)fd << 32 | (uint32_t)inode;
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0 || errno == EEXIST) return 0;
+    return -1;
+}
+
+void cw_epoll_after_fork(void)
+{
+    /* The instance is shared with the parent: its events must stay the parent's.  Dropping
+     * this process's reference does not disturb the parent's registrations. */
+    int fd = atomic_load(&cw_epoll_fd);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_ino == epoll_ino) close(fd);
+    atomic_store(&cw_epoll_fd, -1);
 }

@@ -53,6 +53,15 @@ CW_HIDDEN void cw_peer_format(const struct cw_peer *p, char *out, size_t cap);
 CW_HIDDEN const char *cw_tcp_state_name(int state);
 CW_HIDDEN void cw_kernel_after_fork(void);
 
+/* The watcher's epoll instance: every tracked socket registered edge-triggered for EPOLLRDHUP,
+ * its data the fd (high 32 bits) and the socket's inode (low 32 bits: socket inodes are 32-bit).
+ * The instance lives at a high descriptor and is re-made if the program closes it. */
+CW_HIDDEN extern _Atomic int cw_epoll_fd;
+CW_HIDDEN int cw_epoll_ensure(void);          /* 0 when usable */
+CW_HIDDEN uint32_t cw_epoll_generation(void); /* changes when the instance is re-made */
+CW_HIDDEN int cw_epoll_watch(int fd, uint64_t inode);
+CW_HIDDEN void cw_epoll_after_fork(void);
+
 #define TCPS_ESTABLISHED 1
 #define TCPS_CLOSE 7
 #define TCPS_CLOSE_WAIT 8

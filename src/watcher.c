@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,9 +36,11 @@ enum reason { R_EOF_NOT_CLOSED, R_PEER_CLOSED_UNREAD, R_SHUTDOWN_NOT_CLOSED, R_I
 static const char *const reason_names[] = {"eof_not_closed", "peer_closed_unread",
                                            "shutdown_not_closed", "inherited"};
 
-/* w_flags bits (watcher-owned, per slot life) */
+/* w_flags bits (watcher-owned, per slot life); the bits above 8 hold the epoll generation the
+ * socket is registered in */
 #define WF_REPORTED 1u
 #define WF_SUPPRESSED 2u
+#define WF_GEN_SHIFT 8
 
 /* Findings from one open site (one open stack). */
 struct group {
@@ -57,7 +60,8 @@ struct leak {
     size_t gi;            /* index into groups */
     int64_t fin_ms;
     char local[64], peer[64];
-    int foreign;          /* held by another process (a child): gone when the kernel says so */
+    int foreign;          /* held by another process (a child) */
+    pid_t holder;
 };
 
 static pthread_mutex_t tick_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -71,6 +75,16 @@ static size_t nleaks, leaks_cap;
 static long total_reported, total_suppressed;
 static struct inode_set cw_inodes;
 static int have_diag_now;
+/* How the watcher learns of FINs.  epoll: every tracked socket is registered (edge-triggered
+ * EPOLLRDHUP) in the watcher's own epoll instance, so the cost follows the sockets that change,
+ * not the sockets open.  sock_diag: one netlink dump of the CLOSE_WAIT sockets per interval (the
+ * kernel walks every TCP socket of the namespace, TIME_WAIT included, for each dump).  tcp_info:
+ * one getsockopt per tracked socket per interval. */
+enum watch_mode { WATCH_EPOLL, WATCH_SOCK_DIAG, WATCH_TCP_INFO };
+static enum watch_mode watch_mode = WATCH_EPOLL;
+static const char *const watch_mode_names[] = {"epoll", "sock_diag", "tcp_info"};
+static uint32_t epoll_gen = 1;      /* registrations are per epoll instance */
+static int listeners_waiting;       /* a listener had a queue at the last tick: dump next time */
 static int parent_alive;      /* in a forked child: the parent that forked us is still there */
 static struct unowned_ports unowned;
 static char exe_path[PATH_MAX];
@@ -126,8 +140,8 @@ static void announce(void)
     buf_json_str(&b, exe_path);
     buf_puts(&b, ",\"host\":");
     buf_json_str(&b, hostname);
-    buf_printf(&b, ",\"grace_ms\":%lld,\"version\":\"%s\"}\n", (long long)cw_cfg.grace_ms,
-               CLOSEWAIT_VERSION);
+    buf_printf(&b, ",\"grace_ms\":%lld,\"watch\":\"%s\",\"version\":\"%s\"}\n",
+               (long long)cw_cfg.grace_ms, watch_mode_names[watch_mode], CLOSEWAIT_VERSION);
     cw_sink_write(b.p, b.n);
     buf_free(&b);
 }
@@ -364,6 +378,7 @@ static void report_leak(const struct observed *o, int64_t now)
     l->gi = (size_t)(g - groups);
     l->fin_ms = o->fin_ms;
     l->foreign = o->holder != 0 && o->holder != getpid();
+    l->holder = o->holder;
     if (o->local != NULL) {
         snprintf(l->local, sizeof l->local, "%s", o->local);
         snprintf(l->peer, sizeof l->peer, "%s", o->peer);
@@ -488,6 +503,8 @@ static void report_closed(const struct leak *l, int64_t now, const char *how)
     buf_free(&b);
 }
 
+static int fd_in_process(pid_t pid, uint64_t inode);
+
 /* Reported descriptors that are gone now (closed by a hook we saw, or by one we did not). */
 static void sweep_leaks(int64_t now)
 {
@@ -497,7 +514,7 @@ static void sweep_leaks(int64_t now)
         uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_acquire) : 0;
         const char *how = NULL;
         if (l->foreign) {
-            if (have_diag_now && !cw_inode_set_has(&cw_inodes, l->inode)) how = "holder";
+            if (fd_in_process(l->holder, l->inode) < 0) how = "holder";
         } else if (seq != l->seq) {
             how = "close";
         } else if (cw_kernel_socket_inode(l->fd) != l->inode) {
@@ -549,33 +566,35 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
         atomic_store_explicit(&s->inode, inode, memory_order_relaxed);
     }
     remember_peer(fd, seq);
+    if (watch_mode == WATCH_EPOLL && (s->w_flags >> WF_GEN_SHIFT) != (epoll_gen = cw_epoll_generation())) {
+        if (cw_epoll_watch(fd, inode) == 0)
+            s->w_flags = (s->w_flags & ((1u << WF_GEN_SHIFT) - 1)) | (epoll_gen << WF_GEN_SHIFT);
+    }
     uint32_t flags = atomic_load_explicit(&s->flags, memory_order_acquire);
-    int in_cw;
-    if (have_diag) {
-        in_cw = cw_inode_set_has(&cw_inodes, inode);
-    } else {
-        struct tcp_info ti;
-        in_cw = cw_kernel_tcp_info(fd, &ti) == 0 &&
-                (ti.tcpi_state == TCPS_CLOSE_WAIT || ti.tcpi_state == TCPS_LAST_ACK);
+    if (s->w_fin_ms == 0 && watch_mode != WATCH_EPOLL) {
+        int in_cw;
+        if (watch_mode == WATCH_SOCK_DIAG) {
+            in_cw = have_diag && cw_inode_set_has(&cw_inodes, inode);
+        } else {
+            struct tcp_info ti;
+            in_cw = cw_kernel_tcp_info(fd, &ti) == 0 &&
+                    (ti.tcpi_state == TCPS_CLOSE_WAIT || ti.tcpi_state == TCPS_LAST_ACK);
+        }
+        if (in_cw) s->w_fin_ms = now;
     }
-    if (!(flags & SF_EOF) && !in_cw && (flags & SF_SHUT_WR)) {
+    if (s->w_fin_ms == 0 && !(flags & SF_EOF) && (flags & SF_SHUT_WR)) {
         /* We sent our FIN first (a relay's half-close): when the peer's FIN arrives the socket
-         * goes straight to CLOSE, which no CLOSE_WAIT dump lists.  Few sockets sit shut down
-         * without being closed, so asking each one is cheap. */
+         * goes straight to CLOSE.  Few sockets sit shut down without being closed, so asking
+         * each one is cheap. */
         struct tcp_info ti;
-        in_cw = cw_kernel_tcp_info(fd, &ti) == 0 && ti.tcpi_state == TCPS_CLOSE;
+        if (cw_kernel_tcp_info(fd, &ti) == 0 && ti.tcpi_state == TCPS_CLOSE) s->w_fin_ms = now;
     }
-    if (!(flags & SF_EOF) && !in_cw) {
-        s->w_fin_ms = 0;
-        return;
-    }
-    if (s->w_fin_ms == 0) s->w_fin_ms = now;
     int64_t fin = s->w_fin_ms;
     if (flags & SF_EOF) {
         int64_t eof = atomic_load_explicit(&s->eof_ms, memory_order_relaxed);
-        if (eof != 0 && eof < fin) fin = eof;
+        if (eof != 0 && (fin == 0 || eof < fin)) fin = eof;
     }
-    if (now - fin < cw_cfg.grace_ms) return;
+    if (fin == 0 || now - fin < cw_cfg.grace_ms) return;
 
     /* Past the grace period: the kernel's word on this very descriptor. */
     if (cw_kernel_socket_inode(fd) != inode) {
@@ -588,7 +607,9 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     int held = state == TCPS_CLOSE_WAIT ||
                ((flags & SF_SHUT_WR) && (state == TCPS_LAST_ACK || state == TCPS_CLOSE));
     if (!held) {
-        s->w_fin_ms = 0; /* e.g. the program's own shutdown(SHUT_RD): reads return 0, no FIN */
+        /* No FIN after all (the program's own shutdown(SHUT_RD) makes reads return 0), or an
+         * RST: nothing held open by a forgotten close. */
+        s->w_fin_ms = 0;
         return;
     }
     /* Data still going out, or sent after the FIN within the grace period: a reply to a
@@ -637,7 +658,8 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     report_leak(&o, now);
 }
 
-static void check_crossed(int64_t now);
+static void check_crossed(int64_t now, int have_diag);
+static int spawns_pending_without_epoll(void);
 static void check_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now);
 
 static void tick(void)
@@ -646,9 +668,23 @@ static void tick(void)
      * LD_PRELOAD) costs nothing more than this test. */
     if (!atomic_load_explicit(&cw_any_tcp, memory_order_relaxed)) return;
     int64_t now = cw_now_ms();
-    int have_diag = cw_kernel_tcp_inodes(1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK, &cw_inodes,
+    if (watch_mode == WATCH_EPOLL && cw_epoll_ensure() != 0) {
+        cw_warn("epoll unavailable; ", "watching with sock_diag dumps", NULL);
+        watch_mode = WATCH_SOCK_DIAG;
+    }
+    /* Dumps: every interval without epoll; with it, only while a listener has a queue (dead
+     * connections waiting there belong to no process yet, only a dump shows them). */
+    int have_diag = 0;
+    if (watch_mode == WATCH_SOCK_DIAG || listeners_waiting || spawns_pending_without_epoll()) {
+        have_diag = cw_kernel_tcp_inodes(1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK, &cw_inodes,
                                          &unowned) == 0;
+        if (!have_diag && watch_mode == WATCH_SOCK_DIAG) watch_mode = WATCH_TCP_INFO;
+    } else {
+        cw_inode_set_clear(&cw_inodes);
+        unowned.n = 0;
+    }
     have_diag_now = have_diag;
+    listeners_waiting = 0;
     parent_alive = cw_fork_parent != 0 && getppid() == cw_fork_parent;
     int limit = cw_table_limit();
     for (int fd = 0; fd < limit; fd++) {
@@ -662,7 +698,7 @@ static void tick(void)
         if (SEQ_KIND(seq) == KIND_TCP) examine(fd, s, have_diag, now);
         else if (SEQ_KIND(seq) == KIND_LISTEN) check_listener(fd, s, seq, now);
     }
-    if (have_diag) check_crossed(now);
+    check_crossed(now, have_diag);
     sweep_leaks(now);
 }
 
@@ -726,9 +762,18 @@ static int held_here(uint64_t inode)
     return 0;
 }
 
-static void check_crossed(int64_t now)
+/* Without epoll, crossed sockets are found in dumps: dump while any spawn record lives. */
+static int spawns_pending_without_epoll(void)
 {
-    if (cw_inodes.count == 0) return;
+    if (watch_mode == WATCH_EPOLL) return 0;
+    for (int i = 0; i < CW_MAX_SPAWNS; i++)
+        if (atomic_load(&cw_spawns[i].state) == 2) return 1;
+    return 0;
+}
+
+static void check_crossed(int64_t now, int have_diag)
+{
+    if (watch_mode != WATCH_EPOLL && !have_diag) return;
     for (int i = 0; i < CW_MAX_SPAWNS; i++) {
         struct cw_spawn *r = &cw_spawns[i];
         int expected = 2;
@@ -737,11 +782,15 @@ static void check_crossed(int64_t now)
         for (size_t k = 0; k < r->nsocks; k++) {
             struct cw_crossed *c = &r->socks[k];
             if (c->w_done) continue;
-            if (!cw_inode_set_has(&cw_inodes, c->inode)) {
-                c->w_fin_ms = 0;
-                continue;
+            if (watch_mode != WATCH_EPOLL) {
+                /* with epoll, c->w_fin_ms is set by the socket's RDHUP event */
+                if (!cw_inode_set_has(&cw_inodes, c->inode)) {
+                    c->w_fin_ms = 0;
+                    continue;
+                }
+                if (c->w_fin_ms == 0) c->w_fin_ms = now;
             }
-            if (c->w_fin_ms == 0) c->w_fin_ms = now;
+            if (c->w_fin_ms == 0) continue;
             if (now - c->w_fin_ms < cw_cfg.grace_ms) continue;
             /* Ours still: our own report covers it. */
             if (held_here(c->inode)) continue;
@@ -753,7 +802,9 @@ static void check_crossed(int64_t now)
             for (size_t j = 0; j < nleaks; j++)
                 if (leaks[j].inode == c->inode) dup_of_reported = 1;
             if (dup_of_reported) continue;
-            const struct dumped_socket *ds = cw_kernel_dumped(c->inode);
+            if (!have_diag)
+                have_diag = cw_kernel_tcp_inodes(1u << TCPS_CLOSE_WAIT, &cw_inodes, &unowned) == 0;
+            const struct dumped_socket *ds = have_diag ? cw_kernel_dumped(c->inode) : NULL;
             struct observed o = {
                 .fd = child_fd,
                 .inode = c->inode,
@@ -873,6 +924,7 @@ static void check_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
     for (int i = 0; i < unowned.n; i++)
         if (unowned.port[i] == l->port) queued = unowned.count[i];
     /* While connections wait, accept() checks each one it returns. */
+    if (ti.tcpi_unacked > 0) listeners_waiting = 1;
     if (ti.tcpi_unacked > 0 || queued > 0)
         atomic_fetch_or_explicit(&s->flags, SF_BACKLOGGED, memory_order_relaxed);
     else
@@ -970,18 +1022,64 @@ static void on_report_signal(int sig)
     atomic_store(&dump_requested, 1);
 }
 
+/* An RDHUP (or HUP/ERR) edge: the peer's FIN reached this socket.  Only the time is taken
+ * here; the next tick decides. */
+static void on_epoll_event(uint64_t data, int64_t now)
+{
+    int fd = (int)(data >> 32);
+    uint64_t inode = data & 0xffffffffu;
+    struct cw_slot *s = cw_slot_peek(fd);
+    if (s != NULL) {
+        uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (SEQ_KIND(seq) == KIND_TCP && s->w_seq == seq &&
+            (atomic_load_explicit(&s->inode, memory_order_relaxed) & 0xffffffffu) == inode) {
+            if (s->w_fin_ms == 0) s->w_fin_ms = now;
+        }
+    }
+    /* A socket that crossed into a child: the parent may have closed its copy by now. */
+    for (int i = 0; i < CW_MAX_SPAWNS; i++) {
+        struct cw_spawn *r = &cw_spawns[i];
+        int expected = 2;
+        if (!atomic_compare_exchange_strong(&r->state, &expected, 1)) continue;
+        for (size_t k = 0; k < r->nsocks; k++)
+            if ((r->socks[k].inode & 0xffffffffu) == inode && r->socks[k].w_fin_ms == 0)
+                r->socks[k].w_fin_ms = now;
+        atomic_store(&r->state, 2);
+    }
+}
+
 static void *watcher_main(void *arg)
 {
     (void)arg;
     cw_in_lib = 1;
+    int64_t next_tick = cw_now_ms() + cw_cfg.interval_ms;
+    struct epoll_event ev[256];
     while (atomic_load(&running)) {
-        struct timespec ts = {(time_t)(cw_cfg.interval_ms / 1000),
-                              (long)(cw_cfg.interval_ms % 1000) * 1000000L};
-        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        int64_t now = cw_now_ms();
+        int wait_ms = next_tick > now ? (int)(next_tick - now) : 0;
+        int ep = watch_mode == WATCH_EPOLL ? atomic_load(&cw_epoll_fd) : -1;
+        int n = 0;
+        if (ep >= 0) {
+            n = epoll_wait(ep, ev, (int)(sizeof ev / sizeof ev[0]), wait_ms);
+            if (n < 0 && errno != EINTR) {
+                /* not an epoll instance any more: sleep this round, the tick re-makes it */
+                struct timespec ts = {wait_ms / 1000, (long)(wait_ms % 1000) * 1000000L};
+                nanosleep(&ts, NULL);
+                n = 0;
+            }
+        } else {
+            struct timespec ts = {wait_ms / 1000, (long)(wait_ms % 1000) * 1000000L};
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+            }
         }
         if (!atomic_load(&running)) break;
         pthread_mutex_lock(&tick_lock);
-        tick();
+        now = cw_now_ms();
+        for (int i = 0; i < n; i++) on_epoll_event(ev[i].data.u64, now);
+        if (now >= next_tick) {
+            tick();
+            next_tick = cw_now_ms() + cw_cfg.interval_ms;
+        }
         if (atomic_exchange(&dump_requested, 0)) write_summary("on request");
         pthread_mutex_unlock(&tick_lock);
     }
@@ -1009,6 +1107,14 @@ static void start_thread(void)
 
 void cw_watcher_start(void)
 {
+    const char *mode = getenv("CLOSEWAIT_WATCH");
+    if (mode != NULL) {
+        if (strcmp(mode, "epoll") == 0) watch_mode = WATCH_EPOLL;
+        else if (strcmp(mode, "sock_diag") == 0) watch_mode = WATCH_SOCK_DIAG;
+        else if (strcmp(mode, "tcp_info") == 0) watch_mode = WATCH_TCP_INFO;
+        else cw_warn("CLOSEWAIT_WATCH", ": invalid value, expected epoll, sock_diag or tcp_info; using ", "epoll");
+    }
+    if (watch_mode == WATCH_EPOLL && cw_epoll_ensure() != 0) watch_mode = WATCH_SOCK_DIAG;
     load_identity();
     cw_sink_open();
     load_suppressions();
@@ -1033,6 +1139,7 @@ void cw_watcher_after_fork_child(void)
     total_reported = total_suppressed = 0;
     announced = 0;
     cw_kernel_after_fork();
+    cw_epoll_after_fork();
     cw_sink_after_fork();
     load_identity();
     start_thread();
