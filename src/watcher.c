@@ -554,6 +554,10 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     int inherited = atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
                     atomic_load_explicit(&cw_fork_gen, memory_order_relaxed);
     if (inherited && parent_alive) return;
+    /* The steady state of an idle connection: registered, no FIN, no EOF: one cache line read. */
+    if (watch_mode == WATCH_EPOLL && s->w_fin_ms == 0 && (s->w_flags >> WF_GEN_SHIFT) == epoll_gen &&
+        !(atomic_load_explicit(&s->flags, memory_order_relaxed) & (SF_EOF | SF_SHUT_WR)))
+        return;
 
     uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
     if (inode == 0) {
@@ -566,7 +570,7 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
         atomic_store_explicit(&s->inode, inode, memory_order_relaxed);
     }
     remember_peer(fd, seq);
-    if (watch_mode == WATCH_EPOLL && (s->w_flags >> WF_GEN_SHIFT) != (epoll_gen = cw_epoll_generation())) {
+    if (watch_mode == WATCH_EPOLL && (s->w_flags >> WF_GEN_SHIFT) != epoll_gen) {
         if (cw_epoll_watch(fd, inode) == 0)
             s->w_flags = (s->w_flags & ((1u << WF_GEN_SHIFT) - 1)) | (epoll_gen << WF_GEN_SHIFT);
     }
@@ -672,6 +676,7 @@ static void tick(void)
         cw_warn("epoll unavailable; ", "watching with sock_diag dumps", NULL);
         watch_mode = WATCH_SOCK_DIAG;
     }
+    epoll_gen = cw_epoll_generation();
     /* Dumps: every interval without epoll; with it, only while a listener has a queue (dead
      * connections waiting there belong to no process yet, only a dump shows them). */
     int have_diag = 0;
