@@ -32,6 +32,11 @@ static __attribute__((noinline, noreturn)) void worker(int lfd)
 int main(void)
 {
     int lfd = cw_listen();
+    /* Set-up time before forking, as servers have: the library's watcher thread does its first
+     * passes over the new listener (and their few allocations) now, not during the forks.  An
+     * allocator without fork handlers (ASan's, when the suite runs with a sanitizer runtime)
+     * can otherwise leave a child's first malloc waiting forever on a lock held at fork time. */
+    usleep(300 * 1000);
     pid_t kids[WORKERS];
     for (int i = 0; i < WORKERS; i++) {
         fflush(stdout);
