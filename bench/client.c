@@ -1,0 +1,147 @@
+/*
+ * Load clients for the benchmarks, with exact request counts (wrk runs for a time instead).
+ *
+ *   client http PORT PATH REQUESTS ka|close
+ *       REQUESTS sequential GETs of PATH on 127.0.0.1:PORT: all on one keep-alive connection
+ *       (ka), or one connection each, with "Connection: close" (close).
+ *   client echo PORT CONNECTIONS MESSAGES
+ *       CONNECTIONS sequential connections; on each, MESSAGES round trips of 64 bytes, then
+ *       close().
+ * Prints "elapsed_s X" (from the first connect to the last close) and exits 0 if every reply
+ * came back whole.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct sockaddr_in addr;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int dial(void)
+{
+    for (int attempt = 0; attempt < 50; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0) break;
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0) return fd;
+        close(fd);
+        usleep(20000);
+    }
+    fprintf(stderr, "client: connect: %s\n", strerror(errno));
+    exit(1);
+}
+
+static void send_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w <= 0) {
+            fprintf(stderr, "client: write: %s\n", strerror(errno));
+            exit(1);
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* One HTTP response: headers, then Content-Length bytes of body. */
+static void read_response(int fd)
+{
+    char buf[16384];
+    size_t have = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf + have, sizeof buf - 1 - have);
+        if (r <= 0) {
+            fprintf(stderr, "client: response cut short\n");
+            exit(1);
+        }
+        have += (size_t)r;
+        buf[have] = '\0';
+        char *end = strstr(buf, "\r\n\r\n");
+        if (end == NULL) continue;
+        char *cl = strcasestr(buf, "\r\nContent-Length:");
+        size_t body = cl != NULL ? strtoul(cl + 17, NULL, 10) : 0;
+        size_t want = (size_t)(end + 4 - buf) + body;
+        while (have < want) {
+            r = read(fd, buf, sizeof buf < want - have ? sizeof buf : want - have);
+            if (r <= 0) {
+                fprintf(stderr, "client: body cut short\n");
+                exit(1);
+            }
+            have += (size_t)r;
+        }
+        return;
+    }
+}
+
+static void run_http(const char *path, long requests, int keepalive)
+{
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n", path,
+                     keepalive ? "" : "Connection: close\r\n");
+    int fd = keepalive ? dial() : -1;
+    for (long i = 0; i < requests; i++) {
+        if (!keepalive) fd = dial();
+        send_all(fd, req, (size_t)n);
+        read_response(fd);
+        if (!keepalive) {
+            char c;
+            (void)!read(fd, &c, 1); /* the server's FIN: it closes first */
+            close(fd);
+        }
+    }
+    if (keepalive && fd >= 0) close(fd);
+}
+
+static void run_echo(long conns, long messages)
+{
+    char msg[64], back[64];
+    memset(msg, 'e', sizeof msg);
+    for (long c = 0; c < conns; c++) {
+        int fd = dial();
+        for (long m = 0; m < messages; m++) {
+            send_all(fd, msg, sizeof msg);
+            size_t got = 0;
+            while (got < sizeof back) {
+                ssize_t r = read(fd, back + got, sizeof back - got);
+                if (r <= 0) {
+                    fprintf(stderr, "client: echo cut short\n");
+                    exit(1);
+                }
+                got += (size_t)r;
+            }
+        }
+        close(fd);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 6) {
+        fprintf(stderr, "usage: client http PORT PATH REQUESTS ka|close | client echo PORT CONNS MSGS x\n");
+        return 2;
+    }
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons((unsigned short)atoi(argv[2]));
+    double t0 = now_s();
+    if (strcmp(argv[1], "http") == 0) run_http(argv[3], atol(argv[4]), strcmp(argv[5], "ka") == 0);
+    else if (strcmp(argv[1], "echo") == 0) run_echo(atol(argv[3]), atol(argv[4]));
+    else return 2;
+    printf("elapsed_s %.6f\n", now_s() - t0);
+    return 0;
+}
