@@ -49,6 +49,17 @@ void buf_printf(struct buf *b, const char *fmt, ...)
     b->n += (size_t)len;
 }
 
+/* Length of the valid UTF-8 sequence at p, 0 if it is not one. */
+static size_t utf8_len(const unsigned char *p)
+{
+    if (p[0] < 0x80) return 1;
+    size_t n = (p[0] & 0xe0) == 0xc0 ? 2 : (p[0] & 0xf0) == 0xe0 ? 3 : (p[0] & 0xf8) == 0xf0 ? 4 : 0;
+    if (n == 0 || (n == 2 && p[0] < 0xc2) || (n == 4 && p[0] > 0xf4)) return 0;
+    for (size_t i = 1; i < n; i++)
+        if ((p[i] & 0xc0) != 0x80) return 0;
+    return n;
+}
+
 void buf_json_str(struct buf *b, const char *s)
 {
     if (s == NULL) {
@@ -56,14 +67,25 @@ void buf_json_str(struct buf *b, const char *s)
         return;
     }
     buf_put(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
         if (*p == '"' || *p == '\\') {
             char e[2] = {'\\', (char)*p};
             buf_put(b, e, 2);
+            p++;
         } else if (*p < 0x20 || *p == 0x7f) {
             buf_printf(b, "\\u%04x", *p);
+            p++;
         } else {
-            buf_put(b, (const char *)p, 1);
+            /* Paths are bytes, JSON is UTF-8: a byte that is not part of valid UTF-8 becomes
+             * U+FFFD so that every line still parses. */
+            size_t n = utf8_len(p);
+            if (n == 0) {
+                buf_puts(b, "\\ufffd");
+                p++;
+            } else {
+                buf_put(b, (const char *)p, n);
+                p += n;
+            }
         }
     }
     buf_put(b, "\"", 1);
