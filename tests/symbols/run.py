@@ -126,12 +126,16 @@ def build_all():
         if src.endswith(('.c', '.cpp', '.h')):
             MARKS[src] = source_marks(os.path.join(PROGS, src))
     if not shutil.which('gcc'):
-        for n in ('inline_srv', 'tail_srv', 'tail_srv_nopie', 'supp_srv', 'fork_srv', 'dl_host', 'libcwplugin.so'):
+        for n in ('inline_srv', 'inline_srv_bid', 'tail_srv', 'tail_srv_nopie', 'supp_srv', 'fork_srv', 'dl_host', 'libcwplugin.so'):
             BINS[n] = None
             BUILD_ERRORS[n] = 'gcc is not installed'
     else:
         c = ['gcc', '-std=gnu11', '-Wall', '-Wextra', '-Werror', '-I', PROGS]
         compile_prog('inline_srv', c + ['-O2', '-g', os.path.join(PROGS, 'inline_srv.c')])
+        # its own random build id: the file this run puts under /usr/lib/debug/.build-id is
+        # never one that another run (or the debuglink tests) could see
+        compile_prog('inline_srv_bid', c + ['-O2', '-g', '-Wl,--build-id=0x' + os.urandom(20).hex(),
+                                            os.path.join(PROGS, 'inline_srv.c')])
         compile_prog('tail_srv', c + ['-O2', '-g', os.path.join(PROGS, 'tail_srv.c')])
         compile_prog('tail_srv_nopie', c + ['-O2', '-g', '-fno-pie', '-no-pie', os.path.join(PROGS, 'tail_srv.c')])
         compile_prog('supp_srv', c + ['-O2', '-g', os.path.join(PROGS, 'supp_srv.c')])
@@ -628,7 +632,7 @@ def test_stripped_all_debuglink():
 
 def test_stripped_build_id_dir():
     """strip --strip-all, no debuglink, the debug file at /usr/lib/debug/.build-id/xx/yyyy.debug."""
-    binary, debug = stripped_copy('no-link')
+    binary, debug = stripped_copy('no-link', 'inline_srv_bid', 'inline_srv')
     bid = build_id_of(binary)
     check(bid is not None and len(bid) > 2, 'no build id in %s' % binary)
     made_dirs = []
