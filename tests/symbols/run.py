@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -172,7 +173,6 @@ def build_id_of(path):
         data = f.read()
     if data[:4] != b'\x7fELF' or data[4] != 2 or data[5] != 1:
         return None
-    import struct
     shoff, = struct.unpack_from('<Q', data, 0x28)
     shentsize, shnum = struct.unpack_from('<HH', data, 0x3a)
     for i in range(shnum):
