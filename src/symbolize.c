@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define DW(fn) static __typeof__(fn) *p_##fn
@@ -34,6 +35,7 @@ DW(dwfl_module_addrdie);
 DW(dwfl_linux_proc_find_elf);
 DW(dwfl_standard_find_debuginfo);
 DW(dwarf_getscopes);
+DW(dwarf_getscopes_die);
 DW(dwarf_tag);
 DW(dwarf_diename);
 DW(dwarf_attr_integrate);
@@ -74,6 +76,7 @@ static int load_libdw(void)
     LOAD(dwfl_linux_proc_find_elf);
     LOAD(dwfl_standard_find_debuginfo);
     LOAD(dwarf_getscopes);
+    LOAD(dwarf_getscopes_die);
     LOAD(dwarf_tag);
     LOAD(dwarf_diename);
     LOAD(dwarf_attr_integrate);
@@ -279,6 +282,20 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
     Dwarf_Die *cudie = p_dwfl_module_addrdie(mod, lookup, &cubias);
     Dwarf_Die *scopes = NULL;
     int nscopes = cudie != NULL ? p_dwarf_getscopes(cudie, lookup - cubias, &scopes) : 0;
+    if (nscopes > 0) {
+        /* dwarf_getscopes() follows an inlined call into the callee's abstract definition, so
+         * the scopes past it are the callee's, not the caller's.  The chain of the innermost
+         * concrete DIE itself leads out through the function it was inlined into (as
+         * eu-addr2line -i does). */
+        Dwarf_Die innermost = scopes[0];
+        Dwarf_Die *chain = NULL;
+        int nchain = p_dwarf_getscopes_die(&innermost, &chain);
+        if (nchain > 0) {
+            free(scopes);
+            scopes = chain;
+            nscopes = nchain;
+        }
+    }
     int n = 0;
     if (nscopes > 0) {
         Dwarf_Files *files = NULL;
@@ -324,8 +341,10 @@ static int symbolize_dladdr(uintptr_t pc, uintptr_t lookup, struct cw_frame *out
     if (dladdr1((void *)lookup, &info, /* NOLINT(performance-no-int-to-ptr) */ (void **)&lm, RTLD_DL_LINKMAP) != 0) {
         uintptr_t bias = lm != NULL ? (uintptr_t)lm->l_addr : (uintptr_t)info.dli_fbase;
         f.offset = pc - bias;
-        const char *name = info.dli_fname;
-        if (name != NULL && name[0] == '\0') {
+        /* The main program's link_map name is "" and dladdr reports argv[0] for it, which may be
+         * relative: name it by /proc/self/exe. */
+        const char *name = lm != NULL ? lm->l_name : info.dli_fname;
+        if (name == NULL || name[0] != '/') {
             static char exe[512];
             ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
             if (len > 0) {
@@ -344,22 +363,39 @@ static int symbolize_dladdr(uintptr_t pc, uintptr_t lookup, struct cw_frame *out
     return 1;
 }
 
+/* Reads code bytes without trusting the address: a frame from a broken unwind (JIT code) or
+ * bytes that only look like a call must not fault the watcher. */
+static int read_code(uintptr_t addr, void *dst, size_t len)
+{
+    struct iovec local = {dst, len};
+    struct iovec remote = {(void *)addr, len}; /* NOLINT(performance-no-int-to-ptr) */
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)len ? 0 : -1;
+}
+
 int cw_tail_call_frame(uintptr_t ret_addr, struct cw_frame *out)
 {
-    /* call rel32: e8 xx xx xx xx, ending at the return address.  The bytes are the caller's
-     * own code (mapped, readable: it just executed). */
-    const unsigned char *insn = (const unsigned char *)(ret_addr - 5); /* NOLINT(performance-no-int-to-ptr) */
-    if (ret_addr < 4096 || insn[0] != 0xe8) return 0;
+    /* call rel32: e8 xx xx xx xx, ending at the return address. */
+    unsigned char insn[5];
+    if (ret_addr < 4096 || read_code(ret_addr - 5, insn, sizeof insn) != 0 || insn[0] != 0xe8) return 0;
     int32_t rel;
     memcpy(&rel, insn + 1, sizeof rel);
     uintptr_t target = ret_addr + (uintptr_t)(intptr_t)rel;
+    /* A PLT stub is [endbr64] [bnd] jmp *GOT(%rip): a call to the hooked function itself. */
+    unsigned char code[8];
+    if (read_code(target, code, sizeof code) != 0) return 0;
+    const unsigned char *t = code;
+    if (t[0] == 0xf3 && t[1] == 0x0f && t[2] == 0x1e && t[3] == 0xfa) t += 4;
+    if (t[0] == 0xf2) t++;
+    if (t[0] == 0xff && t[1] == 0x25) return 0;
     struct cw_frame f[16];
     int n = cw_symbolize(target, 1, f, 16);
     if (n <= 0) return 0;
     struct cw_frame *entry = &f[n - 1];
-    /* A PLT stub has no symbol of its own; a real function is entered at its first byte. */
-    if (entry->function == NULL || entry->sym_off != 0 || strstr(entry->function, "@plt") != NULL)
+    /* With names, a real function is entered at its first byte; without them (symbolizing
+     * off, or a stripped module), the PLT test above has to do. */
+    if (entry->function != NULL && (entry->sym_off != 0 || strstr(entry->function, "@plt") != NULL))
         return 0;
+    if (entry->module == NULL) return 0;
     *out = *entry;
     out->inlined = 0;
     out->tail_call = 1;

@@ -243,6 +243,7 @@ static void load_suppressions(void)
     char line[512];
     while (fgets(line, sizeof line, fp) != NULL && nsuppressions < 4096) {
         size_t len = strcspn(line, "\r\n");
+        while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t')) len--;
         line[len] = '\0';
         char *s = line;
         while (*s == ' ' || *s == '\t') s++;
