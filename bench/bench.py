@@ -33,18 +33,18 @@ P = {
     "micro_alternations": 3 if QUICK else 5,   # processes per variant, alternating
     "micro_rounds": 5 if QUICK else 7,         # timed rounds per process
     "micro_calls": 16384,                      # read/recv calls per round
-    "micro_accepts": 512 if QUICK else 1024,   # accept+close per round
+    "micro_accepts": 512,   # accept+close per round
     "cg_calls": 20000,                         # read/recv calls under callgrind
     "cg_accepts": 300 if QUICK else 1000,      # accepts under callgrind
     "depths": [8, 32, 64],
-    "macro_rounds": 3 if QUICK else 5,         # rounds per variant, alternating
+    "macro_rounds": 2 if QUICK else 5,         # rounds per variant, alternating
     "macro_seconds": 1 if QUICK else 3,        # wrk duration per round
-    "redis_requests": 20000 if QUICK else 100000,
+    "redis_requests": 50000 if QUICK else 200000,
     "nginx_cg": (100, 600) if QUICK else (200, 2200),  # requests in the two callgrind runs
     "alt_runs": 1 if QUICK else 3,
-    "alt_conns": 200, "alt_leak_every": 10, "alt_messages": 20,
+    "alt_conns": 200, "alt_leak_every": 10, "alt_messages": 50,
     "scale_sizes": [1000, 19900] if QUICK else [1000, 10000, 19900],
-    "scale_window": 3 if QUICK else 10,        # seconds of watcher CPU measured
+    "scale_window": 2 if QUICK else 10,        # seconds of watcher CPU measured
     "scale_leaks": 5,
 }
 
@@ -214,10 +214,15 @@ def micro():
             % (label, m["plain"], q["plain"][0], q["plain"][1], m["thread"], m["closewait"],
                q["closewait"][0], q["closewait"][1], added, pct(m["plain"], m["closewait"]), hook,
                "" if frames is None else "  (frames at accept: %d)" % frames))
+        lo = {v: min(pooled[v]) for v in pooled}
+        say("  %-38s best rounds: plain %.1f, +idle thread %.1f, closewait %.1f ns: added %+.1f ns, hooks %+.1f ns"
+            % ("", lo["plain"], lo["thread"], lo["closewait"], lo["closewait"] - lo["plain"],
+               lo["closewait"] - lo["thread"]))
         row("micro", label + " (ns/call)", fmt(m["plain"]), fmt(m["closewait"]),
             "%+.1f ns (%+.1f%%)" % (added, pct(m["plain"], m["closewait"])),
-            "idle-thread run %.1f: hooks %+.1f ns; IQR %.0f-%.0f / %.0f-%.0f"
-            % (m["thread"], hook, q["plain"][0], q["plain"][1], q["closewait"][0], q["closewait"][1]))
+            "idle-thread run %.1f (hooks %+.1f ns); IQR %.0f-%.0f / %.0f-%.0f; best rounds %.1f / %.1f"
+            % (m["thread"], hook, q["plain"][0], q["plain"][1], q["closewait"][0], q["closewait"][1],
+               lo["plain"], lo["closewait"]))
 
 
 def micro_callgrind():
@@ -294,26 +299,81 @@ def nginx_cmd(d, conf):
     return [shutil.which("nginx"), "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")]
 
 
+# The server on CPU 0 (its watcher thread too), the load generator on CPU 1: less noise from
+# the scheduler moving them around on this 2-core machine.
+def on_cpu(cpu):
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
 def wrk(port, seconds, close):
-    cmd = ["wrk", "-t1", "-c32", "-d%ds" % seconds]
+    cmd = on_cpu(1) + ["wrk", "-t1", "-c32", "-d%ds" % seconds]
     if close:
         cmd += ["-H", "Connection: close"]
     out = run(cmd + ["http://127.0.0.1:%d/f512" % port], timeout=seconds + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    n = re.search(r"(\d+) requests in", out)
     errs = re.search(r"Socket errors: (.*)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m is None:
+    if m is None or n is None:
         raise RuntimeError("wrk printed no rate: " + out)
     note = ""
     if errs:
         note += "socket errors: " + errs.group(1)
     if non2xx:
         note += " non-2xx: " + non2xx.group(1)
-    return float(m.group(1)), note.strip()
+    return float(m.group(1)), int(n.group(1)), note.strip()
+
+
+def proc_cpu_ns(pid):
+    """CPU time of all the threads of pid, from schedstat (ns), or utime+stime if there is none."""
+    total = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
+                st = f.read()
+            fl = st[st.rindex(")") + 2:].split()
+            total += (int(fl[11]) + int(fl[12])) * 1e9 / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def tree_cpu_ns(root):
+    """CPU time of root and all its descendants (a tracer and its tracee, say)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        kids.setdefault(int(st[st.rindex(")") + 2:].split()[1]), []).append(int(d))
+    total, todo = 0, [root]
+    while todo:
+        p = todo.pop()
+        todo.extend(kids.get(p, []))
+        try:
+            total += proc_cpu_ns(p)
+        except OSError:
+            pass
+    return total
+
+
+def measured(pid, fn):
+    """fn() -> (rate, requests); returns (rate, server CPU us per request)."""
+    c0 = proc_cpu_ns(pid)
+    rate, requests = fn()
+    c1 = proc_cpu_ns(pid)
+    return rate, (c1 - c0) / 1000.0 / max(requests, 1)
 
 
 def alternate(rounds, measure):
-    """measure(with_lib) -> number (higher is better); ABBA order; returns lists."""
+    """measure(with_lib) -> (rate, cpu_us_per_request); ABBA order."""
     res = {False: [], True: []}
     for k in range(rounds):
         for w in ((False, True) if k % 2 == 0 else (True, False)):
@@ -321,18 +381,25 @@ def alternate(rounds, measure):
     return res
 
 
-def report_ratio(part, label, res, unit):
-    ratios = [b / a for a, b in zip(res[False], res[True])]
-    r = med(ratios)
-    say("  %-34s without %10.0f %s  with %10.0f %s  ratio with/without %.3f (spread %.3f-%.3f over %d pairs)"
-        % (label, med(res[False]), unit, med(res[True]), unit, r, min(ratios), max(ratios), len(ratios)))
-    row(part, label, "%.0f %s" % (med(res[False]), unit), "%.0f %s" % (med(res[True]), unit),
-        "x%.3f" % r, "pairs %d, ratio spread %.3f-%.3f" % (len(ratios), min(ratios), max(ratios)))
+def report_ratio(part, label, res):
+    rates = {w: [r for r, _ in res[w]] for w in res}
+    cpus = {w: [c for _, c in res[w]] for w in res}
+    rr = [b / a for a, b in zip(rates[False], rates[True])]
+    cr = [b / a for a, b in zip(cpus[False], cpus[True])]
+    say("  %-36s req/s without %8.0f  with %8.0f  ratio %.3f (pairs %.3f-%.3f)\n"
+        "  %-36s server CPU us/req without %6.2f  with %6.2f  ratio %.3f (pairs %.3f-%.3f)"
+        % (label, med(rates[False]), med(rates[True]), med(rr), min(rr), max(rr),
+           "", med(cpus[False]), med(cpus[True]), med(cr), min(cr), max(cr)))
+    row(part, label + " req/s", "%.0f" % med(rates[False]), "%.0f" % med(rates[True]), "x%.3f" % med(rr),
+        "%d pairs, ratio spread %.3f-%.3f" % (len(rr), min(rr), max(rr)))
+    row(part, label + " server CPU us/req", "%.2f" % med(cpus[False]), "%.2f" % med(cpus[True]),
+        "x%.3f" % med(cr), "%d pairs, ratio spread %.3f-%.3f" % (len(cr), min(cr), max(cr)))
 
 
 def macro():
-    say("\n== 2. macro: with/without the library, alternating rounds (%d each, %d s)"
-        % (P["macro_rounds"], P["macro_seconds"]))
+    say("\n== 2. macro: with/without the library, alternating rounds (%d each, %d s); throughput and the "
+        "server's CPU time per request (all its threads, schedstat), server on CPU 0, load on CPU 1; "
+        "load average now %.1f" % (P["macro_rounds"], P["macro_seconds"], os.getloadavg()[0]))
     secs = P["macro_seconds"]
     if have("nginx", "wrk"):
         say("  nginx: skipped: %s not installed" % ", ".join(have("nginx", "wrk")))
@@ -342,21 +409,24 @@ def macro():
             notes = []
 
             def once(w):
-                p = subprocess.Popen(nginx_cmd(d, conf), env=env_with(LIB if w else None),
+                p = subprocess.Popen(on_cpu(0) + nginx_cmd(d, conf), env=env_with(LIB if w else None),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
                     if not wait_port(port, 15, p):
                         raise RuntimeError("nginx did not start; see " + d + "/error.log")
-                    wrk(port, 1 if not QUICK else 1, close)  # warm-up, not counted
-                    rps, note = wrk(port, secs, close)
-                    if note:
-                        notes.append(note)
-                    return rps
+                    if not QUICK:
+                        wrk(port, 1, close)  # warm-up, not counted
+
+                    def load():
+                        rps, n, note = wrk(port, secs, close)
+                        if note:
+                            notes.append(note)
+                        return rps, n
+                    return measured(p.pid, load)
                 finally:
                     stop(p, port)
             res = alternate(P["macro_rounds"], once)
-            report_ratio("macro", "nginx keep-alive (req/s)" if not close else
-                         "nginx Connection: close (req/s)", res, "req/s")
+            report_ratio("macro", "nginx keep-alive" if not close else "nginx Connection: close", res)
             if notes:
                 say("    wrk said: " + "; ".join(sorted(set(notes))))
     if have("redis-server", "redis-benchmark"):
@@ -366,28 +436,40 @@ def macro():
         os.makedirs(rd, exist_ok=True)
         port = free_port()
         got = {"SET": {False: [], True: []}, "GET": {False: [], True: []}}
+        # Requests per test: P["redis_requests"] at first, then about 2 s worth at the rate the
+        # first round saw (a loaded machine would otherwise stretch this part for minutes).
+        nreq = {"SET": P["redis_requests"], "GET": P["redis_requests"]}
 
         def once_redis(w):
-            p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
-                                  "--loglevel", "warning", "--dir", rd],
+            p = subprocess.Popen(on_cpu(0) + ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                              "--save", "", "--appendonly", "no", "--protected-mode", "no",
+                                              "--daemonize", "no", "--loglevel", "warning", "--dir", rd],
                                  env=env_with(LIB if w else None), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
             try:
                 if not wait_port(port, 15, p):
                     raise RuntimeError("redis-server did not start")
-                out = run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "get,set", "-n",
-                           str(P["redis_requests"]), "-c", "50", "--csv"], timeout=300).stdout
-                for line in out.splitlines():
-                    f = [x.strip('"') for x in line.split(",")]
-                    if len(f) > 1 and f[0] in got:
-                        got[f[0]][w].append(float(f[1]))
-                return 0
+                for t in ("SET", "GET"):
+                    def load():
+                        n = nreq[t]
+                        out = run(on_cpu(1) + ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t",
+                                               t.lower(), "-n", str(n), "-c", "50", "--csv"],
+                                  timeout=300).stdout
+                        for line in out.splitlines():
+                            f = [x.strip('"') for x in line.split(",")]
+                            if len(f) > 1 and f[0] == t:
+                                return float(f[1]), n
+                        raise RuntimeError("redis-benchmark printed no rate: " + out[-300:])
+                    got[t][w].append(measured(p.pid, load))
+                    if len(got[t][w]) == 1 and not got[t][not w]:
+                        rate = got[t][w][0][0]
+                        nreq[t] = int(max(20000, min(P["redis_requests"], rate * P["macro_seconds"] * 2 / 3)))
+                return None
             finally:
                 stop(p)
         alternate(P["macro_rounds"], once_redis)
         for t in ("SET", "GET"):
-            report_ratio("macro", "redis %s, keep-alive, 50 conns (req/s)" % t, got[t], "req/s")
+            report_ratio("macro", "redis %s keep-alive" % t, got[t])
     if have("wrk"):
         say("  epoll server: skipped: wrk not installed")
     else:
@@ -396,19 +478,21 @@ def macro():
         def once_epoll(w):
             if os.path.exists(portfile):
                 os.unlink(portfile)
-            p = subprocess.Popen([os.path.join(BIN, "epoll_server"), portfile], env=env_with(LIB if w else None),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            p = subprocess.Popen(on_cpu(0) + [os.path.join(BIN, "epoll_server"), portfile],
+                                 env=env_with(LIB if w else None), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
             try:
                 if not wait_file(portfile, 15, p):
                     raise RuntimeError("epoll_server did not start")
                 time.sleep(0.05)
                 port = int(open(portfile).read())
-                wrk(port, 1, True)
-                return wrk(port, secs, True)[0]
+                if not QUICK:
+                    wrk(port, 1, True)  # warm-up, not counted
+                return measured(p.pid, lambda: wrk(port, secs, True)[:2])
             finally:
                 stop(p)
         res = alternate(P["macro_rounds"], once_epoll)
-        report_ratio("macro", "epoll server, new conn/request (req/s)", res, "req/s")
+        report_ratio("macro", "epoll server, new conn/request", res)
 
 
 def nginx_callgrind():
@@ -421,17 +505,17 @@ def nginx_callgrind():
         return
     d, conf, port = nginx_setup()
     budgets = {"ka": 1.0, "close": 5.0}
+    idle = os.path.join(BIN, "idlethread.so")
     for mode in ("ka", "close"):
         per = {}
-        for w in (False, True):
+        for v, lib in (("plain", None), ("thread", idle), ("closewait", LIB)):
             tot = {}
             for n in (n1, n2):
-                out = os.path.join(WORK, "cg.nginx.%s.%s.%d" % (mode, "cw" if w else "plain", n))
+                out = os.path.join(WORK, "cg.nginx.%s.%s.%d" % (mode, v, n))
                 p = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=no",
                                       "--toggle-collect=ngx_process_events_and_timers",
                                       "--callgrind-out-file=" + out] + nginx_cmd(d, conf),
-                                     env=env_with(LIB if w else None), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     env=env_with(lib), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
                     if not wait_port(port, 60, p):
                         raise RuntimeError("nginx under valgrind did not start")
@@ -439,15 +523,17 @@ def nginx_callgrind():
                 finally:
                     stop(p, port, timeout=60)
                 tot[n] = callgrind_total(out)
-            per[w] = (tot[n2] - tot[n1]) / float(n2 - n1)
-        added = pct(per[False], per[True])
+            per[v] = (tot[n2] - tot[n1]) / float(n2 - n1)
+        base, cw, thr = per["plain"], per["closewait"], per["thread"]
+        added = pct(base, cw)
         label = "keep-alive" if mode == "ka" else "one connection per request"
         verdict = "within" if added <= budgets[mode] else "OVER"
-        say("  %-28s without %8.0f Ir/req  with %8.0f Ir/req  added %+.0f Ir (%+.2f%%); budget +%.0f%%: %s"
-            % (label, per[False], per[True], per[True] - per[False], added, budgets[mode], verdict))
-        row("nginx Ir", label + " (Ir/request)", "%.0f" % per[False], "%.0f" % per[True],
-            "%+.0f Ir (%+.2f%%)" % (per[True] - per[False], added),
-            "budget +%.0f%%: %s" % (budgets[mode], verdict))
+        split = "second thread alone %+.0f Ir (%+.2f%%), hooks and backtraces %+.0f Ir (%+.2f%%)" % (
+            thr - base, pct(base, thr), cw - thr, (cw - thr) / base * 100.0)
+        say("  %-28s without %8.0f Ir/req  with %8.0f Ir/req  added %+.0f Ir (%+.2f%%); budget +%.0f%%: %s\n"
+            "  %-28s of which: %s" % (label, base, cw, cw - base, added, budgets[mode], verdict, "", split))
+        row("nginx Ir", label + " (Ir/request)", "%.0f" % base, "%.0f" % cw,
+            "%+.0f Ir (%+.2f%%)" % (cw - base, added), "budget +%.0f%%: %s; %s" % (budgets[mode], verdict, split))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,10 +551,11 @@ def alternatives():
     conns, every, msgs = P["alt_conns"], P["alt_leak_every"], P["alt_messages"]
     leaks = conns // every
     say("\n== 3. the same leaking workload under each tool: %d connections, %d round trips each, "
-        "%d leak (%d runs each, client-side time of the whole exchange)" % (conns, msgs, leaks, P["alt_runs"]))
+        "%d leak (%d runs each; the client's wall time for the whole exchange, and the CPU time the "
+        "server and its tool spent meanwhile)" % (conns, msgs, leaks, P["alt_runs"]))
     src = os.path.join(HERE, "leaky_server.c")
-    open_line = marked_line(src, "LEAK-OPEN-SITE")
-    eof_line = marked_line(src, "LEAK-EOF-SITE")
+    open_line = marked_line(src, "/* LEAK-OPEN-SITE */")
+    eof_line = marked_line(src, "/* LEAK-EOF-SITE */")
     server = os.path.join(BIN, "leaky_server")
     linger = 2000
 
@@ -482,11 +569,12 @@ def alternatives():
             p.kill()
             raise RuntimeError("leaky_server did not start under " + tag)
         port = open(portfile).read().strip()
-        t0 = time.monotonic()
+        c0 = tree_cpu_ns(p.pid)
         out = run([os.path.join(BIN, "client"), "echo", port, str(conns), str(msgs), "x"], timeout=600).stdout
+        cpu = (tree_cpu_ns(p.pid) - c0) / 1e9
         elapsed = float(out.split()[1])
         _, err = p.communicate(timeout=120)
-        return elapsed, time.monotonic() - t0, err
+        return elapsed, cpu, err
 
     results = {}
     tools = [("plain", [], None), ("closewait", [], LIB)]
@@ -499,7 +587,7 @@ def alternatives():
     else:
         say("  strace: skipped: not installed")
     for name, prefix, lib in tools:
-        times, walls = [], []
+        times, cpus = [], []
         for k in range(P["alt_runs"]):
             tag = name.split()[0]
             log = os.path.join(WORK, "alt.%s.%d.log" % (tag, k))
@@ -513,16 +601,17 @@ def alternatives():
                 pre = ["strace", "-f", "-k", "-e", "trace=network,close", "-o", log]
             else:
                 pre = []
-            t, wall, err = one(pre, env_with(lib, extra), tag)
+            t, cpu, err = one(pre, env_with(lib, extra), tag)
             times.append(t)
-            walls.append(wall)
-        results[name] = (med(times), med(walls), log)
-    base = results["plain"][0]
-    for name, (t, wall, log) in results.items():
+            cpus.append(cpu)
+        results[name] = (med(times), med(cpus), log)
+    base, base_cpu = results["plain"][0], results["plain"][1]
+    for name, (t, cpu, log) in results.items():
         found = verdict_for(name, log, leaks, open_line, eof_line)
-        slow = t / base
-        say("  %-38s %7.3f s  slowdown x%-6.2f  %s" % (name, t, slow, found))
-        row("alternatives", name, "%.3f s" % base, "%.3f s" % t, "x%.2f" % slow, found)
+        slow, slow_cpu = t / base, cpu / base_cpu
+        say("  %-38s wall %7.3f s (x%.2f)  CPU %7.3f s (x%.2f)  %s" % (name, t, slow, cpu, slow_cpu, found))
+        row("alternatives", name, "%.3f s wall, %.3f s CPU" % (base, base_cpu),
+            "%.3f s wall, %.3f s CPU" % (t, cpu), "x%.2f wall, x%.2f CPU" % (slow, slow_cpu), found)
 
 
 def verdict_for(name, log, leaks, open_line, eof_line):

@@ -46,10 +46,14 @@ fi
 mkdir -p "$work/bin"
 CC=${CC:-cc}
 flags="-O2 -g -fno-omit-frame-pointer -Wall -Wextra"
-for p in micro client epoll_server leaky_server scale; do
+for p in micro client epoll_server scale; do
   # shellcheck disable=SC2086
   $CC $flags -o "$work/bin/$p" "$here/bench/$p.c" || { echo "bench: cannot build $p"; exit 1; }
 done
+# The leaking server is built as a debug build would be (-O0): every function keeps its frame, so
+# each tool's stack can name the lines marked in it.
+$CC -O0 -g -Wall -Wextra -o "$work/bin/leaky_server" "$here/bench/leaky_server.c" ||
+  { echo "bench: cannot build leaky_server"; exit 1; }
 # shellcheck disable=SC2086
 $CC $flags -shared -fPIC -pthread -o "$work/bin/idlethread.so" "$here/bench/idlethread.c" ||
   { echo "bench: cannot build idlethread.so"; exit 1; }
