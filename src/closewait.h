@@ -130,6 +130,8 @@ CW_HIDDEN void cw_stacks_init(void);
 CW_HIDDEN uint32_t cw_stack_capture(void);
 /* Frames of stack id; returns depth (0 if unknown). */
 CW_HIDDEN int cw_stack_frames(uint32_t id, const uintptr_t **pcs);
+/* Is pc inside libunwind?  (A signal handler that interrupts an unwind is not.) */
+CW_HIDDEN int cw_pc_in_unwinder(uintptr_t pc);
 
 /* ---- hooks.c ----------------------------------------------------------- */
 CW_HIDDEN extern __thread int cw_in_lib __attribute__((tls_model("initial-exec")));

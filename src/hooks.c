@@ -226,6 +226,10 @@ int listen(int fd, int backlog)
  * inodes, and refuse any read, write or close on a number that is not that pipe any more. */
 static struct { _Atomic int fd; _Atomic uint64_t ino; } unwinder_pipe[2] = {{-1, 0}, {-1, 0}};
 
+/* The call comes from libunwind itself, not from a signal handler that interrupted it. */
+#define FROM_UNWINDER() \
+    (CW_UNLIKELY(cw_in_unwind) && cw_pc_in_unwinder((uintptr_t)__builtin_return_address(0)))
+
 static int unwinder_owns(int fd)
 {
     for (int i = 0; i < 2; i++)
@@ -256,14 +260,14 @@ static int unwinder_pipe2(int fds[2], int flags)
 
 int pipe2(int fds[2], int flags)
 {
-    if (CW_UNLIKELY(cw_in_unwind)) return unwinder_pipe2(fds, flags);
+    if (FROM_UNWINDER()) return unwinder_pipe2(fds, flags);
     CW_REAL(pipe2);
     return real_pipe2(fds, flags);
 }
 
 int pipe(int fds[2])
 {
-    if (CW_UNLIKELY(cw_in_unwind)) return unwinder_pipe2(fds, O_CLOEXEC);
+    if (FROM_UNWINDER()) return unwinder_pipe2(fds, O_CLOEXEC);
     CW_REAL(pipe);
     return real_pipe(fds);
 }
@@ -271,7 +275,7 @@ int pipe(int fds[2])
 ssize_t write(int fd, const void *buf, size_t n)
 {
     CW_REAL(write);
-    if (CW_UNLIKELY(cw_in_unwind) && !unwinder_owns(fd)) {
+    if (FROM_UNWINDER() && !unwinder_owns(fd)) {
         errno = EBADF;
         return -1;
     }
@@ -306,7 +310,7 @@ static size_t iov_total(const struct iovec *iov, size_t n)
 ssize_t read(int fd, void *buf, size_t n)
 {
     CW_REAL(read);
-    if (CW_UNLIKELY(cw_in_unwind) && !unwinder_owns(fd)) {
+    if (FROM_UNWINDER() && !unwinder_owns(fd)) {
         errno = EBADF;
         return -1;
     }
@@ -416,7 +420,7 @@ int shutdown(int fd, int how)
 int close(int fd)
 {
     CW_REAL(close);
-    if (CW_UNLIKELY(cw_in_unwind) && !unwinder_owns(fd)) return 0;
+    if (FROM_UNWINDER() && !unwinder_owns(fd)) return 0;
     cw_slot_forget(fd);
     return real_close(fd);
 }

@@ -28,13 +28,14 @@ static int syslog_opened;
 static int path_warned;
 
 /* A number high enough that the program's own descriptors (allocated lowest-first) never
- * collide with it, low enough to keep the kernel's fd table small. */
+ * collide with it, low enough to keep the kernel's fd table small: 1000, or just under a lower
+ * limit (programs rarely reach the top; they all start at the bottom). */
 static int high_fd_floor(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 3;
     rlim_t floor = 1000;
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 1100) floor = rl.rlim_cur / 2;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 1032) floor = rl.rlim_cur > 64 ? rl.rlim_cur - 32 : rl.rlim_cur / 2;
     return floor < 3 ? 3 : (int)floor;
 }
 

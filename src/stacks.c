@@ -109,6 +109,12 @@ void cw_stacks_init(void)
     atomic_store(&unwinder_state, unwind_backtrace != NULL && arena != NULL ? 2 : 3);
 }
 
+int cw_pc_in_unwinder(uintptr_t pc)
+{
+    /* Before its range is known we are inside dlopen of it, on our own thread. */
+    return unwinder_text.hi == 0 || (pc >= unwinder_text.lo && pc < unwinder_text.hi);
+}
+
 static int ours(uintptr_t pc)
 {
     return (pc >= own_text.lo && pc < own_text.hi) ||
@@ -167,6 +173,9 @@ uint32_t cw_stack_capture(void)
         if (st == 0) cw_stacks_init();
         if (atomic_load_explicit(&unwinder_state, memory_order_acquire) != 2) return 0;
     }
+    /* A signal handler that interrupted an unwind on this thread: libunwind's per-thread cache
+     * is in use, so this birth goes without a stack rather than risk it. */
+    if (cw_in_unwind) return 0;
     void *buf[CW_MAX_DEPTH + 16];
     cw_in_unwind++;
     int n = unwind_backtrace(buf, cw_cfg.stack_depth + 16);

@@ -609,8 +609,10 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     struct tcp_info ti;
     if (cw_kernel_tcp_info(fd, &ti) != 0) return;
     int state = ti.tcpi_state;
+    /* CLOSE after a FIN the program read (it wrote to the half-closed peer and got a reset) or
+     * after its own shutdown: the descriptor is still held past the peer's FIN. */
     int held = state == TCPS_CLOSE_WAIT ||
-               ((flags & SF_SHUT_WR) && (state == TCPS_LAST_ACK || state == TCPS_CLOSE));
+               ((flags & (SF_SHUT_WR | SF_EOF)) && (state == TCPS_LAST_ACK || state == TCPS_CLOSE));
     if (!held) {
         /* No FIN after all (the program's own shutdown(SHUT_RD) makes reads return 0), or an
          * RST: nothing held open by a forgotten close. */
