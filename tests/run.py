@@ -223,7 +223,7 @@ class Prog:
             check(rc == expect_rc, 'program exit status %s, wanted %s (%s)' % (rc, expect_rc, self.context()))
         return rc
 
-    def cleanup(self):
+    def cleanup(self, keep=False):
         if self.proc.poll() is None:
             self.proc.kill()
             try:
@@ -236,7 +236,12 @@ class Prog:
             except OSError:
                 pass
         self._stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if keep:
+            with open(os.path.join(self.dir, 'stdout'), 'w') as f:
+                f.write(''.join('%.3f %s\n' % (t, l) for t, l in self.lines))
+            print('    kept %s (%s)' % (self.dir, ' '.join(self.argv)), flush=True)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 SANITIZER_MARKS = ('ERROR: AddressSanitizer', 'ERROR: LeakSanitizer', 'runtime error:',
@@ -573,6 +578,26 @@ def make_eof_test(method, rdfn, eof_by, use_accept4):
 
 for _m, _fn, _by, _a4 in READ_METHODS:
     test(make_eof_test(_m, _fn, _by, _a4), name='eof_leak_' + _m)
+
+
+@test
+def test_eof_leak_recvmmsg_batch():
+    """recvmmsg with two messages returns [data, 0]: the EOF is in the second message, not
+    the return value. It is still an EOF the program read."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'recvmmsg2', '-c', 'leak', '-q', '-l', '15000'])
+    c = Conn(p, p.port(), data=b'hello')
+    c.close()
+    p.wait_line(r'BATCH_EOF %d$' % c.fd)
+    p.wait_line(r'LEAK %d$' % c.fd)
+    wait_kernel_state(c.server_local, c.server_peer, 'CLOSE-WAIT', p.pid, c.fd)
+    p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+    time.sleep(2 * GRACE_MS / 1000.0 + 0.3)
+    p.finish()
+    leaks = p.leaks()
+    check(len(leaks) == 1, 'wanted exactly one leak event, got %d' % len(leaks))
+    check_leak(leaks[0], c, 'eof_not_closed', opened_by='accept', open_fn='tserver_accept_conn',
+               eof_fn='rd_recvmmsg2', eof_by='recvmmsg', src=TSERVER_SRC, open_marks=['accept'],
+               eof_marks=['rd_recvmmsg2'])
 
 
 # ---------------------------------------------------------------- tests: timing
@@ -974,9 +999,9 @@ def test_threaded_some_leak():
 
 def make_closed_late_test(mode):
     def t():
-        """Reported, then closed 2.5 x grace after the EOF by a call that is not close():
+        """Reported, then closed 3 x grace after the EOF by a call that is not close():
         a closed_late event, and the summary counts nothing open."""
-        delay = int(GRACE_MS * 2.5)
+        delay = 3 * GRACE_MS
         p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', mode, '-d', str(delay), '-q', '-l', '10000'])
         c = Conn(p, p.port())
         c.close()
@@ -1010,7 +1035,7 @@ for _mode in ('syscall', 'close_range', 'fclose', 'dup2'):
 def test_reuse_after_report():
     """A reported socket is closed via syscall(SYS_close) (no close() seen); the next accepted
     connection gets the same number and leaks too: two reports, each with its own peer."""
-    delay = int(GRACE_MS * 2.5)
+    delay = 3 * GRACE_MS
     p = run_prog([TSERVER, '-n', '2', '-m', 'read', '-c', 'syscall', '-d', str(delay), '-q', '-l', '10000'])
     port = p.port()
     a = Conn(p, port)
@@ -1158,6 +1183,56 @@ def test_inet6_socket():
     check(ev.get('reason') == 'eof_not_closed', 'reason %r' % ev.get('reason'))
 
 
+@test
+def test_dup_both_kept():
+    """The socket is dup()ed and both descriptors kept: one report for the socket, naming
+    the other descriptor in dup_fds."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'dupboth', '-q', '-l', '10000'])
+    c = Conn(p, p.port())
+    c.close()
+    d = int(p.wait_line(r'DUP %d (\d+)$' % c.fd)[1].group(1))
+    wait_kernel_state(c.server_local, c.server_peer, 'CLOSE-WAIT', p.pid, c.fd)
+    p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+    time.sleep(2 * GRACE_MS / 1000.0 + 0.3)
+    p.finish()
+    leaks = p.leaks()
+    check(len(leaks) == 1, 'one socket, %d leak events: %s' % (len(leaks), [(e.get('fd'), e.get('dup_fds')) for e in leaks]))
+    e = leaks[0]
+    fds = {e.get('fd')} | set(e.get('dup_fds') or [])
+    check(fds == {c.fd, d}, 'fd %r dup_fds %r, wanted the descriptors %d and %d' % (e.get('fd'), e.get('dup_fds'), c.fd, d))
+    check(c.matches(e), 'peer %r' % e.get('peer'))
+
+
+@test
+def test_fd_zero():
+    """A daemon-like program closed stdin: the accepted connection is descriptor 0."""
+    p = run_prog([TSERVER, '-Z', '-n', '1', '-m', 'read', '-c', 'leak', '-l', '3000'])
+    c = Conn(p, p.port())
+    check(c.fd == 0, 'the connection got fd %d, not 0: scenario not set up' % c.fd)
+    c.close()
+    p.wait_line(r'LEAK 0$')
+    evs, _ = p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+    check_leak(evs[0], c, 'eof_not_closed', opened_by='accept', open_fn='tserver_accept_conn')
+    p.wait_exit(10)
+
+
+@test
+def test_high_fd():
+    """The socket moved by dup2() to descriptor 15000 (the limit is 20000) and leaked there."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'highfd', '-q', '-l', '10000'])
+    c = Conn(p, p.port())
+    c.close()
+    p.wait_line(r'DUP %d 15000$' % c.fd)
+    wait_kernel_state(c.server_local, c.server_peer, 'CLOSE-WAIT', p.pid, 15000)
+    p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+    time.sleep(2 * GRACE_MS / 1000.0 + 0.3)
+    p.finish()
+    leaks = p.leaks()
+    check(len(leaks) == 1, 'wanted exactly one leak event, got %d: %s' % (len(leaks), [e.get('fd') for e in leaks]))
+    check(leaks[0].get('fd') == 15000, 'fd %r, wanted 15000' % leaks[0].get('fd'))
+    check(c.matches(leaks[0]), 'peer %r' % leaks[0].get('peer'))
+
+
 # ---------------------------------------------------------------- tests: errno
 
 @test
@@ -1179,9 +1254,9 @@ def test_errno_preserved():
 
 @test
 def test_json_contract():
-    """Two connections, one code site: one is closed 2.3 x grace after its EOF (leak +
+    """Two connections, one code site: one is closed 3 x grace after its EOF (leak +
     closed_late), the other is kept to exit (summary). Every line is checked."""
-    delay = int(GRACE_MS * 2.3)
+    delay = 3 * GRACE_MS
     p = run_prog([TSERVER, '-t', '-n', '2', '-m', 'recv', '-c', 'close', '-d', str(delay), '-q', '-l', '10000'])
     port = p.port()
     a = Conn(p, port, data=b'x')
@@ -1437,6 +1512,8 @@ def main():
     ap.add_argument('-k', dest='k', help='run only tests whose name contains this')
     ap.add_argument('--lib', help='library to preload (default $CLOSEWAIT_LIB or ./libclosewait.so)')
     ap.add_argument('-v', action='store_true', help='print tracebacks of failures')
+    ap.add_argument('--keep-failed', action='store_true',
+                    help="keep a failed test's log, stdout and stderr in its temporary directory")
     args = ap.parse_args()
     VERBOSE = args.v
     LIB = args.lib or os.environ.get('CLOSEWAIT_LIB') or os.path.join(ROOT, 'libclosewait.so')
@@ -1461,6 +1538,7 @@ def main():
             failed += 1
             continue
         t0 = time.time()
+        ok = False
         try:
             note = fn()
             for p in _live:
@@ -1468,6 +1546,7 @@ def main():
                 if bad:
                     raise TestFailure('sanitizer report in %s: %s' % (os.path.basename(p.argv[0]), bad))
             passed += 1
+            ok = True
             print('PASS %s (%.1fs)%s' % (name, time.time() - t0, (' ' + note) if isinstance(note, str) else ''), flush=True)
         except TestSkip as ex:
             skipped += 1
@@ -1484,7 +1563,7 @@ def main():
                 traceback.print_exc()
         finally:
             while _live:
-                _live.pop().cleanup()
+                _live.pop().cleanup(keep=args.keep_failed and not ok)
     log('total %.1fs' % (time.time() - t_all))
     tail = '%d passed, %d failed' % (passed, failed)
     if skipped:

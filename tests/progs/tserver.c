@@ -7,6 +7,7 @@
  *   WOKE <fd>                 the sleep before the first read is over
  *   DATA <fd> <bytes>         bytes read before EOF (sum)
  *   EOF <fd>                  the read call returned end of file
+ *   BATCH_EOF <fd>            recvmmsg returned data and the EOF in one call
  *   CLOSED <fd> <how>         the connection was disposed of (how = close mode)
  *   LEAK <fd>                 the descriptor is kept open on purpose
  *   REUSE <oldfd> <newfd>     close via syscall, then a new socket (or file) took the number
@@ -15,10 +16,11 @@
  *
  * options:
  *   -n N      connections to accept (default 1)
- *   -m M      read call: read recv recvfrom recvmsg recvmmsg readv
+ *   -m M      read call: read recv recvfrom recvmsg recvmmsg recvmmsg2 readv
  *             read_chk recv_chk recvfrom_chk
  *   -c C      after EOF: close leak shutdown fclose close_range syscall dup2 reuse reusefile
- *             dupkeep
+ *             dupkeep (dup, close the original, keep the copy) dupboth (dup, keep both)
+ *             highfd (dup2 to 15000, close the original, keep 15000)
  *             (a request containing "LEAK" always leaks, "CLOSE" always closes)
  *   -A        use accept4 instead of accept
  *   -s MS     sleep before the first read
@@ -32,6 +34,7 @@
  *   -T S      hard limit in seconds (alarm), default 60
  *   -W MS     after EOF, stream a reply (1 KiB every 50 ms) for MS, then "END\n"
  *   -6        AF_INET6 socket bound to ::ffff:127.0.0.1 (still 127.0.0.1 only)
+ *   -Z        close stdin before accepting (the first connection gets fd 0; no -q)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -61,7 +64,7 @@ static const char *opt_method = "read";
 static const char *opt_close = "close";
 static int opt_n = 1, opt_accept4, opt_reply, opt_echo, opt_threads, opt_quit_on_stdin;
 static int opt_sleep_read_ms, opt_sleep_accept_ms, opt_delay_ms, opt_linger_ms = 1000;
-static int opt_limit_s = 60, opt_stream_ms, opt_inet6;
+static int opt_limit_s = 60, opt_stream_ms, opt_inet6, opt_close_stdin;
 
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -140,6 +143,34 @@ NOINLINE ssize_t rd_recvmmsg(int fd, char *buf, size_t len)
     return (ssize_t)mm.msg_len;
 }
 
+/* two messages per call: on a stream socket the call returns [data, 0] when the peer sent
+ * data and closed, so the EOF arrives in the second message, not as the return value */
+static __thread int batch_eof;
+
+NOINLINE ssize_t rd_recvmmsg2(int fd, char *buf, size_t len)
+{
+    struct iovec iov[2] = {{buf, len / 2}, {buf + len / 2, len - len / 2}};
+    struct mmsghdr mm[2];
+    memset(mm, 0, sizeof mm);
+    for (int i = 0; i < 2; i++) {
+        mm[i].msg_hdr.msg_iov = &iov[i];
+        mm[i].msg_hdr.msg_iovlen = 1;
+    }
+    int r = recvmmsg(fd, mm, 2, 0, NULL); /* @rd_recvmmsg2 */
+    sink = r;
+    if (r <= 0)
+        return r;
+    if (mm[0].msg_len == 0)
+        return 0;
+    if (r == 2 && mm[1].msg_len == 0)
+        batch_eof = 1;
+    /* the second message's bytes follow the first's in buf only when the first filled
+     * its half; the tests send less, so copy them down */
+    size_t n0 = mm[0].msg_len, n1 = r == 2 ? mm[1].msg_len : 0;
+    memmove(buf + n0, buf + len / 2, n1);
+    return (ssize_t)(n0 + n1);
+}
+
 NOINLINE ssize_t rd_readv(int fd, char *buf, size_t len)
 {
     struct iovec iov[2] = {{buf, len / 2}, {buf + len / 2, len - len / 2}};
@@ -179,6 +210,7 @@ static const struct {
 } readers[] = {
     {"read", rd_read},         {"recv", rd_recv},         {"recvfrom", rd_recvfrom},
     {"recvmsg", rd_recvmsg},   {"recvmmsg", rd_recvmmsg}, {"readv", rd_readv},
+    {"recvmmsg2", rd_recvmmsg2},
     {"read_chk", rd_read_chk}, {"recv_chk", rd_recv_chk}, {"recvfrom_chk", rd_recvfrom_chk},
 };
 
@@ -256,6 +288,19 @@ NOINLINE static void dispose(int fd, const char *how)
         syscall(SYS_close, fd);
         int f = open("/dev/null", O_RDONLY);
         say("REUSE %d %d", fd, f); /* a regular descriptor now holds the number */
+    } else if (strcmp(how, "dupboth") == 0) {
+        int d = dup(fd);
+        say("DUP %d %d", fd, d);
+        say("LEAK %d", fd);
+    } else if (strcmp(how, "highfd") == 0) {
+        int h = dup2(fd, 15000);
+        if (h != 15000) {
+            perror("dup2 15000");
+            exit(3);
+        }
+        close(fd);
+        say("DUP %d %d", fd, h);
+        say("LEAK %d", h);
     } else if (strcmp(how, "dupkeep") == 0) {
         int d = dup(fd);
         close(fd);
@@ -303,6 +348,11 @@ NOINLINE static void serve(int fd)
             reqlen += c;
             if (opt_echo)
                 write_all(fd, buf, (size_t)n);
+            if (batch_eof) {
+                say("BATCH_EOF %d", fd);
+                eof = 1;
+                break;
+            }
             continue;
         }
         if (n == 0) {
@@ -352,7 +402,7 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int c;
-    while ((c = getopt(argc, argv, "n:m:c:As:w:d:Retl:qT:W:6")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:c:As:w:d:Retl:qT:W:6Z")) != -1) {
         switch (c) {
         case 'n': opt_n = atoi(optarg); break;
         case 'm': opt_method = optarg; break;
@@ -369,6 +419,7 @@ int main(int argc, char **argv)
         case 'T': opt_limit_s = atoi(optarg); break;
         case 'W': opt_stream_ms = atoi(optarg); break;
         case '6': opt_inet6 = 1; break;
+        case 'Z': opt_close_stdin = 1; break;
         default:
             fprintf(stderr, "usage: see the comment at the top of tserver.c\n");
             return 2;
@@ -415,6 +466,10 @@ int main(int argc, char **argv)
     }
     say("PORT %d", port);
 
+    if (opt_close_stdin) {
+        close(0); /* the next accepted connection gets descriptor 0 */
+        opt_quit_on_stdin = 0;
+    }
     pthread_t *tids = calloc((size_t)(opt_n > 0 ? opt_n : 1), sizeof *tids);
     int ntids = 0;
     for (int i = 0; i < opt_n; i++) {
