@@ -1032,6 +1032,41 @@ for _mode in ('syscall', 'close_range', 'fclose', 'dup2'):
 
 
 @test
+def test_close_racing_report():
+    """The program closes the socket (syscall(SYS_close); every other run a new socket then
+    takes the number) just after the grace period, while the first report is being written
+    (symbolizing takes a while). Whatever is written must be true: the leak and closed_late
+    events carry the connection's own addresses, and held_ms is not shorter than the time the
+    socket was really held."""
+    problems = []
+    for i, extra in enumerate(range(5, 200, 15)):
+        d = GRACE_MS + extra
+        # closed via syscall; every other time a new unconnected socket then takes the number
+        mode = ('syscall', 'reuse')[i % 2]
+        p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', mode, '-d', str(d), '-q', '-l', '10000'])
+        c = Conn(p, p.port())
+        c.close()
+        p.wait_line(r'(CLOSED %d syscall|REUSE %d \d+)$' % (c.fd, c.fd), 5)
+        time.sleep(GRACE_MS / 1000.0 + 0.4)
+        p.finish()
+        evs = p.events()
+        leaks = [e for e in evs if e.get('event') == 'leak']
+        late = [e for e in evs if e.get('event') == 'closed_late']
+        for e in leaks + late:
+            if e.get('local') != c.server_local or e.get('peer') != c.server_peer:
+                problems.append('%s at EOF+%dms: %s has local %r peer %r, wanted %s %s' % (
+                    mode, d, e['event'], e.get('local'), e.get('peer'), c.server_local, c.server_peer))
+        for e in late:
+            if not is_int(e.get('held_ms')) or e['held_ms'] < d - 10:
+                problems.append('%s at EOF+%dms: closed_late held_ms %r' % (mode, d, e.get('held_ms')))
+        if len(late) != len(leaks):
+            problems.append('%s at EOF+%dms: %d leak but %d closed_late events' % (mode, d, len(leaks), len(late)))
+        _live.remove(p)
+        p.cleanup()
+    check(not problems, '%d problem(s): %s' % (len(problems), '; '.join(problems[:4])))
+
+
+@test
 def test_reuse_after_report():
     """A reported socket is closed via syscall(SYS_close) (no close() seen); the next accepted
     connection gets the same number and leaks too: two reports, each with its own peer."""
