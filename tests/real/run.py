@@ -701,7 +701,7 @@ def check_runtime_leaks(logs, want_ports, what, accept_callers, reason=None, ope
             problems.append("fd %s: reason %s, expected %s" % (e.get("fd"), e.get("reason"), reason))
         if opened_by and e.get("opened_by") not in opened_by:
             problems.append("fd %s: opened_by %s, expected %s" % (e.get("fd"), e.get("opened_by"), "/".join(opened_by)))
-        top = frames[:4]
+        top = frames[:6]
         if any(re.search(accept_callers, f.get("function") or "") for f in top):
             named += 1
         elif names_required or has_debug_names(frames[0]):
@@ -761,7 +761,7 @@ def t_node_leak():
     logs.wait_leaks(len(want), GRACE_MS / 1000 + 8)
     time.sleep(GRACE_MS * 2 / 1000)  # a report beyond the expected ones would come now
     rc, out, err = stop(p, signal.SIGTERM)
-    leaks, named = check_runtime_leaks(logs, want, "node", r"uv__accept|uv__server_io",
+    leaks, named = check_runtime_leaks(logs, want, "node", r"^(uv__accept|uv__server_io)$",
                                        reason="eof_not_closed", opened_by=("accept4", "accept"))
     if rc != 0:
         raise Fail("node %s: %s" % (status_text(rc), tail(err)))
@@ -810,15 +810,19 @@ def python_leak(py):
         rc, out, err = stop(p)
         raise Fail("python %s: %s" % (status_text(rc), tail(err)))
     rc, out, err = stop(p, signal.SIGTERM)
-    leaks, named = check_runtime_leaks(logs, want, py, r"sock_accept", reason="eof_not_closed",
+    leaks, named = check_runtime_leaks(logs, want, py, r"^sock_accept$", reason="eof_not_closed",
                                        opened_by=("accept4", "accept"), names_required=False)
     note = ""
     if leaks and named < len(leaks):
         note = " (%s has no symbols for its static functions and no debug file: frames carry module+offset)" % (
             leaks[0]["open_stack"][0].get("module"))
     logs.remove()
+    where = "?"
+    if leaks:
+        names = [f.get("function") for f in leaks[0]["open_stack"][:6]]
+        where = "sock_accept" if "sock_accept" in names else str(names[0])
     return "%s: 8 connections, %d leaks expected, %d reported, opened at %s%s" % (
-        py, len(want), len(leaks), leaks[0]["open_stack"][0].get("function") if leaks else "?", note)
+        py, len(want), len(leaks), where, note)
 
 
 @test("python-makefile-leak", "leak")
@@ -835,7 +839,7 @@ def t_java_leak():
     logs.wait_leaks(len(want), GRACE_MS / 1000 + 8)
     time.sleep(GRACE_MS * 2 / 1000)
     rc, out, err = stop(p, signal.SIGTERM)
-    leaks, named = check_runtime_leaks(logs, want, "java", r"(?i)accept", reason="eof_not_closed",
+    leaks, named = check_runtime_leaks(logs, want, "java", r"^(Java_sun_nio_ch_Net_accept|Java_java_net_\w*[Aa]ccept\w*)$", reason="eof_not_closed",
                                        opened_by=("accept", "accept4"))
     logs.remove()
     return "8 connections, %d leaks expected, %d reported, opened at %s (%s)" % (
@@ -942,7 +946,9 @@ def t_signals():
 
 @test("hostile-fork-multithreaded", "hostile")
 def t_fork():
-    matched, evs, out, _ = hostile("fork", ["h_fork", "200", "4", "60"], timeout=180)
+    # A child holds the parent's sockets until it exits: with a grace shorter than a child's
+    # life on a loaded machine that is an inherited socket held, not a leak of the program's.
+    matched, evs, out, _ = hostile("fork", ["h_fork", "200", "4", "60"], timeout=180, grace_ms=2000)
     return "200 forks, every child exited 0; %s; %s" % (info_lines(out), event_summary(evs))
 
 
