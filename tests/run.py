@@ -736,6 +736,16 @@ def test_trap_pipe():
 
 
 @test
+def test_trap_unix_stream_eof():
+    """EOF on a Unix-domain stream socket kept open: no TCP, no CLOSE_WAIT, no report."""
+    p = run_prog([TTRAPS, 'unix', str(3 * GRACE_MS + 400)])
+    p.wait_line(r'EOF ')
+    p.wait_line(r'DONE$', 5)
+    p.finish()
+    no_leaks(p, 'EOF on a Unix stream socket')
+
+
+@test
 def test_trap_udp_zero_length():
     p = run_prog([TTRAPS, 'udp', str(3 * GRACE_MS + 400)])
     port = p.port()
@@ -1355,6 +1365,7 @@ def test_text_format():
     check(c.server_local in txt, 'local address %s not in the text report' % c.server_local)
     check(c.server_peer in txt, 'peer address %s not in the text report' % c.server_peer)
     check('tserver_accept_conn' in txt, "opener's function tserver_accept_conn not in the text report")
+    check(re.search(r'^SUMMARY:', txt, re.M), 'no SUMMARY: line at exit (README): %s' % short_log(p))
 
 
 @test
@@ -1377,6 +1388,38 @@ def test_bad_option_value():
     p.finish()
     err = [l for l in p.stderr_text().splitlines() if l.strip()]
     check(len(err) == 1, 'stderr has %d lines at exit: %s' % (len(err), err[:4]))
+
+
+@test
+def test_suppressions():
+    """CLOSEWAIT_SUPPRESSIONS (README): a fun: pattern matching the opener hides the report;
+    the summary still counts it. A pattern matching nothing hides nothing."""
+    fd, sup = tempfile.mkstemp(prefix='cwtest-supp-')
+    os.close(fd)
+    try:
+        for pattern, hidden in (('fun:tserver_accept_*', True), ('# comment\nfun:no_such_function', False)):
+            with open(sup, 'w') as f:
+                f.write(pattern + '\n')
+            p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
+                         env={'CLOSEWAIT_SUPPRESSIONS': sup})
+            c = Conn(p, p.port())
+            c.close()
+            p.wait_line(r'LEAK %d$' % c.fd)
+            if hidden:
+                time.sleep(3 * GRACE_MS / 1000.0 + 0.4)
+            else:
+                p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+            p.finish()
+            err = p.stderr_text().strip()
+            check(not err, 'stderr: %r' % err[:300])
+            n = len(p.leaks())
+            check(n == (0 if hidden else 1), 'suppression %r: %d leak events' % (pattern, n))
+            s = summary_of(p)
+            check(s is not None, 'no summary')
+            if hidden:
+                check(s.get('suppressed') == 1, 'summary suppressed %r, wanted 1' % s.get('suppressed'))
+    finally:
+        os.unlink(sup)
 
 
 @test

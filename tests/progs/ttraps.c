@@ -4,6 +4,7 @@
  *
  *   ttraps file HOLD_MS    read a regular file to EOF, keep it open HOLD_MS
  *   ttraps pipe HOLD_MS    read a pipe whose writer closed to EOF, keep it open
+ *   ttraps unix HOLD_MS    a Unix stream socketpair: the peer end closed, EOF read, kept
  *   ttraps udp HOLD_MS     UDP socket on 127.0.0.1: prints "PORT <n>", receives four
  *                          zero-length datagrams with recvfrom, recv, read, recvmsg,
  *                          keeps the socket open
@@ -55,7 +56,7 @@ int main(int argc, char **argv)
 {
     char buf[4096];
     if (argc != 3) {
-        fprintf(stderr, "usage: ttraps file|pipe|udp|recv0 HOLD_MS\n");
+        fprintf(stderr, "usage: ttraps file|pipe|unix|udp|recv0 HOLD_MS\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -92,6 +93,20 @@ int main(int argc, char **argv)
             return 1;
         recv(p[0], buf, sizeof buf, 0); /* ENOTSOCK: harmless */
         printf("EOF %d\n", p[0]);
+        sleep_ms(hold);
+    } else if (strcmp(what, "unix") == 0) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+            return 1;
+        if (write(sv[1], "abc", 3) != 3)
+            return 1;
+        close(sv[1]);
+        ssize_t n;
+        while ((n = recv(sv[0], buf, sizeof buf, 0)) > 0)
+            ;
+        if (n != 0)
+            return 1;
+        printf("EOF %d\n", sv[0]);
         sleep_ms(hold);
     } else if (strcmp(what, "udp") == 0) {
         int port;
