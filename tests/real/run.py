@@ -276,6 +276,100 @@ def elf_has_symtab(path):
     return False
 
 
+class Elf:
+    """Just enough of an ELF64 file to tell what a call instruction calls: its loadable
+    segments, its dynamic symbols and its PLT relocations."""
+
+    def __init__(self, path):
+        with open(path, "rb") as f:
+            self.data = f.read()
+        d = self.data
+        if d[:4] != b"\x7fELF" or d[4] != 2 or d[5] != 1:
+            raise ValueError("not a little-endian ELF64 file")
+        phoff, shoff = struct.unpack_from("<QQ", d, 0x20)
+        phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from("<HHHHH", d, 0x36)
+        self.loads = []
+        for i in range(phnum):
+            ptype, _, off, vaddr, _, filesz, _, _ = struct.unpack_from("<IIQQQQQQ", d, phoff + i * phentsize)
+            if ptype == 1:
+                self.loads.append((vaddr, off, filesz))
+        secs = [struct.unpack_from("<IIQQQQIIQQ", d, shoff + i * shentsize) for i in range(shnum)]
+        names_off = secs[shstrndx][4]
+
+        def name(sec):
+            end = d.index(b"\0", names_off + sec[0])
+            return d[names_off + sec[0]:end].decode()
+        self.sections = {name(sec): sec for sec in secs}
+        self.got_names, self.func_at = {}, {}
+        dynsym, dynstr = self.sections.get(".dynsym"), self.sections.get(".dynstr")
+        if dynsym is None or dynstr is None:
+            return
+
+        def symbol(i):
+            st_name, st_info, _, _, st_value, _ = struct.unpack_from("<IBBHQQ", d, dynsym[4] + i * 24)
+            end = d.index(b"\0", dynstr[4] + st_name)
+            return d[dynstr[4] + st_name:end].decode(errors="replace").split("@")[0], st_info & 0xF, st_value
+        for i in range(dynsym[5] // 24):
+            nm, typ, value = symbol(i)
+            if typ == 2 and value:
+                self.func_at[value] = nm
+        rela = self.sections.get(".rela.plt")
+        if rela is not None:
+            for off in range(rela[4], rela[4] + rela[5], 24):
+                r_offset, r_info = struct.unpack_from("<QQ", d, off)
+                self.got_names[r_offset] = symbol(r_info >> 32)[0]
+
+    def read(self, vaddr, n):
+        for base, off, size in self.loads:
+            if base <= vaddr and vaddr + n <= base + size:
+                return self.data[off + vaddr - base:off + vaddr - base + n]
+        return None
+
+    def callee(self, ret_vaddr):
+        """Name of the function the call ending at ret_vaddr calls (through the PLT or
+        directly), or None."""
+        insn = self.read(ret_vaddr - 5, 5)
+        if insn is None or insn[0] != 0xE8:
+            return None
+        target = ret_vaddr + struct.unpack_from("<i", insn, 1)[0]
+        if target in self.func_at:
+            return self.func_at[target]
+        stub = self.read(target, 16)
+        if stub is None:
+            return None
+        for pos, prefix in ((0, b"\xff\x25"), (4, b"\xf2\xff\x25"), (4, b"\xff\x25"), (0, b"\xf2\xff\x25")):
+            if stub[pos:pos + len(prefix)] == prefix:
+                end = pos + len(prefix) + 4
+                disp = struct.unpack_from("<i", stub, pos + len(prefix))[0]
+                return self.got_names.get(target + end + disp)
+        return None
+
+
+_elf_cache = {}
+
+
+def elf_of(path):
+    if path not in _elf_cache:
+        _elf_cache[path] = Elf(path)
+    return _elf_cache[path]
+
+
+def innermost_callee(frames):
+    """What the innermost real frame (a return address) of a stack called: read from the
+    module's own code, so it works on stripped binaries too."""
+    for f in frames:
+        if f.get("tail_call"):
+            continue
+        mod, off = f.get("module"), f.get("offset")
+        if not mod or not off:
+            return None
+        try:
+            return elf_of(mod).callee(int(off, 16))
+        except (OSError, ValueError, struct.error):
+            return None
+    return None
+
+
 def has_debug_names(frame):
     mod = frame.get("module") or ""
     bid = frame.get("build_id") or ""
@@ -702,6 +796,10 @@ def check_runtime_leaks(logs, want_ports, what, accept_callers, reason=None, ope
         if opened_by and e.get("opened_by") not in opened_by:
             problems.append("fd %s: opened_by %s, expected %s" % (e.get("fd"), e.get("opened_by"), "/".join(opened_by)))
         top = frames[:6]
+        callee = innermost_callee(frames)
+        if callee not in ("accept", "accept4"):
+            problems.append("fd %s: the innermost frame (%s+%s) does not return from a call to accept/accept4 "
+                            "(it calls %s)" % (e.get("fd"), frames[0].get("module"), frames[0].get("offset"), callee))
         if any(re.search(accept_callers, f.get("function") or "") for f in top):
             named += 1
         elif names_required or has_debug_names(frames[0]):
@@ -814,8 +912,9 @@ def python_leak(py):
                                        opened_by=("accept4", "accept"), names_required=False)
     note = ""
     if leaks and named < len(leaks):
-        note = " (%s has no symbols for its static functions and no debug file: frames carry module+offset)" % (
-            leaks[0]["open_stack"][0].get("module"))
+        note = (" (%s has no symbols for its static functions and no debug file: frames carry module+offset;"
+                " the innermost one returns from its call to %s)"
+                % (leaks[0]["open_stack"][0].get("module"), innermost_callee(leaks[0]["open_stack"])))
     logs.remove()
     where = "?"
     if leaks:
@@ -1052,6 +1151,8 @@ def t_dlopen():
         if not frames or frames[0].get("function") != "leaky_accept_one" or \
                 os.path.basename(frames[0].get("module") or "") != "libleaky.so":
             raise Fail("fd %d: open stack does not start at libleaky.so's leaky_accept_one: %s" % (x["fd"], names))
+        if innermost_callee(frames) != "accept":
+            raise Fail("fd %d: the innermost frame does not return from libleaky.so's call to accept" % x["fd"])
     return "%d leaks reported at libleaky.so leaky_accept_one <- leaky_serve_one" % len(matched)
 
 
