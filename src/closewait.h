@@ -132,6 +132,9 @@ CW_HIDDEN uint32_t cw_stack_capture(void);
 CW_HIDDEN int cw_stack_frames(uint32_t id, const uintptr_t **pcs);
 /* Is pc inside libunwind?  (A signal handler that interrupts an unwind is not.) */
 CW_HIDDEN int cw_pc_in_unwinder(uintptr_t pc);
+/* Around fork(): no thread inside libunwind while the process is copied. */
+CW_HIDDEN void cw_stacks_fork_prepare(void);
+CW_HIDDEN void cw_stacks_fork_done(void);
 
 /* ---- hooks.c ----------------------------------------------------------- */
 CW_HIDDEN extern __thread int cw_in_lib __attribute__((tls_model("initial-exec")));

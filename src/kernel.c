@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -134,6 +135,23 @@ void cw_kernel_after_fork(void)
     diag_ino = 0;
 }
 
+/* A connection in the accept queue whose peer has closed is a finding only if it waited there:
+ * a client that sends its request and closes at once is accepted within milliseconds. */
+static int queued_long(const struct nlmsghdr *h, const struct inet_diag_msg *m)
+{
+    const struct rtattr *a = (const struct rtattr *)(m + 1);
+    int len = (int)h->nlmsg_len - (int)NLMSG_LENGTH(sizeof *m);
+    for (; RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if (a->rta_type != INET_DIAG_INFO) continue;
+        struct tcp_info ti;
+        memset(&ti, 0, sizeof ti);
+        size_t n = RTA_PAYLOAD(a) < sizeof ti ? RTA_PAYLOAD(a) : sizeof ti;
+        memcpy(&ti, RTA_DATA(a), n);
+        return ti.tcpi_last_data_recv >= CW_QUEUED_DEAD_MS;
+    }
+    return 0;
+}
+
 static int dump_family(int fd, int family, uint32_t state_mask, struct inode_set *out,
                        struct unowned_ports *unowned)
 {
@@ -149,6 +167,8 @@ static int dump_family(int fd, int family, uint32_t state_mask, struct inode_set
     msg.req.sdiag_family = (uint8_t)family;
     msg.req.sdiag_protocol = IPPROTO_TCP;
     msg.req.idiag_states = state_mask;
+    /* TCP_INFO of each socket too, for the ones no process holds: how long they waited */
+    if (unowned != NULL) msg.req.idiag_ext = 1 << (INET_DIAG_INFO - 1);
     struct sockaddr_nl nl = {.nl_family = AF_NETLINK};
     if (sendto(fd, &msg, sizeof msg, 0, (struct sockaddr *)&nl, sizeof nl) < 0) return -1;
 
@@ -171,7 +191,8 @@ static int dump_family(int fd, int family, uint32_t state_mask, struct inode_set
             if (m->idiag_inode != 0) {
                 cw_inode_set_add(out, m->idiag_inode);
                 remember(m);
-            } else if (unowned != NULL && m->idiag_state == TCPS_CLOSE_WAIT) {
+            } else if (unowned != NULL && m->idiag_state == TCPS_CLOSE_WAIT &&
+                       queued_long(h, m)) {
                 uint16_t port = ntohs(m->id.idiag_sport);
                 int i = 0;
                 while (i < unowned->n && unowned->port[i] != port) i++;

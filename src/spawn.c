@@ -109,8 +109,12 @@ pid_t fork(void)
     int saved = errno;
     uint32_t stack = spawn_stack();
     pid_t parent = getpid();
+    cw_stacks_fork_prepare();
     errno = saved;
     pid_t r = real_fork();
+    saved = errno;
+    cw_stacks_fork_done();
+    errno = saved;
     if (r > 0) {
         saved = errno;
         record(SPAWN_FORK, r, stack);

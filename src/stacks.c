@@ -18,11 +18,17 @@
 #include <link.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #define STR2(x) #x
 #define STR(x) STR2(x)
 
 static int (*unwind_backtrace)(void **, int);
+/* fork() while another thread unwinds would hand the child a lock (the loader's phdr lock
+ * taken by dl_iterate_phdr, libunwind's pools) that nobody will ever release there: fork
+ * waits for running unwinds to finish, and unwinds that would start meanwhile are skipped. */
+static _Atomic int unwinds_running;
+static _Atomic int fork_pending;
 static _Atomic int unwinder_state; /* 0: not tried, 1: trying, 2: ready, 3: unavailable */
 
 struct range { uintptr_t lo, hi; };
@@ -176,10 +182,16 @@ uint32_t cw_stack_capture(void)
     /* A signal handler that interrupted an unwind on this thread: libunwind's per-thread cache
      * is in use, so this birth goes without a stack rather than risk it. */
     if (cw_in_unwind) return 0;
+    atomic_fetch_add(&unwinds_running, 1);
+    if (atomic_load(&fork_pending)) {
+        atomic_fetch_sub(&unwinds_running, 1);
+        return 0;
+    }
     void *buf[CW_MAX_DEPTH + 16];
     cw_in_unwind++;
     int n = unwind_backtrace(buf, cw_cfg.stack_depth + 16);
     cw_in_unwind--;
+    atomic_fetch_sub(&unwinds_running, 1);
     if (n <= 0) return 0;
     int skip = 0;
     while (skip < n && ours((uintptr_t)buf[skip])) skip++;
@@ -197,4 +209,20 @@ int cw_stack_frames(uint32_t id, const uintptr_t **pcs)
     const struct stored_stack *st = (const struct stored_stack *)(arena + ((e & 0xffffffffu) - 1) * 8);
     *pcs = st->pcs;
     return (int)st->depth;
+}
+
+void cw_stacks_fork_prepare(void)
+{
+    atomic_store(&fork_pending, 1);
+    /* Bounded: a fork from a signal handler that interrupted this thread's own unwind would
+     * otherwise wait for itself. */
+    for (int i = 0; i < 2000 && atomic_load(&unwinds_running) > 0; i++) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+void cw_stacks_fork_done(void)
+{
+    atomic_store(&fork_pending, 0);
 }

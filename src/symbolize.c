@@ -46,6 +46,9 @@ DW(dwarf_filesrc);
 #undef DW
 
 static int dw_state; /* 0 untried, 1 ready, -1 unavailable */
+/* A failure that may pass (no descriptor left to open a file: EMFILE): nothing learnt then is
+ * cached, and libdw's view is rebuilt at the next report. */
+static int64_t transient_failure_ms;
 static Dwfl *dwfl;
 static Dwfl_Callbacks callbacks;
 static char *(*demangle)(const char *, char *, size_t *, int *);
@@ -53,9 +56,14 @@ static char *(*demangle)(const char *, char *, size_t *, int *);
 static int load_libdw(void)
 {
     if (dw_state != 0) return dw_state;
-    dw_state = -1;
     void *h = dlopen("libdw.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (h == NULL) return dw_state;
+    if (h == NULL) {
+        /* Not installed: for good.  No descriptor to open it with: next time. */
+        const char *err = dlerror();
+        if (err == NULL || strstr(err, "Too many open files") == NULL) dw_state = -1;
+        return -1;
+    }
+    dw_state = -1;
 #define LOAD(fn)                                                                               \
     do {                                                                                       \
         p_##fn = (__typeof__(fn) *)dlsym(h, #fn);                                              \
@@ -96,10 +104,14 @@ static Dwfl *get_dwfl(void)
     if (dwfl != NULL) return dwfl;
     if (load_libdw() != 1) return NULL;
     dwfl = p_dwfl_begin(&callbacks);
-    if (dwfl == NULL) return NULL;
+    if (dwfl == NULL) {
+        transient_failure_ms = cw_now_ms();
+        return NULL;
+    }
     if (p_dwfl_linux_proc_report(dwfl, getpid()) != 0) {
         p_dwfl_end(dwfl);
         dwfl = NULL;
+        transient_failure_ms = cw_now_ms();
         return NULL;
     }
     p_dwfl_report_end(dwfl, NULL, NULL);
@@ -250,7 +262,13 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
         if (mod == NULL) return -1;
     }
     GElf_Addr bias = 0;
-    p_dwfl_module_getelf(mod, &bias);
+    if (p_dwfl_module_getelf(mod, &bias) == NULL) {
+        /* The module's file could not be opened (EMFILE?): libdw remembers that failure, so
+         * start again later with a fresh view. */
+        cw_symbolize_refresh();
+        transient_failure_ms = cw_now_ms();
+        return -1;
+    }
     const char *modname = NULL, *mainfile = NULL;
     p_dwfl_module_info(mod, NULL, NULL, NULL, NULL, NULL, &mainfile, NULL);
     /* The name is the path in /proc/self/maps (the object the program loaded), not the
@@ -417,7 +435,9 @@ int cw_symbolize(uintptr_t pc, int innermost, struct cw_frame *out, int max)
     int n = -1;
     if (cw_cfg.symbolize) n = symbolize_dwfl(pc, lookup, tmp, 16);
     if (n <= 0) n = symbolize_dladdr(pc, lookup, tmp, cw_cfg.symbolize);
-    c = cache_find(pc, innermost, 1);
+    /* libdw is there but could not work just now: keep nothing, try again later. */
+    int transient = cw_cfg.symbolize && dw_state != -1 && dwfl == NULL;
+    c = transient ? NULL : cache_find(pc, innermost, 1);
     if (c != NULL) {
         c->frames = malloc((size_t)n * sizeof *tmp);
         if (c->frames != NULL) {
