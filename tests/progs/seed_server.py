@@ -1,8 +1,11 @@
 # The blog's first server (accept, sleep, then recv), adapted for the tests: port 0 on
 # 127.0.0.1, the port and the accepted descriptor printed, a sleep given on the command line.
+import signal
 import socket
 import sys
 import time
+
+signal.alarm(60)    # bounded: the test harness may never connect
 
 HOST = '127.0.0.1'
 SLEEP = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0

@@ -50,6 +50,7 @@ int main(void)
     struct sockaddr_in sa;
     socklen_t sl;
     setvbuf(stdout, NULL, _IOLBF, 0);
+    alarm(30);
 
     /* failures */
     CHECK("read(-1)", read(-1, buf, sizeof buf));
