@@ -43,8 +43,8 @@ P = {
     "macro_seconds": 1 if QUICK else 3,        # wrk duration per round
     "redis_requests": 50000 if QUICK else 200000,
     "nginx_cg": (100, 600) if QUICK else (200, 2200),  # requests in the two callgrind runs
-    "alt_runs": 1 if QUICK else 3,
-    "alt_conns": 200, "alt_leak_every": 10, "alt_messages": 50,
+    "alt_runs": 1 if QUICK else 5,             # runs per tool, interleaved
+    "alt_conns": 200, "alt_leak_every": 10, "alt_messages": 50 if QUICK else 200,
     "scale_sizes": [1000, 19900] if QUICK else [1000, 10000, 19900],
     "scale_window": 2 if QUICK else 10,        # seconds of watcher CPU measured
     "scale_leaks": 5,
@@ -566,9 +566,8 @@ def alternatives():
     open_line = marked_line(src, "/* LEAK-OPEN-SITE */")
     eof_line = marked_line(src, "/* LEAK-EOF-SITE */")
     server = os.path.join(BIN, "leaky_server")
-    linger = 2000
 
-    def one(prefix, env, tag):
+    def one(prefix, env, tag, linger):
         portfile = os.path.join(WORK, "leaky.%s.port" % tag)
         if os.path.exists(portfile):
             os.unlink(portfile)
@@ -585,38 +584,39 @@ def alternatives():
         _, err = p.communicate(timeout=120)
         return elapsed, cpu, err
 
-    results = {}
-    tools = [("plain", [], None), ("closewait", [], LIB)]
+    tools = ["plain", "closewait"]
     if not have("valgrind"):
-        tools.append(("valgrind --track-fds=yes", None, None))
+        tools.append("valgrind --track-fds=yes")
     else:
         say("  valgrind: skipped: not installed")
     if not have("strace"):
-        tools.append(("strace -f -k -e trace=network,close", None, None))
+        tools.append("strace -f -k -e trace=network,close")
     else:
         say("  strace: skipped: not installed")
-    for name, prefix, lib in tools:
-        times, cpus = [], []
-        for k in range(P["alt_runs"]):
+    times = {t: [] for t in tools}
+    cpus = {t: [] for t in tools}
+    logs = {}
+    for k in range(P["alt_runs"]):  # one run of each tool in turn, so drift spreads evenly
+        for name in tools:
             tag = name.split()[0]
             log = os.path.join(WORK, "alt.%s.%d.log" % (tag, k))
-            extra = None
+            lib, extra, pre, linger = None, None, [], 0
             if name == "closewait":
+                # it reports while the program runs: the server lives past the grace period
+                lib, linger = LIB, 2000
                 extra = {"CLOSEWAIT_GRACE_MS": "1000", "CLOSEWAIT_FORMAT": "json", "CLOSEWAIT_LOG": log}
-                pre = []
             elif tag == "valgrind":
                 pre = ["valgrind", "--track-fds=yes", "--log-file=" + log]
             elif tag == "strace":
                 pre = ["strace", "-f", "-k", "-e", "trace=network,close", "-o", log]
-            else:
-                pre = []
-            t, cpu, err = one(pre, env_with(lib, extra), tag)
-            times.append(t)
-            cpus.append(cpu)
-        results[name] = (med(times), med(cpus), log)
-    base, base_cpu = results["plain"][0], results["plain"][1]
-    for name, (t, cpu, log) in results.items():
-        found = verdict_for(name, log, leaks, open_line, eof_line)
+            t, cpu, _ = one(pre, env_with(lib, extra), tag, linger)
+            times[name].append(t)
+            cpus[name].append(cpu)
+            logs[name] = log
+    base, base_cpu = med(times["plain"]), med(cpus["plain"])
+    for name in tools:
+        t, cpu = med(times[name]), med(cpus[name])
+        found = verdict_for(name, logs[name], leaks, open_line, eof_line)
         slow, slow_cpu = t / base, cpu / base_cpu
         say("  %-38s wall %7.3f s (x%.2f)  CPU %7.3f s (x%.2f)  %s" % (name, t, slow, cpu, slow_cpu, found))
         row("alternatives", name, "%.3f s wall, %.3f s CPU" % (base, base_cpu),
