@@ -354,10 +354,24 @@ def elf_of(path):
     return _elf_cache[path]
 
 
+_EXTRA_MODULES = {os.path.realpath(p) for p in PRELOAD_EXTRA.split() if p}
+
+
+def program_frames(frames):
+    """The stack without the leading frames of CLOSEWAIT_PRELOAD_EXTRA's libraries (a
+    sanitizer runtime preloaded before the library intercepts accept() too: its interceptor
+    is the harness's frame, not the program's)."""
+    i = 0
+    while i < len(frames) and frames[i].get("module") and \
+            os.path.realpath(frames[i]["module"]) in _EXTRA_MODULES:
+        i += 1
+    return frames[i:]
+
+
 def innermost_callee(frames):
     """What the innermost real frame (a return address) of a stack called: read from the
     module's own code, so it works on stripped binaries too."""
-    for f in frames:
+    for f in program_frames(frames):
         if f.get("tail_call"):
             continue
         mod, off = f.get("module"), f.get("offset")
@@ -787,7 +801,7 @@ def check_runtime_leaks(logs, want_ports, what, accept_callers, reason=None, ope
         problems.append("reported more than once: %s" % dups[0][0].get("peer"))
     named = 0
     for e in leaks:
-        frames = e.get("open_stack") or []
+        frames = program_frames(e.get("open_stack") or [])
         if not frames:
             problems.append("fd %s: empty open_stack" % e.get("fd"))
             continue
@@ -865,7 +879,7 @@ def t_node_leak():
         raise Fail("node %s: %s" % (status_text(rc), tail(err)))
     logs.remove()
     return "8 connections, %d leaks expected, %d reported, all opened at %s" % (
-        len(want), len(leaks), (leaks[0]["open_stack"][0].get("function") if leaks else "?"))
+        len(want), len(leaks), (program_frames(leaks[0]["open_stack"])[0].get("function") if leaks else "?"))
 
 
 PY_LEAK = r"""
@@ -914,11 +928,11 @@ def python_leak(py):
     if leaks and named < len(leaks):
         note = (" (%s has no symbols for its static functions and no debug file: frames carry module+offset;"
                 " the innermost one returns from its call to %s)"
-                % (leaks[0]["open_stack"][0].get("module"), innermost_callee(leaks[0]["open_stack"])))
+                % (program_frames(leaks[0]["open_stack"])[0].get("module"), innermost_callee(leaks[0]["open_stack"])))
     logs.remove()
     where = "?"
     if leaks:
-        names = [f.get("function") for f in leaks[0]["open_stack"][:6]]
+        names = [f.get("function") for f in program_frames(leaks[0]["open_stack"])[:6]]
         where = "sock_accept" if "sock_accept" in names else str(names[0])
     return "%s: 8 connections, %d leaks expected, %d reported, opened at %s%s" % (
         py, len(want), len(leaks), where, note)
@@ -941,9 +955,9 @@ def t_java_leak():
     leaks, named = check_runtime_leaks(logs, want, "java", r"^(Java_sun_nio_ch_Net_accept|Java_java_net_\w*[Aa]ccept\w*)$", reason="eof_not_closed",
                                        opened_by=("accept", "accept4"))
     logs.remove()
+    top = program_frames(leaks[0]["open_stack"])[0] if leaks else {}
     return "8 connections, %d leaks expected, %d reported, opened at %s (%s)" % (
-        len(want), len(leaks), leaks[0]["open_stack"][0].get("function") if leaks else "?",
-        os.path.basename(leaks[0]["open_stack"][0].get("module") or "?") if leaks else "?")
+        len(want), len(leaks), top.get("function"), os.path.basename(top.get("module") or "?"))
 
 
 # ---- hostile programs ------------------------------------------------------------------------
@@ -1132,7 +1146,7 @@ def t_emfile():
     free = [e for x, e in matched if "phase=free" in x["line"]]
     if not free:
         raise Fail("no report for the leak made after the table was freed")
-    names = [f.get("function") for f in free[0].get("open_stack", [])]
+    names = [f.get("function") for f in program_frames(free[0].get("open_stack", []))]
     if "accept_leak" not in names:
         raise Fail("report of the leak made after the descriptor table was freed has no function names "
                    "(open_stack functions %s; the one reported while the table was full had %s)"
@@ -1146,7 +1160,7 @@ def t_dlopen():
     lib = os.path.join(HBUILD, "libleaky.so")
     matched, evs, out, _ = hostile("dlopen", ["h_dlopen", "keep", lib, "3"])
     for x, e in matched:
-        frames = e.get("open_stack") or []
+        frames = program_frames(e.get("open_stack") or [])
         names = [(f.get("function"), os.path.basename(f.get("module") or "")) for f in frames[:3]]
         if not frames or frames[0].get("function") != "leaky_accept_one" or \
                 os.path.basename(frames[0].get("module") or "") != "libleaky.so":
