@@ -253,10 +253,16 @@ def is_sanitizer_module(path):
 
 
 def sanitizer_report(text):
+    """The first sanitizer finding in a program's stderr: its headline, first frame and
+    SUMMARY line."""
     for m in SANITIZER_MARKS:
         i = text.find(m)
         if i >= 0:
-            return ' '.join(text[i:i + 400].split())
+            lines = text[i:].splitlines()
+            head = lines[0]
+            frame = next((l.strip() for l in lines[1:] if l.strip().startswith('#0')), '')
+            summ = next((l.strip() for l in lines if l.startswith('SUMMARY:')), '')
+            return ' | '.join(x for x in (head.strip(), frame, summ) if x)
     return None
 
 
@@ -1569,6 +1575,15 @@ def test_bad_values_other():
 
 # ---------------------------------------------------------------- main
 
+def sanitizer_notes():
+    out = []
+    for p in _live:
+        r = sanitizer_report(p.stderr_text())
+        if r:
+            out.append('%s: %s' % (os.path.basename(p.argv[0]), r))
+    return (' [sanitizer: ' + '; '.join(out) + ']') if out else ''
+
+
 def deaths():
     """What the failed test's programs died of, if a signal killed them (a crash explains
     most of what a test then sees)."""
@@ -1631,7 +1646,7 @@ def main():
             print('SKIP %s: %s' % (name, ex), flush=True)
         except TestFailure as ex:
             failed += 1
-            print('FAIL %s: %s%s' % (name, ' '.join(str(ex).split()), deaths()), flush=True)
+            print('FAIL %s: %s%s%s' % (name, ' '.join(str(ex).split()), deaths(), sanitizer_notes()), flush=True)
             if VERBOSE:
                 traceback.print_exc()
         except Exception as ex:     # a broken test is a failed test
