@@ -76,6 +76,7 @@ static void record(int kind, pid_t child, uint32_t stack)
         socks[k].open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed);
         socks[k].opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed);
         socks[k].w_done = 0;
+        socks[k].w_searches = 0;
         socks[k].w_fin_ms = 0;
         k++;
     }
@@ -182,3 +183,14 @@ FILE *popen(const char *command, const char *type)
 }
 
 #pragma GCC visibility pop
+
+void cw_spawns_forget(void)
+{
+    for (int i = 0; i < CW_MAX_SPAWNS; i++) {
+        struct cw_spawn *r = &cw_spawns[i];
+        if (r->socks != NULL) munmap(r->socks, r->map_bytes);
+        r->socks = NULL;
+        r->nsocks = 0;
+        atomic_store(&r->state, 0);
+    }
+}

@@ -11,6 +11,7 @@ struct cw_crossed {
     uint8_t opened_by;
     /* watcher-owned */
     uint8_t w_done;
+    uint8_t w_searches;      /* /proc searches for its holder so far (bounded) */
     int64_t w_fin_ms;
 };
 
@@ -30,6 +31,8 @@ struct cw_spawn {
 #define CW_MAX_SPAWNS 64
 CW_HIDDEN extern struct cw_spawn cw_spawns[CW_MAX_SPAWNS];
 CW_HIDDEN const char *cw_spawn_kind_name(int kind);
+/* In a forked child: the parent's records are the parent's business. */
+CW_HIDDEN void cw_spawns_forget(void);
 /* In a forked child (no exec): the parent's pid and the fork's stack. */
 CW_HIDDEN extern pid_t cw_fork_parent;
 CW_HIDDEN extern uint32_t cw_fork_stack;

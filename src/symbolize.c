@@ -203,6 +203,11 @@ void cw_symbolize_refresh(void)
     }
 }
 
+void cw_symbolize_release(void)
+{
+    cw_symbolize_refresh();
+}
+
 static const char *demangled(const char *name)
 {
     /* "memcpy@@GLIBC_2.14": the symbol version is noise in a report */

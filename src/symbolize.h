@@ -27,4 +27,6 @@ CW_HIDDEN int cw_symbolize(uintptr_t pc, int innermost, struct cw_frame *out, in
 CW_HIDDEN int cw_tail_call_frame(uintptr_t ret_addr, struct cw_frame *out);
 /* Forget modules (a dlopen may have mapped new ones); called when a pc has no module. */
 CW_HIDDEN void cw_symbolize_refresh(void);
+/* Close what libdw holds open (files of the program's modules), keeping the cache. */
+CW_HIDDEN void cw_symbolize_release(void);
 #endif

@@ -708,6 +708,9 @@ static void tick(void)
     }
     check_crossed(now, have_diag);
     sweep_leaks(now);
+    /* libdw keeps the files it read open, at low numbers and inheritable across exec: the
+     * names are cached by pc already, so let go of them until the next report. */
+    cw_symbolize_release();
 }
 
 /* ---- sockets that crossed into children -------------------------------- */
@@ -803,6 +806,13 @@ static void check_crossed(int64_t now, int have_diag)
             /* Ours still: our own report covers it. */
             if (held_here(c->inode)) continue;
             int child_fd = -1;
+            /* Walking /proc costs a readlink per descriptor of every process: a few tries,
+             * then the socket is someone else's business. */
+            if (c->w_searches >= 3) {
+                c->w_done = 1;
+                continue;
+            }
+            c->w_searches++;
             pid_t holder = find_holder(r->child, c->inode, &child_fd);
             if (holder == 0) continue;
             c->w_done = 1;
@@ -1148,6 +1158,7 @@ void cw_watcher_after_fork_child(void)
     announced = 0;
     cw_kernel_after_fork();
     cw_epoll_after_fork();
+    cw_spawns_forget();
     cw_sink_after_fork();
     load_identity();
     start_thread();
