@@ -1,9 +1,10 @@
 /*
- * The watcher: one thread, all signals blocked, that wakes every CLOSEWAIT_INTERVAL_MS and
- *  1. asks the kernel for every TCP socket in CLOSE_WAIT in one netlink dump (cost grows with
- *     the sockets that are in CLOSE_WAIT, not with the sockets open);
- *  2. walks the fd table (memory only) to match them by inode, and picks up descriptors whose
- *     EOF a hook saw;
+ * The watcher: one thread, all signals blocked, asleep in epoll_wait, that
+ *  1. is woken by the peer's FIN on any tracked socket (each one is registered, edge-triggered
+ *     EPOLLRDHUP, in the watcher's own epoll instance: the cost follows the sockets that change,
+ *     not the sockets open) and notes the time;
+ *  2. every CLOSEWAIT_INTERVAL_MS walks the fd table (memory only): registers new sockets, picks
+ *     up descriptors whose EOF a hook saw, watches listeners;
  *  3. for each one past the grace period, asks the kernel once more about that very descriptor
  *     (same inode? really CLOSE_WAIT? still sending?) and only then reports it;
  *  4. notices when a reported descriptor is finally closed.
@@ -625,9 +626,20 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     if (ti.tcpi_notsent_bytes > 0 || ti.tcpi_unacked > 0 ||
         (last_send_age < now - fin && last_send_age < cw_cfg.grace_ms))
         return;
-    if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return;
+    /* The addresses now, while the descriptor is known to be this socket; then make sure it
+     * still was after asking (the program may close it this very moment). */
+    char local[64], peer[64];
+    cw_kernel_endpoint(fd, 0, local, sizeof local);
+    cw_kernel_endpoint(fd, 1, peer, sizeof peer);
+    const struct cw_peer *cached = cw_peer_slot(fd);
+    if (strcmp(peer, "?") == 0 && cached != NULL && cached->seq == seq)
+        cw_peer_format(cached, peer, sizeof peer);
+    if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq || cw_kernel_socket_inode(fd) != inode)
+        return;
 
     struct observed o = {
+        .local = local,
+        .peer = peer,
         .fd = fd,
         .seq = seq,
         .inode = inode,
@@ -707,7 +719,8 @@ static void tick(void)
         else if (SEQ_KIND(seq) == KIND_LISTEN) check_listener(fd, s, seq, now);
     }
     check_crossed(now, have_diag);
-    sweep_leaks(now);
+    /* A fresh clock: reporting may have taken a while, and the close may be that recent. */
+    sweep_leaks(cw_now_ms());
     /* libdw keeps the files it read open, at low numbers and inheritable across exec: the
      * names are cached by pc already, so let go of them until the next report. */
     cw_symbolize_release();
