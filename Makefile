@@ -16,7 +16,7 @@ BUILD ?= build/release
 OBJS := $(SRCS:src/%.c=$(BUILD)/%.o)
 LIB ?= libclosewait.so
 
-.PHONY: all deps test demo install clean asan tsan check-syms lint bench
+.PHONY: all deps test demo install clean asan tsan check-syms lint bench fuzz
 
 all: deps $(LIB)
 
@@ -55,6 +55,10 @@ demo: all
 
 bench: all
 	@sh bench/run.sh
+
+# libFuzzer on the option parser and the JSON writer; FUZZ_SECONDS per harness (default 15).
+fuzz:
+	sh fuzz/run.sh
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \

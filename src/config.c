@@ -46,7 +46,8 @@ static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
     int64_t v = 0;
     size_t i = 0;
     for (; s[i] != '\0'; i++) {
-        if (i > 18 || s[i] < '0' || s[i] > '9') return -1;
+        /* every option fits in 12 digits; more could only overflow */
+        if (i >= 12 || s[i] < '0' || s[i] > '9') return -1;
         v = v * 10 + (s[i] - '0');
     }
     if (v < lo || v > hi) return -1;

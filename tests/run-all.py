@@ -61,10 +61,11 @@ def main():
         ('report tool', [py, 'tests/report/test_report.py']),
         ('symbols and summaries', [py, 'tests/symbols/run.py']),
         ('real and hostile programs', [py, 'tests/real/run.py']),
+        ('fuzzing (bounded)', ['sh', 'fuzz/run.sh']),
     ]
     totals = [0, 0, 0]
     for label, argv in suites:
-        if not os.path.exists(os.path.join(ROOT, argv[1])):
+        if not os.path.exists(os.path.join(ROOT, argv[-1])):
             continue
         for i, v in enumerate(run_suite(label, argv)):
             totals[i] += v

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Builds the libFuzzer harnesses (clang) and runs each for FUZZ_SECONDS (default 15) on its
+# corpus in fuzz/corpus/NAME, which keeps what the runs found.  A crash fails; its input is
+# left in build/fuzz/.  Closing line: N passed, N failed.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+out=$root/build/fuzz
+secs=${FUZZ_SECONDS:-15}
+mkdir -p "$out"
+if ! command -v clang >/dev/null 2>&1; then
+  echo "SKIP fuzz: no clang"
+  echo "0 passed, 0 failed, 1 skipped"
+  exit 0
+fi
+cflags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -std=gnu11 -I$root/src -I$root/include"
+passed=0 failed=0
+build() {
+  name=$1; shift
+  clang $cflags -o "$out/$name" "$here/$name.c" "$@" -ldl -pthread
+}
+build fuzz_options "$root/src/config.c" || { echo "FAIL fuzz_options: build"; failed=$((failed + 1)); }
+build fuzz_json "$root/src/buf.c" || { echo "FAIL fuzz_json: build"; failed=$((failed + 1)); }
+for name in fuzz_options fuzz_json; do
+  [ -x "$out/$name" ] || continue
+  mkdir -p "$here/corpus/${name#fuzz_}"
+  if (cd "$out" && "./$name" -max_total_time="$secs" -close_fd_mask=2 -max_len=4096 \
+        "$here/corpus/${name#fuzz_}" >"$out/$name.log" 2>&1); then
+    echo "PASS $name ($(grep -o 'Done [0-9]* runs' "$out/$name.log" | tail -1))"
+    passed=$((passed + 1))
+  else
+    echo "FAIL $name: $(grep -m1 -E 'ERROR|SUMMARY|deadly' "$out/$name.log")"
+    failed=$((failed + 1))
+  fi
+done
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
