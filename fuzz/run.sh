@@ -13,6 +13,13 @@ if ! command -v clang >/dev/null 2>&1; then
   echo "0 passed, 0 failed, 1 skipped"
   exit 0
 fi
+probe=$out/probe.c
+echo 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }' > "$probe"
+if ! clang -fsanitize=fuzzer -o "$out/probe" "$probe" >/dev/null 2>&1; then
+  echo "SKIP fuzz: clang has no libFuzzer runtime (Debian: libclang-rt-14-dev)"
+  echo "0 passed, 0 failed, 1 skipped"
+  exit 0
+fi
 cflags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -std=gnu11 -I$root/src -I$root/include"
 passed=0 failed=0
 build() {
