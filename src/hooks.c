@@ -406,9 +406,11 @@ int shutdown(int fd, int how)
         /* Once both sides have closed, getpeername() fails: keep the peer's address now. */
         int saved = errno;
         struct cw_peer *p = cw_peer_slot(fd);
-        if (p != NULL && (p->seq != seq || p->family == 0)) {
+        struct cw_peer cur;
+        if (p != NULL) cw_peer_load(p, &cur);
+        if (p != NULL && (cur.seq != seq || cur.family == 0)) {
             struct cw_peer tmp = {.seq = seq};
-            if (cw_kernel_peer(fd, &tmp) == 0) *p = tmp;
+            if (cw_kernel_peer(fd, &tmp) == 0) cw_peer_store(p, &tmp);
         }
         errno = saved;
     }

@@ -379,3 +379,21 @@ void cw_epoll_after_fork(void)
     if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_ino == epoll_ino) close(fd);
     atomic_store(&cw_epoll_fd, -1);
 }
+
+_Static_assert(sizeof(struct cw_peer) == 24, "three words");
+
+void cw_peer_store(struct cw_peer *slot, const struct cw_peer *value)
+{
+    uint64_t w[3];
+    memcpy(w, value, sizeof w);
+    _Atomic uint64_t *dst = (_Atomic uint64_t *)(void *)slot;
+    for (int i = 0; i < 3; i++) atomic_store_explicit(&dst[i], w[i], memory_order_relaxed);
+}
+
+void cw_peer_load(const struct cw_peer *slot, struct cw_peer *value)
+{
+    uint64_t w[3];
+    _Atomic uint64_t *src = (_Atomic uint64_t *)(void *)(uintptr_t)slot;
+    for (int i = 0; i < 3; i++) w[i] = atomic_load_explicit(&src[i], memory_order_relaxed);
+    memcpy(value, w, sizeof w);
+}

@@ -46,6 +46,10 @@ struct cw_peer {
     uint16_t family, port;  /* family 0: not known yet */
     uint8_t addr[16];
 };
+/* The side table's entries are written by the shutdown() hook and by the watcher, with the same
+ * values for the same socket; they are copied whole with relaxed atomic words. */
+CW_HIDDEN void cw_peer_store(struct cw_peer *slot, const struct cw_peer *value);
+CW_HIDDEN void cw_peer_load(const struct cw_peer *slot, struct cw_peer *value);
 CW_HIDDEN int cw_kernel_peer(int fd, struct cw_peer *out);
 /* The peer-address side table, per fd, chunks mapped on first use (hooks may write it). */
 CW_HIDDEN struct cw_peer *cw_peer_slot(int fd);

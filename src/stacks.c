@@ -109,8 +109,12 @@ void cw_stacks_init(void)
     int (*set_policy)(unw_addr_space_t, unw_caching_policy_t) =
         (int (*)(unw_addr_space_t, unw_caching_policy_t))dlsym(h, STR(unw_set_caching_policy));
     unw_addr_space_t *local_as = (unw_addr_space_t *)dlsym(h, STR(unw_local_addr_space));
-    /* Per-thread caching: no lock taken while unwinding, so a signal handler can unwind too. */
-    if (set_policy != NULL && local_as != NULL) set_policy(*local_as, UNW_CACHE_PER_THREAD);
+    /* Per-thread caching: no lock taken while unwinding, so a signal handler can unwind too.
+     * Under ThreadSanitizer, libunwind's per-thread cache destructor runs after the sanitizer
+     * has let go of the exiting thread and crashes it: no cache there (slower, same stacks). */
+    int tsan = dlsym(RTLD_DEFAULT, "__tsan_init") != NULL;
+    if (set_policy != NULL && local_as != NULL)
+        set_policy(*local_as, tsan ? UNW_CACHE_NONE : UNW_CACHE_PER_THREAD);
     if (unwind_backtrace != NULL) unwinder_text = object_range((const void *)unwind_backtrace);
     atomic_store(&unwinder_state, unwind_backtrace != NULL && arena != NULL ? 2 : 3);
 }
@@ -187,9 +191,9 @@ uint32_t cw_stack_capture(void)
         atomic_fetch_sub(&unwinds_running, 1);
         return 0;
     }
-    void *buf[CW_MAX_DEPTH + 16];
+    void *buf[CW_MAX_DEPTH + 6];
     cw_in_unwind++;
-    int n = unwind_backtrace(buf, cw_cfg.stack_depth + 16);
+    int n = unwind_backtrace(buf, cw_cfg.stack_depth + 6); /* our own frames: at most 4 */
     cw_in_unwind--;
     atomic_fetch_sub(&unwinds_running, 1);
     if (n <= 0) return 0;

@@ -97,10 +97,23 @@ static size_t nsuppressions;
 static void remember_peer(int fd, uint32_t seq)
 {
     struct cw_peer *p = cw_peer_slot(fd);
-    if (p == NULL || (p->seq == seq && p->family != 0)) return;
-    p->seq = seq;
-    p->family = 0;
-    if (cw_kernel_peer(fd, p) != 0) p->family = 0;
+    if (p == NULL) return;
+    struct cw_peer cur;
+    cw_peer_load(p, &cur);
+    if (cur.seq == seq && cur.family != 0) return;
+    struct cw_peer fresh = {.seq = seq};
+    if (cw_kernel_peer(fd, &fresh) == 0) cw_peer_store(p, &fresh);
+}
+
+static int cached_peer(int fd, uint32_t seq, char *out, size_t cap)
+{
+    struct cw_peer *p = cw_peer_slot(fd);
+    if (p == NULL) return 0;
+    struct cw_peer cur;
+    cw_peer_load(p, &cur);
+    if (cur.seq != seq || cur.family == 0) return 0;
+    cw_peer_format(&cur, out, cap);
+    return 1;
 }
 
 /* ---- time and identity ----------------------------------------------- */
@@ -387,9 +400,7 @@ static void report_leak(const struct observed *o, int64_t now)
     } else {
         cw_kernel_endpoint(o->fd, 0, l->local, sizeof l->local);
         cw_kernel_endpoint(o->fd, 1, l->peer, sizeof l->peer);
-        const struct cw_peer *p = cw_peer_slot(o->fd);
-        if (strcmp(l->peer, "?") == 0 && p != NULL && p->seq == o->seq)
-            cw_peer_format(p, l->peer, sizeof l->peer);
+        if (strcmp(l->peer, "?") == 0) cached_peer(o->fd, o->seq, l->peer, sizeof l->peer);
     }
     g->now++;
     g->ever++;
@@ -406,6 +417,15 @@ static void report_leak(const struct observed *o, int64_t now)
     snprintf(sid, sizeof sid, "%016llx", (unsigned long long)g->stable_id);
     struct buf b = {0};
     if (cw_cfg.format == CW_FORMAT_JSON) {
+        /* Symbolize first, so that the event's time and its ages are taken together. */
+        struct buf frames = {0};
+        if (o->reason == R_INHERITED) json_frames(&frames, "spawn_stack", o->spawn_stack);
+        json_frames(&frames, "open_stack", o->open_stack);
+        if (o->flags & SF_EOF) {
+            buf_printf(&frames, ",\"eof_by\":\"%s\"", cw_op_name(o->eof_by));
+            json_frames(&frames, "eof_stack", o->eof_stack);
+        }
+        now = cw_now_ms();
         announce();
         json_head(&b, "leak");
         buf_printf(&b, ",\"fd\":%d,\"reason\":\"%s\",\"state\":\"%s\",\"local\":", o->fd,
@@ -425,16 +445,11 @@ static void report_leak(const struct observed *o, int64_t now)
         }
         buf_puts(&b, ",\"exe\":");
         buf_json_str(&b, exe_path);
-        if (o->reason == R_INHERITED) {
+        if (o->reason == R_INHERITED)
             buf_printf(&b, ",\"holder_pid\":%ld,\"spawned_by\":\"%s\"", (long)o->holder,
                        cw_spawn_kind_name(o->spawn_kind));
-            json_frames(&b, "spawn_stack", o->spawn_stack);
-        }
-        json_frames(&b, "open_stack", o->open_stack);
-        if (o->flags & SF_EOF) {
-            buf_printf(&b, ",\"eof_by\":\"%s\"", cw_op_name(o->eof_by));
-            json_frames(&b, "eof_stack", o->eof_stack);
-        }
+        if (frames.p != NULL) buf_put(&b, frames.p, frames.n);
+        buf_free(&frames);
         buf_puts(&b, "}\n");
     } else {
         int pid = (int)getpid();
@@ -631,9 +646,7 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     char local[64], peer[64];
     cw_kernel_endpoint(fd, 0, local, sizeof local);
     cw_kernel_endpoint(fd, 1, peer, sizeof peer);
-    const struct cw_peer *cached = cw_peer_slot(fd);
-    if (strcmp(peer, "?") == 0 && cached != NULL && cached->seq == seq)
-        cw_peer_format(cached, peer, sizeof peer);
+    if (strcmp(peer, "?") == 0) cached_peer(fd, seq, peer, sizeof peer);
     if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq || cw_kernel_socket_inode(fd) != inode)
         return;
 
@@ -1127,7 +1140,8 @@ static void start_thread(void)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, (size_t)256 * 1024);
+    /* libdw recurses through DWARF; sanitizers take their share of a stack too */
+    pthread_attr_setstacksize(&attr, (size_t)2 * 1024 * 1024);
     if (pthread_create(&thread, &attr, watcher_main, NULL) != 0) {
         atomic_store(&running, 0);
         cw_warn("cannot start the watcher thread; ", "only exit summaries will be written", NULL);
