@@ -42,6 +42,10 @@ CW_HIDDEN __thread int cw_in_lib __attribute__((tls_model("initial-exec")));
 CW_HIDDEN __thread int cw_in_unwind __attribute__((tls_model("initial-exec")));
 static _Atomic int init_state; /* 0 none, 1 running, 2 done */
 
+/* The watcher thread on its own descriptor table: its numbers are not the program's, so none of
+ * its calls may touch the program's records. */
+#define ON_WATCHER_TABLE() CW_UNLIKELY(cw_on_private_table)
+
 void *cw_resolve(const char *name)
 {
     void *p = dlsym(RTLD_NEXT, name);
@@ -158,6 +162,7 @@ static void on_accept(int lfd, int fd, int op)
 int socket(int domain, int type, int protocol)
 {
     CW_REAL(socket);
+    if (ON_WATCHER_TABLE()) return real_socket(domain, type, protocol);
     int fd = real_socket(domain, type, protocol);
     if (fd >= 0) {
         int saved = errno;
@@ -171,6 +176,7 @@ int socket(int domain, int type, int protocol)
 int accept(int fd, struct sockaddr *addr, socklen_t *len)
 {
     CW_REAL(accept);
+    if (ON_WATCHER_TABLE()) return real_accept(fd, addr, len);
     int r = real_accept(fd, addr, len);
     if (r >= 0) on_accept(fd, r, OP_ACCEPT);
     return r;
@@ -179,6 +185,7 @@ int accept(int fd, struct sockaddr *addr, socklen_t *len)
 int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 {
     CW_REAL(accept4);
+    if (ON_WATCHER_TABLE()) return real_accept4(fd, addr, len, flags);
     int r = real_accept4(fd, addr, len, flags);
     if (r >= 0) on_accept(fd, r, OP_ACCEPT4);
     return r;
@@ -187,6 +194,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     CW_REAL(connect);
+    if (ON_WATCHER_TABLE()) return real_connect(fd, addr, len);
     int r = real_connect(fd, addr, len);
     struct cw_slot *s = cw_slot_peek(fd);
     if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == KIND_TCP)
@@ -197,6 +205,7 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
 int listen(int fd, int backlog)
 {
     CW_REAL(listen);
+    if (ON_WATCHER_TABLE()) return real_listen(fd, backlog);
     int r = real_listen(fd, backlog);
     if (r == 0) {
         int saved = errno;
@@ -286,6 +295,7 @@ ssize_t write(int fd, const void *buf, size_t n)
 
 static void on_eof(int fd, int op)
 {
+    if (ON_WATCHER_TABLE()) return;
     struct cw_slot *s = cw_slot_peek(fd);
     if (s == NULL) return;
     uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
@@ -399,6 +409,7 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, st
 int shutdown(int fd, int how)
 {
     CW_REAL(shutdown);
+    if (ON_WATCHER_TABLE()) return real_shutdown(fd, how);
     struct cw_slot *s = cw_slot_peek(fd);
     uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_relaxed) : 0;
     int tracked = s != NULL && SEQ_KIND(seq) == KIND_TCP && (how == SHUT_WR || how == SHUT_RDWR);
@@ -422,6 +433,7 @@ int shutdown(int fd, int how)
 int close(int fd)
 {
     CW_REAL(close);
+    if (ON_WATCHER_TABLE()) return real_close(fd);
     if (FROM_UNWINDER() && !unwinder_owns(fd)) return 0;
     cw_slot_forget(fd);
     return real_close(fd);
@@ -430,6 +442,7 @@ int close(int fd)
 int fclose(FILE *fp)
 {
     CW_REAL(fclose);
+    if (ON_WATCHER_TABLE()) return real_fclose(fp);
     if (fp != NULL) {
         int saved = errno;
         int fd = fileno(fp);
@@ -455,6 +468,7 @@ static void on_dup(int from, int to)
 int dup(int fd)
 {
     CW_REAL(dup);
+    if (ON_WATCHER_TABLE()) return real_dup(fd);
     int r = real_dup(fd);
     if (r >= 0) on_dup(fd, r);
     return r;
@@ -465,6 +479,7 @@ int dup(int fd)
 int dup2(int from, int to)
 {
     CW_REAL(dup2);
+    if (ON_WATCHER_TABLE()) return real_dup2(from, to);
     int r = real_dup2(from, to);
     if (r >= 0 && from != to) on_dup(from, to);
     return r;
@@ -473,6 +488,7 @@ int dup2(int from, int to)
 int dup3(int from, int to, int flags)
 {
     CW_REAL(dup3);
+    if (ON_WATCHER_TABLE()) return real_dup3(from, to, flags);
     int r = real_dup3(from, to, flags);
     if (r >= 0) on_dup(from, to);
     return r;
@@ -481,7 +497,7 @@ int dup3(int from, int to, int flags)
 static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg)
 {
     int r = real(fd, cmd, arg);
-    if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) on_dup(fd, r);
+    if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && !ON_WATCHER_TABLE()) on_dup(fd, r);
     return r;
 }
 
@@ -509,6 +525,7 @@ int fcntl64(int fd, int cmd, ...)
 int close_range(unsigned int first, unsigned int last, int flags)
 {
     CW_REAL(close_range);
+    if (ON_WATCHER_TABLE()) return real_close_range(first, last, flags);
     if (!((unsigned)flags & CLOSE_RANGE_CLOEXEC) && first <= last) cw_slot_forget_range(first, last);
     return real_close_range(first, last, flags);
 }
@@ -516,6 +533,10 @@ int close_range(unsigned int first, unsigned int last, int flags)
 void closefrom(int lowfd)
 {
     CW_REAL(closefrom);
+    if (ON_WATCHER_TABLE()) {
+        real_closefrom(lowfd);
+        return;
+    }
     if (lowfd >= 0) cw_slot_forget_range((unsigned)lowfd, ~0u);
     real_closefrom(lowfd);
 }
@@ -529,6 +550,7 @@ long syscall(long number, ...)
     long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long); /* NOLINT(clang-analyzer-valist.Uninitialized) */
     long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
     va_end(ap);
+    if (ON_WATCHER_TABLE()) return real_syscall(number, a1, a2, a3, a4, a5, a6);
     switch (number) {
     case SYS_close:
         cw_slot_forget((int)a1);

@@ -1,6 +1,7 @@
 /* What the kernel knows: socket states by netlink sock_diag (as ss does), TCP_INFO, addresses. */
 #define _GNU_SOURCE
 #include "kernel.h"
+#include <sched.h>
 #include "sink.h"
 
 #include <arpa/inet.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/epoll.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -336,6 +338,8 @@ static uint32_t epoll_generation;
 
 int cw_epoll_ensure(void)
 {
+    /* On its own table the watcher's copy cannot be touched by the program. */
+    if (cw_on_private_table && atomic_load(&cw_epoll_fd) >= 0) return 0;
     int fd = atomic_load(&cw_epoll_fd);
     if (fd >= 0 && cw_kernel_socket_inode(fd) == 0) {
         struct stat st;
@@ -358,14 +362,20 @@ uint32_t cw_epoll_generation(void)
     return epoll_generation;
 }
 
-int cw_epoll_watch(int fd, uint64_t inode)
+int cw_epoll_watch(int fd, int number, uint64_t inode)
 {
     int ep = atomic_load(&cw_epoll_fd);
-    if (ep < 0) return -1;
+    if (ep < 0 || fd < 0) return -1;
+    if (!cw_on_private_table) {
+        /* The program's table: the number may have become the program's own (a close-all
+         * loop, then a new epoll instance of its own at the same number). */
+        struct stat st;
+        if (fstat(ep, &st) != 0 || (uint64_t)st.st_ino != epoll_ino) return -1;
+    }
     struct epoll_event ev;
     memset(&ev, 0, sizeof ev);
     ev.events = EPOLLRDHUP | EPOLLET;
-    ev.data.u64 = (uint64_t)(uint32_t)fd << 32 | (uint32_t)inode;
+    ev.data.u64 = (uint64_t)(uint32_t)number << 32 | (uint32_t)inode;
     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0 || errno == EEXIST) return 0;
     return -1;
 }
@@ -396,4 +406,69 @@ void cw_peer_load(const struct cw_peer *slot, struct cw_peer *value)
     _Atomic uint64_t *src = (_Atomic uint64_t *)(void *)(uintptr_t)slot;
     for (int i = 0; i < 3; i++) w[i] = atomic_load_explicit(&src[i], memory_order_relaxed);
     memcpy(value, w, sizeof w);
+}
+
+CW_HIDDEN __thread int cw_on_private_table __attribute__((tls_model("initial-exec")));
+static int self_pidfd = -1;
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+int cw_watcher_private_table(const int *keep, int nkeep)
+{
+    cw_on_private_table = 0;
+    int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (pidfd < 0) return -1;
+    /* Make sure a copy can be had before letting go of the shared table. */
+    int probe = keep[0] >= 0 ? keep[0] : 0;
+    int copy = (int)syscall(SYS_pidfd_getfd, pidfd, probe, 0);
+    if (copy < 0) {
+        close(pidfd);
+        return -1;
+    }
+    close(copy);
+    /* Made again once on our own table, so that the program's table never keeps it. */
+    close(pidfd);
+    if (unshare(CLONE_FILES) != 0) return -1;
+    pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (pidfd < 0) return -1; /* cannot happen after the probe; then the copies simply fail */
+    /* This table is a copy of the program's: drop every copy of the program's descriptors
+     * (holding one would keep its socket open), keeping ours and the pidfd. */
+    int mine[16];
+    int n = 0;
+    for (int i = 0; i < nkeep && n < 15; i++)
+        if (keep[i] >= 0) mine[n++] = keep[i];
+    mine[n++] = pidfd;
+    unsigned lo = 0;
+    for (;;) {
+        unsigned next = ~0u;
+        for (int i = 0; i < n; i++)
+            if ((unsigned)mine[i] >= lo && (unsigned)mine[i] < next) next = (unsigned)mine[i];
+        if (next == ~0u) {
+            syscall(SYS_close_range, lo, ~0u, 0);
+            break;
+        }
+        if (next > lo) syscall(SYS_close_range, lo, next - 1, 0);
+        lo = next + 1;
+    }
+    self_pidfd = pidfd;
+    cw_on_private_table = 1;
+    return 0;
+}
+
+int cw_borrowed(struct cw_borrow *b)
+{
+    if (!cw_on_private_table) return b->fd;
+    if (b->copy < 0 && b->fd >= 0) b->copy = (int)syscall(SYS_pidfd_getfd, self_pidfd, b->fd, 0);
+    return b->copy;
+}
+
+void cw_borrow_end(struct cw_borrow *b)
+{
+    if (b->copy >= 0) close(b->copy);
+    b->copy = -1;
 }

@@ -63,8 +63,26 @@ CW_HIDDEN void cw_kernel_after_fork(void);
 CW_HIDDEN extern _Atomic int cw_epoll_fd;
 CW_HIDDEN int cw_epoll_ensure(void);          /* 0 when usable */
 CW_HIDDEN uint32_t cw_epoll_generation(void); /* changes when the instance is re-made */
-CW_HIDDEN int cw_epoll_watch(int fd, uint64_t inode);
+/* Registers the socket open at fd (in the caller's table) under the program's number. */
+CW_HIDDEN int cw_epoll_watch(int fd, int number, uint64_t inode);
 CW_HIDDEN void cw_epoll_after_fork(void);
+
+/* The watcher thread does not share the program's descriptor table (a shared table makes every
+ * descriptor syscall of a single-threaded program take the kernel's slow, reference-counting
+ * path).  It reaches a program descriptor through a copy from pidfd_getfd(), borrowed for the
+ * moment.  Where that is not available (kernel before 5.6, a seccomp filter) it shares the
+ * table as before and a borrow is the descriptor itself. */
+CW_HIDDEN int cw_watcher_private_table(const int *keep, int nkeep); /* call on the watcher */
+CW_HIDDEN extern __thread int cw_on_private_table __attribute__((tls_model("initial-exec")));
+struct cw_borrow {
+    int fd;      /* the program's number */
+    int copy;    /* ours, -1 until needed */
+};
+/* The descriptor to use for b->fd, borrowed on first use; -1 if the program has none there. */
+CW_HIDDEN int cw_borrowed(struct cw_borrow *b);
+CW_HIDDEN void cw_borrow_end(struct cw_borrow *b);
+#define CW_BORROW(name, fd_) \
+    __attribute__((cleanup(cw_borrow_end))) struct cw_borrow name = {(fd_), -1}
 
 #define TCPS_ESTABLISHED 1
 #define TCPS_CLOSE 7

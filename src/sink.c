@@ -175,3 +175,8 @@ void cw_sink_write(const char *text, size_t len)
         return;
     }
 }
+
+int cw_sink_fd(void)
+{
+    return log_out.fd;
+}

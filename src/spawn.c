@@ -71,7 +71,7 @@ static void record(int kind, pid_t child, uint32_t stack)
         socks[k].inode = ino;
         /* The parent is about to close its copy: from then on only the watcher's epoll
          * registration (which lives as long as the socket does) sees the peer's FIN. */
-        cw_epoll_watch(fd, ino);
+        cw_epoll_watch(fd, fd, ino);
         socks[k].open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed);
         socks[k].open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed);
         socks[k].opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed);

@@ -88,13 +88,14 @@ static uint32_t epoll_gen = 1;      /* registrations are per epoll instance */
 static int listeners_waiting;       /* a listener had a queue at the last tick: dump next time */
 static int parent_alive;      /* in a forked child: the parent that forked us is still there */
 static struct unowned_ports unowned;
+static int private_table_wanted = 1;  /* CLOSEWAIT_SHARED_TABLE=1 turns it off (for comparison) */
 static char exe_path[PATH_MAX];
 static char hostname[256];
 static int announced;
 static char **suppressions;
 static size_t nsuppressions;
 
-static void remember_peer(int fd, uint32_t seq)
+static void remember_peer(int fd, int kfd, uint32_t seq)
 {
     struct cw_peer *p = cw_peer_slot(fd);
     if (p == NULL) return;
@@ -102,7 +103,7 @@ static void remember_peer(int fd, uint32_t seq)
     cw_peer_load(p, &cur);
     if (cur.seq == seq && cur.family != 0) return;
     struct cw_peer fresh = {.seq = seq};
-    if (cw_kernel_peer(fd, &fresh) == 0) cw_peer_store(p, &fresh);
+    if (cw_kernel_peer(kfd, &fresh) == 0) cw_peer_store(p, &fresh);
 }
 
 static int cached_peer(int fd, uint32_t seq, char *out, size_t cap)
@@ -398,8 +399,9 @@ static void report_leak(const struct observed *o, int64_t now)
         snprintf(l->local, sizeof l->local, "%s", o->local);
         snprintf(l->peer, sizeof l->peer, "%s", o->peer);
     } else {
-        cw_kernel_endpoint(o->fd, 0, l->local, sizeof l->local);
-        cw_kernel_endpoint(o->fd, 1, l->peer, sizeof l->peer);
+        CW_BORROW(b, o->fd);
+        cw_kernel_endpoint(cw_borrowed(&b), 0, l->local, sizeof l->local);
+        cw_kernel_endpoint(cw_borrowed(&b), 1, l->peer, sizeof l->peer);
         if (strcmp(l->peer, "?") == 0) cached_peer(o->fd, o->seq, l->peer, sizeof l->peer);
     }
     g->now++;
@@ -534,8 +536,9 @@ static void sweep_leaks(int64_t now)
             if (fd_in_process(l->holder, l->inode) < 0) how = "holder";
         } else if (seq != l->seq) {
             how = "close";
-        } else if (cw_kernel_socket_inode(l->fd) != l->inode) {
-            how = "unseen";
+        } else {
+            CW_BORROW(b, l->fd);
+            if (cw_kernel_socket_inode(cw_borrowed(&b)) != l->inode) how = "unseen";
         }
         if (how == NULL) {
             i++;
@@ -576,9 +579,10 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
         !(atomic_load_explicit(&s->flags, memory_order_relaxed) & (SF_EOF | SF_SHUT_WR)))
         return;
 
+    CW_BORROW(b, fd);
     uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
     if (inode == 0) {
-        inode = cw_kernel_socket_inode(fd);
+        inode = cw_kernel_socket_inode(cw_borrowed(&b));
         if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return;
         if (inode == 0) {
             drop_stale(s, seq);
@@ -586,9 +590,9 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
         }
         atomic_store_explicit(&s->inode, inode, memory_order_relaxed);
     }
-    remember_peer(fd, seq);
+    remember_peer(fd, cw_borrowed(&b), seq);
     if (watch_mode == WATCH_EPOLL && (s->w_flags >> WF_GEN_SHIFT) != epoll_gen) {
-        if (cw_epoll_watch(fd, inode) == 0)
+        if (cw_epoll_watch(cw_borrowed(&b), fd, inode) == 0)
             s->w_flags = (s->w_flags & ((1u << WF_GEN_SHIFT) - 1)) | (epoll_gen << WF_GEN_SHIFT);
     }
     uint32_t flags = atomic_load_explicit(&s->flags, memory_order_acquire);
@@ -598,7 +602,7 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
             in_cw = have_diag && cw_inode_set_has(&cw_inodes, inode);
         } else {
             struct tcp_info ti;
-            in_cw = cw_kernel_tcp_info(fd, &ti) == 0 &&
+            in_cw = cw_kernel_tcp_info(cw_borrowed(&b), &ti) == 0 &&
                     (ti.tcpi_state == TCPS_CLOSE_WAIT || ti.tcpi_state == TCPS_LAST_ACK);
         }
         if (in_cw) s->w_fin_ms = now;
@@ -608,7 +612,7 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
          * goes straight to CLOSE.  Few sockets sit shut down without being closed, so asking
          * each one is cheap. */
         struct tcp_info ti;
-        if (cw_kernel_tcp_info(fd, &ti) == 0 && ti.tcpi_state == TCPS_CLOSE) s->w_fin_ms = now;
+        if (cw_kernel_tcp_info(cw_borrowed(&b), &ti) == 0 && ti.tcpi_state == TCPS_CLOSE) s->w_fin_ms = now;
     }
     int64_t fin = s->w_fin_ms;
     if (flags & SF_EOF) {
@@ -618,12 +622,12 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     if (fin == 0 || now - fin < cw_cfg.grace_ms) return;
 
     /* Past the grace period: the kernel's word on this very descriptor. */
-    if (cw_kernel_socket_inode(fd) != inode) {
+    if (cw_kernel_socket_inode(cw_borrowed(&b)) != inode) {
         drop_stale(s, seq);
         return;
     }
     struct tcp_info ti;
-    if (cw_kernel_tcp_info(fd, &ti) != 0) return;
+    if (cw_kernel_tcp_info(cw_borrowed(&b), &ti) != 0) return;
     int state = ti.tcpi_state;
     /* CLOSE after a FIN the program read (it wrote to the half-closed peer and got a reset) or
      * after its own shutdown: the descriptor is still held past the peer's FIN. */
@@ -644,11 +648,14 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     /* The addresses now, while the descriptor is known to be this socket; then make sure it
      * still was after asking (the program may close it this very moment). */
     char local[64], peer[64];
-    cw_kernel_endpoint(fd, 0, local, sizeof local);
-    cw_kernel_endpoint(fd, 1, peer, sizeof peer);
+    cw_kernel_endpoint(cw_borrowed(&b), 0, local, sizeof local);
+    cw_kernel_endpoint(cw_borrowed(&b), 1, peer, sizeof peer);
     if (strcmp(peer, "?") == 0) cached_peer(fd, seq, peer, sizeof peer);
-    if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq || cw_kernel_socket_inode(fd) != inode)
+    /* A copy borrowed before the close still names the socket: ask the program's table. */
+    cw_borrow_end(&b);
+    if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq || cw_kernel_socket_inode(cw_borrowed(&b)) != inode)
         return;
+    cw_borrow_end(&b);
 
     struct observed o = {
         .local = local,
@@ -958,9 +965,10 @@ static void check_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
     struct listener *l = listener_for(fd, seq);
     if (l == NULL) return;
     struct tcp_info ti;
-    if (cw_kernel_tcp_info(fd, &ti) != 0 || ti.tcpi_state != TCPS_LISTEN) return;
+    CW_BORROW(b, fd);
+    if (cw_kernel_tcp_info(cw_borrowed(&b), &ti) != 0 || ti.tcpi_state != TCPS_LISTEN) return;
     if (l->port == 0) {
-        cw_kernel_endpoint(fd, 0, l->addr, sizeof l->addr);
+        cw_kernel_endpoint(cw_borrowed(&b), 0, l->addr, sizeof l->addr);
         const char *colon = strrchr(l->addr, ':');
         l->port = colon != NULL ? (uint16_t)atoi(colon + 1) : 0;
     }
@@ -1096,6 +1104,10 @@ static void *watcher_main(void *arg)
 {
     (void)arg;
     cw_in_lib = 1;
+    if (private_table_wanted) {
+        int keep[2] = {cw_sink_fd(), atomic_load(&cw_epoll_fd)};
+        cw_watcher_private_table(keep, 2);
+    }
     int64_t next_tick = cw_now_ms() + cw_cfg.interval_ms;
     struct epoll_event ev[256];
     while (atomic_load(&running)) {
@@ -1160,6 +1172,8 @@ void cw_watcher_start(void)
         else cw_warn("CLOSEWAIT_WATCH", ": invalid value, expected epoll, sock_diag or tcp_info; using ", "epoll");
     }
     if (watch_mode == WATCH_EPOLL && cw_epoll_ensure() != 0) watch_mode = WATCH_SOCK_DIAG;
+    const char *shared = getenv("CLOSEWAIT_SHARED_TABLE");
+    if (shared != NULL && strcmp(shared, "1") == 0) private_table_wanted = 0;
     load_identity();
     cw_sink_open();
     load_suppressions();
@@ -1187,6 +1201,9 @@ void cw_watcher_after_fork_child(void)
     cw_epoll_after_fork();
     cw_spawns_forget();
     cw_sink_after_fork();
+    /* The child's epoll instance is made here, on the program's table, so that fork() and
+     * posix_spawn() on the program's threads can register crossed sockets in it too. */
+    if (watch_mode == WATCH_EPOLL) cw_epoll_ensure();
     load_identity();
     start_thread();
 }
