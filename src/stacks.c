@@ -24,6 +24,12 @@
 #define STR(x) STR2(x)
 
 static int (*unwind_backtrace)(void **, int);
+/* The step-by-step interface, for ThreadSanitizer runs only (see cw_stacks_init). */
+static int (*unwind_getcontext)(unw_context_t *);
+static int (*unwind_init_local)(unw_cursor_t *, unw_context_t *);
+static int (*unwind_step)(unw_cursor_t *);
+static int (*unwind_get_reg)(unw_cursor_t *, unw_regnum_t, unw_word_t *);
+static int step_by_step;
 /* fork() while another thread unwinds would hand the child a lock (the loader's phdr lock
  * taken by dl_iterate_phdr, libunwind's pools) that nobody will ever release there: fork
  * waits for running unwinds to finish, and unwinds that would start meanwhile are skipped. */
@@ -115,6 +121,16 @@ void cw_stacks_init(void)
     int tsan = dlsym(RTLD_DEFAULT, "__tsan_init") != NULL;
     if (set_policy != NULL && local_as != NULL)
         set_policy(*local_as, tsan ? UNW_CACHE_NONE : UNW_CACHE_PER_THREAD);
+    if (tsan) {
+        /* unw_backtrace keeps a per-thread trace cache whose destructor runs after the
+         * sanitizer has let go of the exiting thread: step frame by frame instead. */
+        unwind_getcontext = (int (*)(unw_context_t *))dlsym(h, "_Ux86_64_getcontext");
+        unwind_init_local = (int (*)(unw_cursor_t *, unw_context_t *))dlsym(h, STR(unw_init_local));
+        unwind_step = (int (*)(unw_cursor_t *))dlsym(h, STR(unw_step));
+        unwind_get_reg = (int (*)(unw_cursor_t *, unw_regnum_t, unw_word_t *))dlsym(h, STR(unw_get_reg));
+        step_by_step = unwind_getcontext != NULL && unwind_init_local != NULL && unwind_step != NULL &&
+                       unwind_get_reg != NULL;
+    }
     if (unwind_backtrace != NULL) unwinder_text = object_range((const void *)unwind_backtrace);
     atomic_store(&unwinder_state, unwind_backtrace != NULL && arena != NULL ? 2 : 3);
 }
@@ -193,7 +209,20 @@ uint32_t cw_stack_capture(void)
     }
     void *buf[CW_MAX_DEPTH + 6];
     cw_in_unwind++;
-    int n = unwind_backtrace(buf, cw_cfg.stack_depth + 6); /* our own frames: at most 4 */
+    int n = 0;
+    if (CW_UNLIKELY(step_by_step)) {
+        unw_context_t uc;
+        unw_cursor_t cur;
+        if (unwind_getcontext(&uc) == 0 && unwind_init_local(&cur, &uc) == 0) {
+            do {
+                unw_word_t ip = 0;
+                if (unwind_get_reg(&cur, UNW_REG_IP, &ip) != 0 || ip == 0) break;
+                buf[n++] = (void *)ip; /* NOLINT(performance-no-int-to-ptr) */
+            } while (n < cw_cfg.stack_depth + 6 && unwind_step(&cur) > 0);
+        }
+    } else {
+        n = unwind_backtrace(buf, cw_cfg.stack_depth + 6); /* our own frames: at most 4 */
+    }
     cw_in_unwind--;
     atomic_fetch_sub(&unwinds_running, 1);
     if (n <= 0) return 0;
