@@ -434,6 +434,9 @@ int cw_watcher_private_table(const int *keep, int nkeep)
     /* Made again once on our own table, so that the program's table never keeps it. */
     close(pidfd);
     if (unshare(CLONE_FILES) != 0) return -1;
+    /* From here on this thread's descriptor calls are on its own table: the hooks must leave the
+     * program's records alone (the close_range below would otherwise forget them all). */
+    cw_on_private_table = 1;
     pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
     if (pidfd < 0) return -1; /* cannot happen after the probe; then the copies simply fail */
     /* This table is a copy of the program's: drop every copy of the program's descriptors
