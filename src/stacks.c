@@ -14,8 +14,10 @@
 #include "closewait.h"
 
 #include <dlfcn.h>
+#define UNW_LOCAL_ONLY /* the _UL* names: this process only */
 #include <libunwind.h>
 #include <link.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -29,7 +31,8 @@ static int (*unwind_getcontext)(unw_context_t *);
 static int (*unwind_init_local)(unw_cursor_t *, unw_context_t *);
 static int (*unwind_step)(unw_cursor_t *);
 static int (*unwind_get_reg)(unw_cursor_t *, unw_regnum_t, unw_word_t *);
-static int step_by_step;
+static int step_by_step;  /* ThreadSanitizer: never unw_backtrace */
+static int site_caching;  /* the step interface is there: births at a known site skip the unwind */
 /* fork() while another thread unwinds would hand the child a lock (the loader's phdr lock
  * taken by dl_iterate_phdr, libunwind's pools) that nobody will ever release there: fork
  * waits for running unwinds to finish, and unwinds that would start meanwhile are skipped. */
@@ -121,16 +124,17 @@ void cw_stacks_init(void)
     int tsan = dlsym(RTLD_DEFAULT, "__tsan_init") != NULL;
     if (set_policy != NULL && local_as != NULL)
         set_policy(*local_as, tsan ? UNW_CACHE_NONE : UNW_CACHE_PER_THREAD);
-    if (tsan) {
-        /* unw_backtrace keeps a per-thread trace cache whose destructor runs after the
-         * sanitizer has let go of the exiting thread: step frame by frame instead. */
-        unwind_getcontext = (int (*)(unw_context_t *))dlsym(h, "_Ux86_64_getcontext");
-        unwind_init_local = (int (*)(unw_cursor_t *, unw_context_t *))dlsym(h, STR(unw_init_local));
-        unwind_step = (int (*)(unw_cursor_t *))dlsym(h, STR(unw_step));
-        unwind_get_reg = (int (*)(unw_cursor_t *, unw_regnum_t, unw_word_t *))dlsym(h, STR(unw_get_reg));
-        step_by_step = unwind_getcontext != NULL && unwind_init_local != NULL && unwind_step != NULL &&
-                       unwind_get_reg != NULL;
-    }
+    unwind_getcontext = (int (*)(unw_context_t *))dlsym(h, "_Ux86_64_getcontext");
+    unwind_init_local = (int (*)(unw_cursor_t *, unw_context_t *))dlsym(h, STR(unw_init_local));
+    unwind_step = (int (*)(unw_cursor_t *))dlsym(h, STR(unw_step));
+    unwind_get_reg = (int (*)(unw_cursor_t *, unw_regnum_t, unw_word_t *))dlsym(h, STR(unw_get_reg));
+    int stepping = unwind_getcontext != NULL && unwind_init_local != NULL && unwind_step != NULL &&
+                   unwind_get_reg != NULL;
+    /* unw_backtrace keeps a per-thread trace cache whose destructor runs, under ThreadSanitizer,
+     * after the sanitizer has let go of the exiting thread: step frame by frame there. */
+    step_by_step = tsan && stepping;
+    const char *cache_opt = getenv("CLOSEWAIT_SITE_CACHE");
+    site_caching = stepping && !(cache_opt != NULL && strcmp(cache_opt, "0") == 0);
     if (unwind_backtrace != NULL) unwinder_text = object_range((const void *)unwind_backtrace);
     atomic_store(&unwinder_state, unwind_backtrace != NULL && arena != NULL ? 2 : 3);
 }
@@ -192,6 +196,76 @@ static uint32_t store(const uintptr_t *pcs, int n)
     return 0;
 }
 
+/*
+ * The call-site cache.  Most sockets of a program are born at a handful of places, each time
+ * through the same chain of frames: the first capture there unwinds step by step and notes where
+ * each frame's return address lies on the stack; the next ones at the same return address and
+ * stack pointer only re-read those slots, and when every one still holds the same return address
+ * the chain is the same and so is the stack.  A few loads instead of an unwind.
+ */
+#define SITE_WAYS 2
+#define SITE_MAX_SPAN (256u << 10) /* slots further up the stack than this are not trusted */
+struct site {
+    uintptr_t ret0, sp0; /* the program's return address out of the hook, and its stack pointer */
+    uint32_t id, n;
+    uintptr_t slot[CW_MAX_DEPTH];
+};
+static __thread struct site site_cache[SITE_WAYS] __attribute__((tls_model("initial-exec")));
+static __thread unsigned site_next __attribute__((tls_model("initial-exec")));
+
+/* Where the program called into the library: walk our own frame-pointer chain (the library is
+ * built with frame pointers) to the first return address outside it. */
+static __attribute__((noinline)) int program_caller(uintptr_t *ret0, uintptr_t *sp0)
+{
+    const uintptr_t *fp = (const uintptr_t *)__builtin_frame_address(0);
+    for (int i = 0; i < 12 && fp != NULL; i++) {
+        uintptr_t ret = fp[1];
+        if (!(ret >= own_text.lo && ret < own_text.hi)) {
+            *ret0 = ret;
+            *sp0 = (uintptr_t)(fp + 2);
+            return 1;
+        }
+        const uintptr_t *next = (const uintptr_t *)fp[0]; /* NOLINT(performance-no-int-to-ptr) */
+        if (next <= fp || (uintptr_t)next - (uintptr_t)fp > SITE_MAX_SPAN) return 0;
+        fp = next;
+    }
+    return 0;
+}
+
+static uint32_t site_lookup(uintptr_t ret0, uintptr_t sp0, int depth)
+{
+    for (int w = 0; w < SITE_WAYS; w++) {
+        const struct site *e = &site_cache[w];
+        if (e->ret0 != ret0 || e->sp0 != sp0 || e->id == 0 || (int)e->n > depth) continue;
+        const uintptr_t *pcs = NULL;
+        if (cw_stack_frames(e->id, &pcs) != (int)e->n || pcs == NULL) continue;
+        uint32_t i = 0;
+        while (i < e->n && *(const uintptr_t *)e->slot[i] == pcs[i]) i++; /* NOLINT(performance-no-int-to-ptr) */
+        if (i == e->n) return e->id;
+    }
+    return 0;
+}
+
+/* Step by step, keeping each kept frame's return-address slot; returns the frames kept. */
+static int unwind_with_slots(uintptr_t *pcs, uintptr_t *slots, int max)
+{
+    unw_context_t uc;
+    unw_cursor_t cur;
+    int n = 0;
+    if (unwind_getcontext(&uc) != 0 || unwind_init_local(&cur, &uc) != 0) return 0;
+    int steps = 0;
+    do {
+        unw_word_t ip = 0, sp = 0;
+        if (unwind_get_reg(&cur, UNW_REG_IP, &ip) != 0 || ip == 0) break;
+        unwind_get_reg(&cur, UNW_REG_SP, &sp);
+        if (n == 0 && ours((uintptr_t)ip)) continue; /* our own frames and libunwind's */
+        pcs[n] = (uintptr_t)ip;
+        slots[n] = (uintptr_t)sp - sizeof(uintptr_t); /* the call pushed it just below the SP */
+        n++;
+    } while (n < max && ++steps < max + 16 && unwind_step(&cur) > 0);
+    return n;
+}
+
 uint32_t cw_stack_capture(void)
 {
     int st = atomic_load_explicit(&unwinder_state, memory_order_acquire);
@@ -202,36 +276,51 @@ uint32_t cw_stack_capture(void)
     /* A signal handler that interrupted an unwind on this thread: libunwind's per-thread cache
      * is in use, so this birth goes without a stack rather than risk it. */
     if (cw_in_unwind) return 0;
+    int depth = cw_cfg.stack_depth;
+    uintptr_t ret0 = 0, sp0 = 0;
+    int located = site_caching && program_caller(&ret0, &sp0);
+    if (located) {
+        uint32_t id = site_lookup(ret0, sp0, depth);
+        if (id != 0) return id;
+    }
     atomic_fetch_add(&unwinds_running, 1);
     if (atomic_load(&fork_pending)) {
         atomic_fetch_sub(&unwinds_running, 1);
         return 0;
     }
-    void *buf[CW_MAX_DEPTH + 6];
     cw_in_unwind++;
-    int n = 0;
-    if (CW_UNLIKELY(step_by_step)) {
-        unw_context_t uc;
-        unw_cursor_t cur;
-        if (unwind_getcontext(&uc) == 0 && unwind_init_local(&cur, &uc) == 0) {
-            do {
-                unw_word_t ip = 0;
-                if (unwind_get_reg(&cur, UNW_REG_IP, &ip) != 0 || ip == 0) break;
-                buf[n++] = (void *)ip; /* NOLINT(performance-no-int-to-ptr) */
-            } while (n < cw_cfg.stack_depth + 6 && unwind_step(&cur) > 0);
+    uint32_t id = 0;
+    if (located || step_by_step) {
+        uintptr_t pcs[CW_MAX_DEPTH], slots[CW_MAX_DEPTH];
+        int n = unwind_with_slots(pcs, slots, depth);
+        if (n > 0) id = store(pcs, n);
+        /* Cache only a chain that starts where the frame pointers said and whose slots all
+         * lie in the span the check trusts. */
+        if (id != 0 && located && n > 0 && pcs[0] == ret0 && slots[0] + sizeof(uintptr_t) == sp0 &&
+            slots[n - 1] - sp0 < SITE_MAX_SPAN) {
+            int cacheable = 1;
+            for (int i = 1; i < n && cacheable; i++) cacheable = slots[i] > slots[i - 1];
+            if (cacheable) {
+                struct site *e = &site_cache[site_next++ % SITE_WAYS];
+                e->id = 0;
+                e->ret0 = ret0;
+                e->sp0 = sp0;
+                e->n = (uint32_t)n;
+                memcpy(e->slot, slots, (size_t)n * sizeof slots[0]);
+                e->id = id;
+            }
         }
     } else {
-        n = unwind_backtrace(buf, cw_cfg.stack_depth + 6); /* our own frames: at most 4 */
+        void *buf[CW_MAX_DEPTH + 6];
+        int n = unwind_backtrace(buf, depth + 6); /* our own frames: at most 4 */
+        int skip = 0;
+        while (skip < n && ours((uintptr_t)buf[skip])) skip++;
+        int kept = n - skip > depth ? depth : n - skip;
+        if (kept > 0) id = store((const uintptr_t *)&buf[skip], kept);
     }
     cw_in_unwind--;
     atomic_fetch_sub(&unwinds_running, 1);
-    if (n <= 0) return 0;
-    int skip = 0;
-    while (skip < n && ours((uintptr_t)buf[skip])) skip++;
-    int depth = n - skip;
-    if (depth > cw_cfg.stack_depth) depth = cw_cfg.stack_depth;
-    if (depth <= 0) return 0;
-    return store((const uintptr_t *)&buf[skip], depth);
+    return id;
 }
 
 int cw_stack_frames(uint32_t id, const uintptr_t **pcs)

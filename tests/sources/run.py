@@ -263,6 +263,40 @@ def test_cloexec_does_not_cross():
     r.finish()
 
 
+# ---------------------------------------------------------------- exact stacks
+
+def test_same_site_two_callers():
+    """One accept() site, two callers, alternating: each leak names its own caller."""
+    exe = os.path.join(WORK, 'two_paths')
+    subprocess.run(['cc', '-O1', '-g', '-fno-inline', '-o', exe, os.path.join(HERE, 'progs', 'two_paths.c')],
+                   check=True)
+    n = 9
+    r = Run([exe, str(n)])
+    port = int(r.line('PORT'))
+    clients = []
+    for i in range(n):
+        clients.append(socket.create_connection(('127.0.0.1', port)))
+        r.line('LEAK', 5)
+    time.sleep(0.3)
+    expected = {}
+    with r.cond:
+        for l in r.out:
+            if l.startswith('LEAK'):
+                _, fd, path = l.split()
+                expected[int(fd)] = 'path_' + path
+    for c in clients:
+        c.close()
+    got = poll(lambda: len(leaks(r.events())) >= n and leaks(r.events()), GRACE / 1000 + 3)
+    check(got and len(got) == n, 'expected %d leaks, got %s' % (n, len(got or [])))
+    for e in got:
+        fns = functions(e['open_stack'])
+        want = expected[e['fd']]
+        other = 'path_b' if want == 'path_a' else 'path_a'
+        check(want in fns and other not in fns, 'fd %d: stack %s, wanted %s' % (e['fd'], fns[:4], want))
+    r.finish()
+    return '%d leaks, each with its own caller' % n
+
+
 # ---------------------------------------------------------------- scale
 
 def watcher_ticks(pid):
