@@ -297,6 +297,43 @@ def test_same_site_two_callers():
     return '%d leaks, each with its own caller' % n
 
 
+# ---------------------------------------------------------------- the system log
+
+def test_syslog_sink():
+    """CLOSEWAIT_LOG=syslog: the JSON lines reach the system log socket, one record each."""
+    if os.path.exists('/dev/log'):
+        return 'skipped: a system log is running here; not taking its socket'
+    if os.geteuid() != 0:
+        return 'skipped: binding /dev/log needs root'
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sink.bind('/dev/log')
+        sink.settimeout(0.2)
+        r = Run([SPAWNER, 'exec', '3', '3'], env={'CLOSEWAIT_LOG': 'syslog'})
+        port = int(r.line('PORT'))
+        c = socket.create_connection(('127.0.0.1', port))
+        r.line('CLOSED')
+        c.close()
+        records = []
+        end = time.time() + GRACE / 1000 + 3
+        while time.time() < end and not any('"event":"leak"' in x for x in records):
+            try:
+                records.append(sink.recv(65536).decode('utf-8', 'replace'))
+            except socket.timeout:
+                pass
+        r.finish()
+    finally:
+        sink.close()
+        os.unlink('/dev/log')
+    leak_records = [x for x in records if '"event":"leak"' in x]
+    check(leak_records, 'no leak record reached the system log: %s' % records[:3])
+    rec = leak_records[0]
+    check('closewait[' in rec, 'record not tagged closewait[pid]: %r' % rec[:120])
+    payload = json.loads(rec[rec.index('{'):])
+    check(payload['reason'] == 'inherited' and payload['event'] == 'leak', 'payload %s' % payload)
+    return '%d record(s) received' % len(records)
+
+
 # ---------------------------------------------------------------- scale
 
 def watcher_ticks(pid):
