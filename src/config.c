@@ -67,6 +67,16 @@ static void int_option(const char *name, int64_t lo, int64_t hi, int64_t *dst, c
     cw_warn(name, ": invalid value, expected ", dflt);
 }
 
+/* A path-like option copied into dst, or one warning and dst left as it was. */
+static void path_option(const char *name, char *dst, size_t cap, const char *fallback)
+{
+    const char *s = getenv(name);
+    if (s == NULL) return;
+    size_t len = strnlen(s, cap);
+    if (len == 0 || len >= cap) cw_warn(name, ": empty or longer than 511 bytes; ", fallback);
+    else memcpy(dst, s, len + 1);
+}
+
 static int signal_by_name(const char *s, int *out)
 {
     static const struct { const char *name; int sig; } names[] = {
@@ -119,23 +129,8 @@ void cw_config_load(void)
         else cw_warn("CLOSEWAIT_FORMAT", ": invalid value, expected text or json; using ", "text");
     }
 
-    s = getenv("CLOSEWAIT_LOG");
-    if (s != NULL) {
-        size_t len = strnlen(s, sizeof cw_cfg.log_spec);
-        if (len == 0 || len >= sizeof cw_cfg.log_spec)
-            cw_warn("CLOSEWAIT_LOG", ": empty or longer than 511 bytes; using ", "stderr");
-        else
-            memcpy(cw_cfg.log_spec, s, len + 1);
-    }
-
-    s = getenv("CLOSEWAIT_SUPPRESSIONS");
-    if (s != NULL) {
-        size_t len = strnlen(s, sizeof cw_cfg.suppress_path);
-        if (len == 0 || len >= sizeof cw_cfg.suppress_path)
-            cw_warn("CLOSEWAIT_SUPPRESSIONS", ": empty or longer than 511 bytes; ", "ignored");
-        else
-            memcpy(cw_cfg.suppress_path, s, len + 1);
-    }
+    path_option("CLOSEWAIT_LOG", cw_cfg.log_spec, sizeof cw_cfg.log_spec, "using stderr");
+    path_option("CLOSEWAIT_SUPPRESSIONS", cw_cfg.suppress_path, sizeof cw_cfg.suppress_path, "ignored");
 
     s = getenv("CLOSEWAIT_REPORT_SIGNAL");
     if (s != NULL && *s != '\0') {

@@ -127,12 +127,9 @@ pid_t fork(void)
     return r;
 }
 
-int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
-                const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+/* posix_spawn and posix_spawnp: the same bookkeeping around either. */
+static int after_spawn(int r, pid_t child, pid_t *pid)
 {
-    CW_REAL(posix_spawn);
-    pid_t child = 0;
-    int r = real_posix_spawn(&child, path, fa, attr, argv, envp);
     if (pid != NULL) *pid = child;
     if (r == 0) {
         int saved = errno;
@@ -142,19 +139,20 @@ int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *
     return r;
 }
 
+int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+                const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    CW_REAL(posix_spawn);
+    pid_t child = 0;
+    return after_spawn(real_posix_spawn(&child, path, fa, attr, argv, envp), child, pid);
+}
+
 int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
                  const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
 {
     CW_REAL(posix_spawnp);
     pid_t child = 0;
-    int r = real_posix_spawnp(&child, file, fa, attr, argv, envp);
-    if (pid != NULL) *pid = child;
-    if (r == 0) {
-        int saved = errno;
-        record(SPAWN_POSIX_SPAWN, child, spawn_stack());
-        errno = saved;
-    }
-    return r;
+    return after_spawn(real_posix_spawnp(&child, file, fa, attr, argv, envp), child, pid);
 }
 
 /* system() returns when its child has exited; what matters is what the command left running
