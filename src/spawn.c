@@ -144,7 +144,8 @@ int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *
 {
     CW_REAL(posix_spawn);
     pid_t child = 0;
-    return after_spawn(real_posix_spawn(&child, path, fa, attr, argv, envp), child, pid);
+    int r = real_posix_spawn(&child, path, fa, attr, argv, envp);
+    return after_spawn(r, child, pid);
 }
 
 int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
@@ -152,7 +153,8 @@ int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t 
 {
     CW_REAL(posix_spawnp);
     pid_t child = 0;
-    return after_spawn(real_posix_spawnp(&child, file, fa, attr, argv, envp), child, pid);
+    int r = real_posix_spawnp(&child, file, fa, attr, argv, envp);
+    return after_spawn(r, child, pid);
 }
 
 /* system() returns when its child has exited; what matters is what the command left running
