@@ -403,7 +403,7 @@ void cw_peer_store(struct cw_peer *slot, const struct cw_peer *value)
 void cw_peer_load(const struct cw_peer *slot, struct cw_peer *value)
 {
     uint64_t w[3];
-    _Atomic uint64_t *src = (_Atomic uint64_t *)(void *)(uintptr_t)slot;
+    const _Atomic uint64_t *src = (const _Atomic uint64_t *)(const void *)slot;
     for (int i = 0; i < 3; i++) w[i] = atomic_load_explicit(&src[i], memory_order_relaxed);
     memcpy(value, w, sizeof w);
 }
