@@ -1,7 +1,8 @@
 #!/bin/sh
-# Builds the libFuzzer harnesses (clang) and runs each for FUZZ_SECONDS (default 15) on its
-# corpus in fuzz/corpus/NAME, which keeps what the runs found.  A crash fails; its input is
-# left in build/fuzz/.  Closing line: N passed, N failed.
+# Builds the libFuzzer harnesses (clang) and runs each for FUZZ_SECONDS (default 15), seeded
+# with fuzz/corpus/NAME.  New inputs go to build/fuzz/corpus-NAME; FUZZ_SAVE=1 (a long run by
+# hand) adds them to fuzz/corpus/NAME instead, to be committed.  A crash fails; its input is left
+# in build/fuzz/.  Closing line: N passed, N failed.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -30,9 +31,12 @@ build fuzz_options "$root/src/config.c" || { echo "FAIL fuzz_options: build"; fa
 build fuzz_json "$root/src/buf.c" || { echo "FAIL fuzz_json: build"; failed=$((failed + 1)); }
 for name in fuzz_options fuzz_json; do
   [ -x "$out/$name" ] || continue
-  mkdir -p "$here/corpus/${name#fuzz_}"
+  seeds=$here/corpus/${name#fuzz_}
+  found=$out/corpus-${name#fuzz_}
+  [ "${FUZZ_SAVE:-0}" = 1 ] && found=$seeds
+  mkdir -p "$seeds" "$found"
   if (cd "$out" && "./$name" -max_total_time="$secs" -close_fd_mask=2 -max_len=4096 \
-        "$here/corpus/${name#fuzz_}" >"$out/$name.log" 2>&1); then
+        "$found" "$seeds" >"$out/$name.log" 2>&1); then
     echo "PASS $name ($(grep -o 'Done [0-9]* runs' "$out/$name.log" | tail -1))"
     passed=$((passed + 1))
   else
