@@ -117,9 +117,11 @@ CW_HIDDEN void cw_slot_forget(int fd);
 CW_HIDDEN void cw_slot_forget_range(unsigned first, unsigned last);
 /* Copy what is known of `from` into `to` (dup family). */
 CW_HIDDEN void cw_slot_copy(int from, int to);
-/* Iterate over chunks: the highest fd + 1 the table covers right now. */
+/* The highest fd + 1 the table covers right now. */
 CW_HIDDEN int cw_table_limit(void);
-CW_HIDDEN int cw_table_chunk_present(int fd);
+/* The first fd >= fd that has a slot (its chunk is mapped), or -1: walk the table with
+ * for (fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)). */
+CW_HIDDEN int cw_table_next(int fd);
 #define CW_CHUNK_SLOTS 4096
 #define CW_MAX_CHUNKS 1024 /* 4M descriptors: above any RLIMIT_NOFILE a kernel allows by default */
 

@@ -51,9 +51,14 @@ int cw_table_limit(void)
     return atomic_load_explicit(&chunk_limit, memory_order_acquire) * CW_CHUNK_SLOTS;
 }
 
-int cw_table_chunk_present(int fd)
+int cw_table_next(int fd)
 {
-    return cw_slot_peek(fd) != NULL;
+    int limit = cw_table_limit();
+    while (fd >= 0 && fd < limit) {
+        if (cw_slot_peek(fd) != NULL) return fd;
+        fd = (fd / CW_CHUNK_SLOTS + 1) * CW_CHUNK_SLOTS; /* a chunk never mapped: skip it whole */
+    }
+    return -1;
 }
 
 static uint32_t next_seq(uint32_t old, enum cw_kind kind)
@@ -95,16 +100,9 @@ void cw_slot_forget(int fd)
 
 void cw_slot_forget_range(unsigned first, unsigned last)
 {
-    unsigned limit = (unsigned)cw_table_limit();
-    if (limit == 0 || first >= limit) return;
-    if (last >= limit) last = limit - 1;
-    for (unsigned fd = first; fd <= last; fd++) {
-        if (fd % CW_CHUNK_SLOTS == 0 && cw_slot_peek((int)fd) == NULL) {
-            fd += CW_CHUNK_SLOTS - 1;
-            continue;
-        }
-        cw_slot_forget((int)fd);
-    }
+    if (first > (unsigned)INT32_MAX) return;
+    for (int fd = cw_table_next((int)first); fd >= 0 && (unsigned)fd <= last; fd = cw_table_next(fd + 1))
+        cw_slot_forget(fd);
 }
 
 void cw_slot_copy(int from, int to)

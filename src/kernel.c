@@ -1,5 +1,6 @@
 /* What the kernel knows: socket states by netlink sock_diag (as ss does), TCP_INFO, addresses. */
 #define _GNU_SOURCE
+#include "buf.h"
 #include "kernel.h"
 #include <sched.h>
 #include "sink.h"
@@ -99,14 +100,8 @@ static void format_endpoint(int family, const __be32 *addr, __be16 port, char *o
 
 static void remember(const struct inet_diag_msg *m)
 {
-    if (ndumped == dumped_cap) {
-        if (dumped_cap >= 65536) return; /* addresses of a pathological number of sockets: skip */
-        size_t ncap = dumped_cap ? dumped_cap * 2 : 64;
-        struct dumped_socket *nd = realloc(dumped, ncap * sizeof *nd);
-        if (nd == NULL) return;
-        dumped = nd;
-        dumped_cap = ncap;
-    }
+    /* addresses of a pathological number of sockets: not kept */
+    if (ndumped >= 65536 || cw_grow(&dumped, &dumped_cap, ndumped, sizeof *dumped, 64) != 0) return;
     struct dumped_socket *d = &dumped[ndumped++];
     d->inode = m->idiag_inode;
     format_endpoint(m->idiag_family, m->id.idiag_src, m->id.idiag_sport, d->local, sizeof d->local);

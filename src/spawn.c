@@ -39,13 +39,8 @@ const char *cw_spawn_kind_name(int kind)
  * is the design, not a leak).  mmap, not malloc: fork may be called from a signal handler. */
 static void record(int kind, pid_t child, uint32_t stack)
 {
-    int limit = cw_table_limit();
     size_t n = 0;
-    for (int fd = 0; fd < limit; fd++) {
-        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
-            fd += CW_CHUNK_SLOTS - 1;
-            continue;
-        }
+    for (int fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
         if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == KIND_TCP) n++;
     }
@@ -54,11 +49,7 @@ static void record(int kind, pid_t child, uint32_t stack)
     struct cw_crossed *socks = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (socks == MAP_FAILED) return;
     size_t k = 0;
-    for (int fd = 0; fd < limit && k < n; fd++) {
-        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
-            fd += CW_CHUNK_SLOTS - 1;
-            continue;
-        }
+    for (int fd = cw_table_next(0); fd >= 0 && k < n; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
         if (s == NULL || SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) != KIND_TCP) continue;
         uint64_t ino = atomic_load_explicit(&s->inode, memory_order_relaxed);

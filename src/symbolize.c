@@ -46,9 +46,6 @@ DW(dwarf_filesrc);
 #undef DW
 
 static int dw_state; /* 0 untried, 1 ready, -1 unavailable */
-/* A failure that may pass (no descriptor left to open a file: EMFILE): nothing learnt then is
- * cached, and libdw's view is rebuilt at the next report. */
-static int64_t transient_failure_ms;
 static Dwfl *dwfl;
 static Dwfl_Callbacks callbacks;
 static char *(*demangle)(const char *, char *, size_t *, int *);
@@ -105,13 +102,11 @@ static Dwfl *get_dwfl(void)
     if (load_libdw() != 1) return NULL;
     dwfl = p_dwfl_begin(&callbacks);
     if (dwfl == NULL) {
-        transient_failure_ms = cw_now_ms();
         return NULL;
     }
     if (p_dwfl_linux_proc_report(dwfl, getpid()) != 0) {
         p_dwfl_end(dwfl);
         dwfl = NULL;
-        transient_failure_ms = cw_now_ms();
         return NULL;
     }
     p_dwfl_report_end(dwfl, NULL, NULL);
@@ -271,7 +266,6 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
         /* The module's file could not be opened (EMFILE?): libdw remembers that failure, so
          * start again later with a fresh view. */
         cw_symbolize_refresh();
-        transient_failure_ms = cw_now_ms();
         return -1;
     }
     const char *modname = NULL, *mainfile = NULL;

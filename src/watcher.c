@@ -75,7 +75,6 @@ static struct leak *leaks;
 static size_t nleaks, leaks_cap;
 static long total_reported, total_suppressed;
 static struct inode_set cw_inodes;
-static int have_diag_now;
 /* How the watcher learns of FINs.  epoll: every tracked socket is registered (edge-triggered
  * EPOLLRDHUP) in the watcher's own epoll instance, so the cost follows the sockets that change,
  * not the sockets open.  sock_diag: one netlink dump of the CLOSE_WAIT sockets per interval (the
@@ -296,13 +295,7 @@ static struct group *group_for(uint32_t stack, int64_t now)
 {
     for (size_t i = 0; i < ngroups; i++)
         if (groups[i].stack == stack) return &groups[i];
-    if (ngroups == groups_cap) {
-        size_t ncap = groups_cap ? groups_cap * 2 : 16;
-        struct group *ng = realloc(groups, ncap * sizeof *ng);
-        if (ng == NULL) return NULL;
-        groups = ng;
-        groups_cap = ncap;
-    }
+    if (cw_grow(&groups, &groups_cap, ngroups, sizeof *groups, 16) != 0) return NULL;
     struct group *g = &groups[ngroups++];
     memset(g, 0, sizeof *g);
     g->stack = stack;
@@ -333,22 +326,21 @@ struct observed {
     int spawn_kind;
 };
 
-static void dup_fds_of(const struct observed *o, int *out, int *n, int max)
+/* The program's descriptors (other than `except`) that hold the socket `inode`: up to max of
+ * them in out (which may be NULL); returns how many were found. */
+static int fds_of_socket(uint64_t inode, int except, int *out, int max)
 {
-    *n = 0;
-    int limit = cw_table_limit();
-    for (int fd = 0; fd < limit && *n < max; fd++) {
-        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
-            fd += CW_CHUNK_SLOTS - 1;
-            continue;
-        }
-        if (fd == o->fd) continue;
+    int n = 0;
+    for (int fd = cw_table_next(0); fd >= 0 && n < max; fd = cw_table_next(fd + 1)) {
+        if (fd == except) continue;
         struct cw_slot *s = cw_slot_peek(fd);
-        if (s == NULL) continue;
-        uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-        if (SEQ_KIND(seq) == KIND_TCP && atomic_load_explicit(&s->inode, memory_order_relaxed) == o->inode)
-            out[(*n)++] = fd;
+        if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == KIND_TCP &&
+            atomic_load_explicit(&s->inode, memory_order_relaxed) == inode) {
+            if (out != NULL) out[n] = fd;
+            n++;
+        }
     }
+    return n;
 }
 
 static const char *role_of(const struct observed *o)
@@ -365,13 +357,7 @@ static int text_stack_shown(uint32_t stack)
     static size_t nshown, cap;
     for (size_t i = 0; i < nshown; i++)
         if (shown[i] == stack) return 1;
-    if (nshown == cap) {
-        size_t ncap = cap ? cap * 2 : 32;
-        uint32_t *ns = realloc(shown, ncap * sizeof *ns);
-        if (ns == NULL) return 0;
-        shown = ns;
-        cap = ncap;
-    }
+    if (cw_grow(&shown, &cap, nshown, sizeof *shown, 32) != 0) return 0;
     shown[nshown++] = stack;
     return 0;
 }
@@ -380,13 +366,7 @@ static void report_leak(const struct observed *o, int64_t now)
 {
     struct group *g = group_for(o->open_stack, now);
     if (g == NULL) return;
-    if (nleaks == leaks_cap) {
-        size_t ncap = leaks_cap ? leaks_cap * 2 : 64;
-        struct leak *nl = realloc(leaks, ncap * sizeof *nl);
-        if (nl == NULL) return;
-        leaks = nl;
-        leaks_cap = ncap;
-    }
+    if (cw_grow(&leaks, &leaks_cap, nleaks, sizeof *leaks, 64) != 0) return;
     struct leak *l = &leaks[nleaks++];
     l->fd = o->fd;
     l->seq = o->seq;
@@ -414,7 +394,7 @@ static void report_leak(const struct observed *o, int64_t now)
     total_reported++;
 
     int dups[8], ndups = 0;
-    if (!l->foreign) dup_fds_of(o, dups, &ndups, 8);
+    if (!l->foreign) ndups = fds_of_socket(o->inode, o->fd, dups, 8);
     char sid[17];
     snprintf(sid, sizeof sid, "%016llx", (unsigned long long)g->stable_id);
     struct buf b = {0};
@@ -723,15 +703,9 @@ static void tick(void)
         cw_inode_set_clear(&cw_inodes);
         unowned.n = 0;
     }
-    have_diag_now = have_diag;
     listeners_waiting = 0;
     parent_alive = cw_fork_parent != 0 && getppid() == cw_fork_parent;
-    int limit = cw_table_limit();
-    for (int fd = 0; fd < limit; fd++) {
-        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
-            fd += CW_CHUNK_SLOTS - 1;
-            continue;
-        }
+    for (int fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
         if (s == NULL) continue;
         uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
@@ -790,22 +764,6 @@ static pid_t find_holder(pid_t hint, uint64_t inode, int *fd)
     return holder;
 }
 
-static int held_here(uint64_t inode)
-{
-    int limit = cw_table_limit();
-    for (int fd = 0; fd < limit; fd++) {
-        if (fd % CW_CHUNK_SLOTS == 0 && !cw_table_chunk_present(fd)) {
-            fd += CW_CHUNK_SLOTS - 1;
-            continue;
-        }
-        struct cw_slot *s = cw_slot_peek(fd);
-        if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == KIND_TCP &&
-            atomic_load_explicit(&s->inode, memory_order_relaxed) == inode)
-            return 1;
-    }
-    return 0;
-}
-
 /* Without epoll, crossed sockets are found in dumps: dump while any spawn record lives. */
 static int spawns_pending_without_epoll(void)
 {
@@ -837,7 +795,7 @@ static void check_crossed(int64_t now, int have_diag)
             if (c->w_fin_ms == 0) continue;
             if (now - c->w_fin_ms < cw_cfg.grace_ms) continue;
             /* Ours still: our own report covers it. */
-            if (held_here(c->inode)) continue;
+            if (fds_of_socket(c->inode, -1, NULL, 1) > 0) continue;
             int child_fd = -1;
             /* Walking /proc costs a readlink per descriptor of every process: a few tries,
              * then the socket is someone else's business. */
@@ -908,13 +866,7 @@ static struct listener *listener_for(int fd, uint32_t seq)
             }
             return &listeners[i];
         }
-    if (nlisteners == listeners_cap) {
-        size_t ncap = listeners_cap ? listeners_cap * 2 : 8;
-        struct listener *nl = realloc(listeners, ncap * sizeof *nl);
-        if (nl == NULL) return NULL;
-        listeners = nl;
-        listeners_cap = ncap;
-    }
+    if (cw_grow(&listeners, &listeners_cap, nlisteners, sizeof *listeners, 8) != 0) return NULL;
     struct listener *l = &listeners[nlisteners++];
     memset(l, 0, sizeof *l);
     l->fd = fd;
@@ -1092,7 +1044,8 @@ static void on_epoll_event(uint64_t data, int64_t now)
     for (int i = 0; i < CW_MAX_SPAWNS; i++) {
         struct cw_spawn *r = &cw_spawns[i];
         int expected = 2;
-        if (!atomic_compare_exchange_strong(&r->state, &expected, 1)) continue;
+        if (atomic_load(&r->state) != 2 || !atomic_compare_exchange_strong(&r->state, &expected, 1))
+            continue;
         for (size_t k = 0; k < r->nsocks; k++)
             if ((r->socks[k].inode & 0xffffffffu) == inode && r->socks[k].w_fin_ms == 0)
                 r->socks[k].w_fin_ms = now;
