@@ -102,9 +102,7 @@ _Static_assert(sizeof(struct cw_slot) <= 64, "one cache line per descriptor");
 #define SEQ_KIND(s) ((s) & 3u)
 #define SEQ_GEN(s) ((s) >> 2)
 
-CW_HIDDEN extern _Atomic uint16_t cw_fork_gen;
-/* Set at the first TCP socket: until then the watcher has nothing to do. */
-CW_HIDDEN extern _Atomic int cw_any_tcp;
+/* The fork generation and "a TCP socket exists" live in the region (region.h). */
 
 /* Slot of fd if its chunk exists, else NULL. Cheap: no syscall, no lock. */
 CW_HIDDEN struct cw_slot *cw_slot_peek(int fd);
@@ -145,8 +143,11 @@ CW_HIDDEN extern __thread int cw_in_unwind __attribute__((tls_model("initial-exe
 CW_HIDDEN void cw_init(void);
 
 /* ---- watcher.c --------------------------------------------------------- */
-CW_HIDDEN void cw_watcher_start(void);
-CW_HIDDEN void cw_watcher_after_fork_child(void);
+/* memfd: the region's descriptor, for the watcher process (-1: none, watch from a thread). */
+CW_HIDDEN void cw_watcher_start(int memfd);
+CW_HIDDEN void cw_watcher_after_fork_child(int memfd);
 CW_HIDDEN void cw_watcher_at_exit(void);
+/* In the watcher process: the loop, on the program whose pidfd this is. */
+CW_HIDDEN void cw_watcher_helper_run(int pidfd);
 
 #endif

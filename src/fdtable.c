@@ -3,15 +3,21 @@
  * a process with a raised RLIMIT_NOFILE pays only for the ranges it uses, and a lookup is two
  * loads with no lock and no syscall.
  */
-#include "closewait.h"
+#include "region.h"
 
-#include <sys/mman.h>
-
-
+/* This process's view of which chunks are in use: the hot path reads only this array.  The
+ * region's slot_chunk flags say the same for the helper, which learns of a chunk there. */
 static _Atomic(struct cw_slot *) chunks[CW_MAX_CHUNKS];
-static _Atomic int chunk_limit; /* highest chunk index present + 1 */
-CW_HIDDEN _Atomic uint16_t cw_fork_gen;
-CW_HIDDEN _Atomic int cw_any_tcp;
+
+static struct cw_slot *chunk_known(unsigned c)
+{
+    struct cw_shared *sh = cw_sh;
+    if (sh == NULL || c >= sh->nchunks || !atomic_load_explicit(&sh->slot_chunk[c], memory_order_acquire))
+        return NULL;
+    struct cw_slot *chunk = cw_region_slots + (size_t)c * CW_CHUNK_SLOTS;
+    atomic_store_explicit(&chunks[c], chunk, memory_order_release);
+    return chunk;
+}
 
 struct cw_slot *cw_slot_peek(int fd)
 {
@@ -19,7 +25,7 @@ struct cw_slot *cw_slot_peek(int fd)
     unsigned c = u / CW_CHUNK_SLOTS;
     if (CW_UNLIKELY(c >= CW_MAX_CHUNKS)) return NULL;
     struct cw_slot *chunk = atomic_load_explicit(&chunks[c], memory_order_acquire);
-    if (chunk == NULL) return NULL;
+    if (CW_UNLIKELY(chunk == NULL) && (chunk = chunk_known(c)) == NULL) return NULL;
     return &chunk[u % CW_CHUNK_SLOTS];
 }
 
@@ -28,27 +34,28 @@ struct cw_slot *cw_slot_get(int fd)
     struct cw_slot *s = cw_slot_peek(fd);
     if (CW_LIKELY(s != NULL) || fd < 0) return s;
     unsigned c = (unsigned)fd / CW_CHUNK_SLOTS;
-    if (c >= CW_MAX_CHUNKS) return NULL;
-    /* mmap, not malloc: this runs inside hooks that signal handlers may reach. */
-    void *mem = mmap(NULL, sizeof(struct cw_slot) * CW_CHUNK_SLOTS, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) return NULL;
-    struct cw_slot *expected = NULL;
-    if (!atomic_compare_exchange_strong_explicit(&chunks[c], &expected, (struct cw_slot *)mem,
-                                                 memory_order_acq_rel, memory_order_acquire))
-        munmap(mem, sizeof(struct cw_slot) * CW_CHUNK_SLOTS);
+    struct cw_shared *sh = cw_sh;
+    if (sh == NULL || c >= sh->nchunks) return NULL;
+    /* The region's pages come into being when first written: nothing to allocate. */
+    atomic_store_explicit(&sh->slot_chunk[c], 1, memory_order_release);
     int want = (int)c + 1;
-    int cur = atomic_load_explicit(&chunk_limit, memory_order_relaxed);
+    int cur = atomic_load_explicit(&sh->chunk_limit, memory_order_relaxed);
     while (cur < want &&
-           !atomic_compare_exchange_weak_explicit(&chunk_limit, &cur, want, memory_order_release,
+           !atomic_compare_exchange_weak_explicit(&sh->chunk_limit, &cur, want, memory_order_release,
                                                   memory_order_relaxed)) {
     }
     return cw_slot_peek(fd);
 }
 
+void cw_table_detach(void)
+{
+    for (unsigned c = 0; c < CW_MAX_CHUNKS; c++) atomic_store(&chunks[c], NULL);
+}
+
 int cw_table_limit(void)
 {
-    return atomic_load_explicit(&chunk_limit, memory_order_acquire) * CW_CHUNK_SLOTS;
+    struct cw_shared *sh = cw_sh;
+    return sh == NULL ? 0 : atomic_load_explicit(&sh->chunk_limit, memory_order_acquire) * CW_CHUNK_SLOTS;
 }
 
 int cw_table_next(int fd)
@@ -81,12 +88,12 @@ void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack)
     atomic_store_explicit(&s->eof_ms, 0, memory_order_relaxed);
     atomic_store_explicit(&s->opened_by, (uint8_t)op, memory_order_relaxed);
     atomic_store_explicit(&s->eof_by, 0, memory_order_relaxed);
-    atomic_store_explicit(&s->fork_gen, atomic_load_explicit(&cw_fork_gen, memory_order_relaxed),
+    atomic_store_explicit(&s->fork_gen, atomic_load_explicit(&cw_sh->fork_gen, memory_order_relaxed),
                           memory_order_relaxed);
     atomic_store_explicit(&s->aux, -1, memory_order_relaxed);
     atomic_store_explicit(&s->seq, next_seq(old + 4, kind), memory_order_release);
-    if ((kind == KIND_TCP || kind == KIND_LISTEN) && !atomic_load_explicit(&cw_any_tcp, memory_order_relaxed))
-        atomic_store_explicit(&cw_any_tcp, 1, memory_order_relaxed);
+    if ((kind == KIND_TCP || kind == KIND_LISTEN) && !atomic_load_explicit(&cw_sh->any_tcp, memory_order_relaxed))
+        atomic_store_explicit(&cw_sh->any_tcp, 1, memory_order_relaxed);
 }
 
 void cw_slot_forget(int fd)
@@ -134,7 +141,7 @@ void cw_slot_copy(int from, int to)
 #undef COPY
     atomic_store_explicit(&dst->aux, from, memory_order_relaxed);
     atomic_store_explicit(&dst->seq, next_seq(old + 4, kind), memory_order_release);
-    atomic_store_explicit(&cw_any_tcp, 1, memory_order_relaxed);
+    atomic_store_explicit(&cw_sh->any_tcp, 1, memory_order_relaxed);
 }
 
 const char *cw_op_name(int op)

@@ -9,8 +9,7 @@
  * malloc, no stdio, no lock; errno is saved around anything of ours that may touch it.
  */
 #define _GNU_SOURCE
-#include "closewait.h"
-#include "kernel.h"
+#include "region.h"
 #include "sink.h"
 
 #include <dlfcn.h>
@@ -25,6 +24,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 /* The interposed functions are the library's interface to the program: exported (the version
@@ -59,8 +59,12 @@ void *cw_resolve(const char *name)
 
 static void at_fork_child(void)
 {
-    atomic_fetch_add(&cw_fork_gen, 1);
-    cw_watcher_after_fork_child();
+    /* First of all: until the region is the child's own, every write lands in the parent's. */
+    int memfd = -1;
+    cw_region_fork_child(&memfd);
+    if (cw_sh != NULL) atomic_fetch_add(&cw_sh->fork_gen, 1);
+    cw_watcher_after_fork_child(memfd);
+    if (memfd >= 0) close(memfd);
 }
 
 void cw_init(void)
@@ -68,11 +72,22 @@ void cw_init(void)
     int expected = 0;
     if (!atomic_compare_exchange_strong(&init_state, &expected, 1)) return;
     int saved = errno;
+    if (getenv("CLOSEWAIT_HELPER") != NULL) {
+        /* The watcher process (helper.c): its constructor takes over; its calls are its own. */
+        cw_in_lib = 1;
+        cw_on_private_table = 1;
+        errno = saved;
+        return;
+    }
     cw_in_lib++;
+    int memfd = -1;
+    if (cw_region_create(&memfd) != 0) cw_warn("cannot map the descriptor table; ", "nothing will be tracked", NULL);
     cw_config_load();
+    if (cw_sh != NULL) memcpy(&cw_sh->cfg, &cw_cfg, sizeof cw_cfg);
     cw_stacks_init();
     pthread_atfork(NULL, NULL, at_fork_child);
-    cw_watcher_start();
+    cw_watcher_start(memfd);
+    if (memfd >= 0) close(memfd);
     cw_in_lib--;
     atomic_store(&init_state, 2);
     errno = saved;
@@ -80,6 +95,7 @@ void cw_init(void)
 
 __attribute__((constructor)) static void closewait_constructor(void)
 {
+    cw_helper_main_if_asked();
     cw_init();
 }
 

@@ -1,7 +1,7 @@
 /* What the kernel knows: socket states by netlink sock_diag (as ss does), TCP_INFO, addresses. */
 #define _GNU_SOURCE
 #include "buf.h"
-#include "kernel.h"
+#include "region.h"
 #include <sched.h>
 #include "sink.h"
 
@@ -313,18 +313,18 @@ struct cw_peer *cw_peer_slot(int fd)
     if (fd < 0 || c >= CW_MAX_CHUNKS) return NULL;
     struct cw_peer *chunk = atomic_load_explicit(&peer_chunks[c], memory_order_acquire);
     if (chunk == NULL) {
-        size_t bytes = sizeof(struct cw_peer) * CW_CHUNK_SLOTS;
-        void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (mem == MAP_FAILED) return NULL;
-        struct cw_peer *expected = NULL;
-        if (atomic_compare_exchange_strong(&peer_chunks[c], &expected, (struct cw_peer *)mem)) {
-            chunk = mem;
-        } else {
-            munmap(mem, bytes);
-            chunk = expected;
-        }
+        struct cw_shared *sh = cw_sh;
+        if (sh == NULL || c >= sh->nchunks) return NULL;
+        atomic_store_explicit(&sh->peer_chunk[c], 1, memory_order_release);
+        chunk = cw_region_peers + (size_t)c * CW_CHUNK_SLOTS;
+        atomic_store_explicit(&peer_chunks[c], chunk, memory_order_release);
     }
     return &chunk[(unsigned)fd % CW_CHUNK_SLOTS];
+}
+
+void cw_peer_detach(void)
+{
+    for (unsigned c = 0; c < CW_MAX_CHUNKS; c++) atomic_store(&peer_chunks[c], NULL);
 }
 
 CW_HIDDEN _Atomic int cw_epoll_fd = -1;
@@ -350,6 +350,12 @@ int cw_epoll_ensure(void)
     epoll_generation++;
     atomic_store(&cw_epoll_fd, nfd);
     return 0;
+}
+
+void cw_epoll_adopt(int fd)
+{
+    epoll_generation++;
+    atomic_store(&cw_epoll_fd, fd);
 }
 
 uint32_t cw_epoll_generation(void)
@@ -456,6 +462,12 @@ int cw_watcher_private_table(const int *keep, int nkeep)
     self_pidfd = pidfd;
     cw_on_private_table = 1;
     return 0;
+}
+
+void cw_kernel_borrow_from(int pidfd)
+{
+    self_pidfd = pidfd;
+    cw_on_private_table = 1;
 }
 
 int cw_borrowed(struct cw_borrow *b)

@@ -73,6 +73,10 @@ CW_HIDDEN void cw_epoll_after_fork(void);
  * moment.  Where that is not available (kernel before 5.6, a seccomp filter) it shares the
  * table as before and a borrow is the descriptor itself. */
 CW_HIDDEN int cw_watcher_private_table(const int *keep, int nkeep); /* call on the watcher */
+/* In the watcher process: borrow from the process this pidfd names. */
+CW_HIDDEN void cw_kernel_borrow_from(int pidfd);
+/* In the watcher process: register sockets in this (a copy of the program's epoll instance). */
+CW_HIDDEN void cw_epoll_adopt(int fd);
 CW_HIDDEN extern __thread int cw_on_private_table __attribute__((tls_model("initial-exec")));
 struct cw_borrow {
     int fd;      /* the program's number */

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "sink.h"
+#include "region.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -69,7 +70,7 @@ static void expand_path(const char *spec, char *out, size_t cap)
     size_t n = 0;
     for (const char *p = spec; *p != '\0' && n + 24 < cap; p++) {
         if (p[0] == '%' && p[1] == 'p') {
-            n += (size_t)snprintf(out + n, cap - n, "%ld", (long)getpid());
+            n += (size_t)snprintf(out + n, cap - n, "%ld", (long)cw_program_pid());
             p++;
         } else {
             out[n++] = *p;
@@ -122,6 +123,10 @@ void cw_sink_open(void)
 /* After fork, a %p path names the child's own file. */
 void cw_sink_after_fork(void)
 {
+    if (syslog_opened) {
+        closelog(); /* its ident names the parent */
+        syslog_opened = 0;
+    }
     if (sink_kind == SINK_FILE && strstr(cw_cfg.log_spec, "%p") != NULL) {
         if (still_ours(&log_out)) close(log_out.fd);
         log_out.fd = -1;
@@ -150,7 +155,10 @@ void cw_sink_write(const char *text, size_t len)
         return;
     case SINK_SYSLOG:
         if (!syslog_opened) {
-            openlog("closewait", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+            /* The pid in each record is the program's, also when the watcher is a process. */
+            static char ident[48];
+            snprintf(ident, sizeof ident, "closewait[%ld]", (long)cw_program_pid());
+            openlog(ident, LOG_NDELAY, LOG_DAEMON);
             syslog_opened = 1;
         }
         /* One record per line, as log pipelines expect. */
@@ -173,6 +181,19 @@ void cw_sink_write(const char *text, size_t len)
         if (still_ours(&log_out)) write_all(log_out.fd, text, len);
         else write_all(2, text, len);
         return;
+    }
+}
+
+/* In the watcher process: the program's log, as a copy of its descriptor (never re-opened:
+ * the copy stays valid whatever the program does with its own number). */
+void cw_sink_use(int fd)
+{
+    if (strcmp(cw_cfg.log_spec, "syslog") == 0) sink_kind = SINK_SYSLOG;
+    else if (strcmp(cw_cfg.log_spec, "off") == 0) sink_kind = SINK_OFF;
+    else sink_kind = SINK_STDERR;
+    if (fd >= 0) {
+        adopt(&log_out, fd);
+        if (fd != 2 && fcntl(2, F_GETFD) < 0) dup2(fd, 2); /* our own warnings go there too */
     }
 }
 

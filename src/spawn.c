@@ -7,7 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "kernel.h"
-#include "spawns.h"
+#include "region.h"
 
 #include <errno.h>
 #include <spawn.h>
@@ -19,9 +19,6 @@
 
 #pragma GCC visibility push(default)
 
-CW_HIDDEN struct cw_spawn cw_spawns[CW_MAX_SPAWNS];
-CW_HIDDEN pid_t cw_fork_parent;
-CW_HIDDEN uint32_t cw_fork_stack;
 static _Atomic unsigned spawn_next;
 
 const char *cw_spawn_kind_name(int kind)
@@ -39,15 +36,26 @@ const char *cw_spawn_kind_name(int kind)
  * is the design, not a leak).  mmap, not malloc: fork may be called from a signal handler. */
 static void record(int kind, pid_t child, uint32_t stack)
 {
+    if (cw_sh == NULL) return;
     size_t n = 0;
     for (int fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
         if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == KIND_TCP) n++;
     }
     if (n == 0) return;
-    size_t bytes = (n * sizeof(struct cw_crossed) + 4095) & ~(size_t)4095;
-    struct cw_crossed *socks = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (socks == MAP_FAILED) return;
+    if (n > CW_SPAWN_SOCKS) n = CW_SPAWN_SOCKS;
+    /* Take the next record in the ring; one still being read by the watcher is skipped. */
+    struct cw_spawn *r = NULL;
+    for (int tries = 0; tries < CW_MAX_SPAWNS && r == NULL; tries++) {
+        unsigned i = atomic_fetch_add(&spawn_next, 1) % CW_MAX_SPAWNS;
+        struct cw_spawn *cand = &cw_spawns[i];
+        int expected = atomic_load(&cand->state);
+        if (expected == 1 || !atomic_compare_exchange_strong(&cand->state, &expected, 1)) continue;
+        r = cand;
+        r->socks = cw_region_crossed + (size_t)i * CW_SPAWN_SOCKS;
+    }
+    if (r == NULL) return;
+    struct cw_crossed *socks = r->socks;
     size_t k = 0;
     for (int fd = cw_table_next(0); fd >= 0 && k < n; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
@@ -71,23 +79,12 @@ static void record(int kind, pid_t child, uint32_t stack)
         socks[k].w_fin_ms = 0;
         k++;
     }
-    /* Take the next record in the ring; one still being read by the watcher is skipped. */
-    for (int tries = 0; tries < CW_MAX_SPAWNS; tries++) {
-        struct cw_spawn *r = &cw_spawns[atomic_fetch_add(&spawn_next, 1) % CW_MAX_SPAWNS];
-        int expected = atomic_load(&r->state);
-        if (expected == 1 || !atomic_compare_exchange_strong(&r->state, &expected, 1)) continue;
-        if (r->socks != NULL) munmap(r->socks, r->map_bytes);
-        r->kind = kind;
-        r->child = child;
-        r->stack = stack;
-        r->when_ms = cw_now_ms();
-        r->socks = socks;
-        r->nsocks = k;
-        r->map_bytes = bytes;
-        atomic_store(&r->state, 2);
-        return;
-    }
-    munmap(socks, bytes);
+    r->kind = kind;
+    r->child = child;
+    r->stack = stack;
+    r->when_ms = cw_now_ms();
+    r->nsocks = k;
+    atomic_store(&r->state, k > 0 ? 2 : 0);
 }
 
 static uint32_t spawn_stack(void)
@@ -111,9 +108,9 @@ pid_t fork(void)
         saved = errno;
         record(SPAWN_FORK, r, stack);
         errno = saved;
-    } else if (r == 0) {
-        cw_fork_parent = parent;
-        cw_fork_stack = stack;
+    } else if (r == 0 && cw_sh != NULL) {
+        atomic_store(&cw_sh->fork_parent, parent);
+        atomic_store(&cw_sh->fork_stack, stack);
     }
     return r;
 }
@@ -177,10 +174,9 @@ FILE *popen(const char *command, const char *type)
 
 void cw_spawns_forget(void)
 {
+    if (cw_sh == NULL) return;
     for (int i = 0; i < CW_MAX_SPAWNS; i++) {
         struct cw_spawn *r = &cw_spawns[i];
-        if (r->socks != NULL) munmap(r->socks, r->map_bytes);
-        r->socks = NULL;
         r->nsocks = 0;
         atomic_store(&r->state, 0);
     }

@@ -24,16 +24,14 @@ struct cw_spawn {
     pid_t child;                /* 0 when libc does not tell us (system, popen) */
     uint32_t stack;
     int64_t when_ms;
-    struct cw_crossed *socks;   /* mmap'd */
-    size_t nsocks, map_bytes;
+    struct cw_crossed *socks;   /* its own CW_SPAWN_SOCKS entries in the region */
+    size_t nsocks;
 };
 
 #define CW_MAX_SPAWNS 64
-CW_HIDDEN extern struct cw_spawn cw_spawns[CW_MAX_SPAWNS];
+#define CW_SPAWN_SOCKS 4096 /* sockets recorded per spawn; more are not followed */
+CW_HIDDEN extern struct cw_spawn *cw_spawns; /* CW_MAX_SPAWNS of them, in the region */
 CW_HIDDEN const char *cw_spawn_kind_name(int kind);
 /* In a forked child: the parent's records are the parent's business. */
 CW_HIDDEN void cw_spawns_forget(void);
-/* In a forked child (no exec): the parent's pid and the fork's stack. */
-CW_HIDDEN extern pid_t cw_fork_parent;
-CW_HIDDEN extern uint32_t cw_fork_stack;
 #endif

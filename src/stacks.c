@@ -11,7 +11,7 @@
  * descriptors (see unwinder_io in hooks.c).
  */
 #define _GNU_SOURCE
-#include "closewait.h"
+#include "region.h"
 
 #include <dlfcn.h>
 #define UNW_LOCAL_ONLY /* the _UL* names: this process only */
@@ -46,12 +46,9 @@ static struct range own_text, unwinder_text;
 /* Stack store: an open-addressing index of packed (hash, arena offset) words over an arena of
  * frames.  A new stack is written to the arena first and then published with one CAS, so a
  * reader never sees a half-written stack. */
-#define INDEX_BITS 16
-#define INDEX_SIZE (1u << INDEX_BITS)
-#define ARENA_BYTES (64u << 20)
-static _Atomic uint64_t stack_index[INDEX_SIZE];
-static unsigned char *arena;
-static _Atomic size_t arena_used;
+#define INDEX_SIZE CW_STACK_INDEX_SIZE
+#define ARENA_BYTES CW_STACK_ARENA_BYTES
+/* Index and arena live in the region (region.c), where the watcher process reads them. */
 
 struct stored_stack {
     uint32_t depth;
@@ -100,9 +97,6 @@ void cw_stacks_init(void)
     if (!atomic_compare_exchange_strong(&unwinder_state, &expected, 1)) return;
 
     own_text = object_range((const void *)&cw_stacks_init);
-    void *mem = mmap(NULL, ARENA_BYTES, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (mem != MAP_FAILED) arena = mem;
 
     /* libunwind opens its validation pipe from its constructor already. */
     cw_in_unwind++;
@@ -136,7 +130,7 @@ void cw_stacks_init(void)
     const char *cache_opt = getenv("CLOSEWAIT_SITE_CACHE");
     site_caching = stepping && !(cache_opt != NULL && strcmp(cache_opt, "0") == 0);
     if (unwind_backtrace != NULL) unwinder_text = object_range((const void *)unwind_backtrace);
-    atomic_store(&unwinder_state, unwind_backtrace != NULL && arena != NULL ? 2 : 3);
+    atomic_store(&unwinder_state, unwind_backtrace != NULL && cw_region_arena != NULL ? 2 : 3);
 }
 
 int cw_pc_in_unwinder(uintptr_t pc)
@@ -165,23 +159,24 @@ static uint32_t hash_pcs(const uintptr_t *pcs, int n)
 
 static uint32_t store(const uintptr_t *pcs, int n)
 {
+    if (cw_sh == NULL) return 0;
     uint32_t hash = hash_pcs(pcs, n);
     size_t need = sizeof(struct stored_stack) + (size_t)n * sizeof(uintptr_t);
     size_t reserved = (size_t)-1;
     for (uint32_t probe = 0; probe < 64; probe++) {
         uint32_t i = (hash + probe) & (INDEX_SIZE - 1);
-        uint64_t e = atomic_load_explicit(&stack_index[i], memory_order_acquire);
+        uint64_t e = atomic_load_explicit(&cw_region_stack_index[i], memory_order_acquire);
         if (e == 0) {
             if (reserved == (size_t)-1) {
-                reserved = atomic_fetch_add_explicit(&arena_used, need, memory_order_relaxed);
+                reserved = atomic_fetch_add_explicit(&cw_sh->arena_used, need, memory_order_relaxed);
                 if (reserved + need > ARENA_BYTES) return 0;
-                struct stored_stack *st = (struct stored_stack *)(arena + reserved);
+                struct stored_stack *st = (struct stored_stack *)(cw_region_arena + reserved);
                 st->depth = (uint32_t)n;
                 st->hash = hash;
                 memcpy(st->pcs, pcs, (size_t)n * sizeof(uintptr_t));
             }
             uint64_t packed = ((uint64_t)hash << 32) | (uint64_t)(reserved / 8 + 1);
-            if (atomic_compare_exchange_strong_explicit(&stack_index[i], &e, packed,
+            if (atomic_compare_exchange_strong_explicit(&cw_region_stack_index[i], &e, packed,
                                                         memory_order_release,
                                                         memory_order_acquire))
                 return i + 1;
@@ -189,7 +184,7 @@ static uint32_t store(const uintptr_t *pcs, int n)
         }
         if ((uint32_t)(e >> 32) != hash) continue;
         const struct stored_stack *st =
-            (const struct stored_stack *)(arena + ((e & 0xffffffffu) - 1) * 8);
+            (const struct stored_stack *)(cw_region_arena + ((e & 0xffffffffu) - 1) * 8);
         if (st->depth == (uint32_t)n && memcmp(st->pcs, pcs, (size_t)n * sizeof(uintptr_t)) == 0)
             return i + 1; /* the arena space reserved above, if any, is simply not used */
     }
@@ -325,10 +320,10 @@ uint32_t cw_stack_capture(void)
 
 int cw_stack_frames(uint32_t id, const uintptr_t **pcs)
 {
-    if (id == 0 || id > INDEX_SIZE) return 0;
-    uint64_t e = atomic_load_explicit(&stack_index[id - 1], memory_order_acquire);
+    if (id == 0 || id > INDEX_SIZE || cw_sh == NULL) return 0;
+    uint64_t e = atomic_load_explicit(&cw_region_stack_index[id - 1], memory_order_acquire);
     if (e == 0) return 0;
-    const struct stored_stack *st = (const struct stored_stack *)(arena + ((e & 0xffffffffu) - 1) * 8);
+    const struct stored_stack *st = (const struct stored_stack *)(cw_region_arena + ((e & 0xffffffffu) - 1) * 8);
     *pcs = st->pcs;
     return (int)st->depth;
 }

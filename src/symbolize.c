@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "symbolize.h"
+#include "region.h"
 
 #include <dlfcn.h>
 #include <dwarf.h>
@@ -104,7 +105,7 @@ static Dwfl *get_dwfl(void)
     if (dwfl == NULL) {
         return NULL;
     }
-    if (p_dwfl_linux_proc_report(dwfl, getpid()) != 0) {
+    if (p_dwfl_linux_proc_report(dwfl, cw_program_pid()) != 0) {
         p_dwfl_end(dwfl);
         dwfl = NULL;
         return NULL;
@@ -348,9 +349,43 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
     return n;
 }
 
+/* Without libdw, in the watcher process: the program's /proc/pid/maps gives the module and
+ * the offset (file offset and virtual address agree for the code of PIE programs and shared
+ * objects), but no names. */
+static int symbolize_maps(uintptr_t pc, uintptr_t lookup, struct cw_frame *out)
+{
+    struct cw_frame f = {0};
+    f.pc = pc;
+    f.offset = pc;
+    f.sym_off = (uintptr_t)-1;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/maps", (long)cw_program_pid());
+    FILE *maps = fopen(path, "re");
+    if (maps != NULL) {
+        char line[1024];
+        while (fgets(line, sizeof line, maps) != NULL) {
+            unsigned long lo, hi, off;
+            int name_at = 0;
+            if (sscanf(line, "%lx-%lx %*s %lx %*s %*s %n", &lo, &hi, &off, &name_at) < 3) continue;
+            if (lookup < lo || lookup >= hi) continue;
+            char *name = line + name_at;
+            name[strcspn(name, "\n")] = '\0';
+            if (name[0] == '/') {
+                f.module = intern(name);
+                f.offset = pc - lo + off;
+            }
+            break;
+        }
+        fclose(maps);
+    }
+    out[0] = f;
+    return 1;
+}
+
 /* Without libdw: dladdr gives the module, its load bias and exported names. */
 static int symbolize_dladdr(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, int with_names)
 {
+    if (cw_is_helper) return symbolize_maps(pc, lookup, out);
     struct cw_frame f = {0};
     f.pc = pc;
     Dl_info info;
@@ -386,7 +421,7 @@ static int read_code(uintptr_t addr, void *dst, size_t len)
 {
     struct iovec local = {dst, len};
     struct iovec remote = {(void *)addr, len}; /* NOLINT(performance-no-int-to-ptr) */
-    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)len ? 0 : -1;
+    return process_vm_readv(cw_program_pid(), &local, 1, &remote, 1, 0) == (ssize_t)len ? 0 : -1;
 }
 
 int cw_tail_call_frame(uintptr_t ret_addr, struct cw_frame *out)

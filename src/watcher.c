@@ -12,10 +12,8 @@
  */
 #define _GNU_SOURCE
 #include "buf.h"
-#include "closewait.h"
-#include "kernel.h"
+#include "region.h"
 #include "sink.h"
-#include "spawns.h"
 #include "symbolize.h"
 
 #include <dirent.h>
@@ -133,12 +131,14 @@ static void json_head(struct buf *b, const char *event)
     char iso[64];
     iso_time(wall, iso, sizeof iso);
     buf_printf(b, "{\"event\":\"%s\",\"pid\":%ld,\"time\":\"%s\",\"ts_ms\":%lld", event,
-               (long)getpid(), iso, (long long)wall);
+               (long)cw_program_pid(), iso, (long long)wall);
 }
 
 static void load_identity(void)
 {
-    ssize_t n = readlink("/proc/self/exe", exe_path, sizeof exe_path - 1);
+    char link[64];
+    snprintf(link, sizeof link, "/proc/%ld/exe", (long)cw_program_pid());
+    ssize_t n = readlink(link, exe_path, sizeof exe_path - 1);
     exe_path[n > 0 ? n : 0] = '\0';
     if (gethostname(hostname, sizeof hostname - 1) != 0) hostname[0] = '\0';
 }
@@ -150,7 +150,7 @@ static void announce(void)
     announced = 1;
     struct buf b = {0};
     json_head(&b, "start");
-    buf_printf(&b, ",\"ppid\":%ld,\"exe\":", (long)getppid());
+    buf_printf(&b, ",\"ppid\":%ld,\"exe\":", (long)cw_program_ppid());
     buf_json_str(&b, exe_path);
     buf_puts(&b, ",\"host\":");
     buf_json_str(&b, hostname);
@@ -373,7 +373,7 @@ static void report_leak(const struct observed *o, int64_t now)
     l->inode = o->inode;
     l->gi = (size_t)(g - groups);
     l->fin_ms = o->fin_ms;
-    l->foreign = o->holder != 0 && o->holder != getpid();
+    l->foreign = o->holder != 0 && o->holder != cw_program_pid();
     l->holder = o->holder;
     if (o->local != NULL) {
         snprintf(l->local, sizeof l->local, "%s", o->local);
@@ -434,7 +434,7 @@ static void report_leak(const struct observed *o, int64_t now)
         buf_free(&frames);
         buf_puts(&b, "}\n");
     } else {
-        int pid = (int)getpid();
+        int pid = (int)cw_program_pid();
         double held = (double)(now - o->fin_ms) / 1000.0;
         buf_printf(&b, "==%d==closewait: fd %d held in %s %.1f s after the peer closed (%s)\n", pid,
                    o->fd, cw_tcp_state_name(o->state), held, reason_names[o->reason]);
@@ -495,7 +495,7 @@ static void report_closed(const struct leak *l, int64_t now, const char *how)
         buf_printf(&b, ",\"held_ms\":%lld,\"closed_by\":\"%s\"}\n", (long long)(now - l->fin_ms), how);
     } else {
         buf_printf(&b, "==%d==closewait: fd %d (%s <- %s) closed at last, %.1f s after the peer closed (open site #%d)\n\n",
-                   (int)getpid(), l->fd, l->local, l->peer, (double)(now - l->fin_ms) / 1000.0,
+                   (int)cw_program_pid(), l->fd, l->local, l->peer, (double)(now - l->fin_ms) / 1000.0,
                    g->number);
     }
     cw_sink_write(b.p, b.n);
@@ -552,7 +552,7 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     /* The parent process answers for what a fork inherited (it knows where it came from);
      * once it is gone, the child speaks for it, saying the socket was inherited. */
     int inherited = atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
-                    atomic_load_explicit(&cw_fork_gen, memory_order_relaxed);
+                    atomic_load_explicit(&cw_sh->fork_gen, memory_order_relaxed);
     if (inherited && parent_alive) return;
     /* The steady state of an idle connection: registered, no FIN, no EOF: one cache line read. */
     if (watch_mode == WATCH_EPOLL && s->w_fin_ms == 0 && (s->w_flags >> WF_GEN_SHIFT) == epoll_gen &&
@@ -656,8 +656,8 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
                   : (flags & SF_SHUT_WR) ? R_SHUTDOWN_NOT_CLOSED
                   : (flags & SF_EOF)     ? R_EOF_NOT_CLOSED
                                          : R_PEER_CLOSED_UNREAD,
-        .holder = inherited ? getpid() : 0,
-        .spawn_stack = inherited ? cw_fork_stack : 0,
+        .holder = inherited ? cw_program_pid() : 0,
+        .spawn_stack = inherited ? atomic_load(&cw_sh->fork_stack) : 0,
         .spawn_kind = SPAWN_FORK,
     };
     /* A dup of a socket already reported: the report named this fd already. */
@@ -685,7 +685,7 @@ static void tick(void)
 {
     /* A process that never made a TCP socket (a shell, a compiler under an inherited
      * LD_PRELOAD) costs nothing more than this test. */
-    if (!atomic_load_explicit(&cw_any_tcp, memory_order_relaxed)) return;
+    if (cw_sh == NULL || !atomic_load_explicit(&cw_sh->any_tcp, memory_order_relaxed)) return;
     int64_t now = cw_now_ms();
     if (watch_mode == WATCH_EPOLL && cw_epoll_ensure() != 0) {
         cw_warn("epoll unavailable; ", "watching with sock_diag dumps", NULL);
@@ -704,7 +704,8 @@ static void tick(void)
         unowned.n = 0;
     }
     listeners_waiting = 0;
-    parent_alive = cw_fork_parent != 0 && getppid() == cw_fork_parent;
+    pid_t fork_parent = atomic_load(&cw_sh->fork_parent);
+    parent_alive = fork_parent != 0 && cw_program_ppid() == fork_parent;
     for (int fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
         if (s == NULL) continue;
@@ -748,7 +749,7 @@ static int fd_in_process(pid_t pid, uint64_t inode)
  * whichever process it is. */
 static pid_t find_holder(pid_t hint, uint64_t inode, int *fd)
 {
-    pid_t self = getpid();
+    pid_t self = cw_program_pid();
     if (hint > 0 && (*fd = fd_in_process(hint, inode)) >= 0) return hint;
     DIR *d = opendir("/proc");
     if (d == NULL) return 0;
@@ -757,7 +758,8 @@ static pid_t find_holder(pid_t hint, uint64_t inode, int *fd)
     while (holder == 0 && (e = readdir(d)) != NULL) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
         pid_t pid = (pid_t)atoi(e->d_name);
-        if (pid == self || pid == hint) continue;
+        /* the helper itself holds copies of the program's sockets for a moment at a time */
+        if (pid == self || pid == hint || pid == getpid()) continue;
         if ((*fd = fd_in_process(pid, inode)) >= 0) holder = pid;
     }
     closedir(d);
@@ -892,7 +894,7 @@ static void report_backlog(struct listener *l, struct cw_slot *s, const char *re
         json_frames(&b, "listen_stack", stack);
         buf_puts(&b, "}\n");
     } else {
-        int pid = (int)getpid();
+        int pid = (int)cw_program_pid();
         if (strcmp(reason, "accept_queue_full") == 0)
             buf_printf(&b, "==%d==closewait: listener %s (backlog %d): accept queue full (%u waiting, limit %u); "
                            "the kernel is dropping new connections' SYNs and clients retry (accept_queue_full)\n",
@@ -912,7 +914,7 @@ static void report_backlog(struct listener *l, struct cw_slot *s, const char *re
 static void check_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
 {
     if (atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
-        atomic_load_explicit(&cw_fork_gen, memory_order_relaxed))
+        atomic_load_explicit(&cw_sh->fork_gen, memory_order_relaxed))
         return; /* the parent watches its own listeners */
     struct listener *l = listener_for(fd, seq);
     if (l == NULL) return;
@@ -983,9 +985,9 @@ static void write_summary(const char *why)
     } else {
         if (total_reported == 0 && total_suppressed == 0) {
             if (strcmp(why, "exit") == 0) return;
-            buf_printf(&b, "==%d==closewait: no socket held in CLOSE_WAIT so far\n", (int)getpid());
+            buf_printf(&b, "==%d==closewait: no socket held in CLOSE_WAIT so far\n", (int)cw_program_pid());
         } else {
-            int pid = (int)getpid();
+            int pid = (int)cw_program_pid();
             buf_printf(&b, "==%d==closewait: findings (%s), by open site:\n", pid, why);
             /* most open first, then most ever */
             size_t *order = calloc(ngroups ? ngroups : 1, sizeof *order);
@@ -1023,7 +1025,12 @@ static void write_summary(const char *why)
 static void on_report_signal(int sig)
 {
     (void)sig;
-    atomic_store(&dump_requested, 1);
+    if (cw_helper_running()) {
+        atomic_fetch_add(&cw_sh->dump_req, 1);
+        cw_helper_poke();
+    } else {
+        atomic_store(&dump_requested, 1);
+    }
 }
 
 /* An RDHUP (or HUP/ERR) edge: the peer's FIN reached this socket.  Only the time is taken
@@ -1051,6 +1058,13 @@ static void on_epoll_event(uint64_t data, int64_t now)
                 r->socks[k].w_fin_ms = now;
         atomic_store(&r->state, 2);
     }
+}
+
+static long open_now(void)
+{
+    long open = 0;
+    for (size_t i = 0; i < ngroups; i++) open += groups[i].now;
+    return open;
 }
 
 static void *watcher_main(void *arg)
@@ -1115,7 +1129,29 @@ static void start_thread(void)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-void cw_watcher_start(void)
+/* CLOSEWAIT_WATCHER=process (default): the watcher is a process of its own; =thread: a thread
+ * of the program (glibc then runs the program's calls on its multi-threaded paths). */
+static int process_wanted = 1;
+
+static void publish_for_helper(void)
+{
+    cw_sh->watch_mode = (int)watch_mode;
+    atomic_store(&cw_sh->sink_fd, cw_sink_fd());
+    atomic_store(&cw_sh->epoll_fd, watch_mode == WATCH_EPOLL ? atomic_load(&cw_epoll_fd) : -1);
+}
+
+/* The watcher process, or (it cannot run here) the thread. */
+static void start_watching(int memfd, int wait)
+{
+    if (process_wanted && memfd >= 0 && cw_region_is_shared()) {
+        publish_for_helper();
+        if (cw_helper_spawn(memfd, wait) == 0) return;
+        if (wait) cw_warn("the watcher process could not start (", cw_sh->helper_error, "); watching from a thread");
+    }
+    start_thread();
+}
+
+void cw_watcher_start(int memfd)
 {
     const char *mode = getenv("CLOSEWAIT_WATCH");
     if (mode != NULL) {
@@ -1123,6 +1159,12 @@ void cw_watcher_start(void)
         else if (strcmp(mode, "sock_diag") == 0) watch_mode = WATCH_SOCK_DIAG;
         else if (strcmp(mode, "tcp_info") == 0) watch_mode = WATCH_TCP_INFO;
         else cw_warn("CLOSEWAIT_WATCH", ": invalid value, expected epoll, sock_diag or tcp_info; using ", "epoll");
+    }
+    const char *where = getenv("CLOSEWAIT_WATCHER");
+    if (where != NULL) {
+        if (strcmp(where, "thread") == 0) process_wanted = 0;
+        else if (strcmp(where, "process") != 0)
+            cw_warn("CLOSEWAIT_WATCHER", ": invalid value, expected process or thread; using ", "process");
     }
     if (watch_mode == WATCH_EPOLL && cw_epoll_ensure() != 0) watch_mode = WATCH_SOCK_DIAG;
     const char *shared = getenv("CLOSEWAIT_SHARED_TABLE");
@@ -1138,14 +1180,15 @@ void cw_watcher_start(void)
         sigemptyset(&sa.sa_mask);
         sigaction(cw_cfg.report_signal, &sa, NULL);
     }
-    start_thread();
+    start_watching(memfd, 1);
 }
 
-void cw_watcher_after_fork_child(void)
+void cw_watcher_after_fork_child(int memfd)
 {
-    /* The child has no watcher thread and owns none of the parent's findings. */
+    /* The child has no watcher and owns none of the parent's findings. */
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     memcpy(&tick_lock, &fresh, sizeof fresh);
+    atomic_store(&running, 0);
     nleaks = 0;
     ngroups = 0;
     total_reported = total_suppressed = 0;
@@ -1154,25 +1197,133 @@ void cw_watcher_after_fork_child(void)
     cw_epoll_after_fork();
     cw_spawns_forget();
     cw_sink_after_fork();
+    if (cw_sh == NULL) return; /* no table of its own could be made: nothing to watch */
     /* The child's epoll instance is made here, on the program's table, so that fork() and
      * posix_spawn() on the program's threads can register crossed sockets in it too. */
     if (watch_mode == WATCH_EPOLL) cw_epoll_ensure();
     load_identity();
-    start_thread();
+    /* Not waited for: most children exec at once, and a failure here would have failed in the
+     * parent too. */
+    start_watching(memfd, 0);
 }
 
 void cw_watcher_at_exit(void)
 {
+    if (cw_helper_running()) {
+        cw_helper_request(&cw_sh->exit_req, &cw_sh->exit_done);
+        long open = (long)atomic_load(&cw_sh->open_now);
+        if (open > 0 && cw_cfg.exitcode >= 0) {
+            fflush(NULL);
+            _exit(cw_cfg.exitcode);
+        }
+        return;
+    }
     atomic_store(&running, 0);
     pthread_mutex_lock(&tick_lock);
     tick();
     write_summary("exit");
-    long open = 0;
-    for (size_t i = 0; i < ngroups; i++) open += groups[i].now;
+    long open = open_now();
     pthread_mutex_unlock(&tick_lock);
     if (open > 0 && cw_cfg.exitcode >= 0) {
         fflush(NULL);
         _exit(cw_cfg.exitcode);
+    }
+}
+
+/* ---- the watcher process's loop -------------------------------------------- */
+
+static void on_wake(int sig)
+{
+    (void)sig;
+}
+
+#define EV_PROGRAM UINT64_MAX       /* the program's pidfd: it is gone */
+#define EV_SOCKETS (UINT64_MAX - 1) /* the epoll instance of the sockets has events */
+
+void cw_watcher_helper_run(int pidfd)
+{
+    watch_mode = (enum watch_mode)cw_sh->watch_mode;
+    cw_kernel_borrow_from(pidfd);
+    struct cw_borrow sink = {atomic_load(&cw_sh->sink_fd), -1};
+    cw_sink_use(cw_borrowed(&sink));
+    int sockets_ep = -1;
+    if (watch_mode == WATCH_EPOLL) {
+        struct cw_borrow ep = {atomic_load(&cw_sh->epoll_fd), -1};
+        sockets_ep = cw_borrowed(&ep);
+        if (sockets_ep < 0) watch_mode = WATCH_SOCK_DIAG;
+        else cw_epoll_adopt(sockets_ep);
+    }
+    int outer = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event e;
+    memset(&e, 0, sizeof e);
+    e.events = EPOLLIN;
+    e.data.u64 = EV_PROGRAM;
+    if (outer < 0 || epoll_ctl(outer, EPOLL_CTL_ADD, pidfd, &e) != 0) {
+        snprintf(cw_sh->helper_error, sizeof cw_sh->helper_error, "epoll: %s", strerror(errno));
+        atomic_store(&cw_sh->helper_state, CW_HELPER_FAILED);
+        cw_futex_wake(&cw_sh->helper_state);
+        return;
+    }
+    if (sockets_ep >= 0) {
+        e.data.u64 = EV_SOCKETS;
+        epoll_ctl(outer, EPOLL_CTL_ADD, sockets_ep, &e);
+    }
+    load_identity();
+    load_suppressions();
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_wake;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGURG, &sa, NULL);
+    sigset_t waking;
+    sigfillset(&waking);
+    sigdelset(&waking, SIGURG);
+    atomic_store(&cw_sh->helper_state, CW_HELPER_READY);
+    cw_futex_wake(&cw_sh->helper_state);
+
+    int64_t next_tick = cw_now_ms() + cw_cfg.interval_ms;
+    struct epoll_event ev[256];
+    for (;;) {
+        int64_t now = cw_now_ms();
+        int wait_ms = next_tick > now ? (int)(next_tick - now) : 0;
+        uint32_t dump_req = atomic_load(&cw_sh->dump_req), exit_req = atomic_load(&cw_sh->exit_req);
+        if (dump_req != atomic_load(&cw_sh->dump_done) || exit_req != atomic_load(&cw_sh->exit_done)) wait_ms = 0;
+        struct epoll_event top[2];
+        int n = epoll_pwait(outer, top, 2, wait_ms, &waking);
+        int gone = 0;
+        now = cw_now_ms();
+        for (int i = 0; i < n; i++) {
+            if (top[i].data.u64 == EV_PROGRAM) gone = 1;
+            if (top[i].data.u64 != EV_SOCKETS) continue;
+            int k;
+            while ((k = epoll_wait(sockets_ep, ev, (int)(sizeof ev / sizeof ev[0]), 0)) > 0)
+                for (int j = 0; j < k; j++) on_epoll_event(ev[j].data.u64, now);
+        }
+        /* Ended without its exit handler (_exit, a signal): nothing left to ask the kernel. */
+        if (gone) break;
+        if (now >= next_tick) {
+            if (cw_helper_program_changed()) break; /* exec'd: the new image watches itself */
+            tick();
+            atomic_store(&cw_sh->open_now, open_now());
+            next_tick = cw_now_ms() + cw_cfg.interval_ms;
+        }
+        exit_req = atomic_load(&cw_sh->exit_req);
+        if (exit_req != atomic_load(&cw_sh->exit_done)) {
+            tick();
+            write_summary("exit");
+            atomic_store(&cw_sh->open_now, open_now());
+            atomic_store(&cw_sh->exit_done, exit_req);
+            cw_futex_wake(&cw_sh->exit_done);
+            break;
+        }
+        dump_req = atomic_load(&cw_sh->dump_req);
+        if (dump_req != atomic_load(&cw_sh->dump_done)) {
+            tick();
+            write_summary("on request");
+            atomic_store(&cw_sh->open_now, open_now());
+            atomic_store(&cw_sh->dump_done, dump_req);
+            cw_futex_wake(&cw_sh->dump_done);
+        }
     }
 }
 
@@ -1188,18 +1339,22 @@ __attribute__((visibility("default"))) void closewait_dump(void)
 {
     cw_init();
     int saved = errno;
-    pthread_mutex_lock(&tick_lock);
-    tick();
-    write_summary("on request");
-    pthread_mutex_unlock(&tick_lock);
+    if (cw_helper_running()) {
+        cw_helper_request(&cw_sh->dump_req, &cw_sh->dump_done);
+    } else {
+        pthread_mutex_lock(&tick_lock);
+        tick();
+        write_summary("on request");
+        pthread_mutex_unlock(&tick_lock);
+    }
     errno = saved;
 }
 
 __attribute__((visibility("default"))) long closewait_leaks_open(void)
 {
+    if (cw_helper_running()) return (long)atomic_load(&cw_sh->open_now);
     pthread_mutex_lock(&tick_lock);
-    long open = 0;
-    for (size_t i = 0; i < ngroups; i++) open += groups[i].now;
+    long open = open_now();
     pthread_mutex_unlock(&tick_lock);
     return open;
 }

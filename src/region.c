@@ -1,0 +1,243 @@
+/*
+ * The region: every piece of memory that both the hooks and the watcher touch (the descriptor
+ * table, the peer table, the stack store, the spawn records, a control block), in one mapping
+ * of a memfd.  The watcher runs in a process of its own (see helper.c): a thread in the program
+ * would switch glibc into its multi-threaded paths for good (locked malloc, cancellable syscalls
+ * with an atomic exchange around each one, locked stdio), and a single-threaded server would pay
+ * that on every call, ours or not.  The helper maps the same memfd at the same address, so the
+ * pointers inside the region mean the same in both processes.
+ *
+ * Nothing in the region is ever reserved for real: the memfd is sparse and its pages exist once
+ * written.  A forked child gets a copy of what is written (its table is its own from the fork
+ * on), put back at the same address.
+ */
+#define _GNU_SOURCE
+#include "closewait.h"
+#include "region.h"
+
+#include <linux/futex.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+CW_HIDDEN struct cw_shared *cw_sh;
+CW_HIDDEN _Atomic uint64_t *cw_region_stack_index;
+CW_HIDDEN unsigned char *cw_region_arena;
+CW_HIDDEN struct cw_slot *cw_region_slots;
+CW_HIDDEN struct cw_peer *cw_region_peers;
+CW_HIDDEN struct cw_crossed *cw_region_crossed;
+CW_HIDDEN struct cw_spawn *cw_spawns;
+static int region_shared; /* 1: a memfd mapping the helper can share; 0: private memory */
+
+#define PAGE 4096u
+#define ROUND(x) (((x) + PAGE - 1) & ~(size_t)(PAGE - 1))
+
+struct layout {
+    size_t header, index, arena, slots, peers, crossed, size;
+};
+
+static struct layout layout_for(unsigned nchunks)
+{
+    struct layout l;
+    size_t off = 0;
+    l.header = off;
+    off += ROUND(sizeof(struct cw_shared));
+    l.index = off;
+    off += ROUND(CW_STACK_INDEX_SIZE * sizeof(uint64_t));
+    l.arena = off;
+    off += ROUND(CW_STACK_ARENA_BYTES);
+    l.slots = off;
+    off += (size_t)nchunks * CW_CHUNK_SLOTS * sizeof(struct cw_slot);
+    l.peers = off;
+    off += ROUND((size_t)nchunks * CW_CHUNK_SLOTS * sizeof(struct cw_peer));
+    l.crossed = off;
+    off += ROUND((size_t)CW_MAX_SPAWNS * CW_SPAWN_SOCKS * sizeof(struct cw_crossed));
+    l.size = off;
+    return l;
+}
+
+/* Chunks of the descriptor table worth reserving: enough for fs.nr_open, the most descriptors a
+ * process can ever raise its limit to. */
+static unsigned chunks_wanted(void)
+{
+    unsigned n = CW_MAX_CHUNKS;
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/sys/fs/nr_open", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        char buf[32];
+        ssize_t len = syscall(SYS_read, fd, buf, sizeof buf - 1);
+        syscall(SYS_close, fd);
+        if (len > 0) {
+            unsigned long v = 0;
+            for (ssize_t i = 0; i < len && buf[i] >= '0' && buf[i] <= '9'; i++) v = v * 10 + (unsigned long)(buf[i] - '0');
+            unsigned long c = (v + CW_CHUNK_SLOTS - 1) / CW_CHUNK_SLOTS;
+            if (c > 0 && c < n) n = (unsigned)c;
+        }
+    }
+    return n;
+}
+
+static void point_into(void *base, unsigned nchunks)
+{
+    struct layout l = layout_for(nchunks);
+    unsigned char *b = base;
+    cw_region_stack_index = (_Atomic uint64_t *)(void *)(b + l.index);
+    cw_region_arena = b + l.arena;
+    cw_region_slots = (struct cw_slot *)(void *)(b + l.slots);
+    cw_region_peers = (struct cw_peer *)(void *)(b + l.peers);
+    cw_region_crossed = (struct cw_crossed *)(void *)(b + l.crossed);
+    cw_spawns = ((struct cw_shared *)base)->spawns;
+    atomic_store_explicit((_Atomic(struct cw_shared *) *)&cw_sh, (struct cw_shared *)base, memory_order_release);
+}
+
+/* A sparse memfd of `size` bytes mapped shared, or (no memfd) private anonymous memory. */
+static void *map_fresh(size_t size, int *memfd, int *shared)
+{
+    *memfd = (int)syscall(SYS_memfd_create, "closewait", MFD_CLOEXEC);
+    if (*memfd >= 0 && syscall(SYS_ftruncate, *memfd, (long)size) == 0) {
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, *memfd, 0);
+        if (p != MAP_FAILED) {
+            *shared = 1;
+            return p;
+        }
+    }
+    if (*memfd >= 0) syscall(SYS_close, *memfd);
+    *memfd = -1;
+    *shared = 0;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+int cw_region_create(int *memfd)
+{
+    unsigned nchunks = chunks_wanted();
+    struct layout l = layout_for(nchunks);
+    int shared = 0;
+    void *base = map_fresh(l.size, memfd, &shared);
+    if (base == NULL) return -1;
+    struct cw_shared *sh = base;
+    uint64_t cookie = 0;
+    if (getrandom(&cookie, sizeof cookie, GRND_NONBLOCK) != (ssize_t)sizeof cookie)
+        cookie = (uint64_t)(uintptr_t)base ^ (uint64_t)cw_now_ms() ^ ((uint64_t)getpid() << 40);
+    sh->cookie = cookie | 1;
+    sh->size = l.size;
+    sh->nchunks = nchunks;
+    sh->sink_fd = sh->epoll_fd = -1;
+    atomic_store(&sh->program_pid, (int32_t)getpid());
+    region_shared = shared;
+    point_into(base, nchunks);
+    return 0;
+}
+
+int cw_region_is_shared(void)
+{
+    return region_shared;
+}
+
+/*
+ * In a forked child, before anything else writes: the region is still the parent's.  Copy what
+ * has been written into a fresh one and put it at the same address (mremap replaces the old
+ * mapping in one step).  Signals are blocked meanwhile so that a handler's hooks cannot write
+ * the parent's table.
+ */
+int cw_region_fork_child(int *memfd)
+{
+    *memfd = -1;
+    struct cw_shared *old = cw_sh;
+    if (old == NULL || !region_shared) return 0; /* private memory: fork made the copy already */
+    sigset_t all, saved;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &saved);
+    size_t size = old->size;
+    unsigned nchunks = old->nchunks;
+    struct layout l = layout_for(nchunks);
+    int shared = 0;
+    unsigned char *fresh = map_fresh(size, memfd, &shared);
+    int rc = -1;
+    if (fresh != NULL) {
+        unsigned char *from = (unsigned char *)old;
+        size_t pages = size / PAGE;
+        unsigned char *vec = mmap(NULL, ROUND(pages), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (vec != MAP_FAILED && mincore(from, size, vec) == 0) {
+            /* The stack index before the arena: a stack the parent publishes meanwhile has its
+             * frames written before its index entry, so every entry copied finds its frames. */
+            for (size_t p = 0; p < l.arena / PAGE; p++)
+                if (vec[p] & 1) memcpy(fresh + p * PAGE, from + p * PAGE, PAGE);
+            size_t used = atomic_load(&old->arena_used);
+            if (used > CW_STACK_ARENA_BYTES) used = CW_STACK_ARENA_BYTES;
+            memcpy(fresh + l.arena, from + l.arena, used);
+            for (size_t p = l.slots / PAGE; p < l.crossed / PAGE; p++)
+                if (vec[p] & 1) memcpy(fresh + p * PAGE, from + p * PAGE, PAGE);
+            void *moved = mremap(fresh, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, from);
+            if (moved != MAP_FAILED) {
+                region_shared = shared;
+                rc = 0;
+            }
+        }
+        if (vec != MAP_FAILED) munmap(vec, ROUND(pages));
+        if (rc != 0) munmap(fresh, size);
+    }
+    if (rc != 0) {
+        /* No copy: drop the region rather than write the parent's.  The hooks find no table. */
+        atomic_store_explicit((_Atomic(struct cw_shared *) *)&cw_sh, NULL, memory_order_release);
+        cw_table_detach();
+        cw_peer_detach();
+        if (*memfd >= 0) syscall(SYS_close, *memfd);
+        *memfd = -1;
+    } else {
+        struct cw_shared *sh = cw_sh;
+        atomic_store(&sh->program_pid, (int32_t)getpid());
+        atomic_store(&sh->helper_pid, 0);
+        atomic_store(&sh->helper_state, CW_HELPER_NONE);
+        atomic_store(&sh->dump_req, 0);
+        atomic_store(&sh->dump_done, 0);
+        atomic_store(&sh->exit_req, 0);
+        atomic_store(&sh->exit_done, 0);
+        atomic_store(&sh->open_now, 0);
+        sh->helper_error[0] = '\0';
+    }
+    sigprocmask(SIG_SETMASK, &saved, NULL);
+    return rc;
+}
+
+/* In the helper: the program's region, at the program's address. */
+int cw_region_attach(int memfd, uintptr_t addr, size_t size)
+{
+    void *want = (void *)addr; /* NOLINT(performance-no-int-to-ptr) */
+    void *p = mmap(want, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+                   memfd, 0);
+    if (p == MAP_FAILED) return -1;
+    if (p != want) {
+        munmap(p, size);
+        errno = EEXIST;
+        return -1;
+    }
+    struct cw_shared *sh = p;
+    if (sh->size != size) {
+        munmap(p, size);
+        errno = EINVAL;
+        return -1;
+    }
+    region_shared = 1;
+    point_into(p, sh->nchunks);
+    return 0;
+}
+
+/* ---- waiting on a word of the region, across processes ---------------- */
+
+int cw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int timeout_ms)
+{
+    struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L};
+    return (int)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, &ts, NULL, 0);
+}
+
+void cw_futex_wake(_Atomic uint32_t *word)
+{
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
+}
