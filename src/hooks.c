@@ -85,7 +85,8 @@ void cw_init(void)
     cw_config_load();
     if (cw_sh != NULL) memcpy(&cw_sh->cfg, &cw_cfg, sizeof cw_cfg);
     cw_stacks_init();
-    pthread_atfork(NULL, NULL, at_fork_child);
+    /* Registered first, so its prepare handler runs last, right before the fork. */
+    pthread_atfork(cw_region_fork_prepare, cw_region_fork_parent, at_fork_child);
     cw_watcher_start(memfd);
     if (memfd >= 0) close(memfd);
     cw_in_lib--;

@@ -352,9 +352,9 @@ int cw_epoll_ensure(void)
     return 0;
 }
 
-void cw_epoll_adopt(int fd)
+void cw_epoll_adopt(int fd, uint32_t generation)
 {
-    epoll_generation++;
+    epoll_generation = generation;
     atomic_store(&cw_epoll_fd, fd);
 }
 

@@ -75,8 +75,9 @@ CW_HIDDEN void cw_epoll_after_fork(void);
 CW_HIDDEN int cw_watcher_private_table(const int *keep, int nkeep); /* call on the watcher */
 /* In the watcher process: borrow from the process this pidfd names. */
 CW_HIDDEN void cw_kernel_borrow_from(int pidfd);
-/* In the watcher process: register sockets in this (a copy of the program's epoll instance). */
-CW_HIDDEN void cw_epoll_adopt(int fd);
+/* In the watcher process: register sockets in this (a copy of the program's epoll instance,
+ * whose generation the program gave it: a forked child's instance has a new one). */
+CW_HIDDEN void cw_epoll_adopt(int fd, uint32_t generation);
 CW_HIDDEN extern __thread int cw_on_private_table __attribute__((tls_model("initial-exec")));
 struct cw_borrow {
     int fd;      /* the program's number */

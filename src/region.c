@@ -141,69 +141,91 @@ int cw_region_is_shared(void)
 }
 
 /*
- * In a forked child, before anything else writes: the region is still the parent's.  Copy what
- * has been written into a fresh one and put it at the same address (mremap replaces the old
- * mapping in one step).  Signals are blocked meanwhile so that a handler's hooks cannot write
- * the parent's table.
+ * fork(): the child needs a table of its own, as it was at the fork.  The parent copies what has
+ * been written into a fresh memfd just before the fork (the last prepare handler), the child puts
+ * that copy at the region's address (mremap replaces the old mapping in one step), and the
+ * parent lets go of it.  Copying in the child instead would race with the parent, which usually
+ * closes its copy of a connection the moment fork returns.
  */
+static unsigned char *fork_copy;
+static int fork_copy_fd = -1;
+static int fork_copy_shared;
+
+void cw_region_fork_prepare(void)
+{
+    struct cw_shared *old = cw_sh;
+    fork_copy = NULL;
+    fork_copy_fd = -1;
+    if (old == NULL || !region_shared) return; /* private memory: fork makes the copy */
+    size_t size = old->size;
+    struct layout l = layout_for(old->nchunks);
+    unsigned char *fresh = map_fresh(size, &fork_copy_fd, &fork_copy_shared);
+    if (fresh == NULL) return;
+    unsigned char *from = (unsigned char *)old;
+    size_t pages = size / PAGE;
+    unsigned char *vec = mmap(NULL, ROUND(pages), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (vec == MAP_FAILED || mincore(from, size, vec) != 0) {
+        if (vec != MAP_FAILED) munmap(vec, ROUND(pages));
+        munmap(fresh, size);
+        if (fork_copy_fd >= 0) syscall(SYS_close, fork_copy_fd);
+        fork_copy_fd = -1;
+        return;
+    }
+    /* Only the pages ever written (reading the others would make them).  The stack index before
+     * the arena: a stack another thread publishes meanwhile has its frames written before its
+     * index entry, so every entry copied finds its frames. */
+    for (size_t p = 0; p < l.arena / PAGE; p++)
+        if (vec[p] & 1) memcpy(fresh + p * PAGE, from + p * PAGE, PAGE);
+    size_t used = atomic_load(&old->arena_used);
+    if (used > CW_STACK_ARENA_BYTES) used = CW_STACK_ARENA_BYTES;
+    memcpy(fresh + l.arena, from + l.arena, used);
+    for (size_t p = l.slots / PAGE; p < l.crossed / PAGE; p++)
+        if (vec[p] & 1) memcpy(fresh + p * PAGE, from + p * PAGE, PAGE);
+    munmap(vec, ROUND(pages));
+    fork_copy = fresh;
+}
+
+void cw_region_fork_parent(void)
+{
+    if (fork_copy != NULL) munmap(fork_copy, cw_sh->size);
+    if (fork_copy_fd >= 0) syscall(SYS_close, fork_copy_fd);
+    fork_copy = NULL;
+    fork_copy_fd = -1;
+}
+
 int cw_region_fork_child(int *memfd)
 {
     *memfd = -1;
     struct cw_shared *old = cw_sh;
-    if (old == NULL || !region_shared) return 0; /* private memory: fork made the copy already */
-    sigset_t all, saved;
-    sigfillset(&all);
-    sigprocmask(SIG_SETMASK, &all, &saved);
-    size_t size = old->size;
-    unsigned nchunks = old->nchunks;
-    struct layout l = layout_for(nchunks);
-    int shared = 0;
-    unsigned char *fresh = map_fresh(size, memfd, &shared);
+    if (old == NULL || !region_shared) return 0;
     int rc = -1;
-    if (fresh != NULL) {
-        unsigned char *from = (unsigned char *)old;
-        size_t pages = size / PAGE;
-        unsigned char *vec = mmap(NULL, ROUND(pages), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (vec != MAP_FAILED && mincore(from, size, vec) == 0) {
-            /* The stack index before the arena: a stack the parent publishes meanwhile has its
-             * frames written before its index entry, so every entry copied finds its frames. */
-            for (size_t p = 0; p < l.arena / PAGE; p++)
-                if (vec[p] & 1) memcpy(fresh + p * PAGE, from + p * PAGE, PAGE);
-            size_t used = atomic_load(&old->arena_used);
-            if (used > CW_STACK_ARENA_BYTES) used = CW_STACK_ARENA_BYTES;
-            memcpy(fresh + l.arena, from + l.arena, used);
-            for (size_t p = l.slots / PAGE; p < l.crossed / PAGE; p++)
-                if (vec[p] & 1) memcpy(fresh + p * PAGE, from + p * PAGE, PAGE);
-            void *moved = mremap(fresh, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, from);
-            if (moved != MAP_FAILED) {
-                region_shared = shared;
-                rc = 0;
-            }
-        }
-        if (vec != MAP_FAILED) munmap(vec, ROUND(pages));
-        if (rc != 0) munmap(fresh, size);
+    if (fork_copy != NULL &&
+        mremap(fork_copy, old->size, old->size, MREMAP_MAYMOVE | MREMAP_FIXED, old) != MAP_FAILED) {
+        region_shared = fork_copy_shared;
+        *memfd = fork_copy_fd;
+        rc = 0;
     }
+    fork_copy = NULL;
+    fork_copy_fd = -1;
     if (rc != 0) {
         /* No copy: drop the region rather than write the parent's.  The hooks find no table. */
         atomic_store_explicit((_Atomic(struct cw_shared *) *)&cw_sh, NULL, memory_order_release);
         cw_table_detach();
         cw_peer_detach();
-        if (*memfd >= 0) syscall(SYS_close, *memfd);
-        *memfd = -1;
-    } else {
-        struct cw_shared *sh = cw_sh;
-        atomic_store(&sh->program_pid, (int32_t)getpid());
-        atomic_store(&sh->helper_pid, 0);
-        atomic_store(&sh->helper_state, CW_HELPER_NONE);
-        atomic_store(&sh->dump_req, 0);
-        atomic_store(&sh->dump_done, 0);
-        atomic_store(&sh->exit_req, 0);
-        atomic_store(&sh->exit_done, 0);
-        atomic_store(&sh->open_now, 0);
-        sh->helper_error[0] = '\0';
+        return -1;
     }
-    sigprocmask(SIG_SETMASK, &saved, NULL);
-    return rc;
+    struct cw_shared *sh = cw_sh;
+    atomic_store(&sh->program_pid, (int32_t)getpid());
+    atomic_store(&sh->helper_pid, 0);
+    atomic_store(&sh->helper_start, 0);
+    atomic_store(&sh->helper_state, CW_HELPER_NONE);
+    atomic_store(&sh->dump_req, 0);
+    atomic_store(&sh->dump_done, 0);
+    atomic_store(&sh->exit_req, 0);
+    atomic_store(&sh->exit_done, 0);
+    atomic_store(&sh->open_now, 0);
+    sh->helper_error[0] = '\0';
+    return 0;
 }
 
 /* In the helper: the program's region, at the program's address. */

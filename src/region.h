@@ -29,6 +29,7 @@ struct cw_shared {
     _Atomic int any_tcp;
     _Atomic int chunk_limit;
     _Atomic int sink_fd, epoll_fd;  /* the program's numbers, for the helper to copy */
+    _Atomic uint32_t epoll_generation;
     _Atomic int32_t fork_parent;
     _Atomic uint32_t fork_stack;
     _Atomic size_t arena_used;
@@ -48,7 +49,10 @@ CW_HIDDEN extern struct cw_crossed *cw_region_crossed;
 /* In the program: make the region; *memfd is its descriptor (-1 if private memory). */
 CW_HIDDEN int cw_region_create(int *memfd);
 CW_HIDDEN int cw_region_is_shared(void);
-/* In a forked child: a copy of its own at the same address. */
+/* Around fork: the parent copies, the child takes the copy (at the same address, *memfd its
+ * descriptor), the parent drops it. */
+CW_HIDDEN void cw_region_fork_prepare(void);
+CW_HIDDEN void cw_region_fork_parent(void);
 CW_HIDDEN int cw_region_fork_child(int *memfd);
 /* In the helper: map the program's region at the program's address. */
 CW_HIDDEN int cw_region_attach(int memfd, uintptr_t addr, size_t size);

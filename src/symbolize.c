@@ -215,8 +215,13 @@ static const char *demangled(const char *name)
         name = plain;
     }
     if (name == NULL || name[0] != '_' || name[1] != 'Z') return intern(name);
-    if (demangle == NULL)
-        demangle = (char *(*)(const char *, char *, size_t *, int *))dlsym(RTLD_DEFAULT, "__cxa_demangle");
+    if (demangle == NULL) {
+        void *sym = dlsym(RTLD_DEFAULT, "__cxa_demangle");
+        /* The watcher process is not a C++ program: bring the demangler in. */
+        void *lib = sym == NULL ? dlopen("libstdc++.so.6", RTLD_NOW | RTLD_LOCAL) : NULL;
+        if (lib != NULL) sym = dlsym(lib, "__cxa_demangle");
+        demangle = (char *(*)(const char *, char *, size_t *, int *))sym;
+    }
     if (demangle == NULL) return intern(name);
     int status = 0;
     char *d = demangle(name, NULL, NULL, &status);

@@ -1138,6 +1138,7 @@ static void publish_for_helper(void)
     cw_sh->watch_mode = (int)watch_mode;
     atomic_store(&cw_sh->sink_fd, cw_sink_fd());
     atomic_store(&cw_sh->epoll_fd, watch_mode == WATCH_EPOLL ? atomic_load(&cw_epoll_fd) : -1);
+    atomic_store(&cw_sh->epoll_generation, cw_epoll_generation());
 }
 
 /* The watcher process, or (it cannot run here) the thread. */
@@ -1251,7 +1252,7 @@ void cw_watcher_helper_run(int pidfd)
         struct cw_borrow ep = {atomic_load(&cw_sh->epoll_fd), -1};
         sockets_ep = cw_borrowed(&ep);
         if (sockets_ep < 0) watch_mode = WATCH_SOCK_DIAG;
-        else cw_epoll_adopt(sockets_ep);
+        else cw_epoll_adopt(sockets_ep, atomic_load(&cw_sh->epoll_generation));
     }
     int outer = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event e;

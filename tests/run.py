@@ -1312,6 +1312,133 @@ def test_errno_preserved():
     check(not diffs, 'results differ (without <-> with the library): %s' % '; '.join(diffs[:6]))
 
 
+# ---------------------------------------------------------------- tests: the watcher process
+
+def watchers_of(pid):
+    """Pids of watcher processes (cmdline closewait-watcher) started for program pid."""
+    found = []
+    for d in os.listdir('/proc'):
+        if not d.isdigit():
+            continue
+        try:
+            with open('/proc/%s/cmdline' % d, 'rb') as f:
+                if f.read().split(b'\0')[0] != b'closewait-watcher':
+                    continue
+            with open('/proc/%s/environ' % d, 'rb') as f:
+                env = f.read().split(b'\0')
+        except OSError:
+            continue
+        for e in env:
+            if e.startswith(b'CLOSEWAIT_HELPER=') and e.endswith(b':%d' % pid):
+                found.append(int(d))
+    return found
+
+
+def threads_of(pid):
+    return len(os.listdir('/proc/%d/task' % pid))
+
+
+@test
+def test_watcher_process_keeps_program_single_threaded():
+    """The default watcher is a process of its own: a single-threaded server stays single-threaded
+    (glibc keeps its single-threaded paths), the leak is still reported, and the watcher ends with
+    the program."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'])
+    c = Conn(p, p.port())
+    check(threads_of(p.pid) == 1, 'the program has %d threads' % threads_of(p.pid))
+    w = watchers_of(p.pid)
+    check(len(w) == 1, 'watcher processes for %d: %r' % (p.pid, w))
+    with open('/proc/%d/stat' % w[0]) as f:
+        ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+    check(ppid != p.pid, 'the watcher is a child of the program (it would show in its wait())')
+    c.close()
+    evs, _ = p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+    check_leak(evs[0], c, 'eof_not_closed', opened_by='accept')
+    check(threads_of(p.pid) == 1, 'the program has %d threads after the report' % threads_of(p.pid))
+    p.finish()
+    check(summary_of(p) is not None, 'no exit summary')
+    check(poll_until(lambda: not os.path.exists('/proc/%d' % w[0]), 3.0), 'the watcher outlived the program')
+
+
+@test
+def test_watcher_process_ends_when_program_killed():
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'])
+    p.port()
+    w = watchers_of(p.pid)
+    check(len(w) == 1, 'watcher processes for %d: %r' % (p.pid, w))
+    p.proc.kill()
+    p.proc.wait(5)
+    check(poll_until(lambda: not os.path.exists('/proc/%d' % w[0]), 3.0), 'the watcher outlived a killed program')
+
+
+@test
+def test_watcher_invisible_to_wait():
+    """A program that reaps 'all its children' with wait() until ECHILD, and counts SIGCHLD, must
+    see exactly the children it made: never the watcher, never a hang."""
+    script = r"""
+import os, signal, sys
+got = []
+signal.signal(signal.SIGCHLD, lambda s, f: got.append(s))
+signal.alarm(20)
+kids = set()
+for i in range(3):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    kids.add(pid)
+reaped = set()
+while True:
+    try:
+        pid, _ = os.wait()
+    except ChildProcessError:
+        break
+    reaped.add(pid)
+print('REAPED %d STRANGERS %d SIGCHLD %d' % (len(reaped & kids), len(reaped - kids), len(got)), flush=True)
+"""
+    p = run_prog([sys.executable, '-c', script])
+    line = p.wait_line(r'REAPED.*', timeout=15)[1].group(0)
+    check('REAPED 3 STRANGERS 0' in line, 'wait() saw: %s' % line)
+    n = int(line.rsplit(' ', 1)[1])
+    check(n <= 3, 'SIGCHLD %d times for 3 children' % n)
+    check(p.wait_exit(10) == 0, 'exit status (%s)' % p.context())
+
+
+@test
+def test_watcher_process_leaves_at_exec():
+    """A program that execs another image without the library: its watcher goes (the new image
+    has nothing of ours in it) while the process lives on."""
+    script = r"""
+import os, sys
+print('READY', flush=True)
+sys.stdin.readline()
+env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
+os.execve('/bin/sleep', ['sleep', '4'], env)
+"""
+    p = run_prog([sys.executable, '-c', script], env={'CLOSEWAIT_INTERVAL_MS': '200'})
+    p.wait_line(r'READY')
+    w = watchers_of(p.pid)
+    check(len(w) == 1, 'watcher processes for %d: %r' % (p.pid, w))
+    p.proc.stdin.write(b'go\n')
+    p.proc.stdin.flush()
+    check(poll_until(lambda: not os.path.exists('/proc/%d' % w[0]), 3.0), 'the watcher stayed after exec')
+    check(p.proc.poll() is None, 'the exec\'d program is gone already')
+    p.wait_exit(10)
+
+
+@test
+def test_watcher_thread_mode():
+    """CLOSEWAIT_WATCHER=thread: the watcher is a thread of the program, no process."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
+                 env={'CLOSEWAIT_WATCHER': 'thread'})
+    c = Conn(p, p.port())
+    check(watchers_of(p.pid) == [], 'a watcher process in thread mode')
+    check(threads_of(p.pid) == 2, 'the program has %d threads, wanted 2' % threads_of(p.pid))
+    c.close()
+    evs, _ = p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+    check_leak(evs[0], c, 'eof_not_closed', opened_by='accept')
+    p.finish()
+
+
 # ---------------------------------------------------------------- tests: contract
 
 @test
