@@ -100,7 +100,7 @@ struct spawn_args {
 __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper_exec(void *p)
 {
     struct spawn_args *a = p;
-    a->sys(SYS_close_range, 0L, (long)~0U, (long)CLOSE_RANGE_CLOEXEC);
+    a->sys(SYS_close_range, 0L, (long)UINT32_MAX, (long)CLOSE_RANGE_CLOEXEC);
     a->sys(SYS_fcntl, (long)a->memfd, (long)F_SETFD, 0L);
     a->sys(SYS_execve, (long)a->path, (long)a->argv, (long)a->envp);
     a->err = errno;
@@ -165,13 +165,13 @@ static void remember_preload(void)
     if (saved_preload[0] != '\0') return;
     const char *pre = getenv("LD_PRELOAD");
     if (pre != NULL && strstr(pre, "closewait") != NULL && strlen(pre) < sizeof saved_preload) {
-        strcpy(saved_preload, pre);
+        snprintf(saved_preload, sizeof saved_preload, "%s", pre);
         return;
     }
     Dl_info info;
     if (dladdr((void *)&remember_preload, &info) != 0 && info.dli_fname != NULL &&
         strlen(info.dli_fname) < sizeof saved_preload)
-        strcpy(saved_preload, info.dli_fname);
+        snprintf(saved_preload, sizeof saved_preload, "%s", info.dli_fname);
 }
 
 static int yama_scope(void)
@@ -186,8 +186,8 @@ static int yama_scope(void)
 
 /* Memory for the child's stack and its argument and environment arrays: mmap'ed once, because
  * a fork (and so this) may happen in a signal handler, where malloc is out. */
-#define SPAWN_STACK (32u << 10) /* two of them */
-#define SPAWN_ENV (64u << 10)
+#define SPAWN_STACK ((size_t)32 << 10) /* two of them */
+#define SPAWN_ENV ((size_t)64 << 10)
 static unsigned char *spawn_mem;
 
 int cw_helper_spawn(int memfd, int wait)
@@ -392,12 +392,14 @@ void cw_helper_main_if_asked(void)
     _exit(0);
 }
 
-/* Has the program exec'd another image (ours is then gone from its memory)? */
+/* Has the program exec'd another image (ours is then gone from its memory)?  A read refused
+ * (the program made itself non-dumpable) says nothing either way: its pidfd still tells its end. */
 int cw_helper_program_changed(void)
 {
     uint64_t cookie = 0;
     struct iovec local = {&cookie, sizeof cookie};
     struct iovec remote = {(void *)&cw_sh->cookie, sizeof cookie};
-    return process_vm_readv(watched_pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof cookie ||
-           cookie != cw_sh->cookie;
+    ssize_t n = process_vm_readv(watched_pid, &local, 1, &remote, 1, 0);
+    if (n == (ssize_t)sizeof cookie) return cookie != cw_sh->cookie;
+    return n < 0 && (errno == EFAULT || errno == ENOMEM);
 }

@@ -46,13 +46,14 @@ static void record(int kind, pid_t child, uint32_t stack)
     if (n > CW_SPAWN_SOCKS) n = CW_SPAWN_SOCKS;
     /* Take the next record in the ring; one still being read by the watcher is skipped. */
     struct cw_spawn *r = NULL;
-    for (int tries = 0; tries < CW_MAX_SPAWNS && r == NULL; tries++) {
+    for (int tries = 0; tries < CW_MAX_SPAWNS; tries++) {
         unsigned i = atomic_fetch_add(&spawn_next, 1) % CW_MAX_SPAWNS;
         struct cw_spawn *cand = &cw_spawns[i];
         int expected = atomic_load(&cand->state);
         if (expected == 1 || !atomic_compare_exchange_strong(&cand->state, &expected, 1)) continue;
+        cand->socks = cw_region_crossed + (size_t)i * CW_SPAWN_SOCKS;
         r = cand;
-        r->socks = cw_region_crossed + (size_t)i * CW_SPAWN_SOCKS;
+        break;
     }
     if (r == NULL) return;
     struct cw_crossed *socks = r->socks;
