@@ -709,6 +709,24 @@ def thread_cpu(pid, tid):
     return ticks / hz, sched
 
 
+def watcher_process(pid):
+    """The watcher process started for program pid (cmdline closewait-watcher), or None."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                if f.read().split(b"\0")[0] != b"closewait-watcher":
+                    continue
+            with open("/proc/%s/environ" % d, "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(e.startswith(b"CLOSEWAIT_HELPER=") and e.endswith(b":%d" % pid) for e in env):
+            return int(d)
+    return None
+
+
 def scale_top():
     """The most idle sockets one process can hold here: the descriptor limit (raised to the hard
     limit for the children) less 100 for the process's and the library's own descriptors, and
@@ -766,15 +784,21 @@ def scale():
                 rss[w] = proc_status(srv.pid, "VmRSS")
                 if not w:
                     continue
-                tids = [int(t) for t in os.listdir("/proc/%d/task" % srv.pid) if int(t) != srv.pid]
-                if len(tids) != 1:
-                    say("  N=%d: expected one thread besides main, found %d; skipped" % (n, len(tids)))
-                    continue
-                tid = tids[0]
-                a_ticks, a_sched = thread_cpu(srv.pid, tid)
+                # the watcher: its own process (the default; its memory counts too), else a thread
+                wpid = watcher_process(srv.pid)
+                if wpid is not None:
+                    rss[w] += proc_status(wpid, "VmRSS")
+                    owner, tid = wpid, wpid
+                else:
+                    tids = [int(t) for t in os.listdir("/proc/%d/task" % srv.pid) if int(t) != srv.pid]
+                    if len(tids) != 1:
+                        say("  N=%d: no watcher process, and %d threads besides main; skipped" % (n, len(tids)))
+                        continue
+                    owner, tid = srv.pid, tids[0]
+                a_ticks, a_sched = thread_cpu(owner, tid)
                 t0 = time.monotonic()
                 time.sleep(P["scale_window"])
-                b_ticks, b_sched = thread_cpu(srv.pid, tid)
+                b_ticks, b_sched = thread_cpu(owner, tid)
                 span = time.monotonic() - t0
                 cpu_ticks = (b_ticks - a_ticks) / span * 1000.0        # ms of CPU per s
                 cpu_sched = (b_sched - a_sched) / span * 1000.0 if a_sched is not None else None

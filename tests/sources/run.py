@@ -336,14 +336,38 @@ def test_syslog_sink():
 
 # ---------------------------------------------------------------- scale
 
-def watcher_ticks(pid):
-    total = 0
-    for task in os.listdir('/proc/%d/task' % pid):
-        if int(task) == pid:
+def watcher_processes(pid):
+    """The watcher process(es) started for program pid (cmdline closewait-watcher)."""
+    found = []
+    for d in os.listdir('/proc'):
+        if not d.isdigit():
             continue
-        with open('/proc/%d/task/%s/stat' % (pid, task)) as f:
-            fields = f.read().rsplit(')', 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
+        try:
+            with open('/proc/%s/cmdline' % d, 'rb') as f:
+                if f.read().split(b'\0')[0] != b'closewait-watcher':
+                    continue
+            with open('/proc/%s/environ' % d, 'rb') as f:
+                if any(e.startswith(b'CLOSEWAIT_HELPER=') and e.endswith(b':%d' % pid) for e in f.read().split(b'\0')):
+                    found.append(int(d))
+        except OSError:
+            continue
+    return found
+
+
+def cpu_ticks(path):
+    with open(path) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def watcher_ticks(pid):
+    """CPU of the watcher: its process (the default), or the program's threads but the main one."""
+    total = 0
+    for w in watcher_processes(pid):
+        total += cpu_ticks('/proc/%d/stat' % w)
+    for task in os.listdir('/proc/%d/task' % pid):
+        if int(task) != pid:
+            total += cpu_ticks('/proc/%d/task/%s/stat' % (pid, task))
     return total
 
 
