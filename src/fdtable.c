@@ -29,10 +29,25 @@ struct cw_slot *cw_slot_peek(int fd)
     return &chunk[u % CW_CHUNK_SLOTS];
 }
 
+/* Walks stop at the highest descriptor ever given a slot: the watcher process reading a page of
+ * the region that nobody wrote would make that page exist (shared memory has no zero page). */
+static void note_high(struct cw_shared *sh, int fd)
+{
+    int cur = atomic_load_explicit(&sh->fd_high, memory_order_relaxed);
+    while (cur <= fd && !atomic_compare_exchange_weak_explicit(&sh->fd_high, &cur, fd + 1, memory_order_release,
+                                                               memory_order_relaxed)) {
+    }
+}
+
 struct cw_slot *cw_slot_get(int fd)
 {
     struct cw_slot *s = cw_slot_peek(fd);
-    if (CW_LIKELY(s != NULL) || fd < 0) return s;
+    if (CW_LIKELY(s != NULL)) {
+        struct cw_shared *sh = cw_sh;
+        if (CW_UNLIKELY(fd >= atomic_load_explicit(&sh->fd_high, memory_order_relaxed))) note_high(sh, fd);
+        return s;
+    }
+    if (fd < 0) return NULL;
     unsigned c = (unsigned)fd / CW_CHUNK_SLOTS;
     struct cw_shared *sh = cw_sh;
     if (sh == NULL || c >= sh->nchunks) return NULL;
@@ -44,6 +59,7 @@ struct cw_slot *cw_slot_get(int fd)
            !atomic_compare_exchange_weak_explicit(&sh->chunk_limit, &cur, want, memory_order_release,
                                                   memory_order_relaxed)) {
     }
+    note_high(sh, fd);
     return cw_slot_peek(fd);
 }
 
@@ -55,7 +71,7 @@ void cw_table_detach(void)
 int cw_table_limit(void)
 {
     struct cw_shared *sh = cw_sh;
-    return sh == NULL ? 0 : atomic_load_explicit(&sh->chunk_limit, memory_order_acquire) * CW_CHUNK_SLOTS;
+    return sh == NULL ? 0 : atomic_load_explicit(&sh->fd_high, memory_order_acquire);
 }
 
 int cw_table_next(int fd)

@@ -28,6 +28,7 @@ struct cw_shared {
     _Atomic uint16_t fork_gen;
     _Atomic int any_tcp;
     _Atomic int chunk_limit;
+    _Atomic int fd_high;            /* every slot ever written is below it */
     _Atomic int sink_fd, epoll_fd;  /* the program's numbers, for the helper to copy */
     _Atomic uint32_t epoll_generation;
     _Atomic int32_t fork_parent;
