@@ -10,7 +10,7 @@ Every part prints its figures as it goes, and one table at the end.  Nothing her
 time: figures are printed, budgets are compared and said to be met or not.  A part whose tool is
 missing prints one "skipped" line.
 
-Environment: BENCH_QUICK=1 (short run), BENCH_ONLY=micro,callgrind,macro,nginxcg,alt,scale (a
+Environment: BENCH_QUICK=1 (short run), BENCH_ONLY=micro,fork,callgrind,macro,nginxcg,alt,scale (a
 subset), BENCH_OUT=FILE (also write the final table there).
 """
 import os
@@ -35,6 +35,8 @@ P = {
     # that another process interrupts is an outlier the median leaves out.
     "micro_rounds": 15 if QUICK else 31,       # timed rounds per process
     "micro_calls": 2048,                       # read/recv calls per round
+    "fork_rounds": 5 if QUICK else 11,         # timed rounds of forks per process
+    "fork_calls": 20,                          # forks per round
     "micro_accepts": 64,                       # accept+close per round
     "cg_calls": 20000,                         # read/recv calls under callgrind
     "cg_accepts": 300 if QUICK else 1000,      # accepts under callgrind
@@ -232,6 +234,29 @@ def micro():
         note += "; best rounds %.1f / %.1f" % (lo["plain"], lo["closewait"])
         row("micro", label + " (ns/call)", fmt(m["plain"]), fmt(m["closewait"]),
             "%+.1f ns (%+.1f%%)" % (added, pct(m["plain"], m["closewait"])), note)
+
+
+def fork_cost():
+    say("\n== 1c. fork(): fork of a process holding a tracked connection, the child _exit()s at once, "
+        "waitpid(); us per fork (median of rounds, processes alternating)")
+    micro_bin = os.path.join(BIN, "micro")
+    variants = [("plain", None, None), ("closewait", LIB, None),
+                ("closewait-thread", LIB, {"CLOSEWAIT_WATCHER": "thread"})]
+    pooled = {v[0]: [] for v in variants}
+    for k in range(P["micro_alternations"]):
+        for v, lib, extra in (variants if k % 2 == 0 else list(reversed(variants))):
+            out = run([micro_bin, "fork", str(P["fork_rounds"]), str(P["fork_calls"])], env=env_with(lib, extra)).stdout
+            for line in out.splitlines():
+                f = line.split()
+                if f and f[0] == "ns":
+                    pooled[v].extend(float(x) / 1000.0 for x in f[2:])
+    m = {v: med(pooled[v]) for v in pooled}
+    say("  plain %.1f us  closewait (watcher process) %.1f us  closewait (watcher thread) %.1f us per fork"
+        % (m["plain"], m["closewait"], m["closewait-thread"]))
+    row("micro", "fork()+_exit+waitpid (us/fork)", "%.1f" % m["plain"], "%.1f" % m["closewait"],
+        "%+.1f us" % (m["closewait"] - m["plain"]),
+        "thread mode %.1f us: the child's copy of the table and its watcher's start are the difference"
+        % m["closewait-thread"])
 
 
 def micro_callgrind():
@@ -693,6 +718,19 @@ def proc_status(pid, key):
     return -1
 
 
+def pss_kib(pid):
+    """Proportional set size: shared pages (the region, libraries) divided among their users, so
+    the program and its watcher process can be added up without counting the region twice."""
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return proc_status(pid, "VmRSS")
+
+
 def thread_cpu(pid, tid):
     """(utime+stime in seconds from stat, on-CPU seconds from schedstat or None)."""
     with open("/proc/%d/task/%d/stat" % (pid, tid)) as f:
@@ -781,13 +819,13 @@ def scale():
                 if cli.stdout.readline().strip() != "connected" or srv.stdout.readline().strip() != "ready":
                     raise RuntimeError("scale: connections not set up")
                 time.sleep(1.0)  # the watcher's first looks (inode of each descriptor) happen here
-                rss[w] = proc_status(srv.pid, "VmRSS")
+                rss[w] = pss_kib(srv.pid)
                 if not w:
                     continue
                 # the watcher: its own process (the default; its memory counts too), else a thread
                 wpid = watcher_process(srv.pid)
                 if wpid is not None:
-                    rss[w] += proc_status(wpid, "VmRSS")
+                    rss[w] += pss_kib(wpid)
                     owner, tid = wpid, wpid
                 else:
                     tids = [int(t) for t in os.listdir("/proc/%d/task" % srv.pid) if int(t) != srv.pid]
@@ -821,9 +859,9 @@ def scale():
                     len(seen), fmt(med(seen), nd=0), fmt(min(seen) if seen else None, nd=0),
                     fmt(max(seen) if seen else None, nd=0))
                 say("  N=%-6d watcher CPU %s ms/s (utime+stime; %s ms/s by schedstat) over %.1f s; %s; "
-                    "RSS without %d KiB, with %d KiB"
+                    "PSS without %d KiB, with %d KiB (program and watcher)"
                     % (n, fmt(cpu_ticks, nd=1), fmt(cpu_sched, nd=2), span, lat, rss[False], rss[True]))
-                row("scale", "N=%d idle sockets" % n, "RSS %d KiB" % rss[False], "RSS %d KiB" % rss[True],
+                row("scale", "N=%d idle sockets" % n, "PSS %d KiB" % rss[False], "PSS %d KiB" % rss[True],
                     "%+d KiB" % (rss[True] - rss[False]),
                     "watcher %s ms CPU/s (schedstat %s); %s" % (fmt(cpu_ticks), fmt(cpu_sched, nd=2), lat))
             finally:
@@ -861,7 +899,7 @@ def main():
     t_start = time.monotonic()
     say("closewait benchmarks%s: %s cores, kernel %s, %s" % (
         " (BENCH_QUICK)" if QUICK else "", os.cpu_count(), os.uname().release, cpu_model()))
-    parts = [("micro", micro), ("callgrind", micro_callgrind), ("macro", macro),
+    parts = [("micro", micro), ("fork", fork_cost), ("callgrind", micro_callgrind), ("macro", macro),
              ("nginxcg", nginx_callgrind), ("alt", alternatives), ("scale", scale)]
     for name, fn in parts:
         if not want(name):

@@ -8,6 +8,10 @@
  *   micro accept ROUNDS CALLS DEPTH  accept() + close() of a loopback connection that is already
  *                                    queued, called DEPTH frames deep (the library takes a
  *                                    backtrace at each accept)
+ *   micro fork   ROUNDS CALLS        fork() of a process holding a tracked connection, the child
+ *                                    _exit()s at once, waitpid() (what a fork-and-exec server pays:
+ *                                    under the library, the child's copy of the table and the start
+ *                                    of its watcher)
  *
  * Each round times CALLS calls with clock_gettime(CLOCK_MONOTONIC) around the whole loop (set-up
  * of the round, e.g. refilling the socket or connecting the clients, is outside the clock) and
@@ -28,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -210,6 +215,27 @@ static NOINLINE void bench_accept_bottom(void)
     close(lfd);
 }
 
+static void bench_fork(void)
+{
+    struct sockaddr_in addr;
+    int lfd = listener(&addr);
+    int c = client(&addr);
+    int a = accept(lfd, NULL, NULL);
+    if (c < 0 || a < 0) die("fork set-up");
+    for (int r = -1; r < rounds; r++) {
+        int64_t t0 = now_ns();
+        for (int i = 0; i < calls; i++) {
+            pid_t pid = fork();
+            if (pid == 0) _exit(0);
+            if (pid < 0 || waitpid(pid, NULL, 0) != pid) die("fork");
+        }
+        if (r >= 0) results[r] = (double)(now_ns() - t0) / calls;
+    }
+    close(a);
+    close(c);
+    close(lfd);
+}
+
 /* Recursion that the compiler cannot turn into a loop: the volatile read after the call. */
 static NOINLINE int descend(int levels)
 {
@@ -251,6 +277,7 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "read") == 0) bench_read();
     else if (strcmp(argv[1], "recv") == 0) bench_recv();
     else if (strcmp(argv[1], "accept") == 0) bench_accept();
+    else if (strcmp(argv[1], "fork") == 0) bench_fork();
     else return 2;
     printf("ns %s", argv[1]);
     for (int r = 0; r < rounds; r++) printf(" %.2f", results[r]);

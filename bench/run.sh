@@ -1,7 +1,7 @@
 #!/bin/sh
 # make bench: closewait's benchmark suite; see BENCHMARKS.md for what it measures and the figures.
 #   BENCH_QUICK=1   short run (under 2 minutes)
-#   BENCH_ONLY=micro,callgrind,macro,nginxcg,alt,scale   only those parts
+#   BENCH_ONLY=micro,fork,callgrind,macro,nginxcg,alt,scale   only those parts
 #   BENCH_OUT=FILE  also write the final table to FILE
 #   BENCH_KEEP=1    keep the work directory (callgrind outputs, logs) and say where it is
 # Installs the tools it lacks when root (apt-get); a part whose tool is still missing is skipped
