@@ -90,21 +90,56 @@ struct spawn_args {
     char **argv, **envp;
     void *stack2;
     int memfd;
+    int detach;   /* the helper runs on alone before its exec: the caller does not wait */
     int err;
     int pid;
 };
 
-/* Both run in the program's memory while the calling thread waits (CLONE_VM | CLONE_VFORK), on
- * stacks of their own: raw system calls only (libc's syscall(), resolved beforehand), nothing
- * the sanitizers instrument. */
+/* System calls that never touch errno: a helper that runs on before its exec shares the calling
+ * thread's TLS, and the program's errno is the program's. */
+#if defined(__x86_64__)
+#define HAVE_RAW_SYSCALL 1
+__attribute__((no_sanitize("address", "thread", "undefined"))) static inline long raw_syscall3(long n, long a, long b, long c)
+{
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    return ret;
+}
+#elif defined(__aarch64__)
+#define HAVE_RAW_SYSCALL 1
+__attribute__((no_sanitize("address", "thread", "undefined"))) static inline long raw_syscall3(long n, long a, long b, long c)
+{
+    register long x8 __asm__("x8") = n;
+    register long x0 __asm__("x0") = a;
+    register long x1 __asm__("x1") = b;
+    register long x2 __asm__("x2") = c;
+    __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2) : "memory");
+    return x0;
+}
+#else
+#define HAVE_RAW_SYSCALL 0
+#endif
+
+/* Both run in the program's memory (CLONE_VM), on stacks of their own, with nothing the
+ * sanitizers instrument: the intermediate while the calling thread waits, the helper until its
+ * exec (waited for at start-up, where its failure must be known; in a forked child, which often
+ * execs at once, not). */
 __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper_exec(void *p)
 {
     struct spawn_args *a = p;
+#if HAVE_RAW_SYSCALL
+    raw_syscall3(SYS_close_range, 0L, (long)UINT32_MAX, (long)CLOSE_RANGE_CLOEXEC);
+    raw_syscall3(SYS_fcntl, (long)a->memfd, (long)F_SETFD, 0L);
+    long r = raw_syscall3(SYS_execve, (long)a->path, (long)a->argv, (long)a->envp);
+    a->err = (int)-r;
+    raw_syscall3(SYS_exit, 127L, 0L, 0L);
+#else
     a->sys(SYS_close_range, 0L, (long)UINT32_MAX, (long)CLOSE_RANGE_CLOEXEC);
     a->sys(SYS_fcntl, (long)a->memfd, (long)F_SETFD, 0L);
     a->sys(SYS_execve, (long)a->path, (long)a->argv, (long)a->envp);
     a->err = errno;
     a->sys(SYS_exit, 127L);
+#endif
     return 127;
 }
 
@@ -115,7 +150,8 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper
 __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper_launch(void *p)
 {
     struct spawn_args *a = p;
-    a->pid = a->clone_fn(helper_exec, a->stack2, CLONE_VM | CLONE_VFORK, a);
+    int flags = a->detach ? CLONE_VM : CLONE_VM | CLONE_VFORK;
+    a->pid = a->clone_fn(helper_exec, a->stack2, flags, a);
     if (a->pid < 0) a->err = errno;
     a->sys(SYS_exit, 0L);
     return 0;
@@ -188,6 +224,7 @@ static int yama_scope(void)
  * a fork (and so this) may happen in a signal handler, where malloc is out. */
 #define SPAWN_STACK ((size_t)32 << 10) /* two of them */
 #define SPAWN_ENV ((size_t)64 << 10)
+_Static_assert(sizeof(struct spawn_args) <= 256, "spawn_args fits its place");
 static unsigned char *spawn_mem;
 
 int cw_helper_spawn(int memfd, int wait)
@@ -209,8 +246,10 @@ int cw_helper_spawn(int memfd, int wait)
         spawn_mem = m;
     }
     /* argv and envp: the program's environment minus LD_PRELOAD, then ours. */
-    char *text = (char *)spawn_mem + 2 * SPAWN_STACK;
-    size_t cap = SPAWN_ENV / 2, used = 0;
+    /* [spawn_args][strings ...][argv, envp] after the two stacks */
+    struct spawn_args *argp = (struct spawn_args *)(void *)(spawn_mem + 2 * SPAWN_STACK);
+    char *text = (char *)spawn_mem + 2 * SPAWN_STACK + 256;
+    size_t cap = SPAWN_ENV / 2 - 256, used = 0;
     char **vec = (char **)(void *)(text + cap);
     size_t nvec = 0, maxvec = (SPAWN_ENV / 2) / sizeof(char *) - 8;
     char head[160];
@@ -241,28 +280,34 @@ int cw_helper_spawn(int memfd, int wait)
     vec[nvec] = NULL;
 
     CW_REAL(syscall);
-    struct spawn_args args = {.sys = real_syscall, .clone_fn = clone, .path = image, .argv = vec, .envp = envp,
-                              .stack2 = spawn_mem + 2 * SPAWN_STACK, .memfd = memfd, .err = 0, .pid = -1};
+    /* In the spawn memory, not on this stack: a detached helper may still read it (and write its
+     * exec error) after we return. */
+    *argp = (struct spawn_args){.sys = real_syscall, .clone_fn = clone, .path = image, .argv = vec, .envp = envp,
+                                .stack2 = spawn_mem + 2 * SPAWN_STACK, .memfd = memfd,
+                                .detach = !wait && HAVE_RAW_SYSCALL, .err = 0, .pid = -1};
+    struct spawn_args args_copy;
     atomic_store(&cw_sh->helper_pid, 0);
     atomic_store(&cw_sh->helper_state, CW_HELPER_STARTING);
     cw_sh->helper_error[0] = '\0';
     int saved = errno;
-    int mid = clone(helper_launch, spawn_mem + SPAWN_STACK, CLONE_VM | CLONE_VFORK, &args);
+    int mid = clone(helper_launch, spawn_mem + SPAWN_STACK, CLONE_VM | CLONE_VFORK, argp);
     int clone_errno = errno;
     if (mid > 0) waitpid(mid, NULL, __WCLONE);
     errno = saved;
-    if (mid < 0 || args.err != 0) {
+    memcpy(&args_copy, argp, sizeof args_copy);
+    struct spawn_args *a = &args_copy;
+    if (mid < 0 || a->err != 0) {
         snprintf(cw_sh->helper_error, sizeof cw_sh->helper_error, "cannot start %s: %s", image,
-                 strerror(mid < 0 ? clone_errno : args.err));
+                 strerror(mid < 0 ? clone_errno : a->err));
         atomic_store(&cw_sh->helper_state, CW_HELPER_NONE);
         return -1;
     }
     /* args.pid stays -1 where clone(CLONE_VM) is emulated by a fork (valgrind): the helper
      * writes its pid into the region itself. */
-    if (args.pid > 0) {
+    if (a->pid > 0) {
         int32_t none = 0;
-        atomic_compare_exchange_strong(&cw_sh->helper_pid, &none, args.pid);
-        if (yama_scope() == 1) prctl(PR_SET_PTRACER, (unsigned long)args.pid, 0, 0, 0);
+        atomic_compare_exchange_strong(&cw_sh->helper_pid, &none, a->pid);
+        if (yama_scope() == 1) prctl(PR_SET_PTRACER, (unsigned long)a->pid, 0, 0, 0);
     }
     if (!wait) return 0;
     /* Its first word: can it reach our descriptors?  A few milliseconds, bounded. */

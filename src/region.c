@@ -147,49 +147,85 @@ int cw_region_is_shared(void)
  * parent lets go of it.  Copying in the child instead would race with the parent, which usually
  * closes its copy of a connection the moment fork returns.
  */
-static unsigned char *fork_copy;
 static int fork_copy_fd = -1;
-static int fork_copy_shared;
 
+/* Write [off, off + len) of the region into the memfd: only the pages ever written (reading the
+ * others would make them exist), in runs, with pwrite (no mapping, no page faults here). */
+static int copy_written(int fd, const unsigned char *from, size_t off, size_t len, unsigned char *vec)
+{
+    len = ROUND(len);
+    if (len == 0) return 0;
+    int known = mincore((void *)(from + off), len, vec) == 0;
+    size_t pages = len / PAGE;
+    for (size_t p = 0; p < pages;) {
+        if (known && !(vec[p] & 1)) {
+            p++;
+            continue;
+        }
+        size_t q = p + 1;
+        while (q < pages && (!known || (vec[q] & 1))) q++;
+        size_t at = off + p * PAGE, n = (q - p) * PAGE;
+        while (n > 0) {
+            ssize_t w = pwrite(fd, from + at, n, (off_t)at);
+            if (w <= 0) return -1;
+            at += (size_t)w;
+            n -= (size_t)w;
+        }
+        p = q;
+    }
+    return 0;
+}
+
+/*
+ * fork(): the child needs a table of its own, as it was at the fork.  The parent writes what has
+ * been written into a fresh memfd just before the fork (the last prepare handler), the child maps
+ * that memfd over the region's address (MAP_FIXED replaces the old mapping in one step), and the
+ * parent closes it.  Copying in the child instead would race with the parent, which usually
+ * closes its copy of a connection the moment fork returns.
+ */
 void cw_region_fork_prepare(void)
 {
     struct cw_shared *old = cw_sh;
-    fork_copy = NULL;
     fork_copy_fd = -1;
     if (old == NULL || !region_shared) return; /* private memory: fork makes the copy */
-    size_t size = old->size;
     struct layout l = layout_for(old->nchunks);
-    unsigned char *fresh = map_fresh(size, &fork_copy_fd, &fork_copy_shared);
-    if (fresh == NULL) return;
-    unsigned char *from = (unsigned char *)old;
-    size_t pages = size / PAGE;
-    unsigned char *vec = mmap(NULL, ROUND(pages), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (vec == MAP_FAILED || mincore(from, size, vec) != 0) {
-        if (vec != MAP_FAILED) munmap(vec, ROUND(pages));
-        munmap(fresh, size);
-        if (fork_copy_fd >= 0) syscall(SYS_close, fork_copy_fd);
-        fork_copy_fd = -1;
+    int fd = (int)syscall(SYS_memfd_create, "closewait", MFD_CLOEXEC);
+    if (fd < 0) return;
+    if (syscall(SYS_ftruncate, fd, (long)old->size) != 0) {
+        syscall(SYS_close, fd);
         return;
     }
-    /* Only the pages ever written (reading the others would make them).  The stack index before
-     * the arena: a stack another thread publishes meanwhile has its frames written before its
-     * index entry, so every entry copied finds its frames. */
-    for (size_t p = 0; p < l.arena / PAGE; p++)
-        if (vec[p] & 1) memcpy(fresh + p * PAGE, from + p * PAGE, PAGE);
-    size_t used = atomic_load(&old->arena_used);
-    if (used > CW_STACK_ARENA_BYTES) used = CW_STACK_ARENA_BYTES;
-    memcpy(fresh + l.arena, from + l.arena, used);
-    for (size_t p = l.slots / PAGE; p < l.crossed / PAGE; p++)
-        if (vec[p] & 1) memcpy(fresh + p * PAGE, from + p * PAGE, PAGE);
-    munmap(vec, ROUND(pages));
-    fork_copy = fresh;
+    const unsigned char *from = (const unsigned char *)old;
+    /* Only the parts in use: the table and the peers below the highest descriptor ever tracked,
+     * the arena below its fill mark.  The stack index before the arena: a stack another thread
+     * publishes meanwhile has its frames written before its index entry, so every entry copied
+     * finds its frames. */
+    size_t fds = (size_t)atomic_load(&old->fd_high);
+    size_t slot_bytes = fds * sizeof(struct cw_slot), peer_bytes = fds * sizeof(struct cw_peer);
+    size_t most = l.arena - l.index;
+    if (ROUND(slot_bytes) > most) most = ROUND(slot_bytes);
+    unsigned char *vec = mmap(NULL, ROUND(most / PAGE), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int rc = -1;
+    if (vec != MAP_FAILED) {
+        size_t used = atomic_load(&old->arena_used);
+        if (used > CW_STACK_ARENA_BYTES) used = CW_STACK_ARENA_BYTES;
+        rc = copy_written(fd, from, 0, l.index, vec);                       /* the control block */
+        if (rc == 0) rc = copy_written(fd, from, l.index, l.arena - l.index, vec);
+        if (rc == 0) rc = copy_written(fd, from, l.arena, used, vec);
+        if (rc == 0) rc = copy_written(fd, from, l.slots, slot_bytes, vec);
+        if (rc == 0) rc = copy_written(fd, from, l.peers, peer_bytes, vec);
+        munmap(vec, ROUND(most / PAGE));
+    }
+    if (rc != 0) {
+        syscall(SYS_close, fd);
+        return;
+    }
+    fork_copy_fd = fd;
 }
 
 void cw_region_fork_parent(void)
 {
-    if (fork_copy != NULL) munmap(fork_copy, cw_sh->size);
     if (fork_copy_fd >= 0) syscall(SYS_close, fork_copy_fd);
-    fork_copy = NULL;
     fork_copy_fd = -1;
 }
 
@@ -199,13 +235,13 @@ int cw_region_fork_child(int *memfd)
     struct cw_shared *old = cw_sh;
     if (old == NULL || !region_shared) return 0;
     int rc = -1;
-    if (fork_copy != NULL &&
-        mremap(fork_copy, old->size, old->size, MREMAP_MAYMOVE | MREMAP_FIXED, old) != MAP_FAILED) {
-        region_shared = fork_copy_shared;
+    if (fork_copy_fd >= 0 && mmap(old, old->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | MAP_FIXED,
+                                  fork_copy_fd, 0) == (void *)old) {
         *memfd = fork_copy_fd;
         rc = 0;
+    } else if (fork_copy_fd >= 0) {
+        syscall(SYS_close, fork_copy_fd);
     }
-    fork_copy = NULL;
     fork_copy_fd = -1;
     if (rc != 0) {
         /* No copy: drop the region rather than write the parent's.  The hooks find no table. */
