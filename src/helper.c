@@ -404,6 +404,10 @@ void cw_helper_main_if_asked(void)
         _exit(1);
     }
     close(memfd);
+    /* 0, 1 and 2 were closed at the exec: fill them, so that no descriptor of ours (a copy of the
+     * log) ever takes one of those numbers and gets written to as "stderr". */
+    for (int i = 0; i < 3; i++)
+        if (fcntl(i, F_GETFD) < 0) open("/dev/null", O_RDWR);
     unsetenv(ENV_HELPER);
     memcpy(&cw_cfg, &cw_sh->cfg, sizeof cw_cfg);
     prctl(PR_SET_NAME, (unsigned long)"closewait", 0, 0, 0);

@@ -191,10 +191,7 @@ void cw_sink_use(int fd)
     if (strcmp(cw_cfg.log_spec, "syslog") == 0) sink_kind = SINK_SYSLOG;
     else if (strcmp(cw_cfg.log_spec, "off") == 0) sink_kind = SINK_OFF;
     else sink_kind = SINK_STDERR;
-    if (fd >= 0) {
-        adopt(&log_out, fd);
-        if (fd != 2 && fcntl(2, F_GETFD) < 0) dup2(fd, 2); /* our own warnings go there too */
-    }
+    if (fd >= 0) adopt(&log_out, fd);
 }
 
 int cw_sink_fd(void)

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -248,7 +249,9 @@ static void text_frames(struct buf *b, uint32_t id)
 
 static void load_suppressions(void)
 {
-    if (cw_cfg.suppress_path[0] == '\0') return;
+    static int loaded; /* once per process: a forked child has its parent's already */
+    if (loaded || cw_cfg.suppress_path[0] == '\0') return;
+    loaded = 1;
     FILE *fp = fopen(cw_cfg.suppress_path, "re");
     if (fp == NULL) {
         cw_warn("cannot read CLOSEWAIT_SUPPRESSIONS ", cw_cfg.suppress_path, "; nothing suppressed");
@@ -1111,6 +1114,7 @@ static void *watcher_main(void *arg)
 
 static void start_thread(void)
 {
+    load_suppressions(); /* here, not before: a watcher process reads them itself */
     sigset_t all, old;
     sigfillset(&all);
     /* The thread inherits this mask: the program's signals must never land on it. */
@@ -1172,7 +1176,6 @@ void cw_watcher_start(int memfd)
     if (shared != NULL && strcmp(shared, "1") == 0) private_table_wanted = 0;
     load_identity();
     cw_sink_open();
-    load_suppressions();
     if (cw_cfg.report_signal != 0) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
@@ -1247,6 +1250,13 @@ void cw_watcher_helper_run(int pidfd)
     cw_kernel_borrow_from(pidfd);
     struct cw_borrow sink = {atomic_load(&cw_sh->sink_fd), -1};
     cw_sink_use(cw_borrowed(&sink));
+    /* Our own warnings (one line each) go to the program's stderr, as the program's would; not a
+     * copy of a socket, though (an inetd-style server's stderr), which would keep it open. */
+    struct cw_borrow err = {2, -1};
+    int errfd = cw_borrowed(&err);
+    struct stat est;
+    if (errfd >= 0 && fstat(errfd, &est) == 0 && !S_ISSOCK(est.st_mode) && errfd != 2) dup2(errfd, 2);
+    if (errfd != 2) cw_borrow_end(&err);
     int sockets_ep = -1;
     if (watch_mode == WATCH_EPOLL) {
         struct cw_borrow ep = {atomic_load(&cw_sh->epoll_fd), -1};

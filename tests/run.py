@@ -1536,6 +1536,21 @@ def test_bad_option_value():
 
 
 @test
+def test_missing_suppressions_file():
+    """CLOSEWAIT_SUPPRESSIONS naming no file: one warning line, said once (by the program or by its
+    watcher process, not both), and leaks are still reported."""
+    p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
+                 env={'CLOSEWAIT_SUPPRESSIONS': '/nonexistent/closewait.supp'})
+    c = Conn(p, p.port())
+    c.close()
+    p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+    p.finish()
+    err = [l for l in p.stderr_text().splitlines() if l.strip()]
+    check(len(err) == 1, 'wanted one warning line on stderr, got %d: %s' % (len(err), err[:4]))
+    check('CLOSEWAIT_SUPPRESSIONS' in err[0], 'warning does not name the variable: %r' % err[0])
+
+
+@test
 def test_suppressions():
     """CLOSEWAIT_SUPPRESSIONS (README): a fun: pattern matching the opener hides the report;
     the summary still counts it. A pattern matching nothing hides nothing."""
