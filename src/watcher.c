@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1145,10 +1146,18 @@ static void publish_for_helper(void)
     atomic_store(&cw_sh->epoll_generation, cw_epoll_generation());
 }
 
+/* An orphan is re-parented to the nearest subreaper or to the namespace's init: if that is the
+ * program itself, the watcher process would become its child after all (seen by its wait()). */
+static int orphans_come_back(void)
+{
+    int subreaper = 0;
+    return getpid() == 1 || (prctl(PR_GET_CHILD_SUBREAPER, (unsigned long)&subreaper, 0, 0, 0) == 0 && subreaper);
+}
+
 /* The watcher process, or (it cannot run here) the thread. */
 static void start_watching(int memfd, int wait)
 {
-    if (process_wanted && memfd >= 0 && cw_region_is_shared()) {
+    if (process_wanted && memfd >= 0 && cw_region_is_shared() && !orphans_come_back()) {
         publish_for_helper();
         if (cw_helper_spawn(memfd, wait) == 0) return;
         if (wait) cw_warn("the watcher process could not start (", cw_sh->helper_error, "); watching from a thread");

@@ -1426,6 +1426,23 @@ os.execve('/bin/sleep', ['sleep', '4'], env)
 
 
 @test
+def test_watcher_thread_when_subreaper():
+    """A program that is a child subreaper would inherit the orphaned watcher process (and see it in
+    wait()): the library watches from a thread there, and still reports."""
+    launcher = ('import ctypes, os, sys; ctypes.CDLL(None).prctl(36, 1, 0, 0, 0); '
+                'os.execv(sys.argv[1], sys.argv[1:])')
+    p = run_prog([sys.executable, '-c', launcher, TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'])
+    c = Conn(p, p.port())
+    # the launcher's own watcher process leaves at the exec
+    check(poll_until(lambda: watchers_of(p.pid) == [], 3.0), 'a watcher process for a subreaper: %r' % watchers_of(p.pid))
+    check(threads_of(p.pid) >= 2, 'no watcher thread either (%d threads)' % threads_of(p.pid))
+    c.close()
+    evs, _ = p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+    check_leak(evs[0], c, 'eof_not_closed', opened_by='accept')
+    p.finish()
+
+
+@test
 def test_watcher_thread_mode():
     """CLOSEWAIT_WATCHER=thread: the watcher is a thread of the program, no process."""
     p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
