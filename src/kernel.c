@@ -473,7 +473,16 @@ void cw_kernel_borrow_from(int pidfd)
 int cw_borrowed(struct cw_borrow *b)
 {
     if (!cw_on_private_table) return b->fd;
-    if (b->copy < 0 && b->fd >= 0) b->copy = (int)syscall(SYS_pidfd_getfd, self_pidfd, b->fd, 0);
+    if (b->copy < 0 && b->fd >= 0) {
+        b->copy = (int)syscall(SYS_pidfd_getfd, self_pidfd, b->fd, 0);
+        static int refused;
+        if (b->copy < 0 && errno == EPERM && !refused) {
+            /* The program changed its credentials or made itself non-dumpable after we started. */
+            refused = 1;
+            cw_warn("the program's descriptors can no longer be reached (pidfd_getfd: permission denied); ",
+                    "no further reports", NULL);
+        }
+    }
     return b->copy;
 }
 
