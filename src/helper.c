@@ -42,12 +42,6 @@
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-#ifndef SYS_pidfd_getfd
-#define SYS_pidfd_getfd 438
-#endif
 #ifndef PR_SET_PTRACER
 #define PR_SET_PTRACER 0x59616d61
 #endif
@@ -63,22 +57,34 @@ pid_t cw_program_pid(void)
     return cw_is_helper ? watched_pid : getpid();
 }
 
+/* From /proc/pid/stat: state, parent and start time (clock ticks since boot).  -1 if there is no
+ * such process. */
+static int proc_stat(pid_t pid, char *state, long *ppid, unsigned long long *start)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    /* pid (comm) state ppid ...: comm may hold spaces and parentheses, the last ')' ends it */
+    const char *p = strrchr(buf, ')');
+    if (p == NULL ||
+        sscanf(p + 1, " %c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", state, ppid,
+               start) != 3)
+        return -1;
+    return 0;
+}
+
 pid_t cw_program_ppid(void)
 {
     if (!cw_is_helper) return getppid();
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%ld/stat", (long)watched_pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buf[n] = '\0';
-    /* pid (comm) state ppid: comm may hold spaces and parentheses, the last ')' ends it */
-    const char *p = strrchr(buf, ')');
+    char state = 0;
     long ppid = 0;
-    if (p == NULL || sscanf(p + 1, " %*c %ld", &ppid) != 1) return 0;
-    return (pid_t)ppid;
+    unsigned long long start = 0;
+    return proc_stat(watched_pid, &state, &ppid, &start) == 0 ? (pid_t)ppid : 0;
 }
 
 /* ---- the program's side -------------------------------------------------- */
@@ -157,25 +163,14 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper
     return 0;
 }
 
-/* Field 22 of /proc/pid/stat (start time in clock ticks), 0 if there is no such process or it
- * is a zombie: with the start time the helper wrote, a reused pid is told from the helper. */
+/* The start time of a live process, 0 if there is none or it is a zombie: with the start time the
+ * helper wrote, a reused pid is told from the helper. */
 static unsigned long long start_time_of(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
     char state = 0;
+    long ppid = 0;
     unsigned long long start = 0;
-    if (p == NULL ||
-        sscanf(p + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &state,
-               &start) != 2)
-        return 0;
+    if (proc_stat(pid, &state, &ppid, &start) != 0) return 0;
     return state == 'Z' || state == 'X' ? 0 : start;
 }
 

@@ -412,13 +412,6 @@ void cw_peer_load(const struct cw_peer *slot, struct cw_peer *value)
 CW_HIDDEN __thread int cw_on_private_table __attribute__((tls_model("initial-exec")));
 static int self_pidfd = -1;
 
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-#ifndef SYS_pidfd_getfd
-#define SYS_pidfd_getfd 438
-#endif
-
 int cw_watcher_private_table(const int *keep, int nkeep)
 {
     cw_on_private_table = 0;

@@ -2,6 +2,7 @@
 #define CLOSEWAIT_KERNEL_H
 #include "closewait.h"
 #include <linux/tcp.h>
+#include <sys/syscall.h>
 
 /* A set of socket inodes (open addressing; grows). */
 struct inode_set {
@@ -73,6 +74,12 @@ CW_HIDDEN void cw_epoll_after_fork(void);
  * moment.  Where that is not available (kernel before 5.6, a seccomp filter) it shares the
  * table as before and a borrow is the descriptor itself. */
 CW_HIDDEN int cw_watcher_private_table(const int *keep, int nkeep); /* call on the watcher */
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
 /* In the watcher process: borrow from the process this pidfd names. */
 CW_HIDDEN void cw_kernel_borrow_from(int pidfd);
 /* In the watcher process: register sockets in this (a copy of the program's epoll instance,

@@ -36,6 +36,8 @@ import time
 import traceback
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, TESTS_DIR)
+from procinfo import watchers_of  # noqa: E402
 ROOT = os.path.dirname(TESTS_DIR)
 BUILD = os.path.join(TESTS_DIR, 'build')
 TSERVER = os.path.join(BUILD, 'tserver')
@@ -1313,26 +1315,6 @@ def test_errno_preserved():
 
 
 # ---------------------------------------------------------------- tests: the watcher process
-
-def watchers_of(pid):
-    """Pids of watcher processes (cmdline closewait-watcher) started for program pid."""
-    found = []
-    for d in os.listdir('/proc'):
-        if not d.isdigit():
-            continue
-        try:
-            with open('/proc/%s/cmdline' % d, 'rb') as f:
-                if f.read().split(b'\0')[0] != b'closewait-watcher':
-                    continue
-            with open('/proc/%s/environ' % d, 'rb') as f:
-                env = f.read().split(b'\0')
-        except OSError:
-            continue
-        for e in env:
-            if e.startswith(b'CLOSEWAIT_HELPER=') and e.endswith(b':%d' % pid):
-                found.append(int(d))
-    return found
-
 
 def threads_of(pid):
     return len(os.listdir('/proc/%d/task' % pid))

@@ -21,6 +21,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+from procinfo import watchers_of  # noqa: E402
 PY = '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable
 GRACE = 500
 LIB = os.environ.get('CLOSEWAIT_LIB') or os.path.join(ROOT, 'libclosewait.so')
@@ -336,24 +338,6 @@ def test_syslog_sink():
 
 # ---------------------------------------------------------------- scale
 
-def watcher_processes(pid):
-    """The watcher process(es) started for program pid (cmdline closewait-watcher)."""
-    found = []
-    for d in os.listdir('/proc'):
-        if not d.isdigit():
-            continue
-        try:
-            with open('/proc/%s/cmdline' % d, 'rb') as f:
-                if f.read().split(b'\0')[0] != b'closewait-watcher':
-                    continue
-            with open('/proc/%s/environ' % d, 'rb') as f:
-                if any(e.startswith(b'CLOSEWAIT_HELPER=') and e.endswith(b':%d' % pid) for e in f.read().split(b'\0')):
-                    found.append(int(d))
-        except OSError:
-            continue
-    return found
-
-
 def cpu_ticks(path):
     with open(path) as f:
         fields = f.read().rsplit(')', 1)[1].split()
@@ -363,7 +347,7 @@ def cpu_ticks(path):
 def watcher_ticks(pid):
     """CPU of the watcher: its process (the default), or the program's threads but the main one."""
     total = 0
-    for w in watcher_processes(pid):
+    for w in watchers_of(pid):
         total += cpu_ticks('/proc/%d/stat' % w)
     for task in os.listdir('/proc/%d/task' % pid):
         if int(task) != pid:
