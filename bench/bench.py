@@ -27,6 +27,8 @@ QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 BIN, LIB, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+from procinfo import watchers_of  # noqa: E402  (the tests' lookup of watcher processes)
 
 # Sizes of everything, full run and quick run.
 P = {
@@ -748,21 +750,9 @@ def thread_cpu(pid, tid):
 
 
 def watcher_process(pid):
-    """The watcher process started for program pid (cmdline closewait-watcher), or None."""
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % d, "rb") as f:
-                if f.read().split(b"\0")[0] != b"closewait-watcher":
-                    continue
-            with open("/proc/%s/environ" % d, "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if any(e.startswith(b"CLOSEWAIT_HELPER=") and e.endswith(b":%d" % pid) for e in env):
-            return int(d)
-    return None
+    """The watcher process started for program pid, or None (thread mode)."""
+    found = watchers_of(pid)
+    return found[0] if found else None
 
 
 def scale_top():

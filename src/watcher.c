@@ -1,5 +1,6 @@
 /*
- * The watcher: one thread, all signals blocked, asleep in epoll_wait, that
+ * The watcher: a process of its own (helper.c; or, in thread mode, a thread of the program), all
+ * signals blocked, asleep in epoll_wait, that
  *  1. is woken by the peer's FIN on any tracked socket (each one is registered, edge-triggered
  *     EPOLLRDHUP, in the watcher's own epoll instance: the cost follows the sockets that change,
  *     not the sockets open) and notes the time;
@@ -156,8 +157,9 @@ static void announce(void)
     buf_json_str(&b, exe_path);
     buf_puts(&b, ",\"host\":");
     buf_json_str(&b, hostname);
-    buf_printf(&b, ",\"grace_ms\":%lld,\"watch\":\"%s\",\"version\":\"%s\"}\n",
-               (long long)cw_cfg.grace_ms, watch_mode_names[watch_mode], CLOSEWAIT_VERSION);
+    buf_printf(&b, ",\"grace_ms\":%lld,\"watch\":\"%s\",\"watcher\":\"%s\",\"version\":\"%s\"}\n",
+               (long long)cw_cfg.grace_ms, watch_mode_names[watch_mode], cw_is_helper ? "process" : "thread",
+               CLOSEWAIT_VERSION);
     cw_sink_write(b.p, b.n);
     buf_free(&b);
 }

@@ -1337,6 +1337,8 @@ def test_watcher_process_keeps_program_single_threaded():
     evs, _ = p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
     check_leak(evs[0], c, 'eof_not_closed', opened_by='accept')
     check(threads_of(p.pid) == 1, 'the program has %d threads after the report' % threads_of(p.pid))
+    starts = [e for e in p.events() if e.get('event') == 'start']
+    check(len(starts) == 1 and starts[0].get('watcher') == 'process', 'start event: %r' % starts)
     p.finish()
     check(summary_of(p) is not None, 'no exit summary')
     check(poll_until(lambda: not os.path.exists('/proc/%d' % w[0]), 3.0), 'the watcher outlived the program')
@@ -1436,6 +1438,8 @@ def test_watcher_thread_mode():
     c.close()
     evs, _ = p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
     check_leak(evs[0], c, 'eof_not_closed', opened_by='accept')
+    starts = [e for e in p.events() if e.get('event') == 'start']
+    check(len(starts) == 1 and starts[0].get('watcher') == 'thread', 'start event: %r' % starts)
     p.finish()
 
 
