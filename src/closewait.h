@@ -104,8 +104,21 @@ _Static_assert(sizeof(struct cw_slot) <= 64, "one cache line per descriptor");
 
 /* The fork generation and "a TCP socket exists" live in the region (region.h). */
 
-/* Slot of fd if its chunk exists, else NULL. Cheap: no syscall, no lock. */
-CW_HIDDEN struct cw_slot *cw_slot_peek(int fd);
+#define CW_CHUNK_SLOTS 4096
+#define CW_MAX_CHUNKS 1024 /* 4M descriptors: above any RLIMIT_NOFILE a kernel allows by default */
+CW_HIDDEN extern _Atomic(struct cw_slot *) cw_chunks[CW_MAX_CHUNKS];
+CW_HIDDEN struct cw_slot *cw_chunk_known(unsigned c);
+/* Slot of fd if its chunk exists, else NULL. Cheap: no syscall, no lock; inline, as every hook
+ * that sees a descriptor asks. */
+static inline struct cw_slot *cw_slot_peek(int fd)
+{
+    unsigned u = (unsigned)fd;
+    unsigned c = u / CW_CHUNK_SLOTS;
+    if (CW_UNLIKELY(c >= CW_MAX_CHUNKS)) return NULL;
+    struct cw_slot *chunk = atomic_load_explicit(&cw_chunks[c], memory_order_acquire);
+    if (CW_UNLIKELY(chunk == NULL) && (chunk = cw_chunk_known(c)) == NULL) return NULL;
+    return &chunk[u % CW_CHUNK_SLOTS];
+}
 /* Slot of fd, creating its chunk (mmap) if needed; NULL if fd is out of range or mmap fails. */
 CW_HIDDEN struct cw_slot *cw_slot_get(int fd);
 /* Start a new life in the slot. */
@@ -120,8 +133,6 @@ CW_HIDDEN int cw_table_limit(void);
 /* The first fd >= fd that has a slot (its chunk is mapped), or -1: walk the table with
  * for (fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)). */
 CW_HIDDEN int cw_table_next(int fd);
-#define CW_CHUNK_SLOTS 4096
-#define CW_MAX_CHUNKS 1024 /* 4M descriptors: above any RLIMIT_NOFILE a kernel allows by default */
 
 /* ---- stacks.c ---------------------------------------------------------- */
 #define CW_MAX_DEPTH 64

@@ -7,26 +7,16 @@
 
 /* This process's view of which chunks are in use: the hot path reads only this array.  The
  * region's slot_chunk flags say the same for the helper, which learns of a chunk there. */
-static _Atomic(struct cw_slot *) chunks[CW_MAX_CHUNKS];
+CW_HIDDEN _Atomic(struct cw_slot *) cw_chunks[CW_MAX_CHUNKS];
 
-static struct cw_slot *chunk_known(unsigned c)
+struct cw_slot *cw_chunk_known(unsigned c)
 {
     struct cw_shared *sh = cw_sh;
     if (sh == NULL || c >= sh->nchunks || !atomic_load_explicit(&sh->slot_chunk[c], memory_order_acquire))
         return NULL;
     struct cw_slot *chunk = cw_region_slots + (size_t)c * CW_CHUNK_SLOTS;
-    atomic_store_explicit(&chunks[c], chunk, memory_order_release);
+    atomic_store_explicit(&cw_chunks[c], chunk, memory_order_release);
     return chunk;
-}
-
-struct cw_slot *cw_slot_peek(int fd)
-{
-    unsigned u = (unsigned)fd;
-    unsigned c = u / CW_CHUNK_SLOTS;
-    if (CW_UNLIKELY(c >= CW_MAX_CHUNKS)) return NULL;
-    struct cw_slot *chunk = atomic_load_explicit(&chunks[c], memory_order_acquire);
-    if (CW_UNLIKELY(chunk == NULL) && (chunk = chunk_known(c)) == NULL) return NULL;
-    return &chunk[u % CW_CHUNK_SLOTS];
 }
 
 /* Walks stop at the highest descriptor ever given a slot: the watcher process reading a page of
@@ -65,7 +55,7 @@ struct cw_slot *cw_slot_get(int fd)
 
 void cw_table_detach(void)
 {
-    for (unsigned c = 0; c < CW_MAX_CHUNKS; c++) atomic_store(&chunks[c], NULL);
+    for (unsigned c = 0; c < CW_MAX_CHUNKS; c++) atomic_store(&cw_chunks[c], NULL);
 }
 
 int cw_table_limit(void)
