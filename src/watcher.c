@@ -391,6 +391,9 @@ static void report_leak(const struct observed *o, int64_t now)
         if (strcmp(l->peer, "?") == 0) cached_peer(o->fd, o->seq, l->peer, sizeof l->peer);
     }
     g->now++;
+    /* before the report is written: a program that reads it and asks closewait_leaks_open()
+     * finds it counted */
+    if (cw_sh != NULL) atomic_fetch_add(&cw_sh->open_now, 1);
     g->ever++;
     g->last_ms = now;
     if (g->now > g->peak) {
@@ -488,6 +491,7 @@ static void report_closed(const struct leak *l, int64_t now, const char *how)
 {
     struct group *g = &groups[l->gi];
     g->now--;
+    if (cw_sh != NULL) atomic_fetch_sub(&cw_sh->open_now, 1);
     char sid[17];
     snprintf(sid, sizeof sid, "%016llx", (unsigned long long)g->stable_id);
     struct buf b = {0};
