@@ -240,8 +240,8 @@ int cw_helper_spawn(int memfd, int wait)
         if (m == MAP_FAILED) return -1;
         spawn_mem = m;
     }
-    /* argv and envp: the program's environment minus LD_PRELOAD, then ours. */
-    /* [spawn_args][strings ...][argv, envp] after the two stacks */
+    /* After the two stacks: [spawn_args][strings][argv, envp]; the environment is the program's,
+     * with our LD_PRELOAD and CLOSEWAIT_HELPER. */
     struct spawn_args *argp = (struct spawn_args *)(void *)(spawn_mem + 2 * SPAWN_STACK);
     char *text = (char *)spawn_mem + 2 * SPAWN_STACK + 256;
     size_t cap = SPAWN_ENV / 2 - 256, used = 0;
@@ -297,8 +297,8 @@ int cw_helper_spawn(int memfd, int wait)
         atomic_store(&cw_sh->helper_state, CW_HELPER_NONE);
         return -1;
     }
-    /* args.pid stays -1 where clone(CLONE_VM) is emulated by a fork (valgrind): the helper
-     * writes its pid into the region itself. */
+    /* a->pid stays -1 where clone(CLONE_VM) is emulated by a fork (valgrind): the helper writes
+     * its pid into the region itself. */
     if (a->pid > 0) {
         int32_t none = 0;
         atomic_compare_exchange_strong(&cw_sh->helper_pid, &none, a->pid);

@@ -13,7 +13,6 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -33,7 +32,8 @@ const char *cw_spawn_kind_name(int kind)
 }
 
 /* Snapshot of the tracked connections (not listeners: a prefork child inheriting the listener
- * is the design, not a leak).  mmap, not malloc: fork may be called from a signal handler. */
+ * is the design, not a leak).  In the region, not malloc'ed: fork may be called from a signal
+ * handler; and the watcher process reads them there. */
 static void record(int kind, pid_t child, uint32_t stack)
 {
     if (cw_sh == NULL) return;

@@ -1256,6 +1256,20 @@ static void on_wake(int sig)
     (void)sig;
 }
 
+/* A request of the program (exit summary, closewait_dump(), the report signal): a fresh look,
+ * the summary, then the answer it waits for. */
+static int answer(_Atomic uint32_t *req, _Atomic uint32_t *done, const char *why)
+{
+    uint32_t r = atomic_load(req);
+    if (r == atomic_load(done)) return 0;
+    tick();
+    write_summary(why);
+    atomic_store(&cw_sh->open_now, open_now());
+    atomic_store(done, r);
+    cw_futex_wake(done);
+    return 1;
+}
+
 #define EV_PROGRAM UINT64_MAX       /* the program's pidfd: it is gone */
 #define EV_SOCKETS (UINT64_MAX - 1) /* the epoll instance of the sockets has events */
 
@@ -1333,23 +1347,8 @@ void cw_watcher_helper_run(int pidfd)
             atomic_store(&cw_sh->open_now, open_now());
             next_tick = cw_now_ms() + cw_cfg.interval_ms;
         }
-        exit_req = atomic_load(&cw_sh->exit_req);
-        if (exit_req != atomic_load(&cw_sh->exit_done)) {
-            tick();
-            write_summary("exit");
-            atomic_store(&cw_sh->open_now, open_now());
-            atomic_store(&cw_sh->exit_done, exit_req);
-            cw_futex_wake(&cw_sh->exit_done);
-            break;
-        }
-        dump_req = atomic_load(&cw_sh->dump_req);
-        if (dump_req != atomic_load(&cw_sh->dump_done)) {
-            tick();
-            write_summary("on request");
-            atomic_store(&cw_sh->open_now, open_now());
-            atomic_store(&cw_sh->dump_done, dump_req);
-            cw_futex_wake(&cw_sh->dump_done);
-        }
+        if (answer(&cw_sh->exit_req, &cw_sh->exit_done, "exit")) break;
+        answer(&cw_sh->dump_req, &cw_sh->dump_done, "on request");
     }
 }
 
