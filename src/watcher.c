@@ -1310,6 +1310,10 @@ void cw_watcher_helper_run(int pidfd)
     }
     load_identity();
     load_suppressions();
+    /* A relative suppressions path is read: from now on no directory is held busy (an unmount of
+     * the program's working directory must not find the watcher in it). */
+    if (chdir("/") != 0) {
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_wake;
