@@ -154,8 +154,10 @@ CW_HIDDEN extern __thread int cw_in_unwind __attribute__((tls_model("initial-exe
 CW_HIDDEN void cw_init(void);
 
 /* ---- watcher.c --------------------------------------------------------- */
-/* memfd: the region's descriptor, for the watcher process (-1: none, watch from a thread). */
-CW_HIDDEN void cw_watcher_start(int memfd);
+CW_HIDDEN void cw_watcher_start(void);
+/* The first TCP socket of the process is being born: start the watcher if it waits for that. */
+CW_HIDDEN void cw_watcher_first_tcp(void);
+/* memfd: the child's copy of the region, for its watcher process (-1: none). */
 CW_HIDDEN void cw_watcher_after_fork_child(int memfd);
 CW_HIDDEN void cw_watcher_at_exit(void);
 /* In the watcher process: the loop, on the program whose pidfd this is. */

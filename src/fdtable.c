@@ -81,6 +81,12 @@ static uint32_t next_seq(uint32_t old, enum cw_kind kind)
 
 void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack)
 {
+    /* Before anything is written: starting the watcher process may put a copy of the region in
+     * its place. */
+    if ((kind == KIND_TCP || kind == KIND_LISTEN) && CW_UNLIKELY(!atomic_load_explicit(&cw_sh->any_tcp, memory_order_relaxed))) {
+        int expected = 0;
+        if (atomic_compare_exchange_strong(&cw_sh->any_tcp, &expected, 1)) cw_watcher_first_tcp();
+    }
     uint32_t old = atomic_load_explicit(&s->seq, memory_order_relaxed);
     /* Mark the slot free under a new generation while the fields change, so a reader never
      * mixes two lives. */

@@ -80,15 +80,13 @@ void cw_init(void)
         return;
     }
     cw_in_lib++;
-    int memfd = -1;
-    if (cw_region_create(&memfd) != 0) cw_warn("cannot map the descriptor table; ", "nothing will be tracked", NULL);
+    if (cw_region_create() != 0) cw_warn("cannot map the descriptor table; ", "nothing will be tracked", NULL);
     cw_config_load();
     if (cw_sh != NULL) memcpy(&cw_sh->cfg, &cw_cfg, sizeof cw_cfg);
     cw_stacks_init();
     /* Registered first, so its prepare handler runs last, right before the fork. */
     pthread_atfork(cw_region_fork_prepare, cw_region_fork_parent, at_fork_child);
-    cw_watcher_start(memfd);
-    if (memfd >= 0) close(memfd);
+    cw_watcher_start();
     cw_in_lib--;
     atomic_store(&init_state, 2);
     errno = saved;

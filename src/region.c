@@ -114,8 +114,10 @@ static void *map_fresh(size_t size, int *memfd, int *shared)
     return p == MAP_FAILED ? NULL : p;
 }
 
-int cw_region_create(int *memfd)
+int cw_region_create(void)
 {
+    int memfd_value = -1;
+    int *memfd = &memfd_value;
     unsigned nchunks = chunks_wanted();
     struct layout l = layout_for(nchunks);
     int shared = 0;
@@ -132,6 +134,9 @@ int cw_region_create(int *memfd)
     atomic_store(&sh->program_pid, (int32_t)getpid());
     region_shared = shared;
     point_into(base, nchunks);
+    /* The mapping stays; a descriptor for it is made again when a watcher process needs one
+     * (cw_region_share): the program keeps none of ours meanwhile. */
+    if (memfd_value >= 0) syscall(SYS_close, memfd_value);
     return 0;
 }
 
@@ -183,17 +188,16 @@ static int copy_written(int fd, const unsigned char *from, size_t off, size_t le
  * parent closes it.  Copying in the child instead would race with the parent, which usually
  * closes its copy of a connection the moment fork returns.
  */
-void cw_region_fork_prepare(void)
+/* A new memfd holding a copy of the region's used parts; -1 if none could be made. */
+static int copy_to_new_memfd(void)
 {
     struct cw_shared *old = cw_sh;
-    fork_copy_fd = -1;
-    if (old == NULL || !region_shared) return; /* private memory: fork makes the copy */
     struct layout l = layout_for(old->nchunks);
     int fd = (int)syscall(SYS_memfd_create, "closewait", MFD_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) return -1;
     if (syscall(SYS_ftruncate, fd, (long)old->size) != 0) {
         syscall(SYS_close, fd);
-        return;
+        return -1;
     }
     const unsigned char *from = (const unsigned char *)old;
     /* Only the parts in use: the table and the peers below the highest descriptor ever tracked,
@@ -209,7 +213,7 @@ void cw_region_fork_prepare(void)
     if (vec != MAP_FAILED) {
         size_t used = atomic_load(&old->arena_used);
         if (used > CW_STACK_ARENA_BYTES) used = CW_STACK_ARENA_BYTES;
-        rc = copy_written(fd, from, 0, l.index, vec);                       /* the control block */
+        rc = copy_written(fd, from, 0, l.index, vec); /* the control block */
         if (rc == 0) rc = copy_written(fd, from, l.index, l.arena - l.index, vec);
         if (rc == 0) rc = copy_written(fd, from, l.arena, used, vec);
         if (rc == 0) rc = copy_written(fd, from, l.slots, slot_bytes, vec);
@@ -218,9 +222,29 @@ void cw_region_fork_prepare(void)
     }
     if (rc != 0) {
         syscall(SYS_close, fd);
-        return;
+        return -1;
     }
-    fork_copy_fd = fd;
+    return fd;
+}
+
+void cw_region_fork_prepare(void)
+{
+    fork_copy_fd = -1;
+    if (cw_sh == NULL || !region_shared) return; /* private memory: fork makes the copy */
+    fork_copy_fd = copy_to_new_memfd();
+}
+
+int cw_region_share(void)
+{
+    struct cw_shared *sh = cw_sh;
+    if (sh == NULL || !region_shared) return -1;
+    int fd = copy_to_new_memfd();
+    if (fd < 0) return -1;
+    if (mmap(sh, sh->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | MAP_FIXED, fd, 0) != (void *)sh) {
+        syscall(SYS_close, fd);
+        return -1;
+    }
+    return fd;
 }
 
 void cw_region_fork_parent(void)

@@ -47,8 +47,11 @@ CW_HIDDEN extern struct cw_slot *cw_region_slots;
 CW_HIDDEN extern struct cw_peer *cw_region_peers;
 CW_HIDDEN extern struct cw_crossed *cw_region_crossed;
 
-/* In the program: make the region; *memfd is its descriptor (-1 if private memory). */
-CW_HIDDEN int cw_region_create(int *memfd);
+/* In the program: make the region (shared memory if it can, else private). */
+CW_HIDDEN int cw_region_create(void);
+/* A descriptor for the region, for a watcher process to map: the region is copied into a new
+ * memfd put in its place (the program keeps no descriptor of ours meanwhile).  -1 if none. */
+CW_HIDDEN int cw_region_share(void);
 CW_HIDDEN int cw_region_is_shared(void);
 /* Around fork: the parent copies, the child takes the copy (at the same address, *memfd its
  * descriptor), the parent drops it. */

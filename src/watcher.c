@@ -1160,18 +1160,41 @@ static int orphans_come_back(void)
     return getpid() == 1 || (prctl(PR_GET_CHILD_SUBREAPER, (unsigned long)&subreaper, 0, 0, 0) == 0 && subreaper);
 }
 
-/* The watcher process, or (it cannot run here) the thread. */
+/* The watcher process, or (it cannot run here) the thread.  memfd: the region's descriptor if
+ * the caller has one (a forked child), else it is made here. */
 static void start_watching(int memfd, int wait)
 {
-    if (process_wanted && memfd >= 0 && cw_region_is_shared() && !orphans_come_back()) {
-        publish_for_helper();
-        if (cw_helper_spawn(memfd, wait) == 0) return;
+    if (process_wanted && cw_region_is_shared() && !orphans_come_back()) {
+        int fd = memfd >= 0 ? memfd : cw_region_share();
+        if (fd >= 0) {
+            publish_for_helper();
+            int rc = cw_helper_spawn(fd, wait);
+            if (fd != memfd) close(fd);
+            if (rc == 0) return;
+        } else {
+            snprintf(cw_sh->helper_error, sizeof cw_sh->helper_error, "no shared memory for it");
+        }
         if (wait) cw_warn("the watcher process could not start (", cw_sh->helper_error, "); watching from a thread");
     }
     start_thread();
 }
 
-void cw_watcher_start(int memfd)
+/* A process that never makes a TCP socket (a shell, a compiler under an inherited LD_PRELOAD)
+ * never gets a watcher: it starts with the first one (cw_watcher_first_tcp), in the hook that
+ * makes it. */
+static _Atomic int watcher_pending;
+
+void cw_watcher_first_tcp(void)
+{
+    if (!atomic_exchange(&watcher_pending, 0)) return;
+    int saved = errno;
+    cw_in_lib++;
+    start_watching(-1, 1);
+    cw_in_lib--;
+    errno = saved;
+}
+
+void cw_watcher_start(void)
 {
     const char *mode = getenv("CLOSEWAIT_WATCH");
     if (mode != NULL) {
@@ -1199,7 +1222,8 @@ void cw_watcher_start(int memfd)
         sigemptyset(&sa.sa_mask);
         sigaction(cw_cfg.report_signal, &sa, NULL);
     }
-    start_watching(memfd, 1);
+    if (process_wanted) atomic_store(&watcher_pending, 1);
+    else start_thread();
 }
 
 void cw_watcher_after_fork_child(int memfd)
@@ -1221,6 +1245,11 @@ void cw_watcher_after_fork_child(int memfd)
      * posix_spawn() on the program's threads can register crossed sockets in it too. */
     if (watch_mode == WATCH_EPOLL) cw_epoll_ensure();
     load_identity();
+    if (process_wanted && !atomic_load(&cw_sh->any_tcp)) {
+        atomic_store(&watcher_pending, 1); /* as at start: with the first TCP socket */
+        return;
+    }
+    atomic_store(&watcher_pending, 0);
     /* Not waited for: most children exec at once, and a failure here would have failed in the
      * parent too. */
     start_watching(memfd, 0);
@@ -1228,6 +1257,7 @@ void cw_watcher_after_fork_child(int memfd)
 
 void cw_watcher_at_exit(void)
 {
+    if (atomic_load(&watcher_pending)) return; /* no TCP socket ever: nothing to say */
     if (cw_helper_running()) {
         cw_helper_request(&cw_sh->exit_req, &cw_sh->exit_done);
         long open = (long)atomic_load(&cw_sh->open_now);

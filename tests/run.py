@@ -1360,7 +1360,8 @@ def test_watcher_invisible_to_wait():
     """A program that reaps 'all its children' with wait() until ECHILD, and counts SIGCHLD, must
     see exactly the children it made: never the watcher, never a hang."""
     script = r"""
-import os, signal, sys
+import os, signal, socket, sys
+listener = socket.create_server(('127.0.0.1', 0))   # a TCP socket: the watcher starts
 got = []
 signal.signal(signal.SIGCHLD, lambda s, f: got.append(s))
 signal.alarm(20)
@@ -1392,7 +1393,8 @@ def test_watcher_process_leaves_at_exec():
     """A program that execs another image without the library: its watcher goes (the new image
     has nothing of ours in it) while the process lives on."""
     script = r"""
-import os, sys
+import os, socket, sys
+listener = socket.create_server(('127.0.0.1', 0))   # a TCP socket: the watcher starts
 print('READY', flush=True)
 sys.stdin.readline()
 env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
@@ -1407,6 +1409,34 @@ os.execve('/bin/sleep', ['sleep', '4'], env)
     check(poll_until(lambda: not os.path.exists('/proc/%d' % w[0]), 3.0), 'the watcher stayed after exec')
     check(p.proc.poll() is None, 'the exec\'d program is gone already')
     p.wait_exit(10)
+
+
+@test
+def test_no_watcher_without_tcp():
+    """A process that makes no TCP socket (a shell, a compiler under an inherited LD_PRELOAD) gets
+    no watcher at all; its first TCP socket starts one."""
+    script = r"""
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+a, b = socket.socketpair()
+print('NO-TCP', flush=True)
+sys.stdin.readline()
+t = socket.socket()
+print('TCP', flush=True)
+sys.stdin.readline()
+"""
+    p = run_prog([sys.executable, '-c', script])
+    p.wait_line(r'NO-TCP')
+    time.sleep(0.3)
+    check(watchers_of(p.pid) == [], 'a watcher process before any TCP socket: %r' % watchers_of(p.pid))
+    check(threads_of(p.pid) == 1, 'the program has %d threads before any TCP socket' % threads_of(p.pid))
+    p.proc.stdin.write(b'go\n')
+    p.proc.stdin.flush()
+    p.wait_line(r'TCP')
+    check(poll_until(lambda: len(watchers_of(p.pid)) == 1, 3.0), 'no watcher process after the first TCP socket')
+    p.proc.stdin.write(b'go\n')
+    p.proc.stdin.flush()
+    check(p.wait_exit(10) == 0, 'exit status (%s)' % p.context())
 
 
 @test
