@@ -325,6 +325,80 @@ int cw_helper_spawn(int memfd, int wait)
     return -1;
 }
 
+/* ---- the pids budget -------------------------------------------------------- */
+
+static long read_number(const char *path, int *unlimited)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char buf[32];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    if (strncmp(buf, "max", 3) == 0) {
+        *unlimited = 1;
+        return -1;
+    }
+    return strtol(buf, NULL, 10);
+}
+
+/* Pids left in the pids cgroup of this process and its ancestors (the fewest), or -1 if none is
+ * limited. */
+static long pids_left(void)
+{
+    int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    char dir[512] = "";
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        char *c1 = strchr(line, ':'), *c2 = c1 != NULL ? strchr(c1 + 1, ':') : NULL;
+        if (c2 == NULL) continue;
+        *c2 = '\0';
+        const char *controllers = c1 + 1, *path = c2 + 1;
+        if (strcmp(line, "0") == 0 && controllers[0] == '\0' && dir[0] == '\0') {
+            /* cgroup v2: the unified hierarchy, on its own or beside v1 */
+            snprintf(dir, sizeof dir, "%s%s",
+                     access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/unified",
+                     path);
+        } else if (strstr(controllers, "pids") != NULL) {
+            snprintf(dir, sizeof dir, "/sys/fs/cgroup/pids%s", path);
+        }
+    }
+    long least = -1;
+    /* the limit of every ancestor applies too */
+    while (dir[0] != '\0') {
+        char file[600];
+        snprintf(file, sizeof file, "%s/pids.max", dir);
+        int unlimited = 0;
+        long max = read_number(file, &unlimited);
+        if (max >= 0) {
+            snprintf(file, sizeof file, "%s/pids.current", dir);
+            long cur = read_number(file, &unlimited);
+            if (cur >= 0 && (least < 0 || max - cur < least)) least = max - cur;
+        } else if (!unlimited) {
+            break; /* no such file: above the hierarchy's root */
+        }
+        char *slash = strrchr(dir, '/');
+        if (slash == NULL || slash == dir) break;
+        *slash = '\0';
+    }
+    return least;
+}
+
+int cw_helper_pids_tight(void)
+{
+    long left = pids_left();
+    /* A watcher process takes one pid from the program's budget: where few are left, the program's
+     * own forks come first. */
+    return left >= 0 && left < 64;
+}
+
 int cw_helper_running(void)
 {
     struct cw_shared *sh = cw_sh;

@@ -73,6 +73,8 @@ CW_HIDDEN int cw_helper_spawn(int memfd, int wait);
 /* Is this process the watcher of another one? */
 CW_HIDDEN extern int cw_is_helper;
 CW_HIDDEN int cw_helper_running(void);
+/* Are few pids left in the process's pids cgroup (a container's limit)? */
+CW_HIDDEN int cw_helper_pids_tight(void);
 /* Ask the helper for something and wait until it is done (bounded). */
 CW_HIDDEN void cw_helper_request(_Atomic uint32_t *req, _Atomic uint32_t *done);
 CW_HIDDEN void cw_helper_poke(void); /* async-signal-safe */

@@ -1164,7 +1164,7 @@ static int orphans_come_back(void)
  * the caller has one (a forked child), else it is made here. */
 static void start_watching(int memfd, int wait)
 {
-    if (process_wanted && cw_region_is_shared() && !orphans_come_back()) {
+    if (process_wanted && cw_region_is_shared() && !orphans_come_back() && !cw_helper_pids_tight()) {
         int fd = memfd >= 0 ? memfd : cw_region_share();
         if (fd >= 0) {
             publish_for_helper();

@@ -1457,6 +1457,40 @@ def test_watcher_thread_when_subreaper():
 
 
 @test
+def test_watcher_thread_when_pids_are_few():
+    """In a pids cgroup with few pids left (a container's limit), a watcher process would take one
+    from the program's own forks: the library watches from a thread there."""
+    base = '/sys/fs/cgroup/pids'
+    if not os.path.isdir(base) or not os.access(base, os.W_OK):
+        raise TestSkip('no writable cgroup v1 pids hierarchy')
+    cg = os.path.join(base, 'closewait-test-%d' % os.getpid())
+    try:
+        os.mkdir(cg)
+    except OSError as e:
+        raise TestSkip('cannot make a pids cgroup: %s' % e)
+    try:
+        with open(os.path.join(cg, 'pids.max'), 'w') as f:
+            f.write('30')
+        argv = ['/bin/sh', '-c', 'echo $$ > %s/cgroup.procs && exec "$@"' % cg, 'sh',
+                TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000']
+        p = run_prog(argv)
+        c = Conn(p, p.port())
+        check(watchers_of(p.pid) == [], 'a watcher process with 30 pids allowed: %r' % watchers_of(p.pid))
+        check(threads_of(p.pid) >= 2, 'no watcher thread either (%d threads)' % threads_of(p.pid))
+        c.close()
+        evs, _ = p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+        check_leak(evs[0], c, 'eof_not_closed', opened_by='accept')
+        p.finish()
+    finally:
+        for _ in range(50):
+            try:
+                os.rmdir(cg)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+@test
 def test_watcher_thread_mode():
     """CLOSEWAIT_WATCHER=thread: the watcher is a thread of the program, no process."""
     p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
