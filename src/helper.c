@@ -57,18 +57,25 @@ pid_t cw_program_pid(void)
     return cw_is_helper ? watched_pid : getpid();
 }
 
+/* A small file of /proc or /sys, as a string: its length, -1 if it cannot be read. */
+static ssize_t read_small(const char *path, char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, cap - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    return n;
+}
+
 /* From /proc/pid/stat: state, parent and start time (clock ticks since boot).  -1 if there is no
  * such process. */
 static int proc_stat(pid_t pid, char *state, long *ppid, unsigned long long *start)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = '\0';
+    if (read_small(path, buf, sizeof buf) < 0) return -1;
     /* pid (comm) state ppid ...: comm may hold spaces and parentheses, the last ')' ends it */
     const char *p = strrchr(buf, ')');
     if (p == NULL ||
@@ -207,12 +214,8 @@ static void remember_preload(void)
 
 static int yama_scope(void)
 {
-    int fd = open("/proc/sys/kernel/yama/ptrace_scope", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    char c = '0';
-    ssize_t n = read(fd, &c, 1);
-    close(fd);
-    return n == 1 ? c - '0' : 0;
+    char buf[8];
+    return read_small("/proc/sys/kernel/yama/ptrace_scope", buf, sizeof buf) > 0 ? buf[0] - '0' : 0;
 }
 
 /* Memory for the child's stack and its argument and environment arrays: mmap'ed once, because
@@ -329,13 +332,8 @@ int cw_helper_spawn(int memfd, int wait)
 
 static long read_number(const char *path, int *unlimited)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
     char buf[32];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = '\0';
+    if (read_small(path, buf, sizeof buf) < 0) return -1;
     if (strncmp(buf, "max", 3) == 0) {
         *unlimited = 1;
         return -1;
@@ -347,13 +345,8 @@ static long read_number(const char *path, int *unlimited)
  * limited. */
 static long pids_left(void)
 {
-    int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
     char buf[4096];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = '\0';
+    if (read_small("/proc/self/cgroup", buf, sizeof buf) < 0) return -1;
     char dir[512] = "";
     char *save = NULL;
     for (char *line = strtok_r(buf, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
