@@ -47,7 +47,8 @@
 #endif
 
 CW_HIDDEN int cw_is_helper;
-static pid_t watched_pid; /* in the helper */
+static pid_t watched_pid;        /* in the helper */
+static uintptr_t watched_region; /* the region's address in the program */
 static char saved_preload[4096];
 
 #define ENV_HELPER "CLOSEWAIT_HELPER"
@@ -453,7 +454,8 @@ void cw_helper_main_if_asked(void)
     long pid = 0;
     if (sscanf(spec, "%d:%lx:%zx:%ld", &memfd, &addr, &size, &pid) != 4 || memfd < 0 || pid <= 0) _exit(2);
     watched_pid = (pid_t)pid;
-    if (cw_region_attach(memfd, (uintptr_t)addr, size) != 0) {
+    watched_region = (uintptr_t)addr;
+    if (cw_region_attach(memfd, size) != 0) {
         int err = errno;
         /* Not mapped: report through a mapping anywhere, just for the error word. */
         void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
@@ -491,7 +493,8 @@ void cw_helper_main_if_asked(void)
     }
     uint64_t cookie = 0;
     struct iovec local = {&cookie, sizeof cookie};
-    struct iovec remote = {(void *)&cw_sh->cookie, sizeof cookie};
+    struct iovec remote = {(void *)(watched_region + offsetof(struct cw_shared, cookie)), /* NOLINT(performance-no-int-to-ptr) */
+                           sizeof cookie};
     if (process_vm_readv((pid_t)pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof cookie)
         helper_fail("cannot read the program's memory (process_vm_readv)", errno);
     if (cookie != cw_sh->cookie) helper_fail("the program is not the one that started us", ESRCH);
@@ -509,7 +512,8 @@ int cw_helper_program_changed(void)
 {
     uint64_t cookie = 0;
     struct iovec local = {&cookie, sizeof cookie};
-    struct iovec remote = {(void *)&cw_sh->cookie, sizeof cookie};
+    struct iovec remote = {(void *)(watched_region + offsetof(struct cw_shared, cookie)), /* NOLINT(performance-no-int-to-ptr) */
+                           sizeof cookie};
     ssize_t n = process_vm_readv(watched_pid, &local, 1, &remote, 1, 0);
     if (n == (ssize_t)sizeof cookie) return cookie != cw_sh->cookie;
     return n < 0 && (errno == EFAULT || errno == ENOMEM);

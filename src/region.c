@@ -4,8 +4,8 @@
  * of a memfd.  The watcher runs in a process of its own (see helper.c): a thread in the program
  * would switch glibc into its multi-threaded paths for good (locked malloc, cancellable syscalls
  * with an atomic exchange around each one, locked stdio), and a single-threaded server would pay
- * that on every call, ours or not.  The helper maps the same memfd at the same address, so the
- * pointers inside the region mean the same in both processes.
+ * that on every call, ours or not.  The helper maps the same memfd wherever its own address
+ * space has room: the region holds offsets and indexes, never pointers into itself.
  *
  * Nothing in the region is ever reserved for real: the memfd is sparse and its pages exist once
  * written.  A forked child gets a copy of what is written (its table is its own from the fork
@@ -288,18 +288,12 @@ int cw_region_fork_child(int *memfd)
     return 0;
 }
 
-/* In the helper: the program's region, at the program's address. */
-int cw_region_attach(int memfd, uintptr_t addr, size_t size)
+/* In the helper: the program's region, wherever it lands (it holds offsets, never pointers: a
+ * sanitizer's shadow or a library can sit at the program's address in a fresh process). */
+int cw_region_attach(int memfd, size_t size)
 {
-    void *want = (void *)addr; /* NOLINT(performance-no-int-to-ptr) */
-    void *p = mmap(want, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
-                   memfd, 0);
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, memfd, 0);
     if (p == MAP_FAILED) return -1;
-    if (p != want) {
-        munmap(p, size);
-        errno = EEXIST;
-        return -1;
-    }
     struct cw_shared *sh = p;
     if (sh->size != size) {
         munmap(p, size);

@@ -58,8 +58,8 @@ CW_HIDDEN int cw_region_is_shared(void);
 CW_HIDDEN void cw_region_fork_prepare(void);
 CW_HIDDEN void cw_region_fork_parent(void);
 CW_HIDDEN int cw_region_fork_child(int *memfd);
-/* In the helper: map the program's region at the program's address. */
-CW_HIDDEN int cw_region_attach(int memfd, uintptr_t addr, size_t size);
+/* In the helper: map the program's region (anywhere: it holds no pointers). */
+CW_HIDDEN int cw_region_attach(int memfd, size_t size);
 CW_HIDDEN int cw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int timeout_ms);
 CW_HIDDEN void cw_futex_wake(_Atomic uint32_t *word);
 

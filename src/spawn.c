@@ -20,6 +20,11 @@
 
 static _Atomic unsigned spawn_next;
 
+struct cw_crossed *cw_spawn_socks(unsigned i)
+{
+    return cw_region_crossed + (size_t)i * CW_SPAWN_SOCKS;
+}
+
 const char *cw_spawn_kind_name(int kind)
 {
     switch (kind) {
@@ -46,17 +51,17 @@ static void record(int kind, pid_t child, uint32_t stack)
     if (n > CW_SPAWN_SOCKS) n = CW_SPAWN_SOCKS;
     /* Take the next record in the ring; one still being read by the watcher is skipped. */
     struct cw_spawn *r = NULL;
+    struct cw_crossed *socks = NULL;
     for (int tries = 0; tries < CW_MAX_SPAWNS; tries++) {
         unsigned i = atomic_fetch_add(&spawn_next, 1) % CW_MAX_SPAWNS;
         struct cw_spawn *cand = &cw_spawns[i];
         int expected = atomic_load(&cand->state);
         if (expected == 1 || !atomic_compare_exchange_strong(&cand->state, &expected, 1)) continue;
-        cand->socks = cw_region_crossed + (size_t)i * CW_SPAWN_SOCKS;
         r = cand;
+        socks = cw_spawn_socks(i);
         break;
     }
     if (r == NULL) return;
-    struct cw_crossed *socks = r->socks;
     size_t k = 0;
     for (int fd = cw_table_next(0); fd >= 0 && k < n; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);

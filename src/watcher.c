@@ -794,7 +794,7 @@ static void check_crossed(int64_t now, int have_diag)
         /* hold the record (state 1) so that a spawn on another thread does not reuse it */
         if (!atomic_compare_exchange_strong(&r->state, &expected, 1)) continue;
         for (size_t k = 0; k < r->nsocks; k++) {
-            struct cw_crossed *c = &r->socks[k];
+            struct cw_crossed *c = &cw_spawn_socks((unsigned)i)[k];
             if (c->w_done) continue;
             if (watch_mode != WATCH_EPOLL) {
                 /* with epoll, c->w_fin_ms is set by the socket's RDHUP event */
@@ -1063,9 +1063,9 @@ static void on_epoll_event(uint64_t data, int64_t now)
         int expected = 2;
         if (atomic_load(&r->state) != 2 || !atomic_compare_exchange_strong(&r->state, &expected, 1))
             continue;
+        struct cw_crossed *socks = cw_spawn_socks((unsigned)i);
         for (size_t k = 0; k < r->nsocks; k++)
-            if ((r->socks[k].inode & 0xffffffffu) == inode && r->socks[k].w_fin_ms == 0)
-                r->socks[k].w_fin_ms = now;
+            if ((socks[k].inode & 0xffffffffu) == inode && socks[k].w_fin_ms == 0) socks[k].w_fin_ms = now;
         atomic_store(&r->state, 2);
     }
 }
