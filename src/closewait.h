@@ -85,7 +85,7 @@ struct cw_slot {
     _Atomic uint32_t flags;
     _Atomic uint32_t open_stack;   /* stack store id, 0 = none */
     _Atomic uint32_t eof_stack;
-    _Atomic uint64_t inode;        /* filled lazily by the watcher */
+    _Atomic uint64_t inode;        /* the socket's, from fstat at birth */
     _Atomic int64_t open_ms;
     _Atomic int64_t eof_ms;
     _Atomic uint8_t opened_by;
@@ -104,8 +104,8 @@ _Static_assert(sizeof(struct cw_slot) <= 64, "one cache line per descriptor");
 
 /* The fork generation and "a TCP socket exists" live in the region (region.h). */
 
-#define CW_CHUNK_SLOTS 4096
-#define CW_MAX_CHUNKS 1024 /* 4M descriptors: above any RLIMIT_NOFILE a kernel allows by default */
+#define CW_CHUNK_SLOTS 256
+#define CW_MAX_CHUNKS 4096 /* 1M descriptors: fs.nr_open's default, the most RLIMIT_NOFILE allows */
 CW_HIDDEN extern _Atomic(struct cw_slot *) cw_chunks[CW_MAX_CHUNKS];
 CW_HIDDEN struct cw_slot *cw_chunk_known(unsigned c);
 /* Slot of fd if its chunk exists, else NULL. Cheap: no syscall, no lock; inline, as every hook
@@ -122,7 +122,8 @@ static inline struct cw_slot *cw_slot_peek(int fd)
 /* Slot of fd, creating its chunk (mmap) if needed; NULL if fd is out of range or mmap fails. */
 CW_HIDDEN struct cw_slot *cw_slot_get(int fd);
 /* Start a new life in the slot. */
-CW_HIDDEN void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack);
+/* inode: the socket's (fstat at birth), which the watcher looks for in the kernel's dumps. */
+CW_HIDDEN void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack, uint64_t inode);
 /* End the life (before the real close runs). */
 CW_HIDDEN void cw_slot_forget(int fd);
 CW_HIDDEN void cw_slot_forget_range(unsigned first, unsigned last);
@@ -147,6 +148,12 @@ CW_HIDDEN int cw_pc_in_unwinder(uintptr_t pc);
 CW_HIDDEN void cw_stacks_fork_prepare(void);
 CW_HIDDEN void cw_stacks_fork_done(void);
 
+/* ---- modules.c: the program's loaded objects, for the watcher to name pcs ---- */
+/* Publish the module list in this process's area (at start, and when a new stack runs through
+ * code the list does not cover: a dlopen since). */
+CW_HIDDEN void cw_modules_publish(void);
+CW_HIDDEN void cw_modules_cover(const uintptr_t *pcs, int n);
+
 /* ---- hooks.c ----------------------------------------------------------- */
 CW_HIDDEN extern __thread int cw_in_lib __attribute__((tls_model("initial-exec")));
 /* Set while libunwind runs on this thread: its pipe I/O is routed by the hooks. */
@@ -157,10 +164,13 @@ CW_HIDDEN void cw_init(void);
 CW_HIDDEN void cw_watcher_start(void);
 /* The first TCP socket of the process is being born: start the watcher if it waits for that. */
 CW_HIDDEN void cw_watcher_first_tcp(void);
-/* memfd: the child's copy of the region, for its watcher process (-1: none). */
-CW_HIDDEN void cw_watcher_after_fork_child(int memfd);
+CW_HIDDEN void cw_watcher_after_fork_child(void);
 CW_HIDDEN void cw_watcher_at_exit(void);
-/* In the watcher process: the loop, on the program whose pidfd this is. */
-CW_HIDDEN void cw_watcher_helper_run(int pidfd);
+/* The process changed its credentials: what watches it must have no more privilege. */
+CW_HIDDEN void cw_watcher_credentials_changed(void);
+/* Before a birth or an exit: is the watcher still there?  Replaces a dead one. */
+CW_HIDDEN void cw_watcher_check(void);
+/* In the watcher process: the loop over the region's processes. */
+CW_HIDDEN void cw_watcher_helper_run(void);
 
 #endif

@@ -77,16 +77,129 @@ static void path_option(const char *name, char *dst, size_t cap, const char *fal
     else memcpy(dst, s, len + 1);
 }
 
+/* CLOSEWAIT_REPORT_SIGNAL: only a signal that runs no part of a program's life may be taken
+ * over (its handler is replaced).  Every other standard signal is refused by name and by
+ * number, with the reason. */
+struct sig_entry {
+    const char *name; /* without "SIG" */
+    int sig;
+    const char *why;  /* NULL: accepted */
+};
+
+static const struct sig_entry sig_table[] = {
+    {"USR1", SIGUSR1, NULL},
+    {"USR2", SIGUSR2, NULL},
+    {"WINCH", SIGWINCH, NULL},
+    {"URG", SIGURG, NULL},
+    {"TERM", SIGTERM, "stops the program"},
+    {"INT", SIGINT, "stops the program (Ctrl-C)"},
+    {"QUIT", SIGQUIT, "stops the program with a core dump"},
+    {"HUP", SIGHUP, "stops the program or makes it reload"},
+    {"KILL", SIGKILL, "cannot be caught"},
+    {"STOP", SIGSTOP, "cannot be caught"},
+    {"TSTP", SIGTSTP, "suspends the program (Ctrl-Z)"},
+    {"TTIN", SIGTTIN, "suspends a background program that reads its terminal"},
+    {"TTOU", SIGTTOU, "suspends a background program that writes to its terminal"},
+    {"CONT", SIGCONT, "resumes a suspended program"},
+    {"CHLD", SIGCHLD, "tells the program that a child process ended"},
+    {"CLD", SIGCHLD, "tells the program that a child process ended"},
+    {"PIPE", SIGPIPE, "tells the program that what it writes to has no reader"},
+    {"ALRM", SIGALRM, "is the program's timer (alarm, setitimer)"},
+    {"VTALRM", SIGVTALRM, "is the program's CPU-time timer"},
+    {"PROF", SIGPROF, "is a profiler's timer"},
+    {"SEGV", SIGSEGV, "reports a crash (invalid memory access)"},
+    {"BUS", SIGBUS, "reports a crash (bus error)"},
+    {"FPE", SIGFPE, "reports a crash (arithmetic error)"},
+    {"ILL", SIGILL, "reports a crash (illegal instruction)"},
+    {"ABRT", SIGABRT, "aborts the program (abort, assert)"},
+    {"IOT", SIGABRT, "aborts the program (abort, assert)"},
+    {"TRAP", SIGTRAP, "is a debugger's breakpoint"},
+    {"SYS", SIGSYS, "reports a forbidden system call (seccomp)"},
+    {"XCPU", SIGXCPU, "tells the program its CPU time limit is reached"},
+    {"XFSZ", SIGXFSZ, "tells the program its file size limit is reached"},
+    {"IO", SIGIO, "tells the program a descriptor is ready (O_ASYNC)"},
+    {"POLL", SIGPOLL, "tells the program a descriptor is ready (O_ASYNC)"},
+    {"PWR", SIGPWR, "tells the program the power is failing"},
+#ifdef SIGSTKFLT
+    {"STKFLT", SIGSTKFLT, "is not one of the signals a report may use"},
+#endif
+};
+
+#define SIG_HINT " (use USR1, USR2, WINCH, URG or a realtime signal)"
+
+/* Appends s to line[*n], at most cap - 1 bytes in all; control and non-ASCII bytes become '?'
+ * (the warning is one line whatever the variable holds). */
+static void put_clean(char *line, size_t cap, size_t *n, const char *s)
+{
+    for (; *s != '\0' && *n + 1 < cap; s++) line[(*n)++] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
+    line[*n] = '\0';
+}
+
+/* "RTMIN", "RTMIN+n", "RTMAX", "RTMAX-n" (without SIG): the signal, or -1. */
+static int realtime_by_name(const char *s)
+{
+    int from_min = strncmp(s, "RTMIN", 5) == 0;
+    if (!from_min && strncmp(s, "RTMAX", 5) != 0) return -1;
+    s += 5;
+    if (*s == '\0') return from_min ? SIGRTMIN : SIGRTMAX;
+    if (*s != (from_min ? '+' : '-')) return -1;
+    int64_t v;
+    if (parse_int(s + 1, 0, SIGRTMAX - SIGRTMIN, &v) != 0) return -1;
+    return from_min ? SIGRTMIN + (int)v : SIGRTMAX - (int)v;
+}
+
+/* 0 and *out set: a signal that may be used.  -1: refused or invalid, warned. */
 static int signal_by_name(const char *s, int *out)
 {
-    static const struct { const char *name; int sig; } names[] = {
-        {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2},
-        {"WINCH", SIGWINCH}, {"SIGWINCH", SIGWINCH}, {"URG", SIGURG}, {"SIGURG", SIGURG},
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strcmp(s, names[i].name) == 0) { *out = names[i].sig; return 0; }
+    const char *name = strncmp(s, "SIG", 3) == 0 ? s + 3 : s;
+    const struct sig_entry *e = NULL;
+    int sig = -1;
     int64_t v;
-    if (parse_int(s, 1, 64, &v) == 0 && v != SIGKILL && v != SIGSTOP) { *out = (int)v; return 0; }
+    if (parse_int(s, 1, 64, &v) == 0) {
+        sig = (int)v;
+        for (size_t i = 0; i < sizeof sig_table / sizeof sig_table[0] && e == NULL; i++)
+            if (sig_table[i].sig == sig) e = &sig_table[i];
+    } else {
+        for (size_t i = 0; i < sizeof sig_table / sizeof sig_table[0] && e == NULL; i++)
+            if (strcmp(name, sig_table[i].name) == 0) e = &sig_table[i];
+        if (e != NULL) sig = e->sig;
+        else sig = realtime_by_name(name);
+    }
+    if (e != NULL && e->why == NULL) {
+        *out = e->sig;
+        return 0;
+    }
+    if (e == NULL && sig >= SIGRTMIN && sig <= SIGRTMAX) {
+        *out = sig;
+        return 0;
+    }
+
+    char line[256];
+    size_t n = 0;
+    put_clean(line, sizeof line, &n, "CLOSEWAIT_REPORT_SIGNAL=");
+    char value[40]; /* what was given, cut */
+    size_t vlen = strnlen(s, 33);
+    if (vlen > 32) {
+        memcpy(value, s, 29);
+        memcpy(value + 29, "...", 4);
+    } else {
+        memcpy(value, s, vlen + 1);
+    }
+    put_clean(line, sizeof line, &n, value);
+    if (e != NULL) {
+        put_clean(line, sizeof line, &n, ": SIG");
+        put_clean(line, sizeof line, &n, e->name);
+        put_clean(line, sizeof line, &n, " ");
+        put_clean(line, sizeof line, &n, e->why);
+        cw_warn(line, "; refused, no report signal used", SIG_HINT);
+    } else if (sig > 0 && sig < SIGRTMIN) {
+        /* between the standard signals and SIGRTMIN: the C library's own (threads, timers) */
+        put_clean(line, sizeof line, &n, ": signal is reserved by the C library");
+        cw_warn(line, "; refused, no report signal used", SIG_HINT);
+    } else {
+        put_clean(line, sizeof line, &n, ": not a signal name or number");
+        cw_warn(line, "; no report signal used", SIG_HINT);
+    }
     return -1;
 }
 
@@ -135,9 +248,7 @@ void cw_config_load(void)
     s = getenv("CLOSEWAIT_REPORT_SIGNAL");
     if (s != NULL && *s != '\0') {
         int sig;
-        if (signal_by_name(s, &sig) == 0) cw_cfg.report_signal = sig;
-        else cw_warn("CLOSEWAIT_REPORT_SIGNAL", ": invalid value, expected USR1, USR2 or a number; ",
-                     "no signal used");
+        cw_cfg.report_signal = signal_by_name(s, &sig) == 0 ? sig : 0;
     }
 }
 

@@ -5,26 +5,25 @@
  */
 #include "region.h"
 
-/* This process's view of which chunks are in use: the hot path reads only this array.  The
- * region's slot_chunk flags say the same for the helper, which learns of a chunk there. */
+/* This process's view of its chunks: the hot path reads only this array.  Its area's chunk
+ * index says the same for the watcher. */
 CW_HIDDEN _Atomic(struct cw_slot *) cw_chunks[CW_MAX_CHUNKS];
 
 struct cw_slot *cw_chunk_known(unsigned c)
 {
-    struct cw_shared *sh = cw_sh;
-    if (sh == NULL || c >= sh->nchunks || !atomic_load_explicit(&sh->slot_chunk[c], memory_order_acquire))
-        return NULL;
-    struct cw_slot *chunk = cw_region_slots + (size_t)c * CW_CHUNK_SLOTS;
-    atomic_store_explicit(&cw_chunks[c], chunk, memory_order_release);
+    struct cw_area *me = cw_me;
+    if (me == NULL || c >= CW_MAX_CHUNKS) return NULL;
+    struct cw_slot *chunk = cw_pool_slots(atomic_load_explicit(&me->chunk[c], memory_order_acquire));
+    if (chunk != NULL) atomic_store_explicit(&cw_chunks[c], chunk, memory_order_release);
     return chunk;
 }
 
 /* Walks stop at the highest descriptor ever given a slot: the watcher process reading a page of
  * the region that nobody wrote would make that page exist (shared memory has no zero page). */
-static void note_high(struct cw_shared *sh, int fd)
+static void note_high(struct cw_area *me, int fd)
 {
-    int cur = atomic_load_explicit(&sh->fd_high, memory_order_relaxed);
-    while (cur <= fd && !atomic_compare_exchange_weak_explicit(&sh->fd_high, &cur, fd + 1, memory_order_release,
+    int cur = atomic_load_explicit(&me->fd_high, memory_order_relaxed);
+    while (cur <= fd && !atomic_compare_exchange_weak_explicit(&me->fd_high, &cur, fd + 1, memory_order_release,
                                                                memory_order_relaxed)) {
     }
 }
@@ -32,36 +31,34 @@ static void note_high(struct cw_shared *sh, int fd)
 struct cw_slot *cw_slot_get(int fd)
 {
     struct cw_slot *s = cw_slot_peek(fd);
+    struct cw_area *me = cw_me;
     if (CW_LIKELY(s != NULL)) {
-        struct cw_shared *sh = cw_sh;
-        if (CW_UNLIKELY(fd >= atomic_load_explicit(&sh->fd_high, memory_order_relaxed))) note_high(sh, fd);
+        if (CW_UNLIKELY(fd >= atomic_load_explicit(&me->fd_high, memory_order_relaxed))) note_high(me, fd);
         return s;
     }
-    if (fd < 0) return NULL;
+    if (fd < 0 || me == NULL) return NULL;
     unsigned c = (unsigned)fd / CW_CHUNK_SLOTS;
-    struct cw_shared *sh = cw_sh;
-    if (sh == NULL || c >= sh->nchunks) return NULL;
-    /* The region's pages come into being when first written: nothing to allocate. */
-    atomic_store_explicit(&sh->slot_chunk[c], 1, memory_order_release);
-    int want = (int)c + 1;
-    int cur = atomic_load_explicit(&sh->chunk_limit, memory_order_relaxed);
-    while (cur < want &&
-           !atomic_compare_exchange_weak_explicit(&sh->chunk_limit, &cur, want, memory_order_release,
-                                                  memory_order_relaxed)) {
-    }
-    note_high(sh, fd);
+    if (c >= CW_MAX_CHUNKS) return NULL;
+    uint32_t k = cw_pool_take();
+    if (k == 0) return NULL;
+    uint32_t none = 0;
+    /* Another thread may have given the chunk its slots meanwhile: keep theirs. */
+    if (!atomic_compare_exchange_strong(&me->chunk[c], &none, k)) cw_pool_give(k);
+    note_high(me, fd);
     return cw_slot_peek(fd);
 }
 
-void cw_table_detach(void)
+void cw_table_repoint(void)
 {
-    for (unsigned c = 0; c < CW_MAX_CHUNKS; c++) atomic_store(&cw_chunks[c], NULL);
+    struct cw_area *me = cw_me;
+    for (unsigned c = 0; c < CW_MAX_CHUNKS; c++)
+        atomic_store(&cw_chunks[c], me != NULL ? cw_pool_slots(atomic_load(&me->chunk[c])) : NULL);
 }
 
 int cw_table_limit(void)
 {
-    struct cw_shared *sh = cw_sh;
-    return sh == NULL ? 0 : atomic_load_explicit(&sh->fd_high, memory_order_acquire);
+    struct cw_area *me = cw_me;
+    return me == NULL ? 0 : atomic_load_explicit(&me->fd_high, memory_order_acquire);
 }
 
 int cw_table_next(int fd)
@@ -79,13 +76,17 @@ static uint32_t next_seq(uint32_t old, enum cw_kind kind)
     return ((SEQ_GEN(old) + 1) << 2) | (uint32_t)kind;
 }
 
-void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack)
+void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack, uint64_t inode)
 {
     /* Before anything is written: starting the watcher process may put a copy of the region in
      * its place. */
-    if ((kind == KIND_TCP || kind == KIND_LISTEN) && CW_UNLIKELY(!atomic_load_explicit(&cw_sh->any_tcp, memory_order_relaxed))) {
+    struct cw_area *me = cw_me;
+    if ((kind == KIND_TCP || kind == KIND_LISTEN) && CW_UNLIKELY(!atomic_load_explicit(&me->any_tcp, memory_order_relaxed))) {
         int expected = 0;
-        if (atomic_compare_exchange_strong(&cw_sh->any_tcp, &expected, 1)) cw_watcher_first_tcp();
+        if (atomic_compare_exchange_strong(&me->any_tcp, &expected, 1)) cw_watcher_first_tcp();
+        /* Starting the watcher gave this process a region of its own, at the same address. */
+        me = cw_me;
+        if (me == NULL) return;
     }
     uint32_t old = atomic_load_explicit(&s->seq, memory_order_relaxed);
     /* Mark the slot free under a new generation while the fields change, so a reader never
@@ -95,17 +96,17 @@ void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack)
     atomic_store_explicit(&s->flags, 0, memory_order_relaxed);
     atomic_store_explicit(&s->open_stack, stack, memory_order_relaxed);
     atomic_store_explicit(&s->eof_stack, 0, memory_order_relaxed);
-    atomic_store_explicit(&s->inode, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->inode, inode, memory_order_relaxed);
     atomic_store_explicit(&s->open_ms, cw_now_ms(), memory_order_relaxed);
     atomic_store_explicit(&s->eof_ms, 0, memory_order_relaxed);
     atomic_store_explicit(&s->opened_by, (uint8_t)op, memory_order_relaxed);
     atomic_store_explicit(&s->eof_by, 0, memory_order_relaxed);
-    atomic_store_explicit(&s->fork_gen, atomic_load_explicit(&cw_sh->fork_gen, memory_order_relaxed),
+    atomic_store_explicit(&s->fork_gen, atomic_load_explicit(&me->fork_gen, memory_order_relaxed),
                           memory_order_relaxed);
     atomic_store_explicit(&s->aux, -1, memory_order_relaxed);
     atomic_store_explicit(&s->seq, next_seq(old + 4, kind), memory_order_release);
-    if ((kind == KIND_TCP || kind == KIND_LISTEN) && !atomic_load_explicit(&cw_sh->any_tcp, memory_order_relaxed))
-        atomic_store_explicit(&cw_sh->any_tcp, 1, memory_order_relaxed);
+    if ((kind == KIND_TCP || kind == KIND_LISTEN) && !atomic_load_explicit(&me->any_tcp, memory_order_relaxed))
+        atomic_store_explicit(&me->any_tcp, 1, memory_order_relaxed);
 }
 
 void cw_slot_forget(int fd)
@@ -153,7 +154,7 @@ void cw_slot_copy(int from, int to)
 #undef COPY
     atomic_store_explicit(&dst->aux, from, memory_order_relaxed);
     atomic_store_explicit(&dst->seq, next_seq(old + 4, kind), memory_order_release);
-    atomic_store_explicit(&cw_sh->any_tcp, 1, memory_order_relaxed);
+    atomic_store_explicit(&cw_me->any_tcp, 1, memory_order_relaxed);
 }
 
 const char *cw_op_name(int op)

@@ -1,23 +1,29 @@
 /*
- * The watcher process.  The program's side starts it once (and once in each forked child) and
- * only ever touches it through the region: words to ask for a summary or for the exit report,
- * and SIGURG to wake it.  The helper's side borrows the program's sockets with pidfd_getfd()
- * exactly as the watcher thread does on its private table, and maps the region at the
- * program's address.
+ * The watcher process: one for a program and every process it forks, started with the first
+ * TCP socket, sharing nothing with them but the region (region.c).  It needs no permission over
+ * the program: it reads the region, asks the kernel about sockets by netlink sock_diag (as ss
+ * does, which any process may), and learns of the program's end from a pidfd (which any process
+ * may open).  No pidfd_getfd, no process_vm_readv, no /proc/PID/fd, no signal: a container
+ * without CAP_SYS_PTRACE, Yama, a non-dumpable worker or a seccomp profile changes nothing.
  *
  * How it is started, and why:
  * - clone(CLONE_VM | CLONE_VFORK) with no exit signal, then execve: the child only makes raw
  *   system calls before the exec (like posix_spawn), so no lock the program holds can trip it;
- *   and a child without an exit signal is invisible to the program's wait(), waitpid(-1) and
- *   SIGCHLD handling (only __WALL/__WCLONE see it): a server that reaps "all its children" or
- *   counts them never meets it.
+ *   an intermediate that exits at once makes the watcher nobody's child, so the program's
+ *   wait(), waitpid(-1) and SIGCHLD never meet it (exec would give a direct child SIGCHLD).
  * - The image is any small executable (/bin/true) with this library preloaded and
  *   CLOSEWAIT_HELPER set: the constructor sees that and becomes the watcher; the executable's
  *   main never runs.  No second file to install.
- * - Every descriptor is closed at the exec but the region's memfd: a copy of a socket kept by
- *   the helper would keep the connection open after the program closed it.
- * - Yama ptrace_scope 1 lets a process reach only its descendants: the program names the
- *   helper with PR_SET_PTRACER so that pidfd_getfd and process_vm_readv work on it.
+ * - It has the program's credentials, capabilities included (an exec as root would give it every
+ *   capability of the bounding set: it drops to the program's sets at once).  A process that
+ *   changes its credentials later leaves the region and gets a watcher of its own
+ *   (cw_watcher_credentials_changed).
+ * - Every descriptor is closed at the exec but the region's memfd and, unless it is a network
+ *   socket, the program's stderr, where reports go; the watcher lets go of that copy as soon as
+ *   no process it watches has it as its stderr any more (a daemon that points its stdio at
+ *   /dev/null must not keep its starter's pipe open).
+ * - Its death, however it dies, is written into the region by the kernel: its robust futex list
+ *   names a word there, which gets FUTEX_OWNER_DIED.  The program reads one word to know.
  */
 #define _GNU_SOURCE
 #include "region.h"
@@ -33,6 +39,10 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <linux/capability.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -42,20 +52,27 @@
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
-#ifndef PR_SET_PTRACER
-#define PR_SET_PTRACER 0x59616d61
-#endif
-
 CW_HIDDEN int cw_is_helper;
-static pid_t watched_pid;        /* in the helper */
-static uintptr_t watched_region; /* the region's address in the program */
 static char saved_preload[4096];
+/* In the watcher: the area being looked at. */
+static struct cw_area *current;
 
 #define ENV_HELPER "CLOSEWAIT_HELPER"
 
+void cw_set_current_area(struct cw_area *a)
+{
+    current = a;
+}
+
+struct cw_area *cw_current_area(void)
+{
+    return current != NULL ? current : cw_me;
+}
+
 pid_t cw_program_pid(void)
 {
-    return cw_is_helper ? watched_pid : getpid();
+    if (current != NULL) return (pid_t)atomic_load(&current->pid);
+    return getpid();
 }
 
 /* A small file of /proc or /sys, as a string: its length, -1 if it cannot be read. */
@@ -88,11 +105,11 @@ static int proc_stat(pid_t pid, char *state, long *ppid, unsigned long long *sta
 
 pid_t cw_program_ppid(void)
 {
-    if (!cw_is_helper) return getppid();
+    if (current == NULL) return getppid();
     char state = 0;
     long ppid = 0;
     unsigned long long start = 0;
-    return proc_stat(watched_pid, &state, &ppid, &start) == 0 ? (pid_t)ppid : 0;
+    return proc_stat(cw_program_pid(), &state, &ppid, &start) == 0 ? (pid_t)ppid : 0;
 }
 
 /* ---- the program's side -------------------------------------------------- */
@@ -104,6 +121,7 @@ struct spawn_args {
     char **argv, **envp;
     void *stack2;
     int memfd;
+    int errfd;    /* the program's stderr, handed to the watcher; -1: none */
     int detach;   /* the helper runs on alone before its exec: the caller does not wait */
     int err;
     int pid;
@@ -144,12 +162,14 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper
 #if HAVE_RAW_SYSCALL
     raw_syscall3(SYS_close_range, 0L, (long)UINT32_MAX, (long)CLOSE_RANGE_CLOEXEC);
     raw_syscall3(SYS_fcntl, (long)a->memfd, (long)F_SETFD, 0L);
+    if (a->errfd >= 0) raw_syscall3(SYS_fcntl, (long)a->errfd, (long)F_SETFD, 0L);
     long r = raw_syscall3(SYS_execve, (long)a->path, (long)a->argv, (long)a->envp);
     a->err = (int)-r;
     raw_syscall3(SYS_exit, 127L, 0L, 0L);
 #else
     a->sys(SYS_close_range, 0L, (long)UINT32_MAX, (long)CLOSE_RANGE_CLOEXEC);
     a->sys(SYS_fcntl, (long)a->memfd, (long)F_SETFD, 0L);
+    if (a->errfd >= 0) a->sys(SYS_fcntl, (long)a->errfd, (long)F_SETFD, 0L);
     a->sys(SYS_execve, (long)a->path, (long)a->argv, (long)a->envp);
     a->err = errno;
     a->sys(SYS_exit, 127L);
@@ -169,24 +189,6 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper
     if (a->pid < 0) a->err = errno;
     a->sys(SYS_exit, 0L);
     return 0;
-}
-
-/* The start time of a live process, 0 if there is none or it is a zombie: with the start time the
- * helper wrote, a reused pid is told from the helper. */
-static unsigned long long start_time_of(pid_t pid)
-{
-    char state = 0;
-    long ppid = 0;
-    unsigned long long start = 0;
-    if (proc_stat(pid, &state, &ppid, &start) != 0) return 0;
-    return state == 'Z' || state == 'X' ? 0 : start;
-}
-
-static int helper_gone(pid_t pid)
-{
-    unsigned long long want = atomic_load(&cw_sh->helper_start);
-    unsigned long long now = start_time_of(pid);
-    return now == 0 || (want != 0 && now != want);
 }
 
 static const char *helper_image(void)
@@ -213,12 +215,6 @@ static void remember_preload(void)
         snprintf(saved_preload, sizeof saved_preload, "%s", info.dli_fname);
 }
 
-static int yama_scope(void)
-{
-    char buf[8];
-    return read_small("/proc/sys/kernel/yama/ptrace_scope", buf, sizeof buf) > 0 ? buf[0] - '0' : 0;
-}
-
 /* Memory for the child's stack and its argument and environment arrays: mmap'ed once, because
  * a fork (and so this) may happen in a signal handler, where malloc is out. */
 #define SPAWN_STACK ((size_t)32 << 10) /* two of them */
@@ -226,17 +222,32 @@ static int yama_scope(void)
 _Static_assert(sizeof(struct spawn_args) <= 256, "spawn_args fits its place");
 static unsigned char *spawn_mem;
 
-int cw_helper_spawn(int memfd, int wait)
+/* The program's stderr for the watcher: not a network socket (an inetd-style server's stderr is
+ * its client's connection, which the watcher must never hold open nor write to). */
+static int stderr_for_watcher(void)
 {
-    if (memfd < 0 || cw_sh == NULL) return -1;
+    struct stat st;
+    if (fstat(2, &st) != 0) return -1;
+    if (S_ISSOCK(st.st_mode)) {
+        int domain = 0;
+        socklen_t len = sizeof domain;
+        if (getsockopt(2, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 || domain != AF_UNIX) return -1;
+    }
+    return 2;
+}
+
+int cw_helper_spawn(int wait)
+{
+    struct cw_shared *sh = cw_sh;
+    if (sh == NULL) return -1;
     const char *image = helper_image();
     if (image == NULL) {
-        snprintf(cw_sh->helper_error, sizeof cw_sh->helper_error, "no /bin/true to run it from");
+        snprintf(sh->watcher_error, sizeof sh->watcher_error, "no /bin/true to run it from");
         return -1;
     }
     remember_preload();
     if (saved_preload[0] == '\0') {
-        snprintf(cw_sh->helper_error, sizeof cw_sh->helper_error, "cannot tell where this library is");
+        snprintf(sh->watcher_error, sizeof sh->watcher_error, "cannot tell where this library is");
         return -1;
     }
     if (spawn_mem == NULL) {
@@ -244,6 +255,18 @@ int cw_helper_spawn(int memfd, int wait)
         if (m == MAP_FAILED) return -1;
         spawn_mem = m;
     }
+    /* A region of our own to hand over (the old one stays with whoever else was in it). */
+    int memfd = cw_region_fd();
+    if (memfd < 0) {
+        if (cw_sh != NULL) snprintf(cw_sh->watcher_error, sizeof cw_sh->watcher_error, "no shared memory for it");
+        return -1;
+    }
+    sh = cw_sh;
+    /* The capabilities the program has now: the watcher drops to them. */
+    struct __user_cap_header_struct caph = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct capd[2];
+    memset(capd, 0, sizeof capd);
+    int have_caps = syscall(SYS_capget, &caph, capd) == 0;
     /* After the two stacks: [spawn_args][strings][argv, envp]; the environment is the program's,
      * with our LD_PRELOAD and CLOSEWAIT_HELPER. */
     struct spawn_args *argp = (struct spawn_args *)(void *)(spawn_mem + 2 * SPAWN_STACK);
@@ -251,9 +274,11 @@ int cw_helper_spawn(int memfd, int wait)
     size_t cap = SPAWN_ENV / 2 - 256, used = 0;
     char **vec = (char **)(void *)(text + cap);
     size_t nvec = 0, maxvec = (SPAWN_ENV / 2) / sizeof(char *) - 8;
-    char head[160];
-    int hl = snprintf(head, sizeof head, ENV_HELPER "=%d:%lx:%zx:%ld", memfd, (unsigned long)(uintptr_t)cw_sh,
-                      cw_sh->size, (long)getpid());
+    int errfd = stderr_for_watcher();
+    char head[200];
+    int hl = snprintf(head, sizeof head, ENV_HELPER "=%d:%d:%ld:%d:%x:%x:%x:%x:%x:%x", memfd, errfd, (long)getpid(),
+                      have_caps, capd[0].effective, capd[1].effective, capd[0].permitted, capd[1].permitted,
+                      capd[0].inheritable, capd[1].inheritable);
     char *argv0 = text;
     memcpy(text, "closewait-watcher", 18);
     used = 18;
@@ -279,53 +304,40 @@ int cw_helper_spawn(int memfd, int wait)
     vec[nvec] = NULL;
 
     CW_REAL(syscall);
-    /* In the spawn memory, not on this stack: a detached helper may still read it (and write its
+    /* In the spawn memory, not on this stack: a detached watcher may still read it (and write its
      * exec error) after we return. */
     *argp = (struct spawn_args){.sys = real_syscall, .clone_fn = clone, .path = image, .argv = vec, .envp = envp,
-                                .stack2 = spawn_mem + 2 * SPAWN_STACK, .memfd = memfd,
+                                .stack2 = spawn_mem + 2 * SPAWN_STACK, .memfd = memfd, .errfd = errfd,
                                 .detach = !wait && HAVE_RAW_SYSCALL, .err = 0, .pid = -1};
     struct spawn_args args_copy;
-    atomic_store(&cw_sh->helper_pid, 0);
-    atomic_store(&cw_sh->helper_state, CW_HELPER_STARTING);
-    cw_sh->helper_error[0] = '\0';
+    atomic_store(&sh->watcher_pid, 0);
+    atomic_store(&sh->watcher_alive, 0);
+    atomic_store(&sh->watcher_state, CW_WATCHER_STARTING);
+    sh->watcher_error[0] = '\0';
     int saved = errno;
     int mid = clone(helper_launch, spawn_mem + SPAWN_STACK, CLONE_VM | CLONE_VFORK, argp);
     int clone_errno = errno;
     if (mid > 0) waitpid(mid, NULL, __WCLONE);
     errno = saved;
+    syscall(SYS_close, memfd);
     memcpy(&args_copy, argp, sizeof args_copy);
     struct spawn_args *a = &args_copy;
     if (mid < 0 || a->err != 0) {
-        snprintf(cw_sh->helper_error, sizeof cw_sh->helper_error, "cannot start %s: %s", image,
+        snprintf(sh->watcher_error, sizeof sh->watcher_error, "cannot start %s: %s", image,
                  strerror(mid < 0 ? clone_errno : a->err));
-        atomic_store(&cw_sh->helper_state, CW_HELPER_NONE);
+        atomic_store(&sh->watcher_state, CW_WATCHER_NONE);
         return -1;
     }
-    /* a->pid stays -1 where clone(CLONE_VM) is emulated by a fork (valgrind): the helper writes
-     * its pid into the region itself. */
-    if (a->pid > 0) {
-        int32_t none = 0;
-        atomic_compare_exchange_strong(&cw_sh->helper_pid, &none, a->pid);
-        if (yama_scope() == 1) prctl(PR_SET_PTRACER, (unsigned long)a->pid, 0, 0, 0);
-    }
     if (!wait) return 0;
-    /* Its first word: can it reach our descriptors?  A few milliseconds, bounded. */
+    /* Its first word; a few milliseconds, bounded. */
     for (int i = 0; i < 100; i++) {
-        uint32_t st = atomic_load(&cw_sh->helper_state);
-        if (st == CW_HELPER_READY) return 0;
-        if (st == CW_HELPER_FAILED) break;
-        pid_t known = atomic_load(&cw_sh->helper_pid);
-        if (i >= 5 && known > 0 && helper_gone(known)) {
-            if (cw_sh->helper_error[0] == '\0')
-                snprintf(cw_sh->helper_error, sizeof cw_sh->helper_error, "it exited at once");
-            break;
-        }
-        cw_futex_wait(&cw_sh->helper_state, st, 20);
+        uint32_t st = atomic_load(&sh->watcher_state);
+        if (st == CW_WATCHER_READY || st == CW_WATCHER_FAILED) break;
+        cw_futex_wait(&sh->watcher_state, st, 20);
     }
-    uint32_t st = atomic_load(&cw_sh->helper_state);
+    uint32_t st = atomic_load(&sh->watcher_state);
     /* Still starting after two seconds (a loaded machine): it will come. */
-    if (st == CW_HELPER_READY || (st == CW_HELPER_STARTING && atomic_load(&cw_sh->helper_pid) > 0)) return 0;
-    atomic_store(&cw_sh->helper_pid, 0);
+    if (st == CW_WATCHER_READY || st == CW_WATCHER_STARTING) return 0;
     return -1;
 }
 
@@ -388,56 +400,100 @@ static long pids_left(void)
 int cw_helper_pids_tight(void)
 {
     long left = pids_left();
-    /* A watcher process takes one pid from the program's budget: where few are left, the program's
-     * own forks come first. */
-    return left >= 0 && left < 64;
+    /* The watcher takes one pid from the program's budget (one for the whole tree); where the
+     * budget is all but spent, it waits.  A fork that fails for want of a pid makes it leave
+     * (cw_helper_give_way). */
+    return left >= 0 && left < 4;
 }
 
-int cw_helper_running(void)
+#ifndef FUTEX_OWNER_DIED
+#define FUTEX_OWNER_DIED 0x40000000
+#endif
+#define FUTEX_TID_BITS 0x3fffffff
+
+int cw_helper_alive(void)
 {
     struct cw_shared *sh = cw_sh;
-    return sh != NULL && !cw_is_helper && atomic_load(&sh->helper_pid) > 0;
+    if (sh == NULL || cw_is_helper) return 0;
+    uint32_t st = atomic_load_explicit(&sh->watcher_state, memory_order_acquire);
+    if (st == CW_WATCHER_STARTING) return 1; /* not proven dead: it will come, or its word will say */
+    if (st != CW_WATCHER_READY) return 0;
+    uint32_t word = atomic_load_explicit(&sh->watcher_alive, memory_order_acquire);
+    return !(word & FUTEX_OWNER_DIED) && (word & FUTEX_TID_BITS) != 0 &&
+           (int32_t)(word & FUTEX_TID_BITS) == atomic_load(&sh->watcher_pid);
 }
 
-void cw_helper_poke(void)
+int cw_helper_request(_Atomic uint32_t *req, _Atomic uint32_t *done, int timeout_ms)
 {
     struct cw_shared *sh = cw_sh;
-    if (sh == NULL) return;
-    pid_t pid = atomic_load(&sh->helper_pid);
-    /* SIGURG: ignored by default, so should the helper be gone and its pid taken by another
-     * process, that one is not hurt. */
-    if (pid > 0) syscall(SYS_kill, pid, SIGURG);
-}
-
-void cw_helper_request(_Atomic uint32_t *req, _Atomic uint32_t *done)
-{
-    struct cw_shared *sh = cw_sh;
-    pid_t pid = sh != NULL ? atomic_load(&sh->helper_pid) : 0;
-    if (pid <= 0) return;
+    if (sh == NULL || !cw_helper_alive()) return -1;
     int saved = errno;
     uint32_t want = atomic_fetch_add(req, 1) + 1;
-    cw_helper_poke();
-    /* Bounded: a minute, and not a moment longer than the helper lives. */
-    for (int i = 0; i < 600; i++) {
+    cw_doorbell();
+    int64_t deadline = cw_now_ms() + timeout_ms;
+    int rc = -1;
+    for (;;) {
         uint32_t d = atomic_load(done);
-        if ((int32_t)(d - want) >= 0) break;
-        if (helper_gone(pid)) break;
-        if (i > 0 && i % 10 == 0) cw_helper_poke(); /* a wake lost in a race with its sleep */
-        cw_futex_wait(done, d, 100);
+        if ((int32_t)(d - want) >= 0) {
+            rc = 0;
+            break;
+        }
+        int64_t left = deadline - cw_now_ms();
+        if (left <= 0 || !cw_helper_alive()) break;
+        cw_futex_wait(done, d, left < 50 ? (int)left : 50);
     }
     errno = saved;
+    return rc;
 }
 
-/* ---- the helper's side ------------------------------------------------------ */
+int cw_helper_give_way(void)
+{
+    struct cw_shared *sh = cw_sh;
+    if (sh == NULL || !cw_helper_alive()) return -1;
+    atomic_store(&sh->quit, 1);
+    cw_doorbell();
+    for (int i = 0; i < 40 && cw_helper_alive(); i++) {
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return cw_helper_alive() ? -1 : 0;
+}
+
+/* ---- the watcher's side ------------------------------------------------------ */
 
 static void helper_fail(const char *what, int err)
 {
     if (cw_sh != NULL) {
-        snprintf(cw_sh->helper_error, sizeof cw_sh->helper_error, "%s: %s", what, strerror(err));
-        atomic_store(&cw_sh->helper_state, CW_HELPER_FAILED);
-        cw_futex_wake(&cw_sh->helper_state);
+        snprintf(cw_sh->watcher_error, sizeof cw_sh->watcher_error, "%s: %s", what, strerror(err));
+        atomic_store(&cw_sh->watcher_state, CW_WATCHER_FAILED);
+        cw_futex_wake(&cw_sh->watcher_state);
     }
     _exit(1);
+}
+
+/* The kernel's robust futex list of this process names one word of the region: whatever ends
+ * this process, the kernel then sets FUTEX_OWNER_DIED there and wakes its waiters. */
+struct robust_entry {
+    struct robust_entry *next;
+};
+static struct {
+    struct robust_entry *list;
+    long futex_offset;
+    struct robust_entry *pending;
+} robust_head;
+static struct robust_entry robust_self;
+
+static void announce_life(void)
+{
+    struct cw_shared *sh = cw_sh;
+    pid_t self = (pid_t)syscall(SYS_gettid);
+    atomic_store(&sh->watcher_pid, (int32_t)self);
+    atomic_store(&sh->watcher_alive, (uint32_t)self);
+    robust_self.next = (struct robust_entry *)(void *)&robust_head;
+    robust_head.list = &robust_self;
+    robust_head.futex_offset = (long)((char *)&sh->watcher_alive - (char *)&robust_self);
+    robust_head.pending = NULL;
+    syscall(SYS_set_robust_list, &robust_head, sizeof robust_head);
 }
 
 void cw_helper_main_if_asked(void)
@@ -448,73 +504,64 @@ void cw_helper_main_if_asked(void)
     /* Every call this process makes is its own: the hooks must pass them straight through. */
     cw_in_lib = 1;
     cw_on_private_table = 1;
-    int memfd = -1;
-    unsigned long addr = 0;
-    size_t size = 0;
+    int memfd = -1, errfd = -1, have_caps = 0;
     long pid = 0;
-    if (sscanf(spec, "%d:%lx:%zx:%ld", &memfd, &addr, &size, &pid) != 4 || memfd < 0 || pid <= 0) _exit(2);
-    watched_pid = (pid_t)pid;
-    watched_region = (uintptr_t)addr;
-    if (cw_region_attach(memfd, size) != 0) {
+    unsigned e0 = 0, e1 = 0, p0 = 0, p1 = 0, i0 = 0, i1 = 0;
+    if (sscanf(spec, "%d:%d:%ld:%d:%x:%x:%x:%x:%x:%x", &memfd, &errfd, &pid, &have_caps, &e0, &e1, &p0, &p1, &i0,
+               &i1) != 10 ||
+        memfd < 0 || pid <= 0)
+        _exit(2);
+    /* First of all, no more privilege than the program. */
+    if (have_caps) {
+        struct __user_cap_header_struct caph = {_LINUX_CAPABILITY_VERSION_3, 0};
+        struct __user_cap_data_struct capd[2] = {{e0, p0, i0}, {e1, p1, i1}};
+        if (syscall(SYS_capset, &caph, capd) != 0) _exit(3);
+    }
+    if (cw_region_attach(memfd) != 0) {
         int err = errno;
-        /* Not mapped: report through a mapping anywhere, just for the error word. */
         void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
         if (p != MAP_FAILED) {
             struct cw_shared *sh = p;
-            snprintf(sh->helper_error, sizeof sh->helper_error, "cannot map the shared table: %s", strerror(err));
-            atomic_store(&sh->helper_state, CW_HELPER_FAILED);
-            cw_futex_wake(&sh->helper_state);
+            snprintf(sh->watcher_error, sizeof sh->watcher_error, "cannot map the shared table: %s", strerror(err));
+            atomic_store(&sh->watcher_state, CW_WATCHER_FAILED);
+            cw_futex_wake(&sh->watcher_state);
         }
         _exit(1);
     }
     close(memfd);
-    /* 0, 1 and 2 were closed at the exec: fill them, so that no descriptor of ours (a copy of the
-     * log) ever takes one of those numbers and gets written to as "stderr". */
+    /* 0, 1 (and 2 if no stderr was handed over) were closed at the exec: fill them, so that no
+     * descriptor of ours ever takes one of those numbers. */
     for (int i = 0; i < 3; i++)
         if (fcntl(i, F_GETFD) < 0) open("/dev/null", O_RDWR);
+    if (errfd != 2) {
+        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null >= 0) {
+            dup2(null, 2);
+            close(null);
+        }
+    }
     unsetenv(ENV_HELPER);
     memcpy(&cw_cfg, &cw_sh->cfg, sizeof cw_cfg);
     prctl(PR_SET_NAME, (unsigned long)"closewait", 0, 0, 0);
-
-    atomic_store(&cw_sh->helper_start, start_time_of(getpid()));
-    atomic_store(&cw_sh->helper_pid, getpid());
-    int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
-    if (pidfd < 0) helper_fail("pidfd_open", errno);
-    /* pidfd_getfd checks access before the number: EBADF means allowed, EPERM means not.  Under
-     * Yama the program names us its ptracer just after we start: give it a moment. */
-    for (int i = 0;; i++) {
-        int probe = (int)syscall(SYS_pidfd_getfd, pidfd, 0x7ffffff0, 0);
-        if (probe >= 0) close(probe);
-        if (probe >= 0 || errno == EBADF) break;
-        if (i >= 50 || (errno != EPERM && errno != EACCES))
-            helper_fail("cannot reach the program's descriptors (pidfd_getfd)", errno);
-        struct timespec ts = {0, 10 * 1000000L};
-        nanosleep(&ts, NULL);
+    /* A pidfd per watched process. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
     }
-    uint64_t cookie = 0;
-    struct iovec local = {&cookie, sizeof cookie};
-    struct iovec remote = {(void *)(watched_region + offsetof(struct cw_shared, cookie)), /* NOLINT(performance-no-int-to-ptr) */
-                           sizeof cookie};
-    if (process_vm_readv((pid_t)pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof cookie)
-        helper_fail("cannot read the program's memory (process_vm_readv)", errno);
-    if (cookie != cw_sh->cookie) helper_fail("the program is not the one that started us", ESRCH);
-
+    announce_life();
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
-    cw_watcher_helper_run(pidfd);
+    /* A relative suppressions path is read by the loop first; then no directory is held busy. */
+    cw_watcher_helper_run();
     _exit(0);
 }
 
-/* Has the program exec'd another image (ours is then gone from its memory)?  A read refused
- * (the program made itself non-dumpable) says nothing either way: its pidfd still tells its end. */
-int cw_helper_program_changed(void)
+void cw_helper_ready(const char *error)
 {
-    uint64_t cookie = 0;
-    struct iovec local = {&cookie, sizeof cookie};
-    struct iovec remote = {(void *)(watched_region + offsetof(struct cw_shared, cookie)), /* NOLINT(performance-no-int-to-ptr) */
-                           sizeof cookie};
-    ssize_t n = process_vm_readv(watched_pid, &local, 1, &remote, 1, 0);
-    if (n == (ssize_t)sizeof cookie) return cookie != cw_sh->cookie;
-    return n < 0 && (errno == EFAULT || errno == ENOMEM);
+    struct cw_shared *sh = cw_sh;
+    if (error != NULL) helper_fail(error, errno);
+    atomic_store(&sh->watcher_state, CW_WATCHER_READY);
+    cw_futex_wake(&sh->watcher_state);
 }

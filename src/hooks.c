@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <grp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -59,12 +60,9 @@ void *cw_resolve(const char *name)
 
 static void at_fork_child(void)
 {
-    /* First of all: until the region is the child's own, every write lands in the parent's. */
-    int memfd = -1;
-    cw_region_fork_child(&memfd);
-    if (cw_sh != NULL) atomic_fetch_add(&cw_sh->fork_gen, 1);
-    cw_watcher_after_fork_child(memfd);
-    if (memfd >= 0) close(memfd);
+    /* First of all: until the child has its own area, every write lands in the parent's. */
+    cw_region_fork_child();
+    cw_watcher_after_fork_child();
 }
 
 void cw_init(void)
@@ -111,13 +109,21 @@ static int is_tcp_request(int domain, int type, int protocol)
            (protocol == 0 || protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP);
 }
 
+static uint64_t inode_of(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
 static void birth(int fd, enum cw_kind kind, int op)
 {
     if (CW_UNLIKELY(atomic_load_explicit(&init_state, memory_order_acquire) != 2)) cw_init();
+    /* Is the watcher still there?  One word; a new one if it died. */
+    cw_watcher_check();
     struct cw_slot *s = cw_slot_get(fd);
     if (s == NULL) return;
     uint32_t stack = (kind == KIND_TCP || kind == KIND_LISTEN) && !cw_in_lib ? cw_stack_capture() : 0;
-    cw_slot_birth(s, kind, op, stack);
+    cw_slot_birth(s, kind, op, stack, inode_of(fd));
 }
 
 /* A descriptor we did not see born: is it a TCP socket?  Asked once, the answer is kept. */
@@ -146,7 +152,7 @@ static void on_accept(int lfd, int fd, int op)
         if (lkind == KIND_FREE) {
             /* A listener we did not see created (inherited, or made by a raw syscall). */
             lkind = classify(lfd) == KIND_TCP ? KIND_LISTEN : KIND_OTHER;
-            cw_slot_birth(ls, lkind, OP_INHERITED, 0);
+            cw_slot_birth(ls, lkind, OP_INHERITED, 0, lkind == KIND_LISTEN ? inode_of(lfd) : 0);
         }
     }
     if (lkind == KIND_TCP || lkind == KIND_LISTEN) {
@@ -233,7 +239,7 @@ int listen(int fd, int backlog)
                 birth(fd, KIND_LISTEN, OP_SOCKET);
                 atomic_store_explicit(&s->aux, backlog, memory_order_relaxed);
             } else if (k == KIND_OTHER) {
-                cw_slot_birth(s, KIND_OTHER, OP_NONE, 0);
+                cw_slot_birth(s, KIND_OTHER, OP_NONE, 0, 0);
             }
         }
         errno = saved;
@@ -445,13 +451,26 @@ int shutdown(int fd, int how)
     return r;
 }
 
+/* The program moved or closed its fd 2: the watcher must know where its stderr is now (and let
+ * go of a copy of the old one: a caller capturing the output waits for it). */
+static void stderr_moved(void)
+{
+    int saved = errno;
+    cw_sink_publish_stderr();
+    cw_doorbell();
+    errno = saved;
+}
+#define STDERR_IN(first, last) CW_UNLIKELY((unsigned)(first) <= 2u && 2u <= (unsigned)(last))
+
 int close(int fd)
 {
     CW_REAL(close);
     if (ON_WATCHER_TABLE()) return real_close(fd);
     if (FROM_UNWINDER() && !unwinder_owns(fd)) return 0;
     cw_slot_forget(fd);
-    return real_close(fd);
+    int r = real_close(fd);
+    if (CW_UNLIKELY(fd == 2)) stderr_moved();
+    return r;
 }
 
 int fclose(FILE *fp)
@@ -497,6 +516,7 @@ int dup2(int from, int to)
     if (ON_WATCHER_TABLE()) return real_dup2(from, to);
     int r = real_dup2(from, to);
     if (r >= 0 && from != to) on_dup(from, to);
+    if (CW_UNLIKELY(to == 2) && r >= 0) stderr_moved();
     return r;
 }
 
@@ -506,6 +526,7 @@ int dup3(int from, int to, int flags)
     if (ON_WATCHER_TABLE()) return real_dup3(from, to, flags);
     int r = real_dup3(from, to, flags);
     if (r >= 0) on_dup(from, to);
+    if (CW_UNLIKELY(to == 2) && r >= 0) stderr_moved();
     return r;
 }
 
@@ -542,7 +563,9 @@ int close_range(unsigned int first, unsigned int last, int flags)
     CW_REAL(close_range);
     if (ON_WATCHER_TABLE()) return real_close_range(first, last, flags);
     if (!((unsigned)flags & CLOSE_RANGE_CLOEXEC) && first <= last) cw_slot_forget_range(first, last);
-    return real_close_range(first, last, flags);
+    int r = real_close_range(first, last, flags);
+    if (!((unsigned)flags & CLOSE_RANGE_CLOEXEC) && STDERR_IN(first, last)) stderr_moved();
+    return r;
 }
 
 void closefrom(int lowfd)
@@ -554,6 +577,18 @@ void closefrom(int lowfd)
     }
     if (lowfd >= 0) cw_slot_forget_range((unsigned)lowfd, ~0u);
     real_closefrom(lowfd);
+    if (lowfd >= 0 && lowfd <= 2) stderr_moved();
+}
+
+static int cred_syscall(long number)
+{
+    switch (number) {
+    case SYS_setuid: case SYS_setgid: case SYS_setreuid: case SYS_setregid: case SYS_setresuid:
+    case SYS_setresgid: case SYS_setgroups: case SYS_capset:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* libuv closes with syscall(SYS_close); watch the descriptor calls made that way too. */
@@ -581,6 +616,18 @@ long syscall(long number, ...)
     }
     long r = real_syscall(number, a1, a2, a3, a4, a5, a6);
     if (r >= 0) {
+        int saved = errno;
+        if ((number == SYS_close && a1 == 2) || (number == SYS_dup3 && a2 == 2)
+#ifdef SYS_dup2
+            || (number == SYS_dup2 && a2 == 2)
+#endif
+#ifdef SYS_close_range
+            || (number == SYS_close_range && !((unsigned)a3 & CLOSE_RANGE_CLOEXEC) && STDERR_IN(a1, a2))
+#endif
+        )
+            stderr_moved();
+        if (cred_syscall(number)) cw_watcher_credentials_changed();
+        errno = saved;
         switch (number) {
 #ifdef SYS_dup2
         case SYS_dup2:
@@ -605,5 +652,143 @@ long syscall(long number, ...)
     }
     return r;
 }
+
+/* ---- exec: the new image watches itself ------------------------------------ */
+
+/* The area is marked before the exec and put back if the exec fails: the watcher lets an area
+ * go that stays marked (the process is another program now). */
+static void before_exec(void)
+{
+    struct cw_area *me = cw_me;
+    if (me == NULL || ON_WATCHER_TABLE()) return;
+    uint32_t live = AREA_LIVE;
+    atomic_compare_exchange_strong(&me->state, &live, AREA_EXEC);
+}
+
+static void exec_failed(void)
+{
+    struct cw_area *me = cw_me;
+    if (me == NULL || ON_WATCHER_TABLE()) return;
+    uint32_t exec = AREA_EXEC;
+    atomic_compare_exchange_strong(&me->state, &exec, AREA_LIVE);
+}
+
+#define EXEC_HOOK(call)            \
+    do {                           \
+        before_exec();             \
+        int r_ = (call);           \
+        int saved_ = errno;        \
+        exec_failed();             \
+        errno = saved_;            \
+        return r_;                 \
+    } while (0)
+
+int execve(const char *path, char *const argv[], char *const envp[])
+{
+    CW_REAL(execve);
+    EXEC_HOOK(real_execve(path, argv, envp));
+}
+
+int execv(const char *path, char *const argv[])
+{
+    CW_REAL(execv);
+    EXEC_HOOK(real_execv(path, argv));
+}
+
+int execvp(const char *file, char *const argv[])
+{
+    CW_REAL(execvp);
+    EXEC_HOOK(real_execvp(file, argv));
+}
+
+int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+    CW_REAL(execvpe);
+    EXEC_HOOK(real_execvpe(file, argv, envp));
+}
+
+int fexecve(int fd, char *const argv[], char *const envp[])
+{
+    CW_REAL(fexecve);
+    EXEC_HOOK(real_fexecve(fd, argv, envp));
+}
+
+/* execl, execlp, execle: their arguments as a vector, as glibc builds it. */
+#define ARGS_MAX 4096
+static int collect_args(const char *arg0, va_list ap, char **argv, char ***envp_out)
+{
+    int n = 0;
+    argv[n++] = (char *)arg0;
+    while (n < ARGS_MAX) {
+        char *a = va_arg(ap, char *);
+        argv[n++] = a;
+        if (a == NULL) break;
+    }
+    if (envp_out != NULL) *envp_out = va_arg(ap, char **);
+    if (argv[n - 1] != NULL) {
+        errno = E2BIG;
+        return -1;
+    }
+    return 0;
+}
+
+int execl(const char *path, const char *arg, ...)
+{
+    char *argv[ARGS_MAX + 1];
+    va_list ap;
+    va_start(ap, arg);
+    int ok = collect_args(arg, ap, argv, NULL);
+    va_end(ap);
+    if (ok != 0) return -1;
+    return execv(path, argv);
+}
+
+int execlp(const char *file, const char *arg, ...)
+{
+    char *argv[ARGS_MAX + 1];
+    va_list ap;
+    va_start(ap, arg);
+    int ok = collect_args(arg, ap, argv, NULL);
+    va_end(ap);
+    if (ok != 0) return -1;
+    return execvp(file, argv);
+}
+
+int execle(const char *path, const char *arg, ...)
+{
+    char *argv[ARGS_MAX + 1];
+    char **envp = NULL;
+    va_list ap;
+    va_start(ap, arg);
+    int ok = collect_args(arg, ap, argv, &envp);
+    va_end(ap);
+    if (ok != 0) return -1;
+    return execve(path, argv, envp);
+}
+
+/* ---- credentials: what watches the program never has more privilege than it -------- */
+
+#define CRED_HOOK(name, proto, args)          \
+    int name proto                            \
+    {                                         \
+        CW_REAL(name);                        \
+        int rc_ = real_##name args;           \
+        if (rc_ == 0 && !ON_WATCHER_TABLE()) { \
+            int saved = errno;                \
+            cw_watcher_credentials_changed(); \
+            errno = saved;                    \
+        }                                     \
+        return rc_;                           \
+    }
+
+CRED_HOOK(setuid, (uid_t uid), (uid))
+CRED_HOOK(setgid, (gid_t gid), (gid))
+CRED_HOOK(seteuid, (uid_t uid), (uid))
+CRED_HOOK(setegid, (gid_t gid), (gid))
+CRED_HOOK(setreuid, (uid_t ruid, uid_t euid), (ruid, euid))
+CRED_HOOK(setregid, (gid_t rgid, gid_t egid), (rgid, egid))
+CRED_HOOK(setresuid, (uid_t ruid, uid_t euid, uid_t suid), (ruid, euid, suid))
+CRED_HOOK(setresgid, (gid_t rgid, gid_t egid, gid_t sgid), (rgid, egid, sgid))
+CRED_HOOK(setgroups, (size_t n, const gid_t *list), (n, list))
 
 #pragma GCC visibility pop

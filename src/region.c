@@ -1,15 +1,20 @@
 /*
- * The region: every piece of memory that both the hooks and the watcher touch (the descriptor
- * table, the peer table, the stack store, the spawn records, a control block), in one mapping
- * of a memfd.  The watcher runs in a process of its own (see helper.c): a thread in the program
- * would switch glibc into its multi-threaded paths for good (locked malloc, cancellable syscalls
- * with an atomic exchange around each one, locked stdio), and a single-threaded server would pay
- * that on every call, ours or not.  The helper maps the same memfd wherever its own address
- * space has room: the region holds offsets and indexes, never pointers into itself.
+ * The region: every piece of memory that the hooks and the watcher both touch, in one mapping of
+ * a memfd, shared by a program, the processes it forks, and one watcher process for all of them.
  *
- * Nothing in the region is ever reserved for real: the memfd is sparse and its pages exist once
- * written.  A forked child gets a copy of what is written (its table is its own from the fork
- * on), put back at the same address.
+ *   [control block][stack index][stack arena][areas: one per process][chunk pool: slots][peers]
+ *
+ * The stack store is the tree's: a child keeps adding to it.  Each process has an area (its
+ * counters, its spawn records, its module list, its chunk index) and its descriptor table in
+ * chunks of the pool.  A fork costs the child an area and a copy of the parent's chunks, made
+ * by the parent before the fork (copying in the child would race with the parent, which usually
+ * closes its copy of a connection the moment fork returns); no new process, no new mapping.
+ *
+ * The region holds offsets and indexes, never pointers into itself: the watcher maps it
+ * wherever it has room.  The memfd is sparse: pages exist once written.  The program keeps no
+ * descriptor of it; a watcher process is handed a copy made for it (cw_region_fd).
+ *
+ * Every process that can write the region can lie in it: readers check every index.
  */
 #define _GNU_SOURCE
 #include "closewait.h"
@@ -28,75 +33,148 @@
 #include <unistd.h>
 
 CW_HIDDEN struct cw_shared *cw_sh;
+CW_HIDDEN struct cw_area *cw_me;
 CW_HIDDEN _Atomic uint64_t *cw_region_stack_index;
 CW_HIDDEN unsigned char *cw_region_arena;
-CW_HIDDEN struct cw_slot *cw_region_slots;
-CW_HIDDEN struct cw_peer *cw_region_peers;
-CW_HIDDEN struct cw_crossed *cw_region_crossed;
-CW_HIDDEN struct cw_spawn *cw_spawns;
-static int region_shared; /* 1: a memfd mapping the helper can share; 0: private memory */
+static unsigned char *region_base;
+static int region_shared; /* 1: a memfd mapping a watcher can share; 0: private memory */
 
 #define PAGE 4096u
 #define ROUND(x) (((x) + PAGE - 1) & ~(size_t)(PAGE - 1))
+#define CHUNK_SLOT_BYTES ((size_t)CW_CHUNK_SLOTS * sizeof(struct cw_slot))
+#define CHUNK_PEER_BYTES ((size_t)CW_CHUNK_SLOTS * sizeof(struct cw_peer))
 
 struct layout {
-    size_t header, index, arena, slots, peers, crossed, size;
+    size_t index, arena, areas, area_size, slots, peers, size;
 };
 
-static struct layout layout_for(unsigned nchunks)
+static struct layout layout(void)
 {
     struct layout l;
-    size_t off = 0;
-    l.header = off;
-    off += ROUND(sizeof(struct cw_shared));
+    size_t off = ROUND(sizeof(struct cw_shared));
     l.index = off;
     off += ROUND(CW_STACK_INDEX_SIZE * sizeof(uint64_t));
     l.arena = off;
     off += ROUND(CW_STACK_ARENA_BYTES);
+    l.areas = off;
+    l.area_size = ROUND(sizeof(struct cw_area));
+    off += (size_t)CW_MAX_AREAS * l.area_size;
     l.slots = off;
-    off += (size_t)nchunks * CW_CHUNK_SLOTS * sizeof(struct cw_slot);
+    off += (size_t)CW_POOL_CHUNKS * CHUNK_SLOT_BYTES;
     l.peers = off;
-    off += ROUND((size_t)nchunks * CW_CHUNK_SLOTS * sizeof(struct cw_peer));
-    l.crossed = off;
-    off += ROUND((size_t)CW_MAX_SPAWNS * CW_SPAWN_SOCKS * sizeof(struct cw_crossed));
+    off += ROUND((size_t)CW_POOL_CHUNKS * CHUNK_PEER_BYTES);
     l.size = off;
     return l;
 }
 
-/* Chunks of the descriptor table worth reserving: enough for fs.nr_open, the most descriptors a
- * process can ever raise its limit to. */
-static unsigned chunks_wanted(void)
+struct cw_area *cw_area_at(unsigned i)
 {
-    unsigned n = CW_MAX_CHUNKS;
-    int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/sys/fs/nr_open", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        char buf[32];
-        ssize_t len = syscall(SYS_read, fd, buf, sizeof buf - 1);
-        syscall(SYS_close, fd);
-        if (len > 0) {
-            unsigned long v = 0;
-            for (ssize_t i = 0; i < len && buf[i] >= '0' && buf[i] <= '9'; i++) v = v * 10 + (unsigned long)(buf[i] - '0');
-            unsigned long c = (v + CW_CHUNK_SLOTS - 1) / CW_CHUNK_SLOTS;
-            if (c > 0 && c < n) n = (unsigned)c;
-        }
-    }
-    return n;
+    if (region_base == NULL || i >= CW_MAX_AREAS) return NULL;
+    struct layout l = layout();
+    return (struct cw_area *)(void *)(region_base + l.areas + (size_t)i * l.area_size);
 }
 
-static void point_into(void *base, unsigned nchunks)
+int cw_area_index(const struct cw_area *a)
 {
-    struct layout l = layout_for(nchunks);
+    if (region_base == NULL || a == NULL) return -1;
+    struct layout l = layout();
+    size_t off = (size_t)((const unsigned char *)a - region_base);
+    return (int)((off - l.areas) / l.area_size);
+}
+
+struct cw_slot *cw_pool_slots(uint32_t chunk_plus_one)
+{
+    if (region_base == NULL || chunk_plus_one == 0 || chunk_plus_one > CW_POOL_CHUNKS) return NULL;
+    return (struct cw_slot *)(void *)(region_base + layout().slots + (size_t)(chunk_plus_one - 1) * CHUNK_SLOT_BYTES);
+}
+
+struct cw_peer *cw_pool_peers(uint32_t chunk_plus_one)
+{
+    if (region_base == NULL || chunk_plus_one == 0 || chunk_plus_one > CW_POOL_CHUNKS) return NULL;
+    return (struct cw_peer *)(void *)(region_base + layout().peers + (size_t)(chunk_plus_one - 1) * CHUNK_PEER_BYTES);
+}
+
+/* A free bit of the map, set; its number + 1, or 0 if none is left.  Lock-free, so that a hook
+ * may take one from a signal handler. */
+static uint32_t bit_take(_Atomic uint64_t *map, unsigned words)
+{
+    for (unsigned w = 0; w < words; w++) {
+        uint64_t cur = atomic_load_explicit(&map[w], memory_order_relaxed);
+        while (cur != ~0ull) {
+            unsigned b = (unsigned)__builtin_ctzll(~cur);
+            if (atomic_compare_exchange_weak_explicit(&map[w], &cur, cur | (1ull << b), memory_order_acq_rel,
+                                                      memory_order_relaxed))
+                return w * 64 + b + 1;
+        }
+    }
+    return 0;
+}
+
+static void bit_give(_Atomic uint64_t *map, unsigned words, uint32_t n)
+{
+    if (n == 0 || n > words * 64) return;
+    atomic_fetch_and_explicit(&map[(n - 1) / 64], ~(1ull << ((n - 1) % 64)), memory_order_acq_rel);
+}
+
+uint32_t cw_pool_take(void)
+{
+    struct cw_shared *sh = cw_sh;
+    if (sh == NULL) return 0;
+    uint32_t c = bit_take(sh->chunk_map, CW_POOL_CHUNKS / 64);
+    if (c == 0) return 0;
+    /* Fresh: a chunk given back by a process that is gone still holds its records. */
+    struct cw_slot *s = cw_pool_slots(c);
+    struct cw_peer *p = cw_pool_peers(c);
+    if (s != NULL) memset(s, 0, CHUNK_SLOT_BYTES);
+    if (p != NULL) memset(p, 0, CHUNK_PEER_BYTES);
+    return c;
+}
+
+void cw_pool_give(uint32_t c)
+{
+    if (cw_sh != NULL) bit_give(cw_sh->chunk_map, CW_POOL_CHUNKS / 64, c);
+}
+
+static struct cw_area *area_take(void)
+{
+    uint32_t n = bit_take(cw_sh->area_map, CW_MAX_AREAS / 64);
+    if (n == 0) return NULL;
+    struct cw_area *a = cw_area_at(n - 1);
+    /* The fields, not the big arrays: those are written before they are read. */
+    memset(a, 0, offsetof(struct cw_area, modules));
+    memset(a->chunk, 0, sizeof a->chunk);
+    for (int i = 0; i < CW_MAX_SPAWNS; i++) {
+        atomic_store(&a->spawns[i].state, 0);
+        a->spawns[i].nsocks = 0;
+    }
+    atomic_store(&a->state, AREA_FORKING);
+    return a;
+}
+
+void cw_area_release(struct cw_area *a)
+{
+    int i = cw_area_index(a);
+    if (i < 0 || i >= CW_MAX_AREAS) return;
+    for (unsigned c = 0; c < CW_MAX_CHUNKS; c++) {
+        uint32_t k = atomic_exchange(&a->chunk[c], 0);
+        if (k != 0) cw_pool_give(k);
+    }
+    atomic_store(&a->state, AREA_FREE);
+    bit_give(cw_sh->area_map, CW_MAX_AREAS / 64, (uint32_t)i + 1);
+}
+
+static void point_into(void *base)
+{
+    struct layout l = layout();
     unsigned char *b = base;
+    region_base = b;
     cw_region_stack_index = (_Atomic uint64_t *)(void *)(b + l.index);
     cw_region_arena = b + l.arena;
-    cw_region_slots = (struct cw_slot *)(void *)(b + l.slots);
-    cw_region_peers = (struct cw_peer *)(void *)(b + l.peers);
-    cw_region_crossed = (struct cw_crossed *)(void *)(b + l.crossed);
-    cw_spawns = ((struct cw_shared *)base)->spawns;
     atomic_store_explicit((_Atomic(struct cw_shared *) *)&cw_sh, (struct cw_shared *)base, memory_order_release);
 }
 
-/* A sparse memfd of `size` bytes mapped shared, or (no memfd) private anonymous memory. */
+/* A sparse memfd of `size` bytes mapped shared (at `at` if not NULL), or (no memfd) private
+ * anonymous memory. */
 static void *map_fresh(size_t size, int *memfd, int *shared)
 {
     *memfd = (int)syscall(SYS_memfd_create, "closewait", MFD_CLOEXEC);
@@ -116,27 +194,24 @@ static void *map_fresh(size_t size, int *memfd, int *shared)
 
 int cw_region_create(void)
 {
-    int memfd_value = -1;
-    int *memfd = &memfd_value;
-    unsigned nchunks = chunks_wanted();
-    struct layout l = layout_for(nchunks);
-    int shared = 0;
-    void *base = map_fresh(l.size, memfd, &shared);
+    int memfd = -1, shared = 0;
+    struct layout l = layout();
+    void *base = map_fresh(l.size, &memfd, &shared);
     if (base == NULL) return -1;
+    /* The mapping stays; the program keeps no descriptor of ours. */
+    if (memfd >= 0) syscall(SYS_close, memfd);
     struct cw_shared *sh = base;
     uint64_t cookie = 0;
     if (getrandom(&cookie, sizeof cookie, GRND_NONBLOCK) != (ssize_t)sizeof cookie)
         cookie = (uint64_t)(uintptr_t)base ^ (uint64_t)cw_now_ms() ^ ((uint64_t)getpid() << 40);
     sh->cookie = cookie | 1;
     sh->size = l.size;
-    sh->nchunks = nchunks;
-    sh->sink_fd = sh->epoll_fd = -1;
-    atomic_store(&sh->program_pid, (int32_t)getpid());
     region_shared = shared;
-    point_into(base, nchunks);
-    /* The mapping stays; a descriptor for it is made again when a watcher process needs one
-     * (cw_region_share): the program keeps none of ours meanwhile. */
-    if (memfd_value >= 0) syscall(SYS_close, memfd_value);
+    point_into(base);
+    struct cw_area *a = area_take();
+    atomic_store(&a->pid, (int32_t)getpid());
+    atomic_store(&a->state, AREA_LIVE);
+    cw_me = a;
     return 0;
 }
 
@@ -145,21 +220,15 @@ int cw_region_is_shared(void)
     return region_shared;
 }
 
-/*
- * fork(): the child needs a table of its own, as it was at the fork.  The parent copies what has
- * been written into a fresh memfd just before the fork (the last prepare handler), the child puts
- * that copy at the region's address (mremap replaces the old mapping in one step), and the
- * parent lets go of it.  Copying in the child instead would race with the parent, which usually
- * closes its copy of a connection the moment fork returns.
- */
-static int fork_copy_fd = -1;
+/* ---- a copy of our part of the region ------------------------------------ */
 
 /* Write [off, off + len) of the region into the memfd: only the pages ever written (reading the
  * others would make them exist), in runs, with pwrite (no mapping, no page faults here). */
-static int copy_written(int fd, const unsigned char *from, size_t off, size_t len, unsigned char *vec)
+static int copy_written(int fd, size_t off, size_t len, unsigned char *vec)
 {
     len = ROUND(len);
     if (len == 0) return 0;
+    const unsigned char *from = region_base;
     int known = mincore((void *)(from + off), len, vec) == 0;
     size_t pages = len / PAGE;
     for (size_t p = 0; p < pages;) {
@@ -182,126 +251,191 @@ static int copy_written(int fd, const unsigned char *from, size_t off, size_t le
 }
 
 /*
- * fork(): the child needs a table of its own, as it was at the fork.  The parent writes what has
- * been written into a fresh memfd just before the fork (the last prepare handler), the child maps
- * that memfd over the region's address (MAP_FIXED replaces the old mapping in one step), and the
- * parent closes it.  Copying in the child instead would race with the parent, which usually
- * closes its copy of a connection the moment fork returns.
+ * A new memfd holding the control block, the stack store and this process's own area and chunks,
+ * at the same offsets, then mapped over the region in one step: from then on this process is
+ * alone in a region of its own, which a new watcher can be handed.  Its area in the old region is
+ * marked as left, so that the old region's watcher lets it go.  Returns the memfd, or -1.
  */
-/* A new memfd holding a copy of the region's used parts; -1 if none could be made. */
-static int copy_to_new_memfd(void)
+static int take_own_copy(void)
 {
     struct cw_shared *old = cw_sh;
-    struct layout l = layout_for(old->nchunks);
+    struct cw_area *me = cw_me;
+    if (old == NULL || me == NULL || !region_shared) return -1;
+    struct layout l = layout();
     int fd = (int)syscall(SYS_memfd_create, "closewait", MFD_CLOEXEC);
     if (fd < 0) return -1;
-    if (syscall(SYS_ftruncate, fd, (long)old->size) != 0) {
+    if (syscall(SYS_ftruncate, fd, (long)l.size) != 0) {
         syscall(SYS_close, fd);
         return -1;
     }
-    const unsigned char *from = (const unsigned char *)old;
-    /* Only the parts in use: the table and the peers below the highest descriptor ever tracked,
-     * the arena below its fill mark.  The stack index before the arena: a stack another thread
-     * publishes meanwhile has its frames written before its index entry, so every entry copied
-     * finds its frames. */
-    size_t fds = (size_t)atomic_load(&old->fd_high);
-    size_t slot_bytes = fds * sizeof(struct cw_slot), peer_bytes = fds * sizeof(struct cw_peer);
-    size_t most = l.arena - l.index;
-    if (ROUND(slot_bytes) > most) most = ROUND(slot_bytes);
-    unsigned char *vec = mmap(NULL, ROUND(most / PAGE), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    size_t vec_len = ROUND(CW_STACK_ARENA_BYTES / PAGE);
+    unsigned char *vec = mmap(NULL, vec_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     int rc = -1;
     if (vec != MAP_FAILED) {
         size_t used = atomic_load(&old->arena_used);
         if (used > CW_STACK_ARENA_BYTES) used = CW_STACK_ARENA_BYTES;
-        rc = copy_written(fd, from, 0, l.index, vec); /* the control block */
-        if (rc == 0) rc = copy_written(fd, from, l.index, l.arena - l.index, vec);
-        if (rc == 0) rc = copy_written(fd, from, l.arena, used, vec);
-        if (rc == 0) rc = copy_written(fd, from, l.slots, slot_bytes, vec);
-        if (rc == 0) rc = copy_written(fd, from, l.peers, peer_bytes, vec);
-        munmap(vec, ROUND(most / PAGE));
+        /* The index before the arena: a stack published meanwhile has its frames written before
+         * its index entry, so every entry copied finds its frames. */
+        rc = copy_written(fd, 0, l.arena, vec);
+        if (rc == 0) rc = copy_written(fd, l.arena, used, vec);
+        if (rc == 0) rc = copy_written(fd, (size_t)((unsigned char *)me - region_base), sizeof *me, vec);
+        int high = atomic_load(&me->fd_high);
+        unsigned last = high > 0 ? (unsigned)(high - 1) / CW_CHUNK_SLOTS : 0;
+        for (unsigned c = 0; rc == 0 && c <= last && c < CW_MAX_CHUNKS; c++) {
+            uint32_t k = atomic_load(&me->chunk[c]);
+            if (k == 0 || k > CW_POOL_CHUNKS) continue;
+            rc = copy_written(fd, l.slots + (size_t)(k - 1) * CHUNK_SLOT_BYTES, CHUNK_SLOT_BYTES, vec);
+            if (rc == 0) rc = copy_written(fd, l.peers + (size_t)(k - 1) * CHUNK_PEER_BYTES, CHUNK_PEER_BYTES, vec);
+        }
+        munmap(vec, vec_len);
     }
     if (rc != 0) {
         syscall(SYS_close, fd);
         return -1;
     }
-    return fd;
-}
-
-void cw_region_fork_prepare(void)
-{
-    fork_copy_fd = -1;
-    if (cw_sh == NULL || !region_shared) return; /* private memory: fork makes the copy */
-    fork_copy_fd = copy_to_new_memfd();
-}
-
-int cw_region_share(void)
-{
-    struct cw_shared *sh = cw_sh;
-    if (sh == NULL || !region_shared) return -1;
-    int fd = copy_to_new_memfd();
-    if (fd < 0) return -1;
-    if (mmap(sh, sh->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | MAP_FIXED, fd, 0) != (void *)sh) {
+    atomic_store(&me->state, AREA_LEFT);
+    cw_doorbell();
+    if (mmap(region_base, l.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | MAP_FIXED, fd, 0) !=
+        (void *)region_base) {
+        /* Nothing mapped there any more is worse than the old region: the hooks find no table. */
+        atomic_store_explicit((_Atomic(struct cw_shared *) *)&cw_sh, NULL, memory_order_release);
+        cw_me = NULL;
+        cw_table_repoint();
         syscall(SYS_close, fd);
         return -1;
     }
+    /* Alone now: this area and its chunks are the only ones in use. */
+    struct cw_shared *sh = cw_sh;
+    for (unsigned w = 0; w < CW_MAX_AREAS / 64; w++) atomic_store(&sh->area_map[w], 0);
+    for (unsigned w = 0; w < CW_POOL_CHUNKS / 64; w++) atomic_store(&sh->chunk_map[w], 0);
+    int mine = cw_area_index(me);
+    atomic_fetch_or(&sh->area_map[mine / 64], 1ull << (mine % 64));
+    for (unsigned c = 0; c < CW_MAX_CHUNKS; c++) {
+        uint32_t k = atomic_load(&me->chunk[c]);
+        if (k != 0 && k <= CW_POOL_CHUNKS) atomic_fetch_or(&sh->chunk_map[(k - 1) / 64], 1ull << ((k - 1) % 64));
+    }
+    uint64_t cookie = 0;
+    if (getrandom(&cookie, sizeof cookie, GRND_NONBLOCK) == (ssize_t)sizeof cookie) sh->cookie = cookie | 1;
+    atomic_store(&sh->watcher_state, CW_WATCHER_NONE);
+    atomic_store(&sh->watcher_pid, 0);
+    atomic_store(&sh->watcher_alive, 0);
+    atomic_store(&sh->quit, 0);
+    atomic_store(&me->state, AREA_LIVE);
+    atomic_store(&me->dump_req, 0);
+    atomic_store(&me->dump_done, 0);
+    atomic_store(&me->exit_req, 0);
+    atomic_store(&me->exit_done, 0);
     return fd;
+}
+
+int cw_region_fd(void)
+{
+    return take_own_copy();
+}
+
+int cw_region_leave(void)
+{
+    int fd = take_own_copy();
+    if (fd < 0) return -1;
+    syscall(SYS_close, fd);
+    return 0;
+}
+
+/* ---- fork ------------------------------------------------------------------- */
+
+static struct cw_area *fork_area; /* made for the child in the prepare handler */
+
+void cw_region_fork_prepare(void)
+{
+    fork_area = NULL;
+    struct cw_area *me = cw_me;
+    if (cw_sh == NULL || me == NULL) return;
+    struct cw_area *a = area_take();
+    if (a == NULL) return;
+    int high = atomic_load(&me->fd_high);
+    unsigned last = high > 0 ? (unsigned)(high - 1) / CW_CHUNK_SLOTS : 0;
+    for (unsigned c = 0; high > 0 && c <= last && c < CW_MAX_CHUNKS; c++) {
+        uint32_t from = atomic_load(&me->chunk[c]);
+        if (from == 0) continue;
+        uint32_t to = cw_pool_take();
+        if (to == 0) {
+            cw_area_release(a);
+            return;
+        }
+        /* The part below the highest descriptor: the rest was never written. */
+        size_t n = c == last ? (size_t)(high - (int)(c * CW_CHUNK_SLOTS)) : CW_CHUNK_SLOTS;
+        memcpy(cw_pool_slots(to), cw_pool_slots(from), n * sizeof(struct cw_slot));
+        memcpy(cw_pool_peers(to), cw_pool_peers(from), n * sizeof(struct cw_peer));
+        atomic_store(&a->chunk[c], to);
+    }
+    atomic_store(&a->fd_high, high);
+    atomic_store(&a->any_tcp, atomic_load(&me->any_tcp));
+    atomic_store(&a->fork_gen, (uint16_t)(atomic_load(&me->fork_gen) + 1));
+    atomic_store(&a->parent, cw_area_index(me) + 1);
+    atomic_store(&a->fork_parent_pid, (int32_t)getpid());
+    atomic_store(&a->forked_ms, cw_now_ms());
+    memcpy(&a->err, &me->err, sizeof a->err);
+    memcpy(a->exe, me->exe, sizeof a->exe);
+    uint32_t mlen = atomic_load(&me->modules_len);
+    if (mlen > sizeof a->modules) mlen = 0;
+    memcpy(a->modules, me->modules, mlen);
+    atomic_store(&a->modules_len, mlen);
+    atomic_store(&a->modules_gen, atomic_load(&me->modules_gen) & ~1u);
+    fork_area = a;
 }
 
 void cw_region_fork_parent(void)
 {
-    if (fork_copy_fd >= 0) syscall(SYS_close, fork_copy_fd);
-    fork_copy_fd = -1;
+    /* fork_area stays until cw_region_fork_result() says how the fork went. */
 }
 
-int cw_region_fork_child(int *memfd)
+void cw_region_fork_result(pid_t child)
 {
-    *memfd = -1;
-    struct cw_shared *old = cw_sh;
-    if (old == NULL || !region_shared) return 0;
-    int rc = -1;
-    if (fork_copy_fd >= 0 && mmap(old, old->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | MAP_FIXED,
-                                  fork_copy_fd, 0) == (void *)old) {
-        *memfd = fork_copy_fd;
-        rc = 0;
-    } else if (fork_copy_fd >= 0) {
-        syscall(SYS_close, fork_copy_fd);
+    struct cw_area *a = fork_area;
+    fork_area = NULL;
+    if (a == NULL) return;
+    if (child < 0) {
+        cw_area_release(a);
+        return;
     }
-    fork_copy_fd = -1;
-    if (rc != 0) {
-        /* No copy: drop the region rather than write the parent's.  The hooks find no table. */
-        atomic_store_explicit((_Atomic(struct cw_shared *) *)&cw_sh, NULL, memory_order_release);
-        cw_table_detach();
-        cw_peer_detach();
-        return -1;
-    }
-    struct cw_shared *sh = cw_sh;
-    atomic_store(&sh->program_pid, (int32_t)getpid());
-    atomic_store(&sh->helper_pid, 0);
-    atomic_store(&sh->helper_start, 0);
-    atomic_store(&sh->helper_state, CW_HELPER_NONE);
-    atomic_store(&sh->dump_req, 0);
-    atomic_store(&sh->dump_done, 0);
-    atomic_store(&sh->exit_req, 0);
-    atomic_store(&sh->exit_done, 0);
-    atomic_store(&sh->open_now, 0);
-    sh->helper_error[0] = '\0';
-    return 0;
+    int32_t none = 0;
+    atomic_compare_exchange_strong(&a->pid, &none, (int32_t)child);
+    uint32_t forking = AREA_FORKING;
+    atomic_compare_exchange_strong(&a->state, &forking, AREA_LIVE);
 }
 
-/* In the helper: the program's region, wherever it lands (it holds offsets, never pointers: a
- * sanitizer's shadow or a library can sit at the program's address in a fresh process). */
-int cw_region_attach(int memfd, size_t size)
+void cw_region_fork_child(void)
 {
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, memfd, 0);
+    struct cw_area *a = fork_area;
+    fork_area = NULL;
+    if (cw_sh == NULL) return;
+    if (a == NULL) {
+        /* No area could be made: drop the table rather than write the parent's. */
+        cw_me = NULL;
+        cw_table_repoint();
+        return;
+    }
+    atomic_store(&a->pid, (int32_t)getpid());
+    atomic_store(&a->state, AREA_LIVE);
+    cw_me = a;
+    cw_table_repoint();
+}
+
+/* ---- the watcher's side ---------------------------------------------------- */
+
+int cw_region_attach(int memfd)
+{
+    struct layout l = layout();
+    void *p = mmap(NULL, l.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, memfd, 0);
     if (p == MAP_FAILED) return -1;
     struct cw_shared *sh = p;
-    if (sh->size != size) {
-        munmap(p, size);
+    if (sh->size != l.size) {
+        munmap(p, l.size);
         errno = EINVAL;
         return -1;
     }
     region_shared = 1;
-    point_into(p, sh->nchunks);
+    point_into(p);
     return 0;
 }
 
@@ -316,4 +450,14 @@ int cw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int timeout_ms)
 void cw_futex_wake(_Atomic uint32_t *word)
 {
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
+}
+
+void cw_doorbell(void)
+{
+    struct cw_shared *sh = cw_sh;
+    if (sh == NULL) return;
+    int saved = errno;
+    atomic_fetch_add(&sh->doorbell, 1);
+    cw_futex_wake(&sh->doorbell);
+    errno = saved;
 }

@@ -1,4 +1,4 @@
-/* The region shared by the program's hooks and the watcher process (region.c, helper.c). */
+/* The region shared by the processes of one program tree and their watcher (region.c). */
 #ifndef CLOSEWAIT_REGION_H
 #define CLOSEWAIT_REGION_H
 #include "closewait.h"
@@ -7,82 +7,136 @@
 
 #define CW_STACK_INDEX_SIZE (1u << 16)
 #define CW_STACK_ARENA_BYTES (64u << 20)
+/* Processes of one tree watched at once (a fork-per-connection server's live backends), and
+ * table chunks they share. */
+#define CW_MAX_AREAS 512
+#define CW_POOL_CHUNKS 8192
 
-enum { CW_HELPER_NONE, CW_HELPER_STARTING, CW_HELPER_READY, CW_HELPER_FAILED };
+enum { CW_WATCHER_NONE, CW_WATCHER_STARTING, CW_WATCHER_READY, CW_WATCHER_FAILED, CW_WATCHER_GONE };
 
-/* The control block at the start of the region.  Words the two processes wait on are 32-bit
- * (futexes). */
-struct cw_shared {
-    uint64_t cookie;                /* random: the helper tells an exec'd program by it */
-    size_t size;
-    unsigned nchunks;               /* descriptor-table chunks the region has room for */
-    struct cw_config cfg;
-    int watch_mode;
-    _Atomic int32_t program_pid;
-    _Atomic int32_t helper_pid;
-    _Atomic unsigned long long helper_start; /* its start time, to tell a reused pid */
-    _Atomic uint32_t helper_state;
-    _Atomic uint32_t dump_req, dump_done;
-    _Atomic uint32_t exit_req, exit_done;
-    _Atomic int64_t open_now;       /* sockets held in CLOSE_WAIT now, after the last tick */
+/* An area's life.  FORKING: made by a parent for a child not yet running; LIVE: its process runs
+ * (pid set); EXEC: its process is replacing its image (the new one watches itself); LEFT: its
+ * process took a region of its own (it changed credentials); FREE: reusable. */
+enum { AREA_FREE, AREA_FORKING, AREA_LIVE, AREA_EXEC, AREA_LEFT, AREA_EXITED };
+
+/* What a process's fd 2 is, for the watcher that writes reports there. */
+enum { ERR_NONE, ERR_FILE, ERR_TTY, ERR_PIPE, ERR_UNIX, ERR_OTHER };
+struct cw_stderr_id {
+    _Atomic uint32_t gen;     /* odd while being written */
+    uint32_t kind;
+    uint64_t dev, ino;
+    char path[256];
+};
+
+/* One process of the tree.  Everything here is written by that process (and its parent before
+ * it runs), so a watcher checks every number it reads. */
+struct cw_area {
+    _Atomic uint32_t state;
+    _Atomic int32_t pid;
+    _Atomic int32_t parent;          /* area index + 1 of the process it was forked from, 0: none */
+    _Atomic int32_t fork_parent_pid;
+    _Atomic uint32_t fork_stack;
+    _Atomic int64_t forked_ms;
     _Atomic uint16_t fork_gen;
     _Atomic int any_tcp;
-    _Atomic int chunk_limit;
-    _Atomic int fd_high;            /* every slot ever written is below it */
-    _Atomic int sink_fd, epoll_fd;  /* the program's numbers, for the helper to copy */
-    _Atomic uint32_t epoll_generation;
-    _Atomic int32_t fork_parent;
-    _Atomic uint32_t fork_stack;
-    _Atomic size_t arena_used;
-    char helper_error[200];
-    _Atomic uint8_t slot_chunk[CW_MAX_CHUNKS];
-    _Atomic uint8_t peer_chunk[CW_MAX_CHUNKS];
+    _Atomic int fd_high;             /* every slot ever written is below it */
+    _Atomic uint32_t dump_req, dump_done;
+    _Atomic uint32_t exit_req, exit_done;
+    /* written by the watcher */
+    _Atomic int64_t open_now;        /* sockets held in CLOSE_WAIT now, after the last look */
+    _Atomic int64_t reported;        /* leaks reported in all */
+    struct cw_stderr_id err;
+    _Atomic uint32_t modules_gen;    /* the module list below: odd while being written */
+    _Atomic uint32_t modules_len;
+    char modules[12288];             /* /proc/pid/maps lines of the loaded objects' segments */
+    char exe[256];
+    _Atomic uint32_t chunk[CW_MAX_CHUNKS]; /* pool chunk + 1 holding fds [c*CHUNK, (c+1)*CHUNK) */
     struct cw_spawn spawns[CW_MAX_SPAWNS];
+    struct cw_crossed crossed[CW_MAX_SPAWNS][CW_SPAWN_SOCKS];
+};
+
+/* The control block at the start of the region.  Words that processes wait on are 32-bit
+ * (futexes). */
+struct cw_shared {
+    uint64_t cookie;                /* random, per region */
+    size_t size;
+    struct cw_config cfg;
+    _Atomic uint32_t watcher_state;
+    _Atomic int32_t watcher_pid;
+    /* The watcher's tid while it lives: the kernel sets FUTEX_OWNER_DIED here when it dies,
+     * however it dies (its robust list names this word). */
+    _Atomic uint32_t watcher_alive;
+    _Atomic int64_t watcher_tick_ms; /* CLOCK_MONOTONIC of its last look */
+    _Atomic uint32_t doorbell;       /* bumped, then woken, by a process that wants the watcher */
+    _Atomic uint32_t quit;           /* the watcher must leave (a pids limit needs its pid) */
+    _Atomic int thread_only;         /* orphans come back to the program: no watcher process */
+    _Atomic size_t arena_used;
+    char watcher_error[200];
+    _Atomic uint64_t area_map[CW_MAX_AREAS / 64];
+    _Atomic uint64_t chunk_map[CW_POOL_CHUNKS / 64];
 };
 
 CW_HIDDEN extern struct cw_shared *cw_sh;
+CW_HIDDEN extern struct cw_area *cw_me;  /* this process's area (NULL: none) */
 CW_HIDDEN extern _Atomic uint64_t *cw_region_stack_index;
 CW_HIDDEN extern unsigned char *cw_region_arena;
-CW_HIDDEN extern struct cw_slot *cw_region_slots;
-CW_HIDDEN extern struct cw_peer *cw_region_peers;
-CW_HIDDEN extern struct cw_crossed *cw_region_crossed;
 
-/* In the program: make the region (shared memory if it can, else private). */
+/* Areas and chunks by number (NULL when out of range). */
+CW_HIDDEN struct cw_area *cw_area_at(unsigned i);
+CW_HIDDEN int cw_area_index(const struct cw_area *a);
+CW_HIDDEN struct cw_slot *cw_pool_slots(uint32_t chunk_plus_one);
+CW_HIDDEN struct cw_peer *cw_pool_peers(uint32_t chunk_plus_one);
+/* A chunk from the pool (its number + 1), 0 if none is left. */
+CW_HIDDEN uint32_t cw_pool_take(void);
+CW_HIDDEN void cw_pool_give(uint32_t chunk_plus_one);
+/* Give back an area and its chunks (the watcher, once its process is gone). */
+CW_HIDDEN void cw_area_release(struct cw_area *a);
+
+/* In the program: make the region (shared memory if it can, else private) and its first area. */
 CW_HIDDEN int cw_region_create(void);
-/* A descriptor for the region, for a watcher process to map: the region is copied into a new
- * memfd put in its place (the program keeps no descriptor of ours meanwhile).  -1 if none. */
-CW_HIDDEN int cw_region_share(void);
 CW_HIDDEN int cw_region_is_shared(void);
-/* Around fork: the parent copies, the child takes the copy (at the same address, *memfd its
- * descriptor), the parent drops it. */
+/* A descriptor of the region's memfd for a watcher process (the program keeps none of ours
+ * otherwise; closed by the caller).  -1 if none. */
+CW_HIDDEN int cw_region_fd(void);
+/* Around fork: the parent makes the child's area (a copy of its own), the child takes it. */
 CW_HIDDEN void cw_region_fork_prepare(void);
 CW_HIDDEN void cw_region_fork_parent(void);
-CW_HIDDEN int cw_region_fork_child(int *memfd);
-/* In the helper: map the program's region (anywhere: it holds no pointers). */
-CW_HIDDEN int cw_region_attach(int memfd, size_t size);
+CW_HIDDEN void cw_region_fork_child(void);
+CW_HIDDEN void cw_region_fork_result(pid_t child);
+/* The process changed credentials: the tree's region (and its watcher) are no longer its
+ * business; take a region of its own holding its own area.  0 on success. */
+CW_HIDDEN int cw_region_leave(void);
+/* In the watcher process: map the region. */
+CW_HIDDEN int cw_region_attach(int memfd);
 CW_HIDDEN int cw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int timeout_ms);
 CW_HIDDEN void cw_futex_wake(_Atomic uint32_t *word);
+/* Ring the watcher (async-signal-safe). */
+CW_HIDDEN void cw_doorbell(void);
 
-/* Forget this process's pointers into a region it no longer has (fdtable.c, kernel.c). */
-CW_HIDDEN void cw_table_detach(void);
-CW_HIDDEN void cw_peer_detach(void);
+/* The chunk pointers of this process point into cw_me (fdtable.c, kernel.c). */
+CW_HIDDEN void cw_table_repoint(void);
 
-/* helper.c */
-/* Start the watcher process; 0 when it runs (wait: for its first word, in the constructor). */
-CW_HIDDEN int cw_helper_spawn(int memfd, int wait);
-/* Is this process the watcher of another one? */
+/* helper.c: the watcher process */
+/* Start it; 0 when it runs (wait: for its first word). */
+CW_HIDDEN int cw_helper_spawn(int wait);
+/* Is this process a watcher? */
 CW_HIDDEN extern int cw_is_helper;
-CW_HIDDEN int cw_helper_running(void);
-/* Are few pids left in the process's pids cgroup (a container's limit)? */
+/* Does the region have a watcher process that is alive? */
+CW_HIDDEN int cw_helper_alive(void);
+/* Are the pids of the process's pids cgroup all but used up? */
 CW_HIDDEN int cw_helper_pids_tight(void);
-/* Ask the helper for something and wait until it is done (bounded). */
-CW_HIDDEN void cw_helper_request(_Atomic uint32_t *req, _Atomic uint32_t *done);
-CW_HIDDEN void cw_helper_poke(void); /* async-signal-safe */
-/* In the constructor: CLOSEWAIT_HELPER set means this process is a helper; never returns. */
+/* Ask the watcher for something about our area and wait until it is done (at most timeout_ms);
+ * 0 when answered. */
+CW_HIDDEN int cw_helper_request(_Atomic uint32_t *req, _Atomic uint32_t *done, int timeout_ms);
+/* In the constructor: CLOSEWAIT_HELPER set means this process is a watcher; never returns. */
 CW_HIDDEN void cw_helper_main_if_asked(void);
-/* The pid whose sockets are watched: ours, or in the helper the program's. */
+/* The pid whose sockets are being looked at: ours, or in the watcher the current area's. */
 CW_HIDDEN pid_t cw_program_pid(void);
-/* In the helper: has the program exec'd (our region gone from its memory)? */
-CW_HIDDEN int cw_helper_program_changed(void);
 CW_HIDDEN pid_t cw_program_ppid(void);
+CW_HIDDEN void cw_set_current_area(struct cw_area *a);
+CW_HIDDEN struct cw_area *cw_current_area(void);
+/* In the watcher: it is ready (error NULL), or failed (said in the region, then exit). */
+CW_HIDDEN void cw_helper_ready(const char *error);
+/* The region's watcher process must leave, and its pid be free, so that a fork can have it. */
+CW_HIDDEN int cw_helper_give_way(void);
 #endif

@@ -1,7 +1,11 @@
 /*
- * Where reports go.  The log descriptor lives at a high number and is checked (device and
- * inode) before every write: daemons close every descriptor at start or dup2 over them, and a
- * report must neither vanish nor land in one of the program's own files.
+ * Where reports go.  Every write opens its target and closes it again, so that nothing of ours
+ * stays open in the program (a daemon's close-all loop cannot take it, `ls /proc/self/fd` does not
+ * show it, and the pipe of a caller that captures the program's output closes when the program's
+ * copies do).  The one exception is the watcher process's fd 2: a copy of the stderr of the
+ * process that started it, which it drops as soon as no process it watches has that stderr any
+ * more (cw_sink_stderr_hold).  Writes never wait long: pipes are written only as far as they have
+ * room, opened files are non-blocking, and what cannot be written is counted and said once.
  */
 #define _GNU_SOURCE
 #include "sink.h"
@@ -9,28 +13,34 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
-struct owned_fd {
-    int fd;
-    dev_t dev;
-    ino_t ino;
-};
+static long dropped;
+static int warned_path, warned_drop;
+/* The watcher process's copy of a stderr (its fd 2): what it is. */
+static struct {
+    int held;
+    uint64_t dev, ino;
+} held_err;
+#define WRITE_BUDGET_MS 200
 
-static struct owned_fd log_out = {-1, 0, 0};
-static enum { SINK_STDERR, SINK_FILE, SINK_SYSLOG, SINK_OFF } sink_kind = SINK_STDERR;
-static char log_path[600];
-static int syslog_opened;
-static int path_warned;
+long cw_sink_dropped(void)
+{
+    return dropped;
+}
 
 /* A number high enough that the program's own descriptors (allocated lowest-first) never
- * collide with it, low enough to keep the kernel's fd table small: 1000, or just under a lower
- * limit (programs rarely reach the top; they all start at the bottom). */
+ * collide with it, low enough to keep the kernel's fd table small. */
 static int high_fd_floor(void)
 {
     struct rlimit rl;
@@ -49,22 +59,6 @@ int cw_fd_move_high(int fd)
     return hi;
 }
 
-static int still_ours(const struct owned_fd *o)
-{
-    struct stat st;
-    return o->fd >= 0 && fstat(o->fd, &st) == 0 && st.st_dev == o->dev && st.st_ino == o->ino;
-}
-
-static void adopt(struct owned_fd *o, int fd)
-{
-    struct stat st;
-    o->fd = fd;
-    if (fd >= 0 && fstat(fd, &st) == 0) {
-        o->dev = st.st_dev;
-        o->ino = st.st_ino;
-    }
-}
-
 static void expand_path(const char *spec, char *out, size_t cap)
 {
     size_t n = 0;
@@ -79,88 +73,201 @@ static void expand_path(const char *spec, char *out, size_t cap)
     out[n] = '\0';
 }
 
-static int open_log_file(void)
+static int64_t now_ms(void)
 {
-    int fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
-    if (fd < 0) {
-        if (!path_warned) {
-            path_warned = 1;
-            cw_warn("cannot open CLOSEWAIT_LOG ", log_path, errno == ELOOP
-                                                               ? " (a symlink: refused); reports go to stderr"
-                                                               : "; reports go to stderr");
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Room in a pipe, -1 if it cannot be told. */
+static long pipe_room(int fd)
+{
+    int size = fcntl(fd, F_GETPIPE_SZ);
+    int queued = 0;
+    if (size <= 0 || ioctl(fd, FIONREAD, &queued) != 0) return -1;
+    return size > queued ? size - queued : 0;
+}
+
+/* Writes as much as can go without waiting more than WRITE_BUDGET_MS in all; returns 0 when all
+ * of it went.  `own`: the open file description is ours (opened O_NONBLOCK); otherwise it is the
+ * program's too, and its blocking mode must stay as it is. */
+static int write_bounded(int fd, const char *p, size_t n, int own)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -1;
+    int is_pipe = S_ISFIFO(st.st_mode), is_sock = S_ISSOCK(st.st_mode);
+    /* A write to a pipe whose reader is gone raises SIGPIPE in the writing thread: never the
+     * program's, so blocked here and taken back if it was not pending already. */
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    sigpending(&pending);
+    int was_pending = sigismember(&pending, SIGPIPE);
+    int64_t deadline = now_ms() + WRITE_BUDGET_MS;
+    int rc = 0;
+    while (n > 0) {
+        size_t chunk = n;
+        if (is_pipe && !own) {
+            long room = pipe_room(fd);
+            if (room == 0) chunk = 0;
+            else if (room > 0 && (size_t)room < chunk) chunk = (size_t)room;
         }
-        return -1;
+        ssize_t w = -1;
+        if (chunk > 0) {
+            w = is_sock ? send(fd, p, chunk, MSG_DONTWAIT | MSG_NOSIGNAL) : write(fd, p, chunk);
+            if (w > 0) {
+                p += w;
+                n -= (size_t)w;
+                continue;
+            }
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0 && errno != EAGAIN) {
+                rc = -1;
+                break;
+            }
+        }
+        int64_t left = deadline - now_ms();
+        if (left <= 0) {
+            rc = -1;
+            break;
+        }
+        struct pollfd pfd = {fd, POLLOUT, 0};
+        if (poll(&pfd, 1, (int)(left < 20 ? left : 20)) < 0 && errno != EINTR) {
+            rc = -1;
+            break;
+        }
+        if (pfd.revents & (POLLERR | POLLHUP | POLLNVAL)) {
+            rc = -1;
+            break;
+        }
+    }
+    if (!was_pending) {
+        sigpending(&pending);
+        if (sigismember(&pending, SIGPIPE)) {
+            struct timespec zero = {0, 0};
+            sigtimedwait(&pipe_set, NULL, &zero);
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+static void count_drop(const char *where, int err)
+{
+    dropped++;
+    if (warned_drop) return;
+    warned_drop = 1;
+    char why[160];
+    snprintf(why, sizeof why, " (%s); further reports that cannot be written are counted in the summary",
+             err != 0 ? strerror(err) : "no room, or nobody reading");
+    cw_warn("a report could not be written to ", where, why);
+}
+
+/* CLOSEWAIT_LOG=path: opened for each write.  Never a file that another user owns or could
+ * write: a root program must not append to what a less privileged user prepared for it. */
+static void write_file(const char *text, size_t len)
+{
+    char path[600];
+    expand_path(cw_cfg.log_spec, path, sizeof path);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK, 0600);
+    if (fd < 0) {
+        int err = errno;
+        if (!warned_path) {
+            warned_path = 1;
+            cw_warn("cannot open CLOSEWAIT_LOG ", path,
+                    err == ELOOP ? " (a symlink: refused); reports are not written"
+                    : err == ENXIO ? " (a FIFO nobody reads); reports are not written"
+                                   : "; reports are not written");
+        }
+        dropped++;
+        return;
     }
     struct stat st;
-    if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode) &&
-        !S_ISCHR(st.st_mode)) {
+    const char *refused = NULL;
+    if (fstat(fd, &st) != 0) refused = "cannot be examined";
+    else if (S_ISREG(st.st_mode) && st.st_uid != geteuid()) refused = "belongs to another user";
+    else if (S_ISREG(st.st_mode) && (st.st_mode & 022)) refused = "is writable by group or others";
+    else if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode)) refused = "is not a file";
+    if (refused != NULL) {
         close(fd);
-        return -1;
-    }
-    return cw_fd_move_high(fd);
-}
-
-void cw_sink_open(void)
-{
-    if (strcmp(cw_cfg.log_spec, "stderr") == 0) {
-        sink_kind = SINK_STDERR;
-        adopt(&log_out, cw_fd_move_high(fcntl(2, F_DUPFD_CLOEXEC, 3)));
-    } else if (strcmp(cw_cfg.log_spec, "syslog") == 0) {
-        sink_kind = SINK_SYSLOG;
-    } else if (strcmp(cw_cfg.log_spec, "off") == 0) {
-        sink_kind = SINK_OFF;
-    } else {
-        sink_kind = SINK_FILE;
-        expand_path(cw_cfg.log_spec, log_path, sizeof log_path);
-        adopt(&log_out, open_log_file());
-        if (log_out.fd < 0) {
-            sink_kind = SINK_STDERR;
-            adopt(&log_out, cw_fd_move_high(fcntl(2, F_DUPFD_CLOEXEC, 3)));
+        if (!warned_path) {
+            warned_path = 1;
+            char why[120];
+            snprintf(why, sizeof why, " %s: refused, reports are not written", refused);
+            cw_warn("CLOSEWAIT_LOG ", path, why);
         }
+        dropped++;
+        return;
     }
+    int err = 0;
+    if (write_bounded(fd, text, len, 1) != 0) err = errno;
+    close(fd);
+    if (err != 0 || (S_ISFIFO(st.st_mode) && err != 0)) count_drop(path, err);
 }
 
-/* After fork, a %p path names the child's own file. */
-void cw_sink_after_fork(void)
+/* The program's stderr, as this process can reach it. */
+static void write_stderr(const char *text, size_t len)
 {
-    if (syslog_opened) {
-        closelog(); /* its ident names the parent */
-        syslog_opened = 0;
-    }
-    if (sink_kind == SINK_FILE && strstr(cw_cfg.log_spec, "%p") != NULL) {
-        if (still_ours(&log_out)) close(log_out.fd);
-        log_out.fd = -1;
-        expand_path(cw_cfg.log_spec, log_path, sizeof log_path);
-        adopt(&log_out, open_log_file());
-    }
-}
-
-static void write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
+    if (cw_is_helper) {
+        struct cw_area *a = cw_current_area();
+        if (a != NULL && !cw_sink_holds_stderr_of(a)) {
+            /* Not the stderr we were handed: a file or a terminal is opened by name; a pipe or a
+             * socket of another process cannot be reached. */
+            uint32_t kind = a->err.kind;
+            char path[sizeof a->err.path];
+            memcpy(path, a->err.path, sizeof path);
+            path[sizeof path - 1] = '\0';
+            if ((kind == ERR_FILE || kind == ERR_TTY) && path[0] == '/') {
+                int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
+                struct stat st;
+                if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_dev == a->err.dev && (uint64_t)st.st_ino == a->err.ino) {
+                    if (write_bounded(fd, text, len, 1) != 0) count_drop("stderr", errno);
+                } else {
+                    dropped++;
+                }
+                if (fd >= 0) close(fd);
+            } else if (kind != ERR_NONE) {
+                dropped++;
+            }
             return;
         }
-        p += w;
-        n -= (size_t)w;
+        if (held_err.held && write_bounded(2, text, len, 0) != 0) count_drop("stderr", errno);
+        return;
     }
+    /* In the program: its fd 2 as it is now, unless that is a network socket (an inetd-style
+     * server's client).  A watcher thread on a table of its own reaches it through /proc. */
+    int fd = 2, own = 0;
+    if (cw_on_private_table) {
+        fd = open("/proc/self/fd/2", O_WRONLY | O_APPEND | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0) {
+            dropped++;
+            return;
+        }
+        own = 1;
+    }
+    struct stat st;
+    int domain = AF_UNIX;
+    socklen_t dl = sizeof domain;
+    if (fstat(fd, &st) != 0 ||
+        (S_ISSOCK(st.st_mode) && (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) != 0 || domain != AF_UNIX))) {
+        dropped++;
+    } else if (write_bounded(fd, text, len, own) != 0) {
+        count_drop("stderr", errno);
+    }
+    if (own) close(fd);
 }
 
 void cw_sink_write(const char *text, size_t len)
 {
-    switch (sink_kind) {
-    case SINK_OFF:
-        return;
-    case SINK_SYSLOG:
-        if (!syslog_opened) {
-            /* The pid in each record is the program's, also when the watcher is a process. */
-            static char ident[48];
-            snprintf(ident, sizeof ident, "closewait[%ld]", (long)cw_program_pid());
-            openlog(ident, LOG_NDELAY, LOG_DAEMON);
-            syslog_opened = 1;
-        }
+    const char *spec = cw_cfg.log_spec;
+    if (strcmp(spec, "off") == 0) return;
+    if (strcmp(spec, "syslog") == 0) {
+        /* The pid in each record is the program's, also when the watcher is a process. */
+        char ident[48];
+        snprintf(ident, sizeof ident, "closewait[%ld]", (long)cw_program_pid());
+        openlog(ident, 0, LOG_DAEMON);
         /* One record per line, as log pipelines expect. */
         for (size_t i = 0; i < len;) {
             size_t j = i;
@@ -168,33 +275,71 @@ void cw_sink_write(const char *text, size_t len)
             if (j > i) syslog(LOG_WARNING, "%.*s", (int)(j - i), text + i);
             i = j + 1;
         }
-        return;
-    case SINK_FILE:
-        if (!still_ours(&log_out)) {
-            log_out.fd = -1; /* not ours any more: never close it, it is the program's now */
-            adopt(&log_out, open_log_file());
-        }
-        if (log_out.fd >= 0) write_all(log_out.fd, text, len);
-        else write_all(2, text, len);
-        return;
-    case SINK_STDERR:
-        if (still_ours(&log_out)) write_all(log_out.fd, text, len);
-        else write_all(2, text, len);
+        /* No socket of ours left open in the program. */
+        closelog();
         return;
     }
+    if (strcmp(spec, "stderr") == 0) write_stderr(text, len);
+    else write_file(text, len);
 }
 
-/* In the watcher process: the program's log, as a copy of its descriptor (never re-opened:
- * the copy stays valid whatever the program does with its own number). */
-void cw_sink_use(int fd)
+/* ---- stderr: the program publishes it, the watcher holds a copy while it must ---- */
+
+void cw_sink_publish_stderr(void)
 {
-    if (strcmp(cw_cfg.log_spec, "syslog") == 0) sink_kind = SINK_SYSLOG;
-    else if (strcmp(cw_cfg.log_spec, "off") == 0) sink_kind = SINK_OFF;
-    else sink_kind = SINK_STDERR;
-    if (fd >= 0) adopt(&log_out, fd);
+    struct cw_area *me = cw_me;
+    if (me == NULL || cw_is_helper) return;
+    int saved = errno;
+    struct cw_stderr_id *e = &me->err;
+    uint32_t gen = atomic_load_explicit(&e->gen, memory_order_relaxed);
+    atomic_store_explicit(&e->gen, gen | 1u, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    struct stat st;
+    e->path[0] = '\0';
+    if (fstat(2, &st) != 0) {
+        e->kind = ERR_NONE;
+        e->dev = e->ino = 0;
+    } else {
+        e->dev = (uint64_t)st.st_dev;
+        e->ino = (uint64_t)st.st_ino;
+        e->kind = S_ISREG(st.st_mode) ? ERR_FILE
+                  : S_ISCHR(st.st_mode) ? ERR_TTY
+                  : S_ISFIFO(st.st_mode) ? ERR_PIPE
+                  : S_ISSOCK(st.st_mode) ? ERR_UNIX
+                                         : ERR_OTHER;
+        if (e->kind == ERR_FILE || e->kind == ERR_TTY) {
+            ssize_t n = readlink("/proc/self/fd/2", e->path, sizeof e->path - 1);
+            e->path[n > 0 ? n : 0] = '\0';
+        }
+    }
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&e->gen, (gen | 1u) + 1u, memory_order_release);
+    errno = saved;
 }
 
-int cw_sink_fd(void)
+int cw_sink_holds_stderr_of(const struct cw_area *a)
 {
-    return log_out.fd;
+    return held_err.held && a->err.dev == held_err.dev && a->err.ino == held_err.ino &&
+           (atomic_load(&a->err.gen) & 1u) == 0;
+}
+
+void cw_sink_stderr_hold(int needed)
+{
+    static int looked;
+    if (!looked) {
+        looked = 1;
+        struct stat st, null;
+        if (fstat(2, &st) == 0 && !(stat("/dev/null", &null) == 0 && st.st_rdev == null.st_rdev && S_ISCHR(st.st_mode))) {
+            held_err.held = 1;
+            held_err.dev = (uint64_t)st.st_dev;
+            held_err.ino = (uint64_t)st.st_ino;
+        }
+    }
+    if (needed || !held_err.held) return;
+    held_err.held = 0;
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 2);
+        close(null);
+    }
 }

@@ -1,13 +1,20 @@
 #ifndef CLOSEWAIT_SINK_H
 #define CLOSEWAIT_SINK_H
 #include "closewait.h"
-CW_HIDDEN void cw_sink_open(void);
-CW_HIDDEN void cw_sink_after_fork(void);
+/* Where reports go (CLOSEWAIT_LOG), for the process whose report it is (cw_program_pid()).
+ * Nothing here keeps a descriptor of the program's open, and no write waits long: a full pipe, a
+ * FIFO nobody reads, a full disk cost the report, counted, never the program's time. */
 CW_HIDDEN void cw_sink_write(const char *text, size_t len);
-/* The log's descriptor, -1 for syslog or none. */
-CW_HIDDEN int cw_sink_fd(void);
-/* In the watcher process: write to this copy of the program's log descriptor. */
-CW_HIDDEN void cw_sink_use(int fd);
+/* Reports that could not be written so far. */
+CW_HIDDEN long cw_sink_dropped(void);
+/* This process's fd 2, as the watcher must know it (the program's side: at start and when the
+ * program moves or closes its fd 2). */
+CW_HIDDEN void cw_sink_publish_stderr(void);
+/* In the watcher process: keep its copy of a stderr only while `needed`. */
+CW_HIDDEN void cw_sink_stderr_hold(int needed);
+/* In the watcher process: is this area's stderr the one the watcher holds? */
+struct cw_area;
+CW_HIDDEN int cw_sink_holds_stderr_of(const struct cw_area *a);
 /* Move a descriptor of ours above the range the program uses; returns the new number. */
 CW_HIDDEN int cw_fd_move_high(int fd);
 #endif

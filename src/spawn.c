@@ -14,16 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #pragma GCC visibility push(default)
 
 static _Atomic unsigned spawn_next;
-
-struct cw_crossed *cw_spawn_socks(unsigned i)
-{
-    return cw_region_crossed + (size_t)i * CW_SPAWN_SOCKS;
-}
 
 const char *cw_spawn_kind_name(int kind)
 {
@@ -41,7 +37,8 @@ const char *cw_spawn_kind_name(int kind)
  * handler; and the watcher process reads them there. */
 static void record(int kind, pid_t child, uint32_t stack)
 {
-    if (cw_sh == NULL) return;
+    struct cw_area *me = cw_me;
+    if (me == NULL) return;
     size_t n = 0;
     for (int fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
@@ -54,11 +51,11 @@ static void record(int kind, pid_t child, uint32_t stack)
     struct cw_crossed *socks = NULL;
     for (int tries = 0; tries < CW_MAX_SPAWNS; tries++) {
         unsigned i = atomic_fetch_add(&spawn_next, 1) % CW_MAX_SPAWNS;
-        struct cw_spawn *cand = &cw_spawns[i];
+        struct cw_spawn *cand = &me->spawns[i];
         int expected = atomic_load(&cand->state);
         if (expected == 1 || !atomic_compare_exchange_strong(&cand->state, &expected, 1)) continue;
         r = cand;
-        socks = cw_spawn_socks(i);
+        socks = me->crossed[i];
         break;
     }
     if (r == NULL) return;
@@ -74,9 +71,6 @@ static void record(int kind, pid_t child, uint32_t stack)
         }
         socks[k].fd = fd;
         socks[k].inode = ino;
-        /* The parent is about to close its copy: from then on only the watcher's epoll
-         * registration (which lives as long as the socket does) sees the peer's FIN. */
-        cw_epoll_watch(fd, fd, ino);
         socks[k].open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed);
         socks[k].open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed);
         socks[k].opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed);
@@ -103,21 +97,32 @@ pid_t fork(void)
     CW_REAL(fork);
     int saved = errno;
     uint32_t stack = spawn_stack();
-    pid_t parent = getpid();
     cw_stacks_fork_prepare();
     errno = saved;
     pid_t r = real_fork();
-    saved = errno;
-    cw_stacks_fork_done();
-    errno = saved;
-    if (r > 0) {
-        saved = errno;
-        record(SPAWN_FORK, r, stack);
-        errno = saved;
-    } else if (r == 0 && cw_sh != NULL) {
-        atomic_store(&cw_sh->fork_parent, parent);
-        atomic_store(&cw_sh->fork_stack, stack);
+    int err = errno;
+    if (r != 0) cw_region_fork_result(r);
+    /* Out of pids (a container's pids limit): the program's own fork must not fail for the pid
+     * our watcher takes.  It leaves, and the fork is tried again while the pid is freed. */
+    if (r < 0 && err == EAGAIN && cw_helper_give_way() == 0) {
+        cw_warn("the pids limit is reached: the watcher process left so that the program's fork could have its pid; ",
+                "reports are written at exit only", NULL);
+        for (int i = 0; i < 40; i++) {
+            struct timespec ts = {0, 5 * 1000000L};
+            nanosleep(&ts, NULL);
+            r = real_fork();
+            err = errno;
+            if (r != 0) cw_region_fork_result(r);
+            if (r >= 0 || err != EAGAIN) break;
+        }
     }
+    cw_stacks_fork_done();
+    if (r > 0) {
+        record(SPAWN_FORK, r, stack);
+    } else if (r == 0 && cw_me != NULL) {
+        atomic_store(&cw_me->fork_stack, stack);
+    }
+    errno = err;
     return r;
 }
 
@@ -178,12 +183,3 @@ FILE *popen(const char *command, const char *type)
 
 #pragma GCC visibility pop
 
-void cw_spawns_forget(void)
-{
-    if (cw_sh == NULL) return;
-    for (int i = 0; i < CW_MAX_SPAWNS; i++) {
-        struct cw_spawn *r = &cw_spawns[i];
-        r->nsocks = 0;
-        atomic_store(&r->state, 0);
-    }
-}

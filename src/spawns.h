@@ -27,13 +27,7 @@ struct cw_spawn {
     size_t nsocks;              /* its sockets: cw_spawn_socks(index of the record) */
 };
 
-#define CW_MAX_SPAWNS 64
-#define CW_SPAWN_SOCKS 4096 /* sockets recorded per spawn; more are not followed */
-CW_HIDDEN extern struct cw_spawn *cw_spawns; /* CW_MAX_SPAWNS of them, in the region */
-/* Record i's CW_SPAWN_SOCKS entries, in the region (which holds no pointers: the watcher process
- * maps it at an address of its own). */
-CW_HIDDEN struct cw_crossed *cw_spawn_socks(unsigned i);
+#define CW_MAX_SPAWNS 16
+#define CW_SPAWN_SOCKS 128 /* sockets recorded per spawn; more are not followed */
 CW_HIDDEN const char *cw_spawn_kind_name(int kind);
-/* In a forked child: the parent's records are the parent's business. */
-CW_HIDDEN void cw_spawns_forget(void);
 #endif

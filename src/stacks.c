@@ -157,6 +157,19 @@ static uint32_t hash_pcs(const uintptr_t *pcs, int n)
     return r == 0 ? 1 : r;
 }
 
+/* The stack an index entry names, or NULL when the entry points outside the arena (every
+ * process of the tree writes the index: none is trusted). */
+static const struct stored_stack *stored_at(uint64_t e)
+{
+    uint64_t off = ((e & 0xffffffffu) - 1) * 8;
+    if ((e & 0xffffffffu) == 0 || off + sizeof(struct stored_stack) > ARENA_BYTES) return NULL;
+    const struct stored_stack *st = (const struct stored_stack *)(cw_region_arena + off);
+    uint32_t depth = st->depth;
+    if (depth == 0 || depth > CW_MAX_DEPTH || off + sizeof *st + (uint64_t)depth * sizeof(uintptr_t) > ARENA_BYTES)
+        return NULL;
+    return st;
+}
+
 static uint32_t store(const uintptr_t *pcs, int n)
 {
     if (cw_sh == NULL) return 0;
@@ -178,13 +191,16 @@ static uint32_t store(const uintptr_t *pcs, int n)
             uint64_t packed = ((uint64_t)hash << 32) | (uint64_t)(reserved / 8 + 1);
             if (atomic_compare_exchange_strong_explicit(&cw_region_stack_index[i], &e, packed,
                                                         memory_order_release,
-                                                        memory_order_acquire))
+                                                        memory_order_acquire)) {
+                /* A stack never seen: the watcher must know every module it runs through. */
+                cw_modules_cover(pcs, n);
                 return i + 1;
+            }
             /* Lost the race for this entry: fall through and look at what won. */
         }
         if ((uint32_t)(e >> 32) != hash) continue;
-        const struct stored_stack *st =
-            (const struct stored_stack *)(cw_region_arena + ((e & 0xffffffffu) - 1) * 8);
+        const struct stored_stack *st = stored_at(e);
+        if (st == NULL) continue;
         if (st->depth == (uint32_t)n && memcmp(st->pcs, pcs, (size_t)n * sizeof(uintptr_t)) == 0)
             return i + 1; /* the arena space reserved above, if any, is simply not used */
     }
@@ -323,9 +339,11 @@ int cw_stack_frames(uint32_t id, const uintptr_t **pcs)
     if (id == 0 || id > INDEX_SIZE || cw_sh == NULL) return 0;
     uint64_t e = atomic_load_explicit(&cw_region_stack_index[id - 1], memory_order_acquire);
     if (e == 0) return 0;
-    const struct stored_stack *st = (const struct stored_stack *)(cw_region_arena + ((e & 0xffffffffu) - 1) * 8);
+    const struct stored_stack *st = stored_at(e);
+    if (st == NULL) return 0;
+    uint32_t depth = st->depth; /* again: it may have changed since it was checked */
     *pcs = st->pcs;
-    return (int)st->depth;
+    return depth <= CW_MAX_DEPTH ? (int)depth : 0;
 }
 
 void cw_stacks_fork_prepare(void)

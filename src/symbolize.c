@@ -17,13 +17,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/uio.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #define DW(fn) static __typeof__(fn) *p_##fn
 DW(dwfl_begin);
 DW(dwfl_end);
-DW(dwfl_linux_proc_report);
+DW(dwfl_linux_proc_maps_report);
 DW(dwfl_report_end);
 DW(dwfl_addrmodule);
 DW(dwfl_module_addrinfo);
@@ -69,7 +69,7 @@ static int load_libdw(void)
     } while (0)
     LOAD(dwfl_begin);
     LOAD(dwfl_end);
-    LOAD(dwfl_linux_proc_report);
+    LOAD(dwfl_linux_proc_maps_report);
     LOAD(dwfl_report_end);
     LOAD(dwfl_addrmodule);
     LOAD(dwfl_module_addrinfo);
@@ -97,20 +97,52 @@ static int load_libdw(void)
     return dw_state;
 }
 
+/* The current process's module list, as it published it (modules.c): a copy, checked, in
+ * `text`; its length, 0 if there is none. */
+static char modules_text[sizeof(((struct cw_area *)0)->modules) + 1];
+static size_t modules_copy(void)
+{
+    struct cw_area *a = cw_current_area();
+    if (a == NULL) return 0;
+    for (int tries = 0; tries < 4; tries++) {
+        uint32_t gen = atomic_load_explicit(&a->modules_gen, memory_order_acquire);
+        uint32_t len = atomic_load_explicit(&a->modules_len, memory_order_relaxed);
+        if ((gen & 1u) || len >= sizeof a->modules) continue;
+        memcpy(modules_text, a->modules, len);
+        modules_text[len] = '\0';
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&a->modules_gen, memory_order_relaxed) == gen) return len;
+    }
+    modules_text[0] = '\0';
+    return 0;
+}
+
+static uint64_t dwfl_modules_hash;
+
 static Dwfl *get_dwfl(void)
 {
-    if (dwfl != NULL) return dwfl;
-    if (load_libdw() != 1) return NULL;
+    size_t len = modules_copy();
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)modules_text[i]) * 0x100000001b3ull;
+    if (dwfl != NULL && h == dwfl_modules_hash) return dwfl;
+    cw_symbolize_refresh();
+    if (len == 0 || load_libdw() != 1) return NULL;
     dwfl = p_dwfl_begin(&callbacks);
     if (dwfl == NULL) {
         return NULL;
     }
-    if (p_dwfl_linux_proc_report(dwfl, cw_program_pid()) != 0) {
+    /* The program's objects as it published them: no /proc/PID/maps, which only ptrace-class
+     * permission may read. */
+    FILE *maps = fmemopen(modules_text, len, "r");
+    if (maps == NULL || p_dwfl_linux_proc_maps_report(dwfl, maps) != 0) {
+        if (maps != NULL) fclose(maps);
         p_dwfl_end(dwfl);
         dwfl = NULL;
         return NULL;
     }
+    fclose(maps);
     p_dwfl_report_end(dwfl, NULL, NULL);
+    dwfl_modules_hash = h;
     return dwfl;
 }
 
@@ -354,34 +386,44 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
     return n;
 }
 
-/* Without libdw, in the watcher process: the program's /proc/pid/maps gives the module and
- * the offset (file offset and virtual address agree for the code of PIE programs and shared
- * objects), but no names. */
+/* The published module line that holds addr: its start, file offset and path. */
+static int module_of(uintptr_t addr, uintptr_t *lo_out, uintptr_t *off_out, char *path, size_t cap)
+{
+    size_t len = modules_copy();
+    const char *p = modules_text, *end = modules_text + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (nl == NULL) nl = end;
+        unsigned long lo, hi, off;
+        int name_at = 0;
+        char line[512];
+        size_t ll = (size_t)(nl - p) < sizeof line - 1 ? (size_t)(nl - p) : sizeof line - 1;
+        memcpy(line, p, ll);
+        line[ll] = '\0';
+        p = nl + 1;
+        if (sscanf(line, "%lx-%lx %*s %lx %*s %*s %n", &lo, &hi, &off, &name_at) < 3 || name_at == 0) continue;
+        if (addr < lo || addr >= hi || line[name_at] != '/') continue;
+        *lo_out = lo;
+        *off_out = off;
+        snprintf(path, cap, "%s", line + name_at);
+        return 0;
+    }
+    return -1;
+}
+
+/* Without libdw: the module and the offset (file offset and virtual address agree for the code
+ * of PIE programs and shared objects), but no names. */
 static int symbolize_maps(uintptr_t pc, uintptr_t lookup, struct cw_frame *out)
 {
     struct cw_frame f = {0};
     f.pc = pc;
     f.offset = pc;
     f.sym_off = (uintptr_t)-1;
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%ld/maps", (long)cw_program_pid());
-    FILE *maps = fopen(path, "re");
-    if (maps != NULL) {
-        char line[1024];
-        while (fgets(line, sizeof line, maps) != NULL) {
-            unsigned long lo, hi, off;
-            int name_at = 0;
-            if (sscanf(line, "%lx-%lx %*s %lx %*s %*s %n", &lo, &hi, &off, &name_at) < 3) continue;
-            if (lookup < lo || lookup >= hi) continue;
-            char *name = line + name_at;
-            name[strcspn(name, "\n")] = '\0';
-            if (name[0] == '/') {
-                f.module = intern(name);
-                f.offset = pc - lo + off;
-            }
-            break;
-        }
-        fclose(maps);
+    uintptr_t lo = 0, off = 0;
+    char path[512];
+    if (module_of(lookup, &lo, &off, path, sizeof path) == 0) {
+        f.module = intern(path);
+        f.offset = pc - lo + off;
     }
     out[0] = f;
     return 1;
@@ -390,7 +432,7 @@ static int symbolize_maps(uintptr_t pc, uintptr_t lookup, struct cw_frame *out)
 /* Without libdw: dladdr gives the module, its load bias and exported names. */
 static int symbolize_dladdr(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, int with_names)
 {
-    if (cw_is_helper) return symbolize_maps(pc, lookup, out);
+    if (cw_is_helper || cw_current_area() != cw_me) return symbolize_maps(pc, lookup, out);
     struct cw_frame f = {0};
     f.pc = pc;
     Dl_info info;
@@ -420,13 +462,19 @@ static int symbolize_dladdr(uintptr_t pc, uintptr_t lookup, struct cw_frame *out
     return 1;
 }
 
-/* Reads code bytes without trusting the address: a frame from a broken unwind (JIT code) or
- * bytes that only look like a call must not fault the watcher. */
+/* Reads code bytes from the object's file, not from the program's memory (which only
+ * ptrace-class permission may read), without trusting the address: a frame from a broken unwind
+ * (JIT code) or bytes that only look like a call must not fault the watcher. */
 static int read_code(uintptr_t addr, void *dst, size_t len)
 {
-    struct iovec local = {dst, len};
-    struct iovec remote = {(void *)addr, len}; /* NOLINT(performance-no-int-to-ptr) */
-    return process_vm_readv(cw_program_pid(), &local, 1, &remote, 1, 0) == (ssize_t)len ? 0 : -1;
+    uintptr_t lo = 0, off = 0;
+    char path[512];
+    if (module_of(addr, &lo, &off, path, sizeof path) != 0) return -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = pread(fd, dst, len, (off_t)(addr - lo + off));
+    close(fd);
+    return n == (ssize_t)len ? 0 : -1;
 }
 
 int cw_tail_call_frame(uintptr_t ret_addr, struct cw_frame *out)

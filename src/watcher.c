@@ -1,48 +1,49 @@
 /*
- * The watcher: a process of its own (helper.c; or, in thread mode, a thread of the program), all
- * signals blocked, asleep in epoll_wait, that
- *  1. is woken by the peer's FIN on any tracked socket (each one is registered, edge-triggered
- *     EPOLLRDHUP, in the watcher's own epoll instance: the cost follows the sockets that change,
- *     not the sockets open) and notes the time;
- *  2. every CLOSEWAIT_INTERVAL_MS walks the fd table (memory only): registers new sockets, picks
- *     up descriptors whose EOF a hook saw, watches listeners;
- *  3. for each one past the grace period, asks the kernel once more about that very descriptor
- *     (same inode? really CLOSE_WAIT? still sending?) and only then reports it;
- *  4. notices when a reported descriptor is finally closed.
- * Everything that allocates, formats or symbolizes happens here, never in a hook.
+ * The watcher: one process for a program and every process it forks (helper.c), or, where a
+ * process of ours would become the program's child (PID 1, a subreaper), a thread of the
+ * program.  Every CLOSEWAIT_INTERVAL_MS, or when a process rings for it, it
+ *  1. asks the kernel for the TCP sockets of the network namespace that are being torn down
+ *     (one netlink sock_diag dump per address family, as ss does: no permission over the
+ *     program is needed), with their TCP_INFO;
+ *  2. walks each watched process's descriptor table (memory only) and finds its sockets in the
+ *     dump by inode: CLOSE_WAIT since when, still sending or not;
+ *  3. reports a descriptor held past the grace period after the peer's FIN, once;
+ *  4. notices when a reported descriptor is finally closed, and when a process is gone.
+ * Everything that allocates, formats or symbolizes happens here, never in a hook.  Every number
+ * read from the region was written by a program process: each is checked before use.
  */
 #define _GNU_SOURCE
 #include "buf.h"
 #include "region.h"
 #include "sink.h"
+#include "suppress.h"
 #include "symbolize.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
-#include <fnmatch.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#define CLOSEWAIT_VERSION "0.1.0"
+#define CLOSEWAIT_VERSION "0.2.0"
 
 enum reason { R_EOF_NOT_CLOSED, R_PEER_CLOSED_UNREAD, R_SHUTDOWN_NOT_CLOSED, R_INHERITED };
 static const char *const reason_names[] = {"eof_not_closed", "peer_closed_unread",
                                            "shutdown_not_closed", "inherited"};
 
-/* w_flags bits (watcher-owned, per slot life); the bits above 8 hold the epoll generation the
- * socket is registered in */
+/* w_flags bits (watcher-owned, per slot life) */
 #define WF_REPORTED 1u
 #define WF_SUPPRESSED 2u
-#define WF_GEN_SHIFT 8
+#define WF_ESTABLISHED 4u   /* read EOF or shut down, yet found established (its own SHUT_RD) */
 
 /* Findings from one open site (one open stack). */
 struct group {
@@ -62,59 +63,117 @@ struct leak {
     size_t gi;            /* index into groups */
     int64_t fin_ms;
     char local[64], peer[64];
-    int foreign;          /* held by another process (a child) */
+    int foreign;          /* held by a process we do not watch (a child that exec'd) */
+    int in_close;         /* held in CLOSE: the kernel's dumps no longer list it */
     pid_t holder;
 };
 
-static pthread_mutex_t tick_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_t thread;
-static _Atomic int running;
-static _Atomic int dump_requested;
-static struct group *groups;
-static size_t ngroups, groups_cap;
-static struct leak *leaks;
-static size_t nleaks, leaks_cap;
-static long total_reported, total_suppressed;
-static struct inode_set cw_inodes;
-/* How the watcher learns of FINs.  epoll: every tracked socket is registered (edge-triggered
- * EPOLLRDHUP) in the watcher's own epoll instance, so the cost follows the sockets that change,
- * not the sockets open.  sock_diag: one netlink dump of the CLOSE_WAIT sockets per interval (the
- * kernel walks every TCP socket of the namespace, TIME_WAIT included, for each dump).  tcp_info:
- * one getsockopt per tracked socket per interval. */
-enum watch_mode { WATCH_EPOLL, WATCH_SOCK_DIAG, WATCH_TCP_INFO };
-static enum watch_mode watch_mode = WATCH_EPOLL;
-static const char *const watch_mode_names[] = {"epoll", "sock_diag", "tcp_info"};
-static uint32_t epoll_gen = 1;      /* registrations are per epoll instance */
-static int listeners_waiting;       /* a listener had a queue at the last tick: dump next time */
-static int parent_alive;      /* in a forked child: the parent that forked us is still there */
-static struct unowned_ports unowned;
-static int private_table_wanted = 1;  /* CLOSEWAIT_SHARED_TABLE=1 turns it off (for comparison) */
-static char exe_path[PATH_MAX];
-static char hostname[256];
-static int announced;
-static char **suppressions;
-static size_t nsuppressions;
+struct listener {
+    int fd;
+    uint32_t seq;
+    uint16_t port;
+    char addr[64];
+    uint32_t dead_reported;     /* accepted-dead count at the last report */
+    uint32_t queued_reported;
+    int64_t last_report_ms;
+    int64_t full_since;
+    int full_reported;
+};
 
-static void remember_peer(int fd, int kfd, uint32_t seq)
+/* One watched process: everything the watcher knows of it, in one place. */
+struct proc {
+    struct cw_area *area;
+    pid_t pid;
+    int pidfd;
+    int64_t exec_since;
+    int untrusted;        /* changed credentials without leaving: not read any more */
+    unsigned ticks;
+    char exe[PATH_MAX];
+    struct group *groups;
+    size_t ngroups, groups_cap;
+    struct leak *leaks;
+    size_t nleaks, leaks_cap;
+    struct listener *listeners;
+    size_t nlisteners, listeners_cap;
+    uint32_t *shown;      /* text format: EOF stacks printed in full already */
+    size_t nshown, shown_cap;
+    long total_reported, total_suppressed;
+    int announced;
+};
+
+static struct proc *procs;
+static size_t nprocs, procs_cap;
+static struct proc *P; /* the process being looked at */
+
+static pthread_mutex_t tick_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int running;        /* thread mode: the thread runs */
+static _Atomic int thread_done;
+static struct cw_dump dump, established;
+static int listeners_seen;
+static char hostname[256];
+static int thread_mode;            /* this process watches itself, from a thread */
+static int suppressions_loaded;
+
+/* ---- the current process's table, as the region holds it -------------- */
+
+static struct cw_slot *pslot(int fd)
 {
-    struct cw_peer *p = cw_peer_slot(fd);
-    if (p == NULL) return;
-    struct cw_peer cur;
-    cw_peer_load(p, &cur);
-    if (cur.seq == seq && cur.family != 0) return;
-    struct cw_peer fresh = {.seq = seq};
-    if (cw_kernel_peer(kfd, &fresh) == 0) cw_peer_store(p, &fresh);
+    unsigned c = (unsigned)fd / CW_CHUNK_SLOTS;
+    if (fd < 0 || c >= CW_MAX_CHUNKS) return NULL;
+    struct cw_slot *chunk = cw_pool_slots(atomic_load_explicit(&P->area->chunk[c], memory_order_acquire));
+    return chunk != NULL ? &chunk[(unsigned)fd % CW_CHUNK_SLOTS] : NULL;
 }
 
-static int cached_peer(int fd, uint32_t seq, char *out, size_t cap)
+static struct cw_peer *ppeer(int fd)
 {
-    struct cw_peer *p = cw_peer_slot(fd);
+    unsigned c = (unsigned)fd / CW_CHUNK_SLOTS;
+    if (fd < 0 || c >= CW_MAX_CHUNKS) return NULL;
+    struct cw_peer *chunk = cw_pool_peers(atomic_load_explicit(&P->area->chunk[c], memory_order_acquire));
+    return chunk != NULL ? &chunk[(unsigned)fd % CW_CHUNK_SLOTS] : NULL;
+}
+
+static int plimit(const struct cw_area *a)
+{
+    int high = atomic_load_explicit(&a->fd_high, memory_order_acquire);
+    if (high < 0) return 0;
+    if (high > CW_MAX_CHUNKS * CW_CHUNK_SLOTS) return CW_MAX_CHUNKS * CW_CHUNK_SLOTS;
+    return high;
+}
+
+/* The first fd >= fd of the current process that has a slot, or -1. */
+static int pnext(int fd)
+{
+    int limit = plimit(P->area);
+    while (fd >= 0 && fd < limit) {
+        if (pslot(fd) != NULL) return fd;
+        fd = (fd / CW_CHUNK_SLOTS + 1) * CW_CHUNK_SLOTS; /* a chunk never used: skip it whole */
+    }
+    return -1;
+}
+
+static int cached_ends(int fd, uint32_t seq, char *local, char *peer, size_t cap)
+{
+    struct cw_peer *p = ppeer(fd);
     if (p == NULL) return 0;
     struct cw_peer cur;
     cw_peer_load(p, &cur);
-    if (cur.seq != seq || cur.family == 0) return 0;
-    cw_peer_format(&cur, out, cap);
+    if (cur.seq != seq || (cur.family != 2 && cur.family != 10)) return 0;
+    cw_peer_format(&cur, peer, cap);
+    cw_peer_format_local(&cur, local, cap);
     return 1;
+}
+
+/* A socket that read EOF or was shut down, seen in a dump: keep its ends for when it is in
+ * CLOSE and in no dump any more. */
+static void keep_ends(int fd, uint32_t seq, const struct cw_sock *k)
+{
+    struct cw_peer *p = ppeer(fd);
+    if (p == NULL) return;
+    struct cw_peer cur;
+    cw_peer_load(p, &cur);
+    if (cur.seq == seq && cur.family != 0 && cur.lport != 0) return;
+    cw_peer_from_sock(k, seq, &cur);
+    cw_peer_store(p, &cur);
 }
 
 /* ---- time and identity ----------------------------------------------- */
@@ -137,29 +196,27 @@ static void json_head(struct buf *b, const char *event)
                (long)cw_program_pid(), iso, (long long)wall);
 }
 
-static void load_identity(void)
+/* The program's path as it published it (its own /proc/self/exe). */
+static void load_identity(struct proc *p)
 {
-    char link[64];
-    snprintf(link, sizeof link, "/proc/%ld/exe", (long)cw_program_pid());
-    ssize_t n = readlink(link, exe_path, sizeof exe_path - 1);
-    exe_path[n > 0 ? n : 0] = '\0';
-    if (gethostname(hostname, sizeof hostname - 1) != 0) hostname[0] = '\0';
+    memcpy(p->exe, p->area->exe, sizeof p->area->exe);
+    p->exe[sizeof p->area->exe - 1] = '\0';
+    if (hostname[0] == '\0' && gethostname(hostname, sizeof hostname - 1) != 0) hostname[0] = '\0';
 }
 
 /* The first event of a process in JSON says what the process is. */
 static void announce(void)
 {
-    if (announced || cw_cfg.format != CW_FORMAT_JSON) return;
-    announced = 1;
+    if (P->announced || cw_cfg.format != CW_FORMAT_JSON) return;
+    P->announced = 1;
     struct buf b = {0};
     json_head(&b, "start");
     buf_printf(&b, ",\"ppid\":%ld,\"exe\":", (long)cw_program_ppid());
-    buf_json_str(&b, exe_path);
+    buf_json_str(&b, P->exe);
     buf_puts(&b, ",\"host\":");
     buf_json_str(&b, hostname);
-    buf_printf(&b, ",\"grace_ms\":%lld,\"watch\":\"%s\",\"watcher\":\"%s\",\"version\":\"%s\"}\n",
-               (long long)cw_cfg.grace_ms, watch_mode_names[watch_mode], cw_is_helper ? "process" : "thread",
-               CLOSEWAIT_VERSION);
+    buf_printf(&b, ",\"grace_ms\":%lld,\"watch\":\"sock_diag\",\"watcher\":\"%s\",\"version\":\"%s\"}\n",
+               (long long)cw_cfg.grace_ms, thread_mode ? "thread" : "process", CLOSEWAIT_VERSION);
     cw_sink_write(b.p, b.n);
     buf_free(&b);
 }
@@ -252,61 +309,31 @@ static void text_frames(struct buf *b, uint32_t id)
 
 static void load_suppressions(void)
 {
-    static int loaded; /* once per process: a forked child has its parent's already */
-    if (loaded || cw_cfg.suppress_path[0] == '\0') return;
-    loaded = 1;
-    FILE *fp = fopen(cw_cfg.suppress_path, "re");
-    if (fp == NULL) {
-        cw_warn("cannot read CLOSEWAIT_SUPPRESSIONS ", cw_cfg.suppress_path, "; nothing suppressed");
-        return;
-    }
-    char line[512];
-    while (fgets(line, sizeof line, fp) != NULL && nsuppressions < 4096) {
-        size_t len = strcspn(line, "\r\n");
-        while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t')) len--;
-        line[len] = '\0';
-        char *s = line;
-        while (*s == ' ' || *s == '\t') s++;
-        if (*s == '\0' || *s == '#') continue;
-        char **ns = realloc(suppressions, (nsuppressions + 1) * sizeof *ns);
-        if (ns == NULL) break;
-        suppressions = ns;
-        suppressions[nsuppressions] = strdup(s);
-        if (suppressions[nsuppressions] != NULL) nsuppressions++;
-    }
-    fclose(fp);
+    if (suppressions_loaded || cw_cfg.suppress_path[0] == '\0') return;
+    suppressions_loaded = 1;
+    cw_suppressions_load(cw_cfg.suppress_path);
 }
 
-/* Patterns: "fun:GLOB", "mod:GLOB", or a bare GLOB for a function. */
 static int suppressed(uint32_t id)
 {
-    if (nsuppressions == 0) return 0;
+    if (cw_suppressions_count() == 0) return 0;
     struct cw_frame f[MAX_FRAMES];
     int n = expand_stack(id, f, MAX_FRAMES, NULL);
-    for (size_t k = 0; k < nsuppressions; k++) {
-        const char *pat = suppressions[k];
-        int mod = strncmp(pat, "mod:", 4) == 0;
-        if (mod || strncmp(pat, "fun:", 4) == 0) pat += 4;
-        for (int i = 0; i < n; i++) {
-            const char *subject = mod ? f[i].module : f[i].function;
-            if (subject != NULL && fnmatch(pat, subject, 0) == 0) return 1;
-        }
-    }
-    return 0;
+    return cw_suppressions_match(f, n);
 }
 
 /* ---- findings --------------------------------------------------------- */
 
 static struct group *group_for(uint32_t stack, int64_t now)
 {
-    for (size_t i = 0; i < ngroups; i++)
-        if (groups[i].stack == stack) return &groups[i];
-    if (cw_grow(&groups, &groups_cap, ngroups, sizeof *groups, 16) != 0) return NULL;
-    struct group *g = &groups[ngroups++];
+    for (size_t i = 0; i < P->ngroups; i++)
+        if (P->groups[i].stack == stack) return &P->groups[i];
+    if (cw_grow(&P->groups, &P->groups_cap, P->ngroups, sizeof *P->groups, 16) != 0) return NULL;
+    struct group *g = &P->groups[P->ngroups++];
     memset(g, 0, sizeof *g);
     g->stack = stack;
     g->stable_id = stable_stack_id(stack);
-    g->number = (int)ngroups;
+    g->number = (int)P->ngroups;
     g->first_ms = now;
     return g;
 }
@@ -317,6 +344,21 @@ static int growing(const struct group *g, int64_t now)
     return g->now >= 2 && g->now == g->peak && now - g->peak_ms < 60000;
 }
 
+static long open_now(const struct proc *p)
+{
+    long open = 0;
+    for (size_t i = 0; i < p->ngroups; i++) open += p->groups[i].now;
+    return open;
+}
+
+static int reported_anywhere(uint64_t inode)
+{
+    for (size_t k = 0; k < nprocs; k++)
+        for (size_t i = 0; i < procs[k].nleaks; i++)
+            if (procs[k].leaks[i].inode == inode) return 1;
+    return 0;
+}
+
 struct observed {
     int fd;
     uint32_t seq;
@@ -325,21 +367,20 @@ struct observed {
     int64_t open_ms, eof_ms, fin_ms;
     int opened_by, eof_by, state;
     enum reason reason;
-    /* inherited sockets */
-    const char *local, *peer;   /* when the socket is not ours to ask */
-    pid_t holder;               /* the process holding it, if not us */
+    const char *local, *peer;
+    pid_t holder;               /* the process holding it, if not the one it was opened in */
     uint32_t spawn_stack;
     int spawn_kind;
 };
 
-/* The program's descriptors (other than `except`) that hold the socket `inode`: up to max of
- * them in out (which may be NULL); returns how many were found. */
+/* The current process's descriptors (other than `except`) that hold the socket `inode`: up to
+ * max of them in out (which may be NULL); returns how many were found. */
 static int fds_of_socket(uint64_t inode, int except, int *out, int max)
 {
     int n = 0;
-    for (int fd = cw_table_next(0); fd >= 0 && n < max; fd = cw_table_next(fd + 1)) {
+    for (int fd = pnext(0); fd >= 0 && n < max; fd = pnext(fd + 1)) {
         if (fd == except) continue;
-        struct cw_slot *s = cw_slot_peek(fd);
+        struct cw_slot *s = pslot(fd);
         if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == KIND_TCP &&
             atomic_load_explicit(&s->inode, memory_order_relaxed) == inode) {
             if (out != NULL) out[n] = fd;
@@ -356,15 +397,14 @@ static const char *role_of(const struct observed *o)
     return "unknown";
 }
 
-/* Text format: each distinct stack is printed in full once; later reports point back to it. */
+/* Text format: each distinct stack is printed in full once per process; later reports point
+ * back to it. */
 static int text_stack_shown(uint32_t stack)
 {
-    static uint32_t *shown;
-    static size_t nshown, cap;
-    for (size_t i = 0; i < nshown; i++)
-        if (shown[i] == stack) return 1;
-    if (cw_grow(&shown, &cap, nshown, sizeof *shown, 32) != 0) return 0;
-    shown[nshown++] = stack;
+    for (size_t i = 0; i < P->nshown; i++)
+        if (P->shown[i] == stack) return 1;
+    if (cw_grow(&P->shown, &P->shown_cap, P->nshown, sizeof *P->shown, 32) != 0) return 0;
+    P->shown[P->nshown++] = stack;
     return 0;
 }
 
@@ -372,35 +412,31 @@ static void report_leak(const struct observed *o, int64_t now)
 {
     struct group *g = group_for(o->open_stack, now);
     if (g == NULL) return;
-    if (cw_grow(&leaks, &leaks_cap, nleaks, sizeof *leaks, 64) != 0) return;
-    struct leak *l = &leaks[nleaks++];
+    if (cw_grow(&P->leaks, &P->leaks_cap, P->nleaks, sizeof *P->leaks, 64) != 0) return;
+    struct leak *l = &P->leaks[P->nleaks++];
+    memset(l, 0, sizeof *l);
     l->fd = o->fd;
     l->seq = o->seq;
     l->inode = o->inode;
-    l->gi = (size_t)(g - groups);
+    l->gi = (size_t)(g - P->groups);
     l->fin_ms = o->fin_ms;
     l->foreign = o->holder != 0 && o->holder != cw_program_pid();
+    l->in_close = o->state == TCPS_CLOSE;
     l->holder = o->holder;
-    if (o->local != NULL) {
-        snprintf(l->local, sizeof l->local, "%s", o->local);
-        snprintf(l->peer, sizeof l->peer, "%s", o->peer);
-    } else {
-        CW_BORROW(b, o->fd);
-        cw_kernel_endpoint(cw_borrowed(&b), 0, l->local, sizeof l->local);
-        cw_kernel_endpoint(cw_borrowed(&b), 1, l->peer, sizeof l->peer);
-        if (strcmp(l->peer, "?") == 0) cached_peer(o->fd, o->seq, l->peer, sizeof l->peer);
-    }
+    snprintf(l->local, sizeof l->local, "%s", o->local != NULL ? o->local : "?");
+    snprintf(l->peer, sizeof l->peer, "%s", o->peer != NULL ? o->peer : "?");
     g->now++;
     /* before the report is written: a program that reads it and asks closewait_leaks_open()
      * finds it counted */
-    if (cw_sh != NULL) atomic_fetch_add(&cw_sh->open_now, 1);
+    atomic_store(&P->area->open_now, open_now(P));
     g->ever++;
     g->last_ms = now;
     if (g->now > g->peak) {
         g->peak = g->now;
         g->peak_ms = now;
     }
-    total_reported++;
+    P->total_reported++;
+    atomic_store(&P->area->reported, P->total_reported);
 
     int dups[8], ndups = 0;
     if (!l->foreign) ndups = fds_of_socket(o->inode, o->fd, dups, 8);
@@ -435,7 +471,7 @@ static void report_leak(const struct observed *o, int64_t now)
             buf_puts(&b, "]");
         }
         buf_puts(&b, ",\"exe\":");
-        buf_json_str(&b, exe_path);
+        buf_json_str(&b, P->exe);
         if (o->reason == R_INHERITED)
             buf_printf(&b, ",\"holder_pid\":%ld,\"spawned_by\":\"%s\"", (long)o->holder,
                        cw_spawn_kind_name(o->spawn_kind));
@@ -489,9 +525,9 @@ static void report_leak(const struct observed *o, int64_t now)
 
 static void report_closed(const struct leak *l, int64_t now, const char *how)
 {
-    struct group *g = &groups[l->gi];
+    struct group *g = &P->groups[l->gi];
     g->now--;
-    if (cw_sh != NULL) atomic_fetch_sub(&cw_sh->open_now, 1);
+    atomic_store(&P->area->open_now, open_now(P));
     char sid[17];
     snprintf(sid, sizeof sid, "%016llx", (unsigned long long)g->stable_id);
     struct buf b = {0};
@@ -514,42 +550,69 @@ static void report_closed(const struct leak *l, int64_t now, const char *how)
 
 static int fd_in_process(pid_t pid, uint64_t inode);
 
+/* Held in a state the dump shows (CLOSE_WAIT, LAST_ACK) */
+static int dumped_held(uint64_t inode)
+{
+    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    return k != NULL && (k->state == TCPS_CLOSE_WAIT || k->state == TCPS_LAST_ACK);
+}
+
 /* Reported descriptors that are gone now (closed by a hook we saw, or by one we did not). */
 static void sweep_leaks(int64_t now)
 {
-    for (size_t i = 0; i < nleaks;) {
-        struct leak *l = &leaks[i];
-        struct cw_slot *s = cw_slot_peek(l->fd);
+    for (size_t i = 0; i < P->nleaks;) {
+        struct leak *l = &P->leaks[i];
+        struct cw_slot *s = pslot(l->fd);
         uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_acquire) : 0;
         const char *how = NULL;
         if (l->foreign) {
-            if (fd_in_process(l->holder, l->inode) < 0) how = "holder";
+            if (dump.ok && !dumped_held(l->inode)) how = "holder";
         } else if (seq != l->seq) {
             how = "close";
-        } else {
-            CW_BORROW(b, l->fd);
-            if (cw_kernel_socket_inode(cw_borrowed(&b)) != l->inode) how = "unseen";
+        } else if (dump.ok && !l->in_close && !dumped_held(l->inode)) {
+            how = "unseen";
         }
         if (how == NULL) {
             i++;
             continue;
         }
         report_closed(l, now, how);
-        leaks[i] = leaks[--nleaks];
+        P->leaks[i] = P->leaks[--P->nleaks];
     }
 }
 
 /* ---- the scan ---------------------------------------------------------- */
 
-/* Drop a stale record (the descriptor was closed by a path no hook saw), unless its slot
- * changed meanwhile. */
-static void drop_stale(struct cw_slot *s, uint32_t seq)
+/* Is the socket still held by the process this one was forked from?  Then that one answers
+ * for it: it knows where it came from. */
+static int parent_holds(uint64_t inode)
 {
-    uint32_t next = ((SEQ_GEN(seq) + 1) << 2) | KIND_FREE;
-    atomic_compare_exchange_strong(&s->seq, &seq, next);
+    int32_t parent = atomic_load(&P->area->parent);
+    if (parent <= 0 || parent > CW_MAX_AREAS) return 0;
+    struct cw_area *pa = cw_area_at((unsigned)parent - 1);
+    for (size_t k = 0; k < nprocs; k++) {
+        if (procs[k].area != pa || procs[k].untrusted) continue;
+        struct proc *saved = P;
+        P = &procs[k];
+        int held = fds_of_socket(inode, -1, NULL, 1) > 0;
+        P = saved;
+        return held;
+    }
+    return 0;
 }
 
-static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
+/* Sockets that read EOF or were shut down and are in no teardown state of the dump: in CLOSE
+ * (held after the peer's FIN and ours), or established after the program's own SHUT_RD.  Few;
+ * a dump of the established ones tells. */
+struct pending_close {
+    struct proc *p;
+    int fd;
+    uint32_t seq;
+};
+static struct pending_close *pending;
+static size_t npending, pending_cap;
+
+static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
 {
     uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
     if (SEQ_KIND(seq) != KIND_TCP) return;
@@ -559,50 +622,34 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
         s->w_fin_ms = 0;
     }
     if (s->w_flags & (WF_REPORTED | WF_SUPPRESSED)) return;
-    /* The parent process answers for what a fork inherited (it knows where it came from);
-     * once it is gone, the child speaks for it, saying the socket was inherited. */
-    int inherited = atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
-                    atomic_load_explicit(&cw_sh->fork_gen, memory_order_relaxed);
-    if (inherited && parent_alive) return;
-    /* The steady state of an idle connection: registered, no FIN, no EOF: one cache line read. */
-    if (watch_mode == WATCH_EPOLL && s->w_fin_ms == 0 && (s->w_flags >> WF_GEN_SHIFT) == epoll_gen &&
-        !(atomic_load_explicit(&s->flags, memory_order_relaxed) & (SF_EOF | SF_SHUT_WR)))
-        return;
-
-    CW_BORROW(b, fd);
     uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
-    if (inode == 0) {
-        inode = cw_kernel_socket_inode(cw_borrowed(&b));
-        if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return;
-        if (inode == 0) {
-            drop_stale(s, seq);
+    if (inode == 0) return;
+    uint32_t flags = atomic_load_explicit(&s->flags, memory_order_acquire);
+    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    int state = k != NULL ? k->state : 0;
+    if (k != NULL && (flags & (SF_EOF | SF_SHUT_WR))) keep_ends(fd, seq, k);
+    if (k != NULL && (state == TCPS_CLOSE_WAIT || state == TCPS_LAST_ACK)) {
+        if (s->w_fin_ms == 0) s->w_fin_ms = now;
+    } else if (k == NULL && (flags & (SF_EOF | SF_SHUT_WR)) && !(s->w_flags & WF_ESTABLISHED)) {
+        /* Not being torn down by the kernel's account, yet EOF read or shut down: CLOSE, or
+         * established (its own SHUT_RD) -- asked below. */
+        if (!second_look) {
+            if (s->w_fin_ms == 0) s->w_fin_ms = now;
+            int64_t since = s->w_fin_ms;
+            if (flags & SF_EOF) {
+                int64_t eof = atomic_load_explicit(&s->eof_ms, memory_order_relaxed);
+                if (eof != 0 && eof < since) since = eof;
+            }
+            if (now - since >= cw_cfg.grace_ms && cw_grow(&pending, &pending_cap, npending, sizeof *pending, 16) == 0)
+                pending[npending++] = (struct pending_close){P, fd, seq};
             return;
         }
-        atomic_store_explicit(&s->inode, inode, memory_order_relaxed);
-    }
-    remember_peer(fd, cw_borrowed(&b), seq);
-    if (watch_mode == WATCH_EPOLL && (s->w_flags >> WF_GEN_SHIFT) != epoll_gen) {
-        if (cw_epoll_watch(cw_borrowed(&b), fd, inode) == 0)
-            s->w_flags = (s->w_flags & ((1u << WF_GEN_SHIFT) - 1)) | (epoll_gen << WF_GEN_SHIFT);
-    }
-    uint32_t flags = atomic_load_explicit(&s->flags, memory_order_acquire);
-    if (s->w_fin_ms == 0 && watch_mode != WATCH_EPOLL) {
-        int in_cw;
-        if (watch_mode == WATCH_SOCK_DIAG) {
-            in_cw = have_diag && cw_inode_set_has(&cw_inodes, inode);
-        } else {
-            struct tcp_info ti;
-            in_cw = cw_kernel_tcp_info(cw_borrowed(&b), &ti) == 0 &&
-                    (ti.tcpi_state == TCPS_CLOSE_WAIT || ti.tcpi_state == TCPS_LAST_ACK);
-        }
-        if (in_cw) s->w_fin_ms = now;
-    }
-    if (s->w_fin_ms == 0 && !(flags & SF_EOF) && (flags & SF_SHUT_WR)) {
-        /* We sent our FIN first (a relay's half-close): when the peer's FIN arrives the socket
-         * goes straight to CLOSE.  Few sockets sit shut down without being closed, so asking
-         * each one is cheap. */
-        struct tcp_info ti;
-        if (cw_kernel_tcp_info(cw_borrowed(&b), &ti) == 0 && ti.tcpi_state == TCPS_CLOSE) s->w_fin_ms = now;
+        state = TCPS_CLOSE;
+    } else {
+        /* Established, or being torn down on our side only (we sent our FIN first). */
+        s->w_fin_ms = 0;
+        if (!(flags & SF_EOF)) return;
+        if (k != NULL) return;
     }
     int64_t fin = s->w_fin_ms;
     if (flags & SF_EOF) {
@@ -610,43 +657,32 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
         if (eof != 0 && (fin == 0 || eof < fin)) fin = eof;
     }
     if (fin == 0 || now - fin < cw_cfg.grace_ms) return;
-
-    /* Past the grace period: the kernel's word on this very descriptor. */
-    if (cw_kernel_socket_inode(cw_borrowed(&b)) != inode) {
-        drop_stale(s, seq);
-        return;
-    }
-    struct tcp_info ti;
-    if (cw_kernel_tcp_info(cw_borrowed(&b), &ti) != 0) return;
-    int state = ti.tcpi_state;
-    /* CLOSE after a FIN the program read (it wrote to the half-closed peer and got a reset) or
-     * after its own shutdown: the descriptor is still held past the peer's FIN. */
-    int held = state == TCPS_CLOSE_WAIT ||
-               ((flags & (SF_SHUT_WR | SF_EOF)) && (state == TCPS_LAST_ACK || state == TCPS_CLOSE));
-    if (!held) {
-        /* No FIN after all (the program's own shutdown(SHUT_RD) makes reads return 0), or an
-         * RST: nothing held open by a forgotten close. */
-        s->w_fin_ms = 0;
-        return;
-    }
     /* Data still going out, or sent after the FIN within the grace period: a reply to a
      * half-closing client, alive and not leaked. */
-    int64_t last_send_age = (int64_t)ti.tcpi_last_data_sent;
-    if (ti.tcpi_notsent_bytes > 0 || ti.tcpi_unacked > 0 ||
-        (last_send_age < now - fin && last_send_age < cw_cfg.grace_ms))
+    if (k != NULL && k->has_info) {
+        int64_t last_send_age = (int64_t)k->last_data_sent;
+        if (k->notsent > 0 || k->unacked > 0 || (last_send_age < now - fin && last_send_age < cw_cfg.grace_ms))
+            return;
+    }
+    int inherited = atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
+                    atomic_load_explicit(&P->area->fork_gen, memory_order_relaxed);
+    /* The process it was forked from answers for what it still holds itself. */
+    if (inherited && parent_holds(inode)) return;
+    /* The same life still, now that the kernel has been asked (the program may close it this
+     * very moment). */
+    if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return;
+    /* A dup of a socket already reported: the report named this fd already. */
+    if (reported_anywhere(inode)) {
+        s->w_flags |= WF_REPORTED;
         return;
-    /* The addresses now, while the descriptor is known to be this socket; then make sure it
-     * still was after asking (the program may close it this very moment). */
-    char local[64], peer[64];
-    cw_kernel_endpoint(cw_borrowed(&b), 0, local, sizeof local);
-    cw_kernel_endpoint(cw_borrowed(&b), 1, peer, sizeof peer);
-    if (strcmp(peer, "?") == 0) cached_peer(fd, seq, peer, sizeof peer);
-    /* A copy borrowed before the close still names the socket: ask the program's table. */
-    cw_borrow_end(&b);
-    if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq || cw_kernel_socket_inode(cw_borrowed(&b)) != inode)
-        return;
-    cw_borrow_end(&b);
-
+    }
+    char local[64] = "?", peer[64] = "?";
+    if (k != NULL) {
+        cw_sock_endpoint(k, 0, local, sizeof local);
+        cw_sock_endpoint(k, 1, peer, sizeof peer);
+    } else {
+        cached_ends(fd, seq, local, peer, sizeof peer);
+    }
     struct observed o = {
         .local = local,
         .peer = peer,
@@ -667,19 +703,13 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
                   : (flags & SF_EOF)     ? R_EOF_NOT_CLOSED
                                          : R_PEER_CLOSED_UNREAD,
         .holder = inherited ? cw_program_pid() : 0,
-        .spawn_stack = inherited ? atomic_load(&cw_sh->fork_stack) : 0,
+        .spawn_stack = inherited ? atomic_load(&P->area->fork_stack) : 0,
         .spawn_kind = SPAWN_FORK,
     };
-    /* A dup of a socket already reported: the report named this fd already. */
-    for (size_t i = 0; i < nleaks; i++) {
-        if (leaks[i].inode == inode) {
-            s->w_flags |= WF_REPORTED;
-            return;
-        }
-    }
+    if (o.open_ms > now || o.open_ms < 0) o.open_ms = now;
     if (suppressed(o.open_stack)) {
         s->w_flags |= WF_SUPPRESSED;
-        total_suppressed++;
+        P->total_suppressed++;
         return;
     }
     s->w_flags |= WF_REPORTED;
@@ -687,53 +717,102 @@ static void examine(int fd, struct cw_slot *s, int have_diag, int64_t now)
     report_leak(&o, now);
 }
 
-static void check_crossed(int64_t now, int have_diag);
-static int spawns_pending_without_epoll(void);
+/* The pending sockets: established ones are not held; the others sit in CLOSE. */
+static void settle_pending(int64_t now)
+{
+    if (npending == 0) return;
+    if (cw_dump_take(&established, 1u << TCPS_ESTABLISHED | 1u << 2 | 1u << 3) == 0) {
+        for (size_t i = 0; i < npending; i++) {
+            P = pending[i].p;
+            struct cw_slot *s = pslot(pending[i].fd);
+            if (s == NULL || atomic_load_explicit(&s->seq, memory_order_acquire) != pending[i].seq) continue;
+            if (cw_dump_find(&established, atomic_load_explicit(&s->inode, memory_order_relaxed)) != NULL) {
+                s->w_flags |= WF_ESTABLISHED;
+                s->w_fin_ms = 0;
+                continue;
+            }
+            cw_set_current_area(P->area);
+            examine(pending[i].fd, s, now, 1);
+        }
+    }
+    npending = 0;
+}
+
+static void check_crossed(int64_t now);
 static void check_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now);
 
-static void tick(void)
+/* Does some live watched process descend from this one through fork? (It holds what it
+ * inherited in a table we read.) */
+static int watched_pid(pid_t pid)
 {
-    /* A process that never made a TCP socket (a shell, a compiler under an inherited
-     * LD_PRELOAD) costs nothing more than this test. */
-    if (cw_sh == NULL || !atomic_load_explicit(&cw_sh->any_tcp, memory_order_relaxed)) return;
-    int64_t now = cw_now_ms();
-    if (watch_mode == WATCH_EPOLL && cw_epoll_ensure() != 0) {
-        cw_warn("epoll unavailable; ", "watching with sock_diag dumps", NULL);
-        watch_mode = WATCH_SOCK_DIAG;
-    }
-    epoll_gen = cw_epoll_generation();
-    /* Dumps: every interval without epoll; with it, only while a listener has a queue (dead
-     * connections waiting there belong to no process yet, only a dump shows them). */
-    int have_diag = 0;
-    if (watch_mode == WATCH_SOCK_DIAG || listeners_waiting || spawns_pending_without_epoll()) {
-        have_diag = cw_kernel_tcp_inodes(1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK, &cw_inodes,
-                                         &unowned) == 0;
-        if (!have_diag && watch_mode == WATCH_SOCK_DIAG) watch_mode = WATCH_TCP_INFO;
-    } else {
-        cw_inode_set_clear(&cw_inodes);
-        unowned.n = 0;
-    }
-    listeners_waiting = 0;
-    pid_t fork_parent = atomic_load(&cw_sh->fork_parent);
-    parent_alive = fork_parent != 0 && cw_program_ppid() == fork_parent;
-    for (int fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)) {
-        struct cw_slot *s = cw_slot_peek(fd);
+    for (size_t k = 0; k < nprocs; k++)
+        if (procs[k].pid == pid && !procs[k].untrusted) return 1;
+    return 0;
+}
+
+static void scan_proc(int64_t now)
+{
+    cw_set_current_area(P->area);
+    if (!atomic_load_explicit(&P->area->any_tcp, memory_order_relaxed)) return;
+    for (int fd = pnext(0); fd >= 0; fd = pnext(fd + 1)) {
+        struct cw_slot *s = pslot(fd);
         if (s == NULL) continue;
         uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-        if (SEQ_KIND(seq) == KIND_TCP) examine(fd, s, have_diag, now);
+        if (SEQ_KIND(seq) == KIND_TCP) examine(fd, s, now, 0);
         else if (SEQ_KIND(seq) == KIND_LISTEN) check_listener(fd, s, seq, now);
     }
-    check_crossed(now, have_diag);
-    /* A fresh clock: reporting may have taken a while, and the close may be that recent. */
-    sweep_leaks(cw_now_ms());
-    /* libdw keeps the files it read open, at low numbers and inheritable across exec: the
-     * names are cached by pc already, so let go of them until the next report. */
+}
+
+static int any_tcp(void)
+{
+    for (size_t k = 0; k < nprocs; k++)
+        if (!procs[k].untrusted && atomic_load_explicit(&procs[k].area->any_tcp, memory_order_relaxed)) return 1;
+    return 0;
+}
+
+/* One look at every watched process. */
+static void tick(void)
+{
+    if (!any_tcp()) return;
+    int64_t now = cw_now_ms();
+    uint32_t mask = 1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK | 1u << TCPS_FIN_WAIT1 | 1u << TCPS_FIN_WAIT2 |
+                    1u << TCPS_CLOSING;
+    if (listeners_seen) mask |= 1u << TCPS_LISTEN;
+    if (cw_dump_take(&dump, mask) != 0) {
+        static int warned;
+        if (!warned) {
+            warned = 1;
+            cw_warn("the kernel's socket list (netlink sock_diag) cannot be read; ", "no reports for now", NULL);
+        }
+        return;
+    }
+    listeners_seen = 0;
+    for (size_t k = 0; k < nprocs; k++) {
+        P = &procs[k];
+        if (P->untrusted) continue;
+        scan_proc(now);
+    }
+    settle_pending(now);
+    for (size_t k = 0; k < nprocs; k++) {
+        P = &procs[k];
+        if (P->untrusted) continue;
+        cw_set_current_area(P->area);
+        check_crossed(now);
+        /* A fresh clock: reporting may have taken a while, and the close may be that recent. */
+        sweep_leaks(cw_now_ms());
+        atomic_store(&P->area->open_now, open_now(P));
+    }
+    cw_set_current_area(NULL);
+    P = NULL;
+    /* libdw keeps the files it read open: the names are cached by pc already, so let go of them
+     * until the next report. */
     cw_symbolize_release();
 }
 
-/* ---- sockets that crossed into children -------------------------------- */
+/* ---- sockets that crossed into children that exec'd ---------------------- */
 
-/* Does process pid hold socket inode?  Returns its fd there, or -1. */
+/* Does process pid hold socket inode?  Returns its fd there, or -1 (also when /proc/PID/fd may
+ * not be read: then the spawn record's pid is all there is to say). */
 static int fd_in_process(pid_t pid, uint64_t inode)
 {
     char dir[64];
@@ -755,77 +834,37 @@ static int fd_in_process(pid_t pid, uint64_t inode)
     return found;
 }
 
-/* Who holds the socket now: the child we spawned, or (system, popen, a daemonizing child)
- * whichever process it is. */
-static pid_t find_holder(pid_t hint, uint64_t inode, int *fd)
+static void check_crossed(int64_t now)
 {
-    pid_t self = cw_program_pid();
-    if (hint > 0 && (*fd = fd_in_process(hint, inode)) >= 0) return hint;
-    DIR *d = opendir("/proc");
-    if (d == NULL) return 0;
-    pid_t holder = 0;
-    struct dirent *e;
-    while (holder == 0 && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-        pid_t pid = (pid_t)atoi(e->d_name);
-        /* the helper itself holds copies of the program's sockets for a moment at a time */
-        if (pid == self || pid == hint || pid == getpid()) continue;
-        if ((*fd = fd_in_process(pid, inode)) >= 0) holder = pid;
-    }
-    closedir(d);
-    return holder;
-}
-
-/* Without epoll, crossed sockets are found in dumps: dump while any spawn record lives. */
-static int spawns_pending_without_epoll(void)
-{
-    if (watch_mode == WATCH_EPOLL) return 0;
-    for (int i = 0; i < CW_MAX_SPAWNS; i++)
-        if (atomic_load(&cw_spawns[i].state) == 2) return 1;
-    return 0;
-}
-
-static void check_crossed(int64_t now, int have_diag)
-{
-    if (watch_mode != WATCH_EPOLL && !have_diag) return;
+    struct cw_area *a = P->area;
     for (int i = 0; i < CW_MAX_SPAWNS; i++) {
-        struct cw_spawn *r = &cw_spawns[i];
+        struct cw_spawn *r = &a->spawns[i];
         int expected = 2;
         /* hold the record (state 1) so that a spawn on another thread does not reuse it */
         if (!atomic_compare_exchange_strong(&r->state, &expected, 1)) continue;
-        for (size_t k = 0; k < r->nsocks; k++) {
-            struct cw_crossed *c = &cw_spawn_socks((unsigned)i)[k];
+        size_t nsocks = r->nsocks < CW_SPAWN_SOCKS ? r->nsocks : CW_SPAWN_SOCKS;
+        pid_t child = r->child;
+        for (size_t k = 0; k < nsocks; k++) {
+            struct cw_crossed *c = &a->crossed[i][k];
             if (c->w_done) continue;
-            if (watch_mode != WATCH_EPOLL) {
-                /* with epoll, c->w_fin_ms is set by the socket's RDHUP event */
-                if (!cw_inode_set_has(&cw_inodes, c->inode)) {
-                    c->w_fin_ms = 0;
-                    continue;
-                }
-                if (c->w_fin_ms == 0) c->w_fin_ms = now;
-            }
-            if (c->w_fin_ms == 0) continue;
-            if (now - c->w_fin_ms < cw_cfg.grace_ms) continue;
-            /* Ours still: our own report covers it. */
-            if (fds_of_socket(c->inode, -1, NULL, 1) > 0) continue;
-            int child_fd = -1;
-            /* Walking /proc costs a readlink per descriptor of every process: a few tries,
-             * then the socket is someone else's business. */
-            if (c->w_searches >= 3) {
-                c->w_done = 1;
+            if (!dumped_held(c->inode)) {
+                c->w_fin_ms = 0;
                 continue;
             }
-            c->w_searches++;
-            pid_t holder = find_holder(r->child, c->inode, &child_fd);
-            if (holder == 0) continue;
+            if (c->w_fin_ms == 0) c->w_fin_ms = now;
+            if (now - c->w_fin_ms < cw_cfg.grace_ms) continue;
+            /* Ours still: our own report covers it; a forked child we watch: its own does. */
+            if (fds_of_socket(c->inode, -1, NULL, 1) > 0) continue;
+            if (child > 0 && watched_pid(child)) continue;
             c->w_done = 1;
-            int dup_of_reported = 0;
-            for (size_t j = 0; j < nleaks; j++)
-                if (leaks[j].inode == c->inode) dup_of_reported = 1;
-            if (dup_of_reported) continue;
-            if (!have_diag)
-                have_diag = cw_kernel_tcp_inodes(1u << TCPS_CLOSE_WAIT, &cw_inodes, &unowned) == 0;
-            const struct dumped_socket *ds = have_diag ? cw_kernel_dumped(c->inode) : NULL;
+            if (reported_anywhere(c->inode)) continue;
+            int child_fd = child > 0 ? fd_in_process(child, c->inode) : -1;
+            const struct cw_sock *ks = cw_dump_find(&dump, c->inode);
+            char local[64] = "?", peer[64] = "?";
+            if (ks != NULL) {
+                cw_sock_endpoint(ks, 0, local, sizeof local);
+                cw_sock_endpoint(ks, 1, peer, sizeof peer);
+            }
             struct observed o = {
                 .fd = child_fd,
                 .inode = c->inode,
@@ -833,16 +872,16 @@ static void check_crossed(int64_t now, int have_diag)
                 .open_ms = c->open_ms,
                 .fin_ms = c->w_fin_ms,
                 .opened_by = c->opened_by,
-                .state = TCPS_CLOSE_WAIT,
+                .state = ks != NULL ? ks->state : TCPS_CLOSE_WAIT,
                 .reason = R_INHERITED,
-                .local = ds != NULL ? ds->local : "?",
-                .peer = ds != NULL ? ds->peer : "?",
-                .holder = holder,
+                .local = local,
+                .peer = peer,
+                .holder = child > 0 ? child : -1,
                 .spawn_stack = r->stack,
                 .spawn_kind = r->kind,
             };
             if (suppressed(o.open_stack)) {
-                total_suppressed++;
+                P->total_suppressed++;
                 continue;
             }
             report_leak(&o, now);
@@ -853,33 +892,19 @@ static void check_crossed(int64_t now, int have_diag)
 
 /* ---- listeners: the accept queue ---------------------------------------- */
 
-struct listener {
-    int fd;
-    uint32_t seq;
-    uint16_t port;
-    char addr[64];
-    uint32_t dead_reported;     /* accepted-dead count at the last report */
-    uint32_t queued_reported;
-    int64_t last_report_ms;
-    int64_t full_since;
-    int full_reported;
-};
-static struct listener *listeners;
-static size_t nlisteners, listeners_cap;
-
 static struct listener *listener_for(int fd, uint32_t seq)
 {
-    for (size_t i = 0; i < nlisteners; i++)
-        if (listeners[i].fd == fd) {
-            if (listeners[i].seq != seq) {
-                memset(&listeners[i], 0, sizeof listeners[i]);
-                listeners[i].fd = fd;
-                listeners[i].seq = seq;
+    for (size_t i = 0; i < P->nlisteners; i++)
+        if (P->listeners[i].fd == fd) {
+            if (P->listeners[i].seq != seq) {
+                memset(&P->listeners[i], 0, sizeof P->listeners[i]);
+                P->listeners[i].fd = fd;
+                P->listeners[i].seq = seq;
             }
-            return &listeners[i];
+            return &P->listeners[i];
         }
-    if (cw_grow(&listeners, &listeners_cap, nlisteners, sizeof *listeners, 8) != 0) return NULL;
-    struct listener *l = &listeners[nlisteners++];
+    if (cw_grow(&P->listeners, &P->listeners_cap, P->nlisteners, sizeof *P->listeners, 8) != 0) return NULL;
+    struct listener *l = &P->listeners[P->nlisteners++];
     memset(l, 0, sizeof *l);
     l->fd = fd;
     l->seq = seq;
@@ -887,7 +912,7 @@ static struct listener *listener_for(int fd, uint32_t seq)
 }
 
 static void report_backlog(struct listener *l, struct cw_slot *s, const char *reason, uint32_t dead,
-                           uint32_t queued, const struct tcp_info *ti)
+                           uint32_t queued, uint32_t qlen, uint32_t qlimit)
 {
     uint32_t stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed);
     int backlog = atomic_load_explicit(&s->aux, memory_order_relaxed);
@@ -898,9 +923,9 @@ static void report_backlog(struct listener *l, struct cw_slot *s, const char *re
         buf_printf(&b, ",\"reason\":\"%s\",\"fd\":%d,\"listen\":", reason, l->fd);
         buf_json_str(&b, l->addr);
         buf_printf(&b, ",\"backlog\":%d,\"accepted_dead\":%u,\"queued_dead\":%u,\"queue_len\":%u,\"queue_limit\":%u",
-                   backlog, dead, queued, ti->tcpi_unacked, ti->tcpi_sacked);
+                   backlog, dead, queued, qlen, qlimit);
         buf_printf(&b, ",\"stack_id\":\"%016llx\",\"exe\":", (unsigned long long)stable_stack_id(stack));
-        buf_json_str(&b, exe_path);
+        buf_json_str(&b, P->exe);
         json_frames(&b, "listen_stack", stack);
         buf_puts(&b, "}\n");
     } else {
@@ -908,7 +933,7 @@ static void report_backlog(struct listener *l, struct cw_slot *s, const char *re
         if (strcmp(reason, "accept_queue_full") == 0)
             buf_printf(&b, "==%d==closewait: listener %s (backlog %d): accept queue full (%u waiting, limit %u); "
                            "the kernel is dropping new connections' SYNs and clients retry (accept_queue_full)\n",
-                       pid, l->addr, backlog, ti->tcpi_unacked, ti->tcpi_sacked);
+                       pid, l->addr, backlog, qlen, qlimit);
         else
             buf_printf(&b, "==%d==closewait: listener %s (backlog %d): %u connection(s) accepted after the client "
                            "had given up, %u dead in the accept queue now (peer_closed_in_backlog)\n",
@@ -921,27 +946,39 @@ static void report_backlog(struct listener *l, struct cw_slot *s, const char *re
     buf_free(&b);
 }
 
+static int parent_watched(void)
+{
+    int32_t parent = atomic_load(&P->area->parent);
+    if (parent <= 0 || parent > CW_MAX_AREAS) return 0;
+    struct cw_area *pa = cw_area_at((unsigned)parent - 1);
+    for (size_t k = 0; k < nprocs; k++)
+        if (procs[k].area == pa && !procs[k].untrusted) return 1;
+    return 0;
+}
+
 static void check_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
 {
+    listeners_seen = 1;
+    /* The process that made it watches its listeners, while it is there. */
     if (atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
-        atomic_load_explicit(&cw_sh->fork_gen, memory_order_relaxed))
-        return; /* the parent watches its own listeners */
+            atomic_load_explicit(&P->area->fork_gen, memory_order_relaxed) &&
+        parent_watched())
+        return;
+    uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    if (k == NULL || k->state != TCPS_LISTEN) return;
     struct listener *l = listener_for(fd, seq);
     if (l == NULL) return;
-    struct tcp_info ti;
-    CW_BORROW(b, fd);
-    if (cw_kernel_tcp_info(cw_borrowed(&b), &ti) != 0 || ti.tcpi_state != TCPS_LISTEN) return;
     if (l->port == 0) {
-        cw_kernel_endpoint(cw_borrowed(&b), 0, l->addr, sizeof l->addr);
-        const char *colon = strrchr(l->addr, ':');
-        l->port = colon != NULL ? (uint16_t)atoi(colon + 1) : 0;
+        cw_sock_endpoint(k, 0, l->addr, sizeof l->addr);
+        l->port = ntohs(k->sport);
     }
+    uint32_t qlen = k->rqueue, qlimit = k->wqueue;
     uint32_t queued = 0;
-    for (int i = 0; i < unowned.n; i++)
-        if (unowned.port[i] == l->port) queued = unowned.count[i];
+    for (int i = 0; i < dump.unowned.n; i++)
+        if (dump.unowned.port[i] == l->port) queued = dump.unowned.count[i];
     /* While connections wait, accept() checks each one it returns. */
-    if (ti.tcpi_unacked > 0) listeners_waiting = 1;
-    if (ti.tcpi_unacked > 0 || queued > 0)
+    if (qlen > 0 || queued > 0)
         atomic_fetch_or_explicit(&s->flags, SF_BACKLOGGED, memory_order_relaxed);
     else
         atomic_fetch_and_explicit(&s->flags, ~SF_BACKLOGGED, memory_order_relaxed);
@@ -950,17 +987,17 @@ static void check_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
     /* One finding per listener, its counts updated at most once per grace period. */
     if ((dead > l->dead_reported || queued > l->queued_reported) &&
         (l->last_report_ms == 0 || now - l->last_report_ms >= cw_cfg.grace_ms)) {
-        report_backlog(l, s, "peer_closed_in_backlog", dead, queued, &ti);
+        report_backlog(l, s, "peer_closed_in_backlog", dead, queued, qlen, qlimit);
         l->dead_reported = dead;
         if (queued > l->queued_reported) l->queued_reported = queued;
         l->last_report_ms = now;
     }
     /* Full: more waiting than the limit; the kernel drops SYNs until accept() catches up. */
-    if (ti.tcpi_unacked > ti.tcpi_sacked) {
+    if (qlen > qlimit) {
         if (l->full_since == 0) l->full_since = now;
         int64_t hold = cw_cfg.grace_ms < 1000 ? cw_cfg.grace_ms : 1000;
         if (!l->full_reported && now - l->full_since >= hold) {
-            report_backlog(l, s, "accept_queue_full", dead, queued, &ti);
+            report_backlog(l, s, "accept_queue_full", dead, queued, qlen, qlimit);
             l->full_reported = 1;
         }
     } else {
@@ -976,43 +1013,46 @@ static void write_summary(const char *why)
     int64_t now = cw_now_ms();
     long open = 0;
     size_t sites = 0;
-    for (size_t i = 0; i < ngroups; i++) {
-        open += groups[i].now;
-        if (groups[i].now > 0) sites++;
+    for (size_t i = 0; i < P->ngroups; i++) {
+        open += P->groups[i].now;
+        if (P->groups[i].now > 0) sites++;
     }
+    long dropped = cw_sink_dropped();
     struct buf b = {0};
     if (cw_cfg.format == CW_FORMAT_JSON) {
-        if (total_reported == 0 && total_suppressed == 0 && strcmp(why, "exit") == 0) return;
+        if (P->total_reported == 0 && P->total_suppressed == 0 && strcmp(why, "exit") == 0) return;
         announce();
         json_head(&b, "summary");
-        buf_printf(&b, ",\"why\":\"%s\",\"leaks_open\":%ld,\"leaks_total\":%ld,\"suppressed\":%ld,\"findings\":[",
-                   why, open, total_reported, total_suppressed);
-        for (size_t i = 0; i < ngroups; i++)
+        buf_printf(&b, ",\"why\":\"%s\",\"leaks_open\":%ld,\"leaks_total\":%ld,\"suppressed\":%ld",
+                   why, open, P->total_reported, P->total_suppressed);
+        if (dropped > 0) buf_printf(&b, ",\"reports_dropped\":%ld", dropped);
+        buf_puts(&b, ",\"findings\":[");
+        for (size_t i = 0; i < P->ngroups; i++)
             buf_printf(&b, "%s{\"stack_id\":\"%016llx\",\"site\":%d,\"count_now\":%ld,\"count_ever\":%ld,\"growing\":%s}",
-                       i ? "," : "", (unsigned long long)groups[i].stable_id, groups[i].number,
-                       groups[i].now, groups[i].ever, growing(&groups[i], now) ? "true" : "false");
+                       i ? "," : "", (unsigned long long)P->groups[i].stable_id, P->groups[i].number,
+                       P->groups[i].now, P->groups[i].ever, growing(&P->groups[i], now) ? "true" : "false");
         buf_puts(&b, "]}\n");
     } else {
-        if (total_reported == 0 && total_suppressed == 0) {
+        if (P->total_reported == 0 && P->total_suppressed == 0) {
             if (strcmp(why, "exit") == 0) return;
             buf_printf(&b, "==%d==closewait: no socket held in CLOSE_WAIT so far\n", (int)cw_program_pid());
         } else {
             int pid = (int)cw_program_pid();
             buf_printf(&b, "==%d==closewait: findings (%s), by open site:\n", pid, why);
             /* most open first, then most ever */
-            size_t *order = calloc(ngroups ? ngroups : 1, sizeof *order);
+            size_t *order = calloc(P->ngroups ? P->ngroups : 1, sizeof *order);
             if (order != NULL) {
-                for (size_t i = 0; i < ngroups; i++) order[i] = i;
-                for (size_t i = 1; i < ngroups; i++)
+                for (size_t i = 0; i < P->ngroups; i++) order[i] = i;
+                for (size_t i = 1; i < P->ngroups; i++)
                     for (size_t j = i; j > 0; j--) {
-                        const struct group *a = &groups[order[j - 1]], *c = &groups[order[j]];
+                        const struct group *a = &P->groups[order[j - 1]], *c = &P->groups[order[j]];
                         if (a->now > c->now || (a->now == c->now && a->ever >= c->ever)) break;
                         size_t t = order[j - 1];
                         order[j - 1] = order[j];
                         order[j] = t;
                     }
-                for (size_t k = 0; k < ngroups; k++) {
-                    struct group *g = &groups[order[k]];
+                for (size_t k = 0; k < P->ngroups; k++) {
+                    struct group *g = &P->groups[order[k]];
                     buf_printf(&b, "Open site #%d (stack %016llx): %ld socket(s) held now, %ld in all%s\n",
                                g->number, (unsigned long long)g->stable_id, g->now, g->ever,
                                growing(g, now) ? ", growing" : "");
@@ -1021,8 +1061,9 @@ static void write_summary(const char *why)
             }
             free(order);
             buf_printf(&b, "SUMMARY: closewait: %ld socket(s) held in CLOSE_WAIT from %zu open site(s); %ld reported in all",
-                       open, sites, total_reported);
-            if (total_suppressed) buf_printf(&b, ", %ld suppressed", total_suppressed);
+                       open, sites, P->total_reported);
+            if (P->total_suppressed) buf_printf(&b, ", %ld suppressed", P->total_suppressed);
+            if (dropped > 0) buf_printf(&b, "; %ld report(s) could not be written", dropped);
             buf_puts(&b, ".\n");
         }
     }
@@ -1030,108 +1071,241 @@ static void write_summary(const char *why)
     buf_free(&b);
 }
 
-/* ---- the thread ---------------------------------------------------------- */
+/* ---- the watched processes ------------------------------------------------ */
 
-static void on_report_signal(int sig)
+static void proc_free(struct proc *p)
 {
-    (void)sig;
-    if (cw_helper_running()) {
-        atomic_fetch_add(&cw_sh->dump_req, 1);
-        cw_helper_poke();
-    } else {
-        atomic_store(&dump_requested, 1);
-    }
+    free(p->groups);
+    free(p->leaks);
+    free(p->listeners);
+    free(p->shown);
+    if (p->pidfd >= 0) close(p->pidfd);
 }
 
-/* An RDHUP (or HUP/ERR) edge: the peer's FIN reached this socket.  Only the time is taken
- * here; the next tick decides. */
-static void on_epoll_event(uint64_t data, int64_t now)
+static struct proc *proc_add(struct cw_area *a, pid_t pid)
 {
-    int fd = (int)(data >> 32);
-    uint64_t inode = data & 0xffffffffu;
-    struct cw_slot *s = cw_slot_peek(fd);
-    if (s != NULL) {
-        uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-        if (SEQ_KIND(seq) == KIND_TCP && s->w_seq == seq &&
-            (atomic_load_explicit(&s->inode, memory_order_relaxed) & 0xffffffffu) == inode) {
-            if (s->w_fin_ms == 0) s->w_fin_ms = now;
+    if (cw_grow(&procs, &procs_cap, nprocs, sizeof *procs, 8) != 0) return NULL;
+    struct proc *p = &procs[nprocs++];
+    memset(p, 0, sizeof *p);
+    p->area = a;
+    p->pid = pid;
+    p->pidfd = thread_mode ? -1 : (int)syscall(SYS_pidfd_open, pid, 0);
+    load_identity(p);
+    return p;
+}
+
+static int proc_gone(const struct proc *p)
+{
+    if (p->pidfd < 0) return !thread_mode && kill(p->pid, 0) != 0 && errno == ESRCH;
+    struct pollfd pfd = {p->pidfd, POLLIN, 0};
+    return poll(&pfd, 1, 0) > 0;
+}
+
+/* Its real, effective, saved and filesystem ids are ours?  (A process that changed them
+ * through our hooks has left the region; one that did it otherwise is not read any more.) */
+static int proc_same_credentials(const struct proc *p)
+{
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%ld/status", (long)p->pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL) return 1; /* gone: the pidfd tells */
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    uid_t r, e, s;
+    gid_t gr, ge, gs;
+    getresuid(&r, &e, &s);
+    getresgid(&gr, &ge, &gs);
+    unsigned long u[4], g[4];
+    const char *uid = strstr(buf, "\nUid:"), *gid = strstr(buf, "\nGid:");
+    if (uid == NULL || gid == NULL || sscanf(uid, "\nUid: %lu %lu %lu %lu", &u[0], &u[1], &u[2], &u[3]) != 4 ||
+        sscanf(gid, "\nGid: %lu %lu %lu %lu", &g[0], &g[1], &g[2], &g[3]) != 4)
+        return 1;
+    return u[1] == e && u[0] == r && g[1] == ge && g[0] == gr;
+}
+
+/* The areas of the region against what we watch: new processes (forked children), processes
+ * gone, exec'd, or that left; areas of forks that never ran. */
+static void sync_procs(int64_t now)
+{
+    for (size_t k = 0; k < nprocs;) {
+        struct proc *p = &procs[k];
+        uint32_t st = atomic_load(&p->area->state);
+        int drop = 0;
+        if (st == AREA_LEFT || st == AREA_FREE || st == AREA_EXITED || atomic_load(&p->area->pid) != p->pid) {
+            drop = 1;
+        } else if (st == AREA_EXEC) {
+            /* A failed exec puts it back at once; still there a tick later, it went through. */
+            if (p->exec_since == 0) p->exec_since = now;
+            else if (now - p->exec_since >= cw_cfg.interval_ms) drop = 1;
+        } else {
+            p->exec_since = 0;
+        }
+        if (!drop && proc_gone(p)) drop = 1;
+        if (!drop && !p->untrusted && !thread_mode && ++p->ticks % 8 == 1 && !proc_same_credentials(p)) {
+            p->untrusted = 1;
+            char pid[32];
+            snprintf(pid, sizeof pid, "%ld", (long)p->pid);
+            cw_warn("process ", pid, " changed its credentials behind the library's back: its sockets are not watched any more");
+        }
+        if (!drop) {
+            k++;
+            continue;
+        }
+        if (!thread_mode) cw_area_release(p->area);
+        proc_free(p);
+        procs[k] = procs[--nprocs];
+    }
+    if (thread_mode) {
+        if (nprocs == 0 && cw_me != NULL) proc_add(cw_me, getpid());
+        return;
+    }
+    for (unsigned i = 0; i < CW_MAX_AREAS; i++) {
+        if (!(atomic_load(&cw_sh->area_map[i / 64]) & (1ull << (i % 64)))) continue;
+        struct cw_area *a = cw_area_at(i);
+        uint32_t st = atomic_load(&a->state);
+        if (st == AREA_FORKING) {
+            /* A fork that failed where no hook of ours saw it fail. */
+            int64_t at = atomic_load(&a->forked_ms);
+            if (at > 0 && now - at > 5000) cw_area_release(a);
+            continue;
+        }
+        if (st == AREA_LEFT || st == AREA_EXITED) {
+            int known = 0;
+            for (size_t k = 0; k < nprocs; k++) known |= procs[k].area == a;
+            if (!known) cw_area_release(a);
+            continue;
+        }
+        if (st != AREA_LIVE) continue;
+        pid_t pid = (pid_t)atomic_load(&a->pid);
+        if (pid <= 0) continue;
+        int known = 0;
+        for (size_t k = 0; k < nprocs && !known; k++) known = procs[k].area == a;
+        if (known) continue;
+        struct proc *p = proc_add(a, pid);
+        if (p != NULL && p->pidfd < 0 && errno == ESRCH) {
+            cw_area_release(a);
+            proc_free(p);
+            nprocs--;
         }
     }
-    /* A socket that crossed into a child: the parent may have closed its copy by now. */
-    for (int i = 0; i < CW_MAX_SPAWNS; i++) {
-        struct cw_spawn *r = &cw_spawns[i];
-        int expected = 2;
-        if (atomic_load(&r->state) != 2 || !atomic_compare_exchange_strong(&r->state, &expected, 1))
-            continue;
-        struct cw_crossed *socks = cw_spawn_socks((unsigned)i);
-        for (size_t k = 0; k < r->nsocks; k++)
-            if ((socks[k].inode & 0xffffffffu) == inode && socks[k].w_fin_ms == 0) socks[k].w_fin_ms = now;
-        atomic_store(&r->state, 2);
+}
+
+static int forking_areas(void)
+{
+    for (unsigned i = 0; i < CW_MAX_AREAS; i++) {
+        if (!(atomic_load(&cw_sh->area_map[i / 64]) & (1ull << (i % 64)))) continue;
+        if (atomic_load(&cw_area_at(i)->state) == AREA_FORKING) return 1;
+    }
+    return 0;
+}
+
+/* A request of a process (exit summary, closewait_dump(), the report signal): a fresh look, the
+ * summary, then the answer it waits for. */
+static int answer(struct proc *p, _Atomic uint32_t *req, _Atomic uint32_t *done, const char *why)
+{
+    uint32_t r = atomic_load(req);
+    if (r == atomic_load(done)) return 0;
+    tick();
+    P = p;
+    cw_set_current_area(p->area);
+    write_summary(why);
+    atomic_store(&p->area->open_now, open_now(p));
+    cw_set_current_area(NULL);
+    P = NULL;
+    atomic_store(done, r);
+    cw_futex_wake(done);
+    return 1;
+}
+
+static void answer_requests(void)
+{
+    for (size_t k = 0; k < nprocs; k++) {
+        struct proc *p = &procs[k];
+        if (p->untrusted) continue;
+        answer(p, &p->area->dump_req, &p->area->dump_done, "on request");
+        if (answer(p, &p->area->exit_req, &p->area->exit_done, "exit")) atomic_store(&p->area->state, AREA_EXITED);
     }
 }
 
-static long open_now(void)
+static int requests_pending(void)
 {
-    long open = 0;
-    for (size_t i = 0; i < ngroups; i++) open += groups[i].now;
-    return open;
+    for (size_t k = 0; k < nprocs; k++) {
+        struct cw_area *a = procs[k].area;
+        if (atomic_load(&a->dump_req) != atomic_load(&a->dump_done) ||
+            atomic_load(&a->exit_req) != atomic_load(&a->exit_done))
+            return 1;
+    }
+    return 0;
 }
+
+/* The watcher process keeps its copy of the program's stderr while a watched process still has
+ * it as its own. */
+static void hold_stderr_if_needed(void)
+{
+    int needed = 0;
+    for (size_t k = 0; k < nprocs && !needed; k++) needed = cw_sink_holds_stderr_of(procs[k].area);
+    cw_sink_stderr_hold(needed);
+}
+
+/* The loop: thread or process, one way. */
+static void watch(void)
+{
+    int64_t next_tick = cw_now_ms() + cw_cfg.interval_ms;
+    for (;;) {
+        uint32_t bell = atomic_load(&cw_sh->doorbell);
+        int64_t now = cw_now_ms();
+        int wait_ms = next_tick > now ? (int)(next_tick - now) : 0;
+        if (wait_ms > 0 && !requests_pending() && !atomic_load(&cw_sh->quit)) cw_futex_wait(&cw_sh->doorbell, bell, wait_ms);
+        if (thread_mode && !atomic_load(&running)) break;
+        if (!thread_mode && atomic_load(&cw_sh->quit)) break;
+        now = cw_now_ms();
+        atomic_store(&cw_sh->watcher_tick_ms, now);
+        pthread_mutex_lock(&tick_lock);
+        sync_procs(now);
+        if (!thread_mode && nprocs == 0 && !forking_areas()) {
+            pthread_mutex_unlock(&tick_lock);
+            break; /* every process of the tree is gone */
+        }
+        answer_requests();
+        if (now >= next_tick) {
+            tick();
+            next_tick = cw_now_ms() + cw_cfg.interval_ms;
+        }
+        pthread_mutex_unlock(&tick_lock);
+        if (!thread_mode) hold_stderr_if_needed();
+    }
+}
+
+/* ---- thread mode ---------------------------------------------------------- */
 
 static void *watcher_main(void *arg)
 {
     (void)arg;
     cw_in_lib = 1;
-    if (private_table_wanted) {
-        int keep[2] = {cw_sink_fd(), atomic_load(&cw_epoll_fd)};
-        cw_watcher_private_table(keep, 2);
-    }
-    int64_t next_tick = cw_now_ms() + cw_cfg.interval_ms;
-    struct epoll_event ev[256];
-    while (atomic_load(&running)) {
-        int64_t now = cw_now_ms();
-        int wait_ms = next_tick > now ? (int)(next_tick - now) : 0;
-        int ep = watch_mode == WATCH_EPOLL ? atomic_load(&cw_epoll_fd) : -1;
-        int n = 0;
-        if (ep >= 0) {
-            n = epoll_wait(ep, ev, (int)(sizeof ev / sizeof ev[0]), wait_ms);
-            if (n < 0 && errno != EINTR) {
-                /* not an epoll instance any more: sleep this round, the tick re-makes it */
-                struct timespec ts = {wait_ms / 1000, (long)(wait_ms % 1000) * 1000000L};
-                nanosleep(&ts, NULL);
-                n = 0;
-            }
-        } else {
-            struct timespec ts = {wait_ms / 1000, (long)(wait_ms % 1000) * 1000000L};
-            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-            }
-        }
-        if (!atomic_load(&running)) break;
-        pthread_mutex_lock(&tick_lock);
-        now = cw_now_ms();
-        for (int i = 0; i < n; i++) on_epoll_event(ev[i].data.u64, now);
-        if (now >= next_tick) {
-            tick();
-            next_tick = cw_now_ms() + cw_cfg.interval_ms;
-        }
-        if (atomic_exchange(&dump_requested, 0)) write_summary("on request");
-        pthread_mutex_unlock(&tick_lock);
-    }
+    cw_watcher_private_table();
+    load_suppressions();
+    watch();
+    atomic_store(&thread_done, 1);
+    cw_futex_wake((_Atomic uint32_t *)&thread_done);
     return NULL;
 }
 
 static void start_thread(void)
 {
-    load_suppressions(); /* here, not before: a watcher process reads them itself */
+    thread_mode = 1;
     sigset_t all, old;
     sigfillset(&all);
     /* The thread inherits this mask: the program's signals must never land on it. */
     pthread_sigmask(SIG_SETMASK, &all, &old);
     atomic_store(&running, 1);
+    atomic_store(&thread_done, 0);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     /* libdw recurses through DWARF; sanitizers take their share of a stack too */
     pthread_attr_setstacksize(&attr, (size_t)2 * 1024 * 1024);
+    pthread_t thread;
     if (pthread_create(&thread, &attr, watcher_main, NULL) != 0) {
         atomic_store(&running, 0);
         cw_warn("cannot start the watcher thread; ", "only exit summaries will be written", NULL);
@@ -1140,80 +1314,113 @@ static void start_thread(void)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-/* CLOSEWAIT_WATCHER=process (default): the watcher is a process of its own; =thread: a thread
- * of the program (glibc then runs the program's calls on its multi-threaded paths). */
-static int process_wanted = 1;
-
-static void publish_for_helper(void)
+static void stop_thread(void)
 {
-    cw_sh->watch_mode = (int)watch_mode;
-    atomic_store(&cw_sh->sink_fd, cw_sink_fd());
-    atomic_store(&cw_sh->epoll_fd, watch_mode == WATCH_EPOLL ? atomic_load(&cw_epoll_fd) : -1);
-    atomic_store(&cw_sh->epoll_generation, cw_epoll_generation());
+    if (!atomic_exchange(&running, 0)) return;
+    cw_doorbell();
+    /* Bounded: a thread stuck in a write must not hold the program's exit. */
+    for (int i = 0; i < 100 && !atomic_load(&thread_done); i++) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
 }
 
+/* ---- starting ------------------------------------------------------------- */
+
+/* CLOSEWAIT_WATCHER=process (default): a process of its own for the whole tree; =thread: a
+ * thread of each process (glibc then runs the program's calls on its multi-threaded paths). */
+static int process_wanted = 1;
+/* A process that never makes a TCP socket (a shell, a compiler under an inherited LD_PRELOAD)
+ * never gets a watcher: it starts with the first one, in the hook that makes it. */
+static _Atomic int watcher_pending;
+static int replaced_said;
+
 /* An orphan is re-parented to the nearest subreaper or to the namespace's init: if that is the
- * program itself, the watcher process would become its child after all (seen by its wait()). */
+ * program itself, a watcher process would become its child after all (seen by its wait()). */
 static int orphans_come_back(void)
 {
     int subreaper = 0;
     return getpid() == 1 || (prctl(PR_GET_CHILD_SUBREAPER, (unsigned long)&subreaper, 0, 0, 0) == 0 && subreaper);
 }
 
-/* The watcher process, or (it cannot run here) the thread.  memfd: the region's descriptor if
- * the caller has one (a forked child), else it is made here. */
-static void start_watching(int memfd, int wait)
+static void start_watching(int wait)
 {
-    if (process_wanted && cw_region_is_shared() && !orphans_come_back() && !cw_helper_pids_tight()) {
-        int fd = memfd >= 0 ? memfd : cw_region_share();
-        if (fd >= 0) {
-            publish_for_helper();
-            int rc = cw_helper_spawn(fd, wait);
-            if (fd != memfd) close(fd);
-            if (rc == 0) return;
-        } else {
-            snprintf(cw_sh->helper_error, sizeof cw_sh->helper_error, "no shared memory for it");
+    if (cw_sh == NULL || cw_me == NULL) return;
+    if (orphans_come_back()) atomic_store(&cw_sh->thread_only, 1);
+    if (process_wanted && cw_region_is_shared() && !atomic_load(&cw_sh->thread_only)) {
+        if (cw_helper_pids_tight()) {
+            /* Every pid is the program's now: try again with the next socket. */
+            atomic_store(&watcher_pending, 1);
+            return;
         }
-        if (wait) cw_warn("the watcher process could not start (", cw_sh->helper_error, "); watching from a thread");
+        if (cw_helper_spawn(wait) == 0) return;
+        if (cw_sh != NULL && wait)
+            cw_warn("the watcher process could not start (", cw_sh->watcher_error, "); watching from a thread");
     }
-    start_thread();
+    if (!atomic_load(&running)) start_thread();
 }
-
-/* A process that never makes a TCP socket (a shell, a compiler under an inherited LD_PRELOAD)
- * never gets a watcher: it starts with the first one (cw_watcher_first_tcp), in the hook that
- * makes it. */
-static _Atomic int watcher_pending;
 
 void cw_watcher_first_tcp(void)
 {
     if (!atomic_exchange(&watcher_pending, 0)) return;
     int saved = errno;
     cw_in_lib++;
-    start_watching(-1, 1);
+    start_watching(1);
     cw_in_lib--;
     errno = saved;
+}
+
+void cw_watcher_check(void)
+{
+    struct cw_shared *sh = cw_sh;
+    if (sh == NULL || thread_mode || !process_wanted || cw_is_helper) return;
+    if (atomic_load(&watcher_pending)) {
+        cw_watcher_first_tcp();
+        return;
+    }
+    uint32_t st = atomic_load_explicit(&sh->watcher_state, memory_order_relaxed);
+    if (st == CW_WATCHER_NONE || cw_helper_alive() || atomic_load(&sh->quit)) return;
+    /* It died.  Said once; a new one takes over (a region of our own for it). */
+    int saved = errno;
+    cw_in_lib++;
+    if (!replaced_said) {
+        replaced_said = 1;
+        char pid[32];
+        snprintf(pid, sizeof pid, "%ld", (long)atomic_load(&sh->watcher_pid));
+        cw_warn("the watcher process (pid ", pid, ") is gone; starting another");
+    }
+    /* The reports it made are made again by the new one: its findings died with it. */
+    atomic_store(&sh->watcher_state, CW_WATCHER_NONE);
+    start_watching(0);
+    cw_in_lib--;
+    errno = saved;
+}
+
+static void on_report_signal(int sig)
+{
+    (void)sig;
+    struct cw_area *me = cw_me;
+    if (me == NULL) return;
+    /* Async-signal-safe: a word and a wake. */
+    atomic_fetch_add(&me->dump_req, 1);
+    cw_doorbell();
 }
 
 void cw_watcher_start(void)
 {
     const char *mode = getenv("CLOSEWAIT_WATCH");
-    if (mode != NULL) {
-        if (strcmp(mode, "epoll") == 0) watch_mode = WATCH_EPOLL;
-        else if (strcmp(mode, "sock_diag") == 0) watch_mode = WATCH_SOCK_DIAG;
-        else if (strcmp(mode, "tcp_info") == 0) watch_mode = WATCH_TCP_INFO;
-        else cw_warn("CLOSEWAIT_WATCH", ": invalid value, expected epoll, sock_diag or tcp_info; using ", "epoll");
-    }
+    if (mode != NULL && strcmp(mode, "sock_diag") != 0)
+        cw_warn("CLOSEWAIT_WATCH", ": only sock_diag remains (no permission over the program needed); using ", "sock_diag");
     const char *where = getenv("CLOSEWAIT_WATCHER");
     if (where != NULL) {
         if (strcmp(where, "thread") == 0) process_wanted = 0;
         else if (strcmp(where, "process") != 0)
             cw_warn("CLOSEWAIT_WATCHER", ": invalid value, expected process or thread; using ", "process");
     }
-    if (watch_mode == WATCH_EPOLL && cw_epoll_ensure() != 0) watch_mode = WATCH_SOCK_DIAG;
-    const char *shared = getenv("CLOSEWAIT_SHARED_TABLE");
-    if (shared != NULL && strcmp(shared, "1") == 0) private_table_wanted = 0;
-    load_identity();
-    cw_sink_open();
+    if (cw_me != NULL) {
+        cw_modules_publish();
+        cw_sink_publish_stderr();
+    }
     if (cw_cfg.report_signal != 0) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
@@ -1222,56 +1429,87 @@ void cw_watcher_start(void)
         sigemptyset(&sa.sa_mask);
         sigaction(cw_cfg.report_signal, &sa, NULL);
     }
-    if (process_wanted) atomic_store(&watcher_pending, 1);
-    else start_thread();
+    if (!process_wanted) {
+        if (cw_sh != NULL) atomic_store(&cw_sh->thread_only, 1);
+        load_suppressions();
+    }
+    atomic_store(&watcher_pending, 1);
 }
 
-void cw_watcher_after_fork_child(int memfd)
+void cw_watcher_after_fork_child(void)
 {
-    /* The child has no watcher and owns none of the parent's findings. */
+    /* The child's findings are the watcher's business; a watcher thread did not come along. */
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     memcpy(&tick_lock, &fresh, sizeof fresh);
     atomic_store(&running, 0);
-    nleaks = 0;
-    ngroups = 0;
-    total_reported = total_suppressed = 0;
-    announced = 0;
-    cw_kernel_after_fork();
-    cw_epoll_after_fork();
-    cw_spawns_forget();
-    cw_sink_after_fork();
-    if (cw_sh == NULL) return; /* no table of its own could be made: nothing to watch */
-    /* The child's epoll instance is made here, on the program's table, so that fork() and
-     * posix_spawn() on the program's threads can register crossed sockets in it too. */
-    if (watch_mode == WATCH_EPOLL) cw_epoll_ensure();
-    load_identity();
-    if (process_wanted && !atomic_load(&cw_sh->any_tcp)) {
+    for (size_t k = 0; k < nprocs; k++) proc_free(&procs[k]);
+    nprocs = 0;
+    P = NULL;
+    if (cw_me == NULL) return;
+    /* A process watcher serves the child already, through its area. */
+    if (!thread_mode) {
+        if (atomic_load(&watcher_pending) == 0 && !cw_helper_alive()) atomic_store(&watcher_pending, 1);
+        return;
+    }
+    if (!atomic_load(&cw_me->any_tcp)) {
         atomic_store(&watcher_pending, 1); /* as at start: with the first TCP socket */
         return;
     }
-    atomic_store(&watcher_pending, 0);
-    /* Not waited for: most children exec at once, and a failure here would have failed in the
-     * parent too. */
-    start_watching(memfd, 0);
+    start_thread();
 }
 
-void cw_watcher_at_exit(void)
+void cw_watcher_credentials_changed(void)
 {
-    if (atomic_load(&watcher_pending)) return; /* no TCP socket ever: nothing to say */
-    if (cw_helper_running()) {
-        cw_helper_request(&cw_sh->exit_req, &cw_sh->exit_done);
-        long open = (long)atomic_load(&cw_sh->open_now);
-        if (open > 0 && cw_cfg.exitcode >= 0) {
-            fflush(NULL);
-            _exit(cw_cfg.exitcode);
-        }
-        return;
+    if (cw_sh == NULL || cw_me == NULL || cw_is_helper) return;
+    if (thread_mode) return; /* the thread changed with the process */
+    int saved = errno;
+    cw_in_lib++;
+    /* A region of our own, and a watcher of our own credentials for it.  The old watcher
+     * forgets us (our area there is marked as left). */
+    if (cw_region_leave() == 0) {
+        atomic_store(&watcher_pending, 0);
+        if (atomic_load(&cw_me->any_tcp)) start_watching(0);
+        else atomic_store(&watcher_pending, 1);
     }
-    atomic_store(&running, 0);
+    cw_in_lib--;
+    errno = saved;
+}
+
+/* Does this process have anything the exit summary must say?  Findings, or a socket the peer
+ * closed before we did. */
+static int exit_worth_asking(void)
+{
+    struct cw_area *me = cw_me;
+    if (atomic_load(&me->reported) > 0) return 1;
+    if (!atomic_load(&me->any_tcp)) return 0;
+    for (int fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)) {
+        struct cw_slot *s = cw_slot_peek(fd);
+        if (s == NULL || SEQ_KIND(atomic_load(&s->seq)) != KIND_TCP) continue;
+        if (s->w_fin_ms != 0 || (atomic_load(&s->flags) & (SF_EOF | SF_SHUT_WR))) return 1;
+    }
+    return 0;
+}
+
+/* This process watches itself for a last look: the watcher cannot (gone, stopped) or never
+ * existed (a thread). */
+static void watch_here_once(const char *why)
+{
     pthread_mutex_lock(&tick_lock);
+    int was_thread = thread_mode;
+    thread_mode = 1;
+    if (nprocs == 0 || procs[0].area != cw_me) {
+        for (size_t k = 0; k < nprocs; k++) proc_free(&procs[k]);
+        nprocs = 0;
+        proc_add(cw_me, getpid());
+    }
+    load_suppressions();
     tick();
-    write_summary("exit");
-    long open = open_now();
+    P = &procs[0];
+    cw_set_current_area(NULL);
+    write_summary(why);
+    long open = open_now(P);
+    P = NULL;
+    thread_mode = was_thread;
     pthread_mutex_unlock(&tick_lock);
     if (open > 0 && cw_cfg.exitcode >= 0) {
         fflush(NULL);
@@ -1279,111 +1517,57 @@ void cw_watcher_at_exit(void)
     }
 }
 
-/* ---- the watcher process's loop -------------------------------------------- */
-
-static void on_wake(int sig)
+void cw_watcher_at_exit(void)
 {
-    (void)sig;
-}
-
-/* A request of the program (exit summary, closewait_dump(), the report signal): a fresh look,
- * the summary, then the answer it waits for. */
-static int answer(_Atomic uint32_t *req, _Atomic uint32_t *done, const char *why)
-{
-    uint32_t r = atomic_load(req);
-    if (r == atomic_load(done)) return 0;
-    tick();
-    write_summary(why);
-    atomic_store(&cw_sh->open_now, open_now());
-    atomic_store(done, r);
-    cw_futex_wake(done);
-    return 1;
-}
-
-#define EV_PROGRAM UINT64_MAX       /* the program's pidfd: it is gone */
-#define EV_SOCKETS (UINT64_MAX - 1) /* the epoll instance of the sockets has events */
-
-void cw_watcher_helper_run(int pidfd)
-{
-    watch_mode = (enum watch_mode)cw_sh->watch_mode;
-    cw_kernel_borrow_from(pidfd);
-    struct cw_borrow sink = {atomic_load(&cw_sh->sink_fd), -1};
-    cw_sink_use(cw_borrowed(&sink));
-    /* Our own warnings (one line each) go to the program's stderr, as the program's would; not a
-     * copy of a socket, though (an inetd-style server's stderr), which would keep it open. */
-    struct cw_borrow err = {2, -1};
-    int errfd = cw_borrowed(&err);
-    struct stat est;
-    if (errfd >= 0 && fstat(errfd, &est) == 0 && !S_ISSOCK(est.st_mode) && errfd != 2) dup2(errfd, 2);
-    if (errfd != 2) cw_borrow_end(&err);
-    int sockets_ep = -1;
-    if (watch_mode == WATCH_EPOLL) {
-        struct cw_borrow ep = {atomic_load(&cw_sh->epoll_fd), -1};
-        sockets_ep = cw_borrowed(&ep);
-        if (sockets_ep < 0) watch_mode = WATCH_SOCK_DIAG;
-        else cw_epoll_adopt(sockets_ep, atomic_load(&cw_sh->epoll_generation));
-    }
-    int outer = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event e;
-    memset(&e, 0, sizeof e);
-    e.events = EPOLLIN;
-    e.data.u64 = EV_PROGRAM;
-    if (outer < 0 || epoll_ctl(outer, EPOLL_CTL_ADD, pidfd, &e) != 0) {
-        snprintf(cw_sh->helper_error, sizeof cw_sh->helper_error, "epoll: %s", strerror(errno));
-        atomic_store(&cw_sh->helper_state, CW_HELPER_FAILED);
-        cw_futex_wake(&cw_sh->helper_state);
+    struct cw_area *me = cw_me;
+    if (me == NULL || cw_sh == NULL) return;
+    if (atomic_load(&watcher_pending) && !atomic_load(&me->any_tcp)) return; /* no TCP socket ever */
+    if (thread_mode) {
+        stop_thread();
+        watch_here_once("exit");
         return;
     }
-    if (sockets_ep >= 0) {
-        e.data.u64 = EV_SOCKETS;
-        epoll_ctl(outer, EPOLL_CTL_ADD, sockets_ep, &e);
+    int asked = 0;
+    if (exit_worth_asking()) {
+        if (cw_helper_request(&me->exit_req, &me->exit_done, 1000) == 0) {
+            asked = 1;
+        } else if (atomic_load(&cw_sh->quit)) {
+            /* It gave its pid to the program's fork: this process looks for itself. */
+            atomic_store(&me->state, AREA_EXITED);
+            watch_here_once("exit");
+            return;
+        } else if (atomic_load(&cw_sh->watcher_state) != CW_WATCHER_NONE) {
+            /* Stopped, killed or stuck: at most a second of the program's exit, then we look. */
+            cw_warn("the watcher process did not answer; ", "the exit summary is written by the program", NULL);
+            atomic_store(&me->state, AREA_EXITED);
+            cw_doorbell();
+            watch_here_once("exit");
+            return;
+        }
     }
-    load_identity();
+    if (!asked) {
+        atomic_store(&me->state, AREA_EXITED);
+        cw_doorbell();
+    }
+    long open = (long)atomic_load(&me->open_now);
+    if (open > 0 && cw_cfg.exitcode >= 0) {
+        fflush(NULL);
+        _exit(cw_cfg.exitcode);
+    }
+}
+
+/* ---- the watcher process's side --------------------------------------------- */
+
+void cw_watcher_helper_run(void)
+{
     load_suppressions();
-    /* A relative suppressions path is read: from now on no directory is held busy (an unmount of
-     * the program's working directory must not find the watcher in it). */
+    /* A relative suppressions path is read: from now on no directory is held busy (an unmount
+     * of the program's working directory must not find the watcher in it). */
     if (chdir("/") != 0) {
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_wake;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGURG, &sa, NULL);
-    sigset_t waking;
-    sigfillset(&waking);
-    sigdelset(&waking, SIGURG);
-    atomic_store(&cw_sh->helper_state, CW_HELPER_READY);
-    cw_futex_wake(&cw_sh->helper_state);
-
-    int64_t next_tick = cw_now_ms() + cw_cfg.interval_ms;
-    struct epoll_event ev[256];
-    for (;;) {
-        int64_t now = cw_now_ms();
-        int wait_ms = next_tick > now ? (int)(next_tick - now) : 0;
-        uint32_t dump_req = atomic_load(&cw_sh->dump_req), exit_req = atomic_load(&cw_sh->exit_req);
-        if (dump_req != atomic_load(&cw_sh->dump_done) || exit_req != atomic_load(&cw_sh->exit_done)) wait_ms = 0;
-        struct epoll_event top[2];
-        int n = epoll_pwait(outer, top, 2, wait_ms, &waking);
-        int gone = 0;
-        now = cw_now_ms();
-        for (int i = 0; i < n; i++) {
-            if (top[i].data.u64 == EV_PROGRAM) gone = 1;
-            if (top[i].data.u64 != EV_SOCKETS) continue;
-            int k;
-            while ((k = epoll_wait(sockets_ep, ev, (int)(sizeof ev / sizeof ev[0]), 0)) > 0)
-                for (int j = 0; j < k; j++) on_epoll_event(ev[j].data.u64, now);
-        }
-        /* Ended without its exit handler (_exit, a signal): nothing left to ask the kernel. */
-        if (gone) break;
-        if (now >= next_tick) {
-            if (cw_helper_program_changed()) break; /* exec'd: the new image watches itself */
-            tick();
-            atomic_store(&cw_sh->open_now, open_now());
-            next_tick = cw_now_ms() + cw_cfg.interval_ms;
-        }
-        if (answer(&cw_sh->exit_req, &cw_sh->exit_done, "exit")) break;
-        answer(&cw_sh->dump_req, &cw_sh->dump_done, "on request");
-    }
+    cw_sink_stderr_hold(1);
+    cw_helper_ready(NULL);
+    watch();
 }
 
 /* ---- public API ---------------------------------------------------------- */
@@ -1398,12 +1582,19 @@ __attribute__((visibility("default"))) void closewait_dump(void)
 {
     cw_init();
     int saved = errno;
-    if (cw_helper_running()) {
-        cw_helper_request(&cw_sh->dump_req, &cw_sh->dump_done);
-    } else {
+    struct cw_area *me = cw_me;
+    if (me != NULL && !thread_mode && cw_helper_alive()) {
+        cw_helper_request(&me->dump_req, &me->dump_done, 5000);
+    } else if (me != NULL) {
         pthread_mutex_lock(&tick_lock);
+        int was_thread = thread_mode;
+        thread_mode = 1;
+        if (nprocs == 0) proc_add(me, getpid());
         tick();
+        P = &procs[0];
         write_summary("on request");
+        P = NULL;
+        thread_mode = was_thread;
         pthread_mutex_unlock(&tick_lock);
     }
     errno = saved;
@@ -1411,9 +1602,11 @@ __attribute__((visibility("default"))) void closewait_dump(void)
 
 __attribute__((visibility("default"))) long closewait_leaks_open(void)
 {
-    if (cw_helper_running()) return (long)atomic_load(&cw_sh->open_now);
+    struct cw_area *me = cw_me;
+    if (me == NULL) return 0;
+    if (!thread_mode) return (long)atomic_load(&me->open_now);
     pthread_mutex_lock(&tick_lock);
-    long open = open_now();
+    long open = nprocs > 0 ? open_now(&procs[0]) : 0;
     pthread_mutex_unlock(&tick_lock);
     return open;
 }

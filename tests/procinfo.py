@@ -2,8 +2,15 @@
 import os
 
 
+def helper_spec_pid(env_entry):
+    """The pid of the process that started a watcher, from its CLOSEWAIT_HELPER=memfd:stderr:pid:..."""
+    fields = env_entry.split(b'=', 1)[1].split(b':')
+    return int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else None
+
+
 def watchers_of(pid):
-    """Pids of the watcher processes (cmdline closewait-watcher) started for program pid."""
+    """Pids of the watcher processes (cmdline closewait-watcher) started by program pid (one
+    watcher serves a process and the processes it forks)."""
     found = []
     for d in os.listdir('/proc'):
         if not d.isdigit():
@@ -16,6 +23,6 @@ def watchers_of(pid):
                 env = f.read().split(b'\0')
         except OSError:
             continue
-        if any(e.startswith(b'CLOSEWAIT_HELPER=') and e.endswith(b':%d' % pid) for e in env):
+        if any(e.startswith(b'CLOSEWAIT_HELPER=') and helper_spec_pid(e) == pid for e in env):
             found.append(int(d))
     return found

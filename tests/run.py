@@ -1457,9 +1457,10 @@ def test_watcher_thread_when_subreaper():
 
 
 @test
-def test_watcher_thread_when_pids_are_few():
-    """In a pids cgroup with few pids left (a container's limit), a watcher process would take one
-    from the program's own forks: the library watches from a thread there."""
+def test_watcher_process_under_pids_limit():
+    """In a pids cgroup (a container's limit) the tree's one watcher process takes one pid, and
+    the leak is reported; a fork that finds no pid left makes it give its pid back (the
+    deployments suite proves that with a prefork server)."""
     base = '/sys/fs/cgroup/pids'
     if not os.path.isdir(base) or not os.access(base, os.W_OK):
         raise TestSkip('no writable cgroup v1 pids hierarchy')
@@ -1475,8 +1476,8 @@ def test_watcher_thread_when_pids_are_few():
                 TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000']
         p = run_prog(argv)
         c = Conn(p, p.port())
-        check(watchers_of(p.pid) == [], 'a watcher process with 30 pids allowed: %r' % watchers_of(p.pid))
-        check(threads_of(p.pid) >= 2, 'no watcher thread either (%d threads)' % threads_of(p.pid))
+        check(len(watchers_of(p.pid)) == 1, 'one watcher process with 30 pids allowed: %r' % watchers_of(p.pid))
+        check(threads_of(p.pid) == 1, 'the program stays single-threaded (%d threads)' % threads_of(p.pid))
         c.close()
         evs, _ = p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
         check_leak(evs[0], c, 'eof_not_closed', opened_by='accept')
@@ -1792,6 +1793,529 @@ def test_bad_values_other():
         check(var in err[0], '%s: warning does not name the variable: %r' % (what, err[0]))
         _live.remove(p)
         p.cleanup()
+
+
+# ---------------------------------------------------------------- report signal, suppressions
+
+UNIT_CFLAGS = ['-O1', '-g', '-std=gnu11', '-Wall', '-Wextra', '-Werror', '-Wshadow', '-Wformat=2',
+               '-Wno-format-nonliteral', '-I' + os.path.join(ROOT, 'include'),
+               '-I' + os.path.join(ROOT, 'src')]
+_units = {}
+
+
+def unit_env():
+    return {k: v for k, v in os.environ.items() if not k.startswith('CLOSEWAIT_') and k != 'LD_PRELOAD'}
+
+
+def build_unit(name):
+    """tests/progs/NAME.c, a program that compiles a file of src/ into itself, built fresh here
+    (make -C tests cannot know that it depends on src/) with the library's warning flags, and
+    with ASan+UBSan when the compiler has them."""
+    if name in _units:
+        return _units[name]
+    import atexit
+    d = tempfile.mkdtemp(prefix='cwunit-')
+    atexit.register(shutil.rmtree, d, True)
+    out = os.path.join(d, name)
+    src = os.path.join(TESTS_DIR, 'progs', name + '.c')
+    cc = os.environ.get('CC', 'cc')
+    errors = ''
+    for extra in (['-fsanitize=address,undefined', '-fno-sanitize-recover=undefined'], []):
+        r = subprocess.run([cc] + UNIT_CFLAGS + extra + ['-o', out, src], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=180)
+        if r.returncode != 0:
+            errors = r.stdout.decode('utf-8', 'replace')
+            continue
+        # a sanitizer runtime that cannot run here counts as absent
+        probe = subprocess.run([out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=unit_env(),
+                               timeout=60)
+        if probe.returncode in (0, 2) and not sanitizer_report(probe.stderr.decode('utf-8', 'replace')):
+            _units[name] = out
+            return out
+        errors = probe.stderr.decode('utf-8', 'replace')
+    raise TestFailure('cannot build %s: %s' % (os.path.basename(src), errors.strip()[-1500:]))
+
+
+def run_unit(argv, timeout=60, expect_rc=0):
+    """(stdout, stderr) of a unit program; a sanitizer finding or another exit status fails."""
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=unit_env(),
+                       timeout=timeout)
+    out = r.stdout.decode('utf-8', 'replace')
+    err = r.stderr.decode('utf-8', 'replace')
+    bad = sanitizer_report(err)
+    check(not bad, '%s: sanitizer: %s' % (' '.join(os.path.basename(a) for a in argv[:2]), bad))
+    check(r.returncode == expect_rc, '%s exited %d: %s %s' % (
+        ' '.join(os.path.basename(a) for a in argv[:2]), r.returncode, out[-300:], err[-500:]))
+    return out, err
+
+
+SIGNAL_HINT = '(use USR1, USR2, WINCH, URG or a realtime signal)'
+REFUSED_SIGNALS = ['TERM', 'INT', 'QUIT', 'HUP', 'KILL', 'STOP', 'TSTP', 'TTIN', 'TTOU', 'CONT',
+                   'CHLD', 'PIPE', 'ALRM', 'VTALRM', 'PROF', 'SEGV', 'BUS', 'FPE', 'ILL', 'ABRT',
+                   'TRAP', 'SYS', 'XCPU', 'XFSZ', 'IO', 'POLL', 'PWR']
+
+
+@test
+def test_report_signal_values():
+    """CLOSEWAIT_REPORT_SIGNAL as src/config.c reads it (tests/progs/tsignals.c): USR1, USR2,
+    WINCH, URG and realtime signals (by number, RTMIN+n, RTMAX-n) are taken; every signal that
+    runs a program's life is refused by name, SIG name and number with one warning line saying
+    why; anything else is one warning line; no signal is taken in either case."""
+    exe = build_unit('tsignals')
+    out, _ = run_unit([exe, '--rt'])
+    rtmin, rtmax = (int(x) for x in out.split())
+    check(rtmin == signal.SIGRTMIN and rtmax == signal.SIGRTMAX,
+          'SIGRTMIN..SIGRTMAX %d..%d in C, %d..%d in Python' % (rtmin, rtmax, signal.SIGRTMIN, signal.SIGRTMAX))
+    want = {}       # value -> (signal taken, what its warning must say or None)
+    for n in ('USR1', 'USR2', 'WINCH', 'URG'):
+        sig = int(getattr(signal, 'SIG' + n))
+        want[n] = want['SIG' + n] = want[str(sig)] = (sig, None)
+    for v, sig in (('RTMIN', rtmin), ('SIGRTMIN', rtmin), ('RTMIN+1', rtmin + 1),
+                   ('SIGRTMIN+%d' % (rtmax - rtmin), rtmax), ('RTMAX', rtmax), ('SIGRTMAX-2', rtmax - 2),
+                   (str(rtmin), rtmin), (str(rtmin + 3), rtmin + 3), (str(rtmax), rtmax)):
+        want[v] = (sig, None)
+    for n in REFUSED_SIGNALS:
+        sig = int(getattr(signal, 'SIG' + n))
+        want[n] = want['SIG' + n] = (0, ['SIG%s ' % n, 'refused'])
+        want[str(sig)] = (0, [signal.Signals(sig).name + ' ', 'refused'])
+    want['16'] = want['STKFLT'] = (0, ['SIGSTKFLT', 'refused'])
+    for sig in range(32, rtmin):
+        want[str(sig)] = (0, ['reserved', 'refused'])
+    for v in ('term', 'Usr1', 'SIGSIGTERM', 'SIG', '0', '65', '-1', '+10', '10x', 'RTMIN+%d' % (rtmax - rtmin + 1),
+              'RTMAX+1', 'RTMIN-1', 'banana', 'x' * 300):
+        want[v] = (0, ['not a signal'])
+    values = list(want)
+    out, err = run_unit([exe] + values)
+    got = dict(l.rsplit(' ', 1) for l in out.splitlines())
+    warned = {}
+    current = None
+    for l in err.splitlines():
+        if l.startswith('VALUE '):
+            current = l[6:]
+            warned[current] = []
+        else:
+            warned.setdefault(current, []).append(l)
+    for v in values:
+        sig, words = want[v]
+        shown = v if len(v) <= 32 else v[:29] + '...'
+        check(got.get(v) == str(sig), 'CLOSEWAIT_REPORT_SIGNAL=%s: took signal %s, wanted %d' % (shown, got.get(v), sig))
+        lines = warned.get(v, [])
+        if words is None:
+            check(not lines, 'CLOSEWAIT_REPORT_SIGNAL=%s: warned: %s' % (shown, lines))
+            continue
+        check(len(lines) == 1, 'CLOSEWAIT_REPORT_SIGNAL=%s: %d warning lines, wanted one: %s' % (shown, len(lines), lines))
+        line = lines[0]
+        check(line.startswith('closewait: CLOSEWAIT_REPORT_SIGNAL=%s: ' % shown), 'warning %r does not name the value' % line)
+        check(line.endswith(SIGNAL_HINT), 'warning %r does not end with %r' % (line, SIGNAL_HINT))
+        for w in words:
+            check(w in line, 'CLOSEWAIT_REPORT_SIGNAL=%s: warning %r does not say %r' % (shown, line, w))
+    example = ('closewait: CLOSEWAIT_REPORT_SIGNAL=15: SIGTERM stops the program; refused, no report '
+               'signal used (use USR1, USR2, WINCH, URG or a realtime signal)')
+    check(warned['15'] == [example], 'the warning for 15 is %r' % warned['15'])
+
+
+@test
+def test_report_signal_refused_keeps_signal():
+    """CLOSEWAIT_REPORT_SIGNAL=TERM, 15, INT or HUP: one warning line, and the signal still does
+    what it did without the library: it kills the program."""
+    for val, sig in (('TERM', signal.SIGTERM), ('15', signal.SIGTERM), ('SIGINT', signal.SIGINT),
+                     ('HUP', signal.SIGHUP)):
+        p = run_prog([TSERVER, '-n', '2', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
+                     env={'CLOSEWAIT_REPORT_SIGNAL': val})
+        c = Conn(p, p.port())
+        c.close()
+        p.wait_events(is_leak, 1, timeout=REPORT_WAIT)     # the library is fully at work
+        check(p.alive(), 'CLOSEWAIT_REPORT_SIGNAL=%s: the program died early (%s)' % (val, p.context()))
+        os.kill(p.pid, sig)
+        p.killed = True
+        rc = p.wait_exit(5.0)
+        check(rc == -sig, 'CLOSEWAIT_REPORT_SIGNAL=%s: %s did not kill the program: exit status %s (%s)' % (
+            val, signal.Signals(sig).name, rc, p.context()))
+        err = [l for l in p.stderr_text().splitlines() if l.strip()]
+        check(len(err) == 1, 'CLOSEWAIT_REPORT_SIGNAL=%s: wanted one warning line, got %d: %s' % (val, len(err), err[:3]))
+        check('CLOSEWAIT_REPORT_SIGNAL=%s:' % val in err[0] and 'refused' in err[0],
+              'CLOSEWAIT_REPORT_SIGNAL=%s: warning %r' % (val, err[0]))
+        check(not any(e.get('event') == 'summary' and e.get('why') == 'on request' for e in p.events()),
+              'CLOSEWAIT_REPORT_SIGNAL=%s: the signal wrote a summary' % val)
+        _live.remove(p)
+        p.cleanup()
+
+
+@test
+def test_report_signal_usr2_and_realtime():
+    """CLOSEWAIT_REPORT_SIGNAL=USR2 and SIGRTMIN+2 still work: the signal writes an "on request"
+    summary, the program runs on and exits normally, nothing on stderr."""
+    for val, sig in (('USR2', signal.SIGUSR2), ('SIGRTMIN+2', signal.SIGRTMIN + 2)):
+        p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
+                     env={'CLOSEWAIT_REPORT_SIGNAL': val})
+        c = Conn(p, p.port())
+        c.close()
+        p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+        os.kill(p.pid, sig)
+        sums, _ = p.wait_events(lambda e: e.get('event') == 'summary', 1, timeout=REPORT_WAIT)
+        check(sums[0].get('why') == 'on request', '%s: summary why %r' % (val, sums[0].get('why')))
+        check(sums[0].get('leaks_open') == 1, '%s: summary leaks_open %r' % (val, sums[0].get('leaks_open')))
+        check(p.alive(), '%s: the program died of its report signal (%s)' % (val, p.context()))
+        p.finish()
+        err = p.stderr_text().strip()
+        check(not err, '%s: stderr: %r' % (val, err[:300]))
+        _live.remove(p)
+        p.cleanup()
+
+
+def write_temp(data, prefix='cwtest-supp-'):
+    fd, path = tempfile.mkstemp(prefix=prefix)
+    with os.fdopen(fd, 'wb') as f:
+        f.write(data)
+    return path
+
+
+def run_suppressed(patterns, hidden):
+    """A server leaks one socket under CLOSEWAIT_SUPPRESSIONS=patterns: hidden (no leak event,
+    the summary counts one suppressed) or reported; stderr lines returned."""
+    sup = write_temp(patterns.encode())
+    try:
+        p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
+                     env={'CLOSEWAIT_SUPPRESSIONS': sup})
+        c = Conn(p, p.port())
+        c.close()
+        p.wait_line(r'LEAK %d$' % c.fd)
+        if hidden:
+            quiet_period()
+        else:
+            p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+        p.finish()
+    finally:
+        os.unlink(sup)
+    n = len(p.leaks())
+    check(n == (0 if hidden else 1), 'suppressions %r: %d leak events' % (patterns, n))
+    if hidden:
+        s = summary_of(p)
+        check(s is not None and s.get('suppressed') == 1, 'suppressions %r: summary %r' % (patterns, s))
+    err = [l for l in p.stderr_text().splitlines() if l.strip()]
+    _live.remove(p)
+    p.cleanup()
+    return err
+
+
+@test
+def test_suppress_src_and_mod_base_names():
+    """src:GLOB matches the source file path or its base name, mod:GLOB the module path or its
+    base name, as in closewait-report (docs/CONTRACT.md, Suppressions): src:tserver.c hides the
+    test server's leak, src:tclient.c does not."""
+    for patterns, hidden in (('src:tserver.c\n', True), ('src:*progs/tserver.c\n', True),
+                             ('mod:tserver\n', True), ('src:tclient.c\nmod:tclient\n', False)):
+        err = run_suppressed(patterns, hidden)
+        check(not err, 'suppressions %r: stderr %s' % (patterns, err[:3]))
+
+
+@test
+def test_suppress_unknown_prefix_warns():
+    """foo:bar names no known prefix: one warning line naming the file's variable and the prefix;
+    the line is ignored (the leak is reported); the other patterns still apply."""
+    err = run_suppressed('foo:bar\nfun:no_such_function\n', False)
+    check(len(err) == 1, 'wanted one warning line, got %d: %s' % (len(err), err[:3]))
+    check('CLOSEWAIT_SUPPRESSIONS' in err[0] and 'foo:' in err[0] and 'unknown prefix' in err[0],
+          'warning %r' % err[0])
+    err = run_suppressed('foo:bar\nfun:tserver_accept_*\n', True)
+    check(len(err) == 1, 'with a good pattern too: %d warning lines: %s' % (len(err), err[:3]))
+
+
+@test
+def test_suppress_not_a_regular_file():
+    """CLOSEWAIT_SUPPRESSIONS=/dev/zero, a FIFO nobody writes to, a directory: one warning line,
+    nothing suppressed, the program runs normally and exits promptly."""
+    d = tempfile.mkdtemp(prefix='cwtest-')
+    fifo = os.path.join(d, 'fifo')
+    os.mkfifo(fifo)
+    try:
+        for path, kind in (('/dev/zero', 'character device'), (fifo, 'FIFO'), (d, 'directory')):
+            t0 = time.time()
+            p = run_prog([TSERVER, '-n', '1', '-m', 'read', '-c', 'leak', '-q', '-l', '10000'],
+                         env={'CLOSEWAIT_SUPPRESSIONS': path})
+            c = Conn(p, p.port())
+            c.close()
+            p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+            t_fin = time.time()
+            p.finish(timeout=5.0)
+            check(time.time() - t_fin < 3.0, '%s: exit took %.1fs' % (path, time.time() - t_fin))
+            check(t_fin - t0 < REPORT_WAIT, '%s: the leak took %.1fs to be reported' % (path, t_fin - t0))
+            err = [l for l in p.stderr_text().splitlines() if l.strip()]
+            check(len(err) == 1, '%s: wanted one warning line, got %d: %s' % (path, len(err), err[:3]))
+            check('CLOSEWAIT_SUPPRESSIONS' in err[0] and 'not a regular file' in err[0] and kind in err[0],
+                  '%s: warning %r' % (path, err[0]))
+            _live.remove(p)
+            p.cleanup()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# The report tool's Suppressions class, loaded from tools/closewait-report: the reference the
+# library's matcher is compared with.
+_report_tool = []
+
+
+def report_tool():
+    if not _report_tool:
+        import importlib.machinery
+        import importlib.util
+        path = os.path.join(ROOT, 'tools', 'closewait-report')
+        loader = importlib.machinery.SourceFileLoader('closewait_report_tool', path)
+        spec = importlib.util.spec_from_loader('closewait_report_tool', loader)
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+        _report_tool.append(mod)
+    return _report_tool[0]
+
+
+def json_text(b):
+    """A name as closewait-report reads it from the log: the library's JSON writer turns each
+    byte that is not part of valid UTF-8 into U+FFFD."""
+    if b is None:
+        return None
+    out, i = [], 0
+    while i < len(b):
+        for n in (1, 2, 3, 4):
+            try:
+                out.append(b[i:i + n].decode('utf-8'))
+                i += n
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            out.append('\ufffd')
+            i += 1
+    return ''.join(out)
+
+
+_UNKNOWN_PREFIX = re.compile(r'[A-Za-z][A-Za-z0-9_]*:(?!:)')
+
+
+def unknown_prefix_line(line):
+    line = line.strip()
+    return (not line.startswith(('#', 'fun:', 'mod:', 'src:'))) and bool(_UNKNOWN_PREFIX.match(line))
+
+
+def expected_suppression(content, frames, scratch):
+    """What the library must answer for a suppressions file and a stack, from the report tool:
+    (rc, patterns, warning lines, match).  The one difference: a line with an unknown prefix is
+    a warning and ignored by the library, a function glob for the tool."""
+    lines = content.decode('utf-8', 'replace').splitlines()
+    unknown = sum(1 for l in lines if unknown_prefix_line(l))
+    with open(scratch, 'wb') as f:
+        f.write('\n'.join(l for l in lines if not unknown_prefix_line(l)).encode('utf-8'))
+    s = report_tool().Suppressions()
+    s.load(scratch)
+    tf = [{'function': json_text(fn), 'file': json_text(fi), 'module': json_text(mo)} for fn, fi, mo in frames]
+    warns = min(unknown, 3) + (1 if unknown > 3 else 0)
+    return (0, len(s.rules), warns, 1 if s.match(tf) else 0)
+
+
+SUPP_CASES = [
+    (b'# comment\r\n\r\n   fun:handle_*  \t\r\n', [(b'handle_client', None, None)]),
+    (b'# x\rfun:abc\r', [(b'abc', None, None)]),
+    (b'fun:zz\x0bfun:abc\x0cfun:q\x1cfun:r\x1dfun:s\x1efun:t', [(b'abc', None, None)]),
+    (b'\x1ffun:abc\x1f\n', [(b'abc', None, None)]),
+    (b'fun:x\xe2\x80\xa8fun:abc\xc2\x85fun:y\xe2\x80\xa9', [(b'abc', None, None)]),
+    (b'\xc2\xa0\xe3\x80\x80fun:\xe2\x80\x89abc\xc2\xa0\n', [(b'abc', None, None)]),
+    (b'fun:\nfun:   \nmod:\nsrc:\t\n', [(b'x', b'/x.c', b'/x')]),
+    (b'fun: abc \n', [(b'abc', None, None)]),
+    (b'mod:libfoo.so\n', [(None, None, b'/usr/lib/libfoo.so')]),
+    (b'mod:/usr/lib/*\n', [(None, None, b'/usr/lib/libfoo.so')]),
+    (b'mod:usr/lib/libfoo.so\n', [(None, None, b'/usr/lib/libfoo.so')]),
+    (b'mod:*\n', [(None, None, b'/usr/lib/')]),
+    (b'mod:lib\n', [(None, None, b'/usr/lib/')]),
+    (b'mod:*/libcwplugin.so\n', [(None, None, b'/tmp/x/libcwplugin.so')]),
+    (b'src:server.c\n', [(None, b'/src/app/server.c', None)]),
+    (b'src:app/server.c\n', [(None, b'/src/app/server.c', None)]),
+    (b'src:*/app/*.c\n', [(None, b'/src/app/server.c', None)]),
+    (b'src:server.c\n', [(None, b'server.c', None)]),
+    (b'src:tserver.c\n', [(b'main', None, b'/bin/t'), (None, b'progs/tserver.c', b'/bin/t')]),
+    (b'src:*\n', [(b'main', b'', b'/bin/t')]),
+    (b'std::vector*\n', [(b'std::vector<int>::push_back(int const&)', None, None)]),
+    (b'ns::Conn::*\n', [(b'ns::Conn::take', None, None)]),
+    (b'foo:bar\nFun:x\nlib2_x:y\nfun:abc\n', [(b'abc', None, None)]),
+    (b'a:b\nc:d\ne:f\ng:h\ni:\n', [(b'a:b', None, None)]),
+    (b'fun:a\xe2\x82b\n', [(b'a\xffb', None, None)]),
+    (b'fun:a\xe2\x82b\n', [(b'a\xef\xbf\xbdb', None, None)]),
+    (b'fun:a\xe2\x82b\n', [(b'a\xff\xffb', None, None)]),
+    (b'fun:a?b\n', [(b'a\xe2\x82b', None, None)]),
+    (b'fun:*\n', [(None, b'/a.c', b'/m')]),
+    (b'fun:*\n', [(b'', None, None)]),
+    (b'fun:*\n', [(b'x', None, None)]),
+    (b'fun:#x\n', [(b'#x', None, None)]),
+    (b'  # fun:abc\n', [(b'abc', None, None)]),
+    (b'fun:a\\*\n', [(b'a\\zz', None, None)]),
+    (b'fun:[a-c]x\n', [(b'bx', None, None)]),
+    (b'fun:[!a-c]x\n', [(b'bx', None, None)]),
+    (b'fun:[]]x\n', [(b']x', None, None)]),
+    (b'fun:[!]]x\n', [(b'ax', None, None)]),
+    (b'fun:[abc\n', [(b'[abc', None, None)]),
+    (b'fun:[z-a]\n', [(b'q', None, None)]),
+    (b'fun:[!z-a]\n', [(b'q', None, None)]),
+    (b'fun:[a-]\n', [(b'-', None, None)]),
+    (b'fun:[--0]\n', [(b'.', None, None)]),
+    (b'fun:?\n', [('\u00e9'.encode(), None, None)]),
+    (b'fun:??\n', [('\u00e9'.encode(), None, None)]),
+    (b'fun:[\xc3\xa0-\xc3\xbf]\n', [('\u00e9'.encode(), None, None)]),
+    (b'fun:*/x\n', [(b'a/b/x', None, None)]),
+    (b'fun:ABC\n', [(b'abc', None, None)]),
+    (b'\xef\xbb\xbffun:abc\n', [(b'abc', None, None)]),
+    (b'fun:a*b*c\n', [(b'aXbYbZc', None, None)]),
+    (b'fun:a*b*c\n', [(b'aXbYcZ', None, None)]),
+]
+
+PAT_ALPHABET = ['a', 'b', 'c', 'z', '-', '!', ']', '[', '*', '?', '/', '\\', ':', '^', '\u00e9', '\U0001f600']
+SUBJECT_ALPHABET = [b'a', b'b', b'c', b'z', b'-', b'!', b']', b'[', b'/', b'\\', b':', b'^',
+                    '\u00e9'.encode(), '\U0001f600'.encode(), b'\xff', b'\xe2\x82', b'\xef\xbf\xbd']
+# "[z-a!]": Python's fnmatch drops the empty range z-a from its regular expression, which leaves
+# the '!' first and negates the set; the library keeps '!' a member (src/suppress.c, set_has).
+_EMPTY_FIRST_RANGE = re.compile(r'(?=\[([^!])-(.))')
+
+
+def random_suppression_cases(rng, n):
+    def derive(pat):
+        """A subject built to match pat more often than chance, then sometimes changed."""
+        out, i = [], 0
+        while i < len(pat):
+            ch = pat[i]
+            if ch == '*':
+                out += [rng.choice(SUBJECT_ALPHABET) for _ in range(rng.randint(0, 3))]
+            elif ch == '?':
+                out.append(rng.choice(SUBJECT_ALPHABET))
+            elif ch == '[' and ']' in pat[i + 2:]:
+                j = pat.index(']', i + 2)
+                members = [m for m in pat[i + 1:j] if m not in '!-'] or ['a']
+                out.append(rng.choice(members + ['-', '!']).encode())
+                i = j
+            else:
+                out.append(ch.encode())
+            i += 1
+        if out and rng.random() < 0.3:
+            k, op = rng.randrange(len(out)), rng.random()
+            if op < 0.33:
+                del out[k]
+            elif op < 0.66:
+                out.insert(k, rng.choice(SUBJECT_ALPHABET))
+            else:
+                out[k] = rng.choice(SUBJECT_ALPHABET)
+        return b''.join(out)
+
+    cases = []
+    while len(cases) < n:
+        pat = ''.join(rng.choice(PAT_ALPHABET) for _ in range(rng.randint(1, 8)))
+        if any(ord(m.group(1)) > ord(m.group(2)) for m in _EMPTY_FIRST_RANGE.finditer(pat)):
+            continue
+        if rng.random() < 0.6:
+            sub = derive(pat)
+        else:
+            sub = b''.join(rng.choice(SUBJECT_ALPHABET) for _ in range(rng.randint(0, 8)))
+        kind = rng.choice(['fun:', 'mod:', 'src:', ''])
+        if kind in ('mod:', 'src:') and rng.random() < 0.4:
+            sub = b''.join(rng.choice(SUBJECT_ALPHABET) for _ in range(rng.randint(0, 4))) + b'/' + sub
+        frame = {'mod:': (None, None, sub), 'src:': (None, sub, None)}.get(kind, (sub, None, None))
+        cases.append(((kind + pat + '\n').encode(), [frame]))
+    return cases
+
+
+@test
+def test_suppress_matcher_same_as_report_tool():
+    """src/suppress.c on its own (tests/progs/tsuppress.c, under ASan+UBSan when available): the
+    API's edge cases, then the same answers as closewait-report's Suppressions class for crafted
+    files (line ends, blanks, comments, prefixes, base names, sets, UTF-8) and for 3000 random
+    globs and names."""
+    import random
+    exe = build_unit('tsuppress')
+    out, _ = run_unit([exe, 'self'])
+    check(out.strip() == 'OK', 'tsuppress self: %s' % out.strip()[:500])
+    cases = list(SUPP_CASES) + random_suppression_cases(random.Random(20240601), 3000)
+    d = tempfile.mkdtemp(prefix='cwtest-')
+    try:
+        path = os.path.join(d, 'cases')
+        with open(path, 'w') as f:
+            for content, frames in cases:
+                spec = ';'.join(','.join('-' if x is None else x.hex() for x in fr) for fr in frames)
+                f.write('%s %s\n' % (content.hex(), spec))
+        out, _ = run_unit([exe, 'cases', path], timeout=180)
+        got = [tuple(int(x) for x in l.split()) for l in out.splitlines()]
+        check(len(got) == len(cases), 'tsuppress answered %d cases of %d' % (len(got), len(cases)))
+        scratch = os.path.join(d, 'scratch')
+        bad = []
+        for (content, frames), g in zip(cases, got):
+            want = expected_suppression(content, frames, scratch)
+            if g != want:
+                bad.append('%r %r: (rc, patterns, warnings, match) %s, the report tool says %s' % (
+                    content[:80], frames, g, want))
+        check(not bad, '%d of %d cases differ: %s' % (len(bad), len(cases), ' || '.join(bad[:5])))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test
+def test_suppress_file_bounds():
+    """The reader's bounds (tests/progs/tsuppress.c): only a regular file (a FIFO nobody writes to
+    does not block), the first 1 MiB (a line across the limit is not used), 4096 patterns, lines
+    of 512 bytes after trimming, no NUL; each excess is one warning line."""
+    exe = build_unit('tsuppress')
+    mib = 1 << 20
+    d = tempfile.mkdtemp(prefix='cwtest-')
+
+    def pad(data, size):
+        """data followed by comment lines up to exactly size bytes."""
+        out = bytearray(data)
+        while len(out) < size:
+            n = min(100, size - len(out))
+            out += (b'#' + b'x' * (n - 2) + b'\n') if n >= 2 else b'\n'
+        return bytes(out)
+
+    def load(path):
+        out, err = run_unit([exe, 'load', path], timeout=20)
+        m = re.match(r'rc=(-?\d+) count=(\d+) warnings=(\d+)$', out.strip())
+        check(m, 'tsuppress load %s: %r' % (path, out))
+        return tuple(int(x) for x in m.groups()), err
+
+    try:
+        fifo = os.path.join(d, 'fifo')
+        os.mkfifo(fifo)
+        link = os.path.join(d, 'link')
+        os.symlink(os.path.join(d, 'f0'), link)
+        files = [
+            # name, content, (rc, count, warnings), words the warning must hold
+            ('f0', b'', (0, 0, 0), None),
+            ('f1', pad(b'fun:a\n', mib), (0, 1, 0), None),
+            ('f2', pad(b'fun:early\n', mib - 5) + b'fun:straddle\nfun:late\n', (0, 1, 1), 'larger than 1 MiB'),
+            ('f3', b''.join(b'fun:f%d\n' % i for i in range(5000)), (0, 4096, 1), 'more than 4096'),
+            ('f4', b''.join(b'fun:f%d\n' % i for i in range(4096)) + b'# done\n\n', (0, 4096, 0), None),
+            ('f5', b'fun:' + b'a' * 508 + b'\n', (0, 1, 0), None),
+            ('f6', b'fun:' + b'a' * 509 + b'\n', (0, 0, 1), 'longer than 512'),
+            ('f7', b'  \t fun:' + b'a' * 508 + b' \t \n', (0, 1, 0), None),
+            ('f8', b'fun:a\x00b\nfun:c\n', (0, 1, 1), 'NUL'),
+            ('f9', b'x:1\ny:2\nz:3\nw:4\nv:5\nfun:ok\n', (0, 1, 4), 'unknown prefix'),
+        ]
+        for name, content, _, _ in files:
+            with open(os.path.join(d, name), 'wb') as f:
+                f.write(content)
+        checks = [(os.path.join(d, n), want, words) for n, _, want, words in files]
+        checks += [(link, (0, 0, 0), None),
+                   ('/dev/zero', (-1, 0, 1), 'not a regular file (a character device)'),
+                   ('/dev/null', (-1, 0, 1), 'not a regular file (a character device)'),
+                   (fifo, (-1, 0, 1), 'not a regular file (a FIFO)'),
+                   (d, (-1, 0, 1), 'not a regular file (a directory)'),
+                   (os.path.join(d, 'none'), (-1, 0, 1), 'cannot open (no such file)')]
+        for path, want, words in checks:
+            t0 = time.time()
+            got, err = load(path)
+            check(time.time() - t0 < 10, '%s: loading took %.1fs' % (path, time.time() - t0))
+            check(got == want, '%s: (rc, patterns, warnings) %s, wanted %s; stderr %r' % (
+                path, got, want, err[-300:]))
+            lines = err.splitlines()
+            check(len(lines) == want[2], '%s: %d stderr lines: %r' % (path, len(lines), err[-300:]))
+            for l in lines:
+                check(l.startswith('closewait: CLOSEWAIT_SUPPRESSIONS=%s: ' % path), 'warning %r' % l)
+            if words:
+                check(words in err, '%s: the warning does not say %r: %r' % (path, words, err[-300:]))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- main
