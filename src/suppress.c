@@ -155,7 +155,7 @@ static int set_has(const uint32_t *pat, size_t i, size_t j, uint32_t c)
             k++;
         }
     }
-    return hit;
+    return hit != neg;
 }
 
 static int glob_match(const uint32_t *pat, size_t plen, const char *subject)
