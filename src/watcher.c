@@ -583,6 +583,18 @@ static void sweep_leaks(int64_t now)
 
 /* ---- the scan ---------------------------------------------------------- */
 
+/* The watched process this one was forked from, or NULL. */
+static struct proc *parent_proc(void)
+{
+    int32_t parent = atomic_load(&P->area->parent);
+    if (parent <= 0 || parent > CW_MAX_AREAS) return NULL;
+    struct cw_area *pa = cw_area_at((unsigned)parent - 1);
+    for (size_t k = 0; k < nprocs; k++)
+        if (procs[k].area == pa && !procs[k].untrusted && procs[k].pid == atomic_load(&P->area->fork_parent_pid))
+            return &procs[k];
+    return NULL;
+}
+
 /* Is the socket still held by the process this one was forked from?  Then that one answers
  * for it: it knows where it came from. */
 static int parent_holds(uint64_t inode)
@@ -666,8 +678,10 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     }
     int inherited = atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
                     atomic_load_explicit(&P->area->fork_gen, memory_order_relaxed);
-    /* The process it was forked from answers for what it still holds itself. */
+    /* The process it was forked from answers for what it still holds itself, and, while it is
+     * there, reports what its child holds (it knows where it came from). */
     if (inherited && parent_holds(inode)) return;
+    struct proc *parent = inherited ? parent_proc() : NULL;
     /* The same life still, now that the kernel has been asked (the program may close it this
      * very moment). */
     if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return;
@@ -707,14 +721,22 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
         .spawn_kind = SPAWN_FORK,
     };
     if (o.open_ms > now || o.open_ms < 0) o.open_ms = now;
+    struct proc *holder = P;
+    if (parent != NULL) {
+        P = parent;
+        cw_set_current_area(parent->area);
+        o.spawn_kind = SPAWN_FORK;
+    }
     if (suppressed(o.open_stack)) {
         s->w_flags |= WF_SUPPRESSED;
         P->total_suppressed++;
-        return;
+    } else {
+        s->w_flags |= WF_REPORTED;
+        atomic_fetch_or_explicit(&s->flags, SF_REPORTED, memory_order_relaxed);
+        report_leak(&o, now);
     }
-    s->w_flags |= WF_REPORTED;
-    atomic_fetch_or_explicit(&s->flags, SF_REPORTED, memory_order_relaxed);
-    report_leak(&o, now);
+    P = holder;
+    cw_set_current_area(holder->area);
 }
 
 /* The pending sockets: established ones are not held; the others sit in CLOSE. */
@@ -834,6 +856,24 @@ static int fd_in_process(pid_t pid, uint64_t inode)
     return found;
 }
 
+/* Who holds the socket, when libc did not tell us whom it spawned (system, popen, a daemonizing
+ * grandchild): a walk of /proc, where /proc lets us look; 0 if none is found. */
+static pid_t find_holder(uint64_t inode, int *fd)
+{
+    DIR *d = opendir("/proc");
+    if (d == NULL) return 0;
+    pid_t holder = 0;
+    struct dirent *e;
+    while (holder == 0 && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        pid_t pid = (pid_t)atoi(e->d_name);
+        if (pid == getpid() || watched_pid(pid)) continue;
+        if ((*fd = fd_in_process(pid, inode)) >= 0) holder = pid;
+    }
+    closedir(d);
+    return holder;
+}
+
 static void check_crossed(int64_t now)
 {
     struct cw_area *a = P->area;
@@ -858,7 +898,9 @@ static void check_crossed(int64_t now)
             if (child > 0 && watched_pid(child)) continue;
             c->w_done = 1;
             if (reported_anywhere(c->inode)) continue;
-            int child_fd = child > 0 ? fd_in_process(child, c->inode) : -1;
+            int child_fd = -1;
+            pid_t holder = child > 0 ? child : find_holder(c->inode, &child_fd);
+            if (child > 0) child_fd = fd_in_process(child, c->inode);
             const struct cw_sock *ks = cw_dump_find(&dump, c->inode);
             char local[64] = "?", peer[64] = "?";
             if (ks != NULL) {
@@ -876,7 +918,7 @@ static void check_crossed(int64_t now)
                 .reason = R_INHERITED,
                 .local = local,
                 .peer = peer,
-                .holder = child > 0 ? child : -1,
+                .holder = holder > 0 ? holder : -1,
                 .spawn_stack = r->stack,
                 .spawn_kind = r->kind,
             };
