@@ -3,16 +3,19 @@
 
 Run by bench/run.sh, which builds the programs of bench/ into a temporary directory and passes:
     bench.py BIN_DIR LIBRARY WORK_DIR
-BIN_DIR holds micro, client, epoll_server, leaky_server, scale and idlethread.so; LIBRARY is a
+BIN_DIR holds micro, client, epoll_server, leaky_server, scale, forkloop and idlethread.so; LIBRARY is a
 copy of libclosewait.so taken at the start (so a rebuild during the run changes nothing).
 
 Every part prints its figures as it goes, and one table at the end.  Nothing here fails on a
 time: figures are printed, budgets are compared and said to be met or not.  A part whose tool is
 missing prints one "skipped" line.
 
-Environment: BENCH_QUICK=1 (short run), BENCH_ONLY=micro,fork,callgrind,macro,nginxcg,alt,scale (a
-subset), BENCH_OUT=FILE (also write the final table there).
+Environment: BENCH_QUICK=1 (short run), BENCH_ONLY=micro,fork,callgrind,macro,nginxcg,alt,scale,forks
+(a subset), BENCH_OUT=FILE (also write the final table there); for the forks part only:
+BENCH_FORKS=postgres,python,apache,forkloop (a subset of its workloads), BENCH_CGROUP=0 (count
+CPU from /proc instead of a cgroup, to try the fallback).
 """
+import glob
 import os
 import re
 import shutil
@@ -21,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -52,6 +56,12 @@ P = {
     "scale_sizes": [1000] if QUICK else [1000, 10000],    # and the most the limits allow
     "scale_window": 2 if QUICK else 10,        # seconds of watcher CPU measured
     "scale_leaks": 5,
+    # forks: fork-per-connection servers (PostgreSQL, Python's ForkingTCPServer, Apache prefork)
+    "forks_rounds": 3 if QUICK else 5,        # rounds per variant, alternating
+    "pg_seconds": 2 if QUICK else 5,          # pgbench -T
+    "py_conns": 500,                          # sequential connections to the forking echo server
+    "ab_requests": 2000,                      # ab -n, -c 4
+    "forkloop_n": 2000,                       # timed forks per process
 }
 
 ROWS = []  # (part, what, without, with, change, note)
@@ -872,6 +882,637 @@ def scale():
 
 
 # ---------------------------------------------------------------------------------------------
+# 5. forks: fork-per-connection servers, and the CPU time of every process they involve
+
+def cgroup2_root():
+    """Where cgroup v2 is mounted (/sys/fs/cgroup on a unified system, /sys/fs/cgroup/unified
+    on a hybrid one), or None."""
+    found = []
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                fl = line.split()
+                if len(fl) > 2 and fl[2] == "cgroup2":
+                    found.append(fl[1].replace("\\040", " "))
+    except OSError:
+        return None
+    if "/sys/fs/cgroup" in found:
+        return "/sys/fs/cgroup"
+    return found[0] if found else None
+
+
+def proc_stat_fields(pid):
+    with open("/proc/%s/stat" % pid) as f:
+        st = f.read()
+    return st[st.rindex(")") + 2:].split()
+
+
+class CpuMeter:
+    """CPU time of all the processes a server involves: its whole tree, the orphans it leaves
+    (the library's watcher processes are nobody's children), the library's own included.
+
+    The server's launcher is put into a cgroup v2 of its own (preexec), which every process
+    it forks, double-forks or orphans stays in; cpu.stat usage_usec before and after counts
+    them all, exited ones too.  Where no cgroup v2 is writable: /proc, the tree's
+    utime+stime+cutime+cstime at both ends, plus every process named closewait-watcher
+    sampled each 10 ms (the CPU after a watcher's last sample is missed)."""
+    HZ = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self):
+        self.cg, self.why = None, ""
+        root = cgroup2_root()
+        if root is None:
+            self.why = "no cgroup v2 mounted"
+        else:
+            path = os.path.join(root, "closewait-bench-%d" % os.getpid())
+            try:
+                os.makedirs(path, exist_ok=True)
+                with open(os.path.join(path, "cpu.stat")) as f:
+                    if "usage_usec" not in f.read():
+                        raise OSError("no usage_usec in cpu.stat")
+                self.cg = path
+            except OSError as e:
+                self.why = "%s not writable (%s)" % (path, e)
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+        if os.environ.get("BENCH_CGROUP", "1") == "0" and self.cg is not None:
+            self.close()
+            self.cg, self.why = None, "BENCH_CGROUP=0"
+        self.watchers, self.stop_ev, self.thread, self.baseline = {}, None, None, False
+        self.root, self.settled = None, True
+
+    def describe(self):
+        if self.cg:
+            return "cgroup v2 %s, cpu.stat usage_usec" % self.cg
+        return ("/proc sampling (%s): the server tree's utime+stime+cutime+cstime, closewait-watcher "
+                "processes sampled every 10 ms; short-lived watchers are undercounted" % self.why)
+
+    def preexec(self):
+        if self.cg is None:
+            return None
+        procs = os.path.join(self.cg, "cgroup.procs")
+
+        def enter():
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+        return enter
+
+    # -- cgroup
+    def _usage_us(self):
+        with open(os.path.join(self.cg, "cpu.stat")) as f:
+            for line in f:
+                k, v = line.split()
+                if k == "usage_usec":
+                    return int(v)
+        raise RuntimeError("no usage_usec")
+
+    def procs(self):
+        if self.cg is None:
+            return -1
+        with open(os.path.join(self.cg, "cgroup.procs")) as f:
+            return sum(1 for line in f if line.strip())
+
+    def settle(self, most, timeout=5.0):
+        """Wait until at most `most` processes are left in the cgroup (the connections' children
+        and their watchers have exited); True if they were."""
+        if self.cg is None:
+            return True
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.procs() <= most:
+                return True
+            time.sleep(0.02)
+        return False
+
+    # -- /proc
+    def _tree_ticks(self, root):
+        kids, vals = {}, {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                fl = proc_stat_fields(d)
+            except OSError:
+                continue
+            kids.setdefault(int(fl[1]), []).append(int(d))
+            vals[int(d)] = sum(int(x) for x in fl[11:15])
+        total, todo = 0, [root]
+        while todo:
+            p = todo.pop()
+            todo.extend(kids.get(p, []))
+            total += vals.get(p, 0)
+        return total
+
+    def _sample_watchers(self):
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    if not f.read().startswith(b"closewait-watcher"):
+                        continue
+                fl = proc_stat_fields(d)
+            except OSError:
+                continue
+            key = (int(d), int(fl[19]))
+            v = int(fl[11]) + int(fl[12])
+            if key in self.watchers:
+                base = self.watchers[key][0]
+            else:  # present at begin(): counted from there; started later: from 0
+                base = v if self.baseline else 0
+            self.watchers[key] = (base, v)
+
+    def _sampler(self):
+        while not self.stop_ev.wait(0.01):
+            self._sample_watchers()
+
+    # -- the interval
+    def begin(self, root=None):
+        """root: the server's pid, or None for a program started after begin() and waited
+        for before end() (its CPU then comes from this process's RUSAGE_CHILDREN)."""
+        self.root = root
+        if self.cg is not None:
+            self.n0 = self.procs()
+            self.u0 = self._usage_us()
+            return
+        import resource
+        import threading
+        self.watchers = {}
+        self.baseline = True
+        self._sample_watchers()
+        self.baseline = False
+        if root is None:
+            r = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self.t0 = r.ru_utime + r.ru_stime
+        else:
+            self.t0 = self._tree_ticks(root) / self.HZ
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self._sampler, daemon=True)
+        self.thread.start()
+
+    def end(self):
+        """Seconds of CPU since begin(), once the processes started meanwhile have gone."""
+        if self.cg is not None:
+            self.settled = self.settle(self.n0 if self.root is not None else 0)
+            return (self._usage_us() - self.u0) / 1e6
+        import resource
+        time.sleep(0.2)
+        self.stop_ev.set()
+        self.thread.join()
+        self._sample_watchers()
+        self.settled = True
+        if self.root is None:
+            r = resource.getrusage(resource.RUSAGE_CHILDREN)
+            tree = r.ru_utime + r.ru_stime - self.t0
+        else:
+            tree = self._tree_ticks(self.root) / self.HZ - self.t0
+        return tree + sum(v - base for base, v in self.watchers.values()) / self.HZ
+
+    def empty(self, timeout=10.0):
+        """After a server stopped: wait for every process of the cgroup to be gone; those left
+        (ours, all of them) are killed."""
+        if self.cg is None:
+            return
+        if not self.settle(0, timeout):
+            try:
+                with open(os.path.join(self.cg, "cgroup.kill"), "w") as f:
+                    f.write("1")
+            except OSError:
+                with open(os.path.join(self.cg, "cgroup.procs")) as f:
+                    for pid in f.read().split():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except OSError:
+                            pass
+            self.settle(0, 5.0)
+
+    def close(self):
+        if self.cg is None:
+            return
+        self.empty()
+        try:
+            os.rmdir(self.cg)
+        except OSError as e:
+            say("  could not remove %s: %s" % (self.cg, e))
+
+
+def forks_processes_created():
+    """Processes created on the whole machine since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("processes "):
+                return int(line.split()[1])
+    return 0
+
+
+def ensure_tool(test, pkgs):
+    """None when test() holds, after an apt-get install of pkgs if needed; else the reason."""
+    if test():
+        return None
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "not installed, and not root with apt-get to install %s" % " ".join(pkgs)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    say("  installing %s (apt-get install -y)" % " ".join(pkgs))
+    r = None
+    for update in (False, True):
+        if update:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=300)
+        r = subprocess.run(["apt-get", "install", "-y", "-qq"] + pkgs, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=600)
+        if r.returncode == 0:
+            break
+    if r.returncode != 0:
+        tail = [x for x in r.stdout.strip().splitlines() if x.strip()][-1:] or ["no output"]
+        return "apt-get install -y %s failed (exit %d): %s" % (" ".join(pkgs), r.returncode, tail[0][:200])
+    return None if test() else "%s installed, but still not found" % " ".join(pkgs)
+
+
+def pg_bindir():
+    def version(p):
+        try:
+            return float(p.split("/")[-3])
+        except ValueError:
+            return 0.0
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=version)
+    return os.path.dirname(found[-1]) if found else None
+
+
+def as_user(user):
+    if shutil.which("setpriv"):
+        return ["setpriv", "--reuid=" + user, "--regid=" + user, "--init-groups", "--"]
+    return ["runuser", "-u", user, "--"]
+
+
+def forks_ratio(label, unit, res, budget_rate, budget_cpu_text, cpu_unit):
+    """res[w] = list of (rate, cpu_us_per_unit, procs_per_unit, note); prints and records the
+    median of the per-pair ratios for the rate and for the CPU per unit."""
+    rates = {w: [x[0] for x in res[w]] for w in res}
+    cpus = {w: [x[1] for x in res[w]] for w in res}
+    procs = {w: [x[2] for x in res[w]] for w in res}
+    rr = [b / a for a, b in zip(rates[False], rates[True])]
+    cr = [b / a for a, b in zip(cpus[False], cpus[True])]
+    r_med, c_med = med(rr), med(cr)
+    rate_budget = ""
+    if budget_rate is not None:
+        rate_budget = "; budget >= %.2fx: %s" % (budget_rate, "within" if r_med >= budget_rate else "OVER")
+    cpu_verdict = "within" if c_med <= 1.03 else "OVER"
+    say("  %-40s %s without %9.1f  with %9.1f  ratio %.3f (pairs %.3f-%.3f)%s"
+        % (label, unit, med(rates[False]), med(rates[True]), r_med, min(rr), max(rr), rate_budget))
+    say("  %-40s all processes' CPU, us/%s: without %8.1f  with %8.1f  ratio %.3f (pairs %.3f-%.3f); "
+        "%s: %s" % ("", cpu_unit, med(cpus[False]), med(cpus[True]), c_med, min(cr), max(cr),
+                    budget_cpu_text, cpu_verdict))
+    say("  %-40s processes created per %s (whole machine): without %.2f  with %.2f"
+        % ("", cpu_unit, med(procs[False]), med(procs[True])))
+    row("forks", "%s (%s)" % (label, unit), "%.1f" % med(rates[False]), "%.1f" % med(rates[True]),
+        "x%.3f" % r_med, "%d pairs, spread %.3f-%.3f%s" % (len(rr), min(rr), max(rr), rate_budget))
+    row("forks", "%s (CPU us/%s, all processes)" % (label, cpu_unit), "%.1f" % med(cpus[False]),
+        "%.1f" % med(cpus[True]), "x%.3f" % c_med,
+        "%d pairs, spread %.3f-%.3f; %s: %s; processes per %s %.2f / %.2f"
+        % (len(cr), min(cr), max(cr), budget_cpu_text, cpu_verdict, cpu_unit, med(procs[False]),
+           med(procs[True])))
+
+
+def start_server(meter, cmd, env, log, **kw):
+    out = open(log, "ab")
+    try:
+        # A session of its own: Apache's parent, shutting down, sends SIGTERM to its whole
+        # process group, which must not be ours.
+        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=meter.preexec(), start_new_session=True, **kw)
+    finally:
+        out.close()
+
+
+def end_server(meter, p, sig=signal.SIGTERM, timeout=30.0):
+    if p.poll() is None:
+        try:
+            p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    meter.empty()
+
+
+def measure_load(meter, root, load, units_of):
+    """load() -> its result; returns (result, CPU us per unit, processes created per unit)."""
+    n0 = forks_processes_created()
+    meter.begin(root)
+    got = load()
+    cpu = meter.end()
+    created = forks_processes_created() - n0
+    units = max(units_of(got), 1)
+    return got, cpu * 1e6 / units, created / units
+
+
+def forks():
+    rounds = P["forks_rounds"]
+    meter = CpuMeter()
+    say("\n== 5. forks: fork-per-connection servers; %d rounds each way, alternating (ABBA), a new "
+        "server each round; ratio = median of the per-pair ratios, with/without; server on CPU 0, "
+        "load on CPU 1; load average now %.2f %.2f %.2f"
+        % ((rounds,) + os.getloadavg()))
+    say("  CPU of every process involved (server tree, orphans, closewait-watcher): " + meter.describe())
+    # run.sh's trap ends us with SIGTERM on ^C: the servers, the cgroup and the directory go too
+    old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    d = tempfile.mkdtemp(prefix="closewait-bench-forks.", dir="/tmp")
+    os.chmod(d, 0o755)  # the servers' users (postgres, www-data) read the library and the files
+    lib = os.path.join(d, "libclosewait.so")
+    shutil.copy(LIB, lib)
+    os.chmod(lib, 0o755)
+    try:
+        only = set(filter(None, os.environ.get("BENCH_FORKS", "").split(",")))
+        for name, fn in (("postgres", forks_postgres), ("python", forks_python), ("apache", forks_apache),
+                         ("forkloop", forks_forkloop)):
+            if only and name not in only:
+                continue
+            t0 = time.monotonic()
+            try:
+                fn(meter, d, lib, rounds)
+            except Exception as e:  # one workload that cannot run says so; the others go on
+                say("  %s: SKIP after an error: %s" % (name, e))
+                row("forks", name + " (not measured)", "-", "-", "-", str(e)[:160])
+            say("  (%s took %.0f s; load average %.2f)" % (name, time.monotonic() - t0, os.getloadavg()[0]))
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        meter.close()
+        if os.environ.get("BENCH_KEEP", "0") == "1":
+            say("  forks: directory %s kept" % d)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def forks_postgres(meter, d, lib, rounds):
+    secs = P["pg_seconds"]
+    why = ensure_tool(lambda: pg_bindir() is not None and os.path.exists(os.path.join(pg_bindir(), "pgbench")),
+                      ["postgresql"])
+    if why is None:
+        try:
+            import pwd
+            pwd.getpwnam("postgres")
+        except KeyError:
+            why = "no postgres user"
+    if why is None and os.geteuid() != 0:
+        why = "not root: cannot run the server as the postgres user"
+    if why is not None:
+        say("  postgres: SKIP: " + why)
+        row("forks", "PostgreSQL pgbench (skipped)", "-", "-", "-", why)
+        return
+    bindir = pg_bindir()
+    import pwd
+    pw = pwd.getpwnam("postgres")
+    pg = os.path.join(d, "pg")
+    os.mkdir(pg)
+    os.chown(pg, pw.pw_uid, pw.pw_gid)
+    data = os.path.join(pg, "data")
+    log = os.path.join(pg, "server.log")
+    as_pg = as_user("postgres")
+    run(as_pg + [os.path.join(bindir, "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync",
+                 "--no-locale", "-E", "UTF8"], env=env_with(None), timeout=180)
+    port = free_port()
+    server = on_cpu(0) + as_pg + [os.path.join(bindir, "postgres"), "-D", data, "-h", "127.0.0.1",
+                                  "-p", str(port), "-k", pg, "-c", "autovacuum=off", "-c", "fsync=off",
+                                  "-c", "max_connections=50"]
+    conn = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    pgbench = os.path.join(bindir, "pgbench")
+    say("  postgres %s: %s" % (os.path.basename(os.path.dirname(bindir)), " ".join(server)))
+
+    def ready(p):
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            if p.poll() is not None:
+                raise RuntimeError("postgres exited %d; see %s" % (p.returncode, log))
+            r = subprocess.run([os.path.join(bindir, "pg_isready"), "-q", "-t", "1"] + conn[:4],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("postgres not ready; see " + log)
+
+    def bench(args, seconds):
+        out = run(on_cpu(1) + [pgbench] + conn + ["-S", "-c", "4", "-j", "2", "-T", str(seconds)] + args +
+                  ["postgres"], env=env_with(None), timeout=seconds + 120).stdout
+        tps = re.search(r"^tps = ([\d.]+)", out, re.M)
+        n = re.search(r"number of transactions actually processed: (\d+)", out)
+        failed = re.search(r"number of failed transactions: (\d+)", out)
+        if tps is None or n is None:
+            raise RuntimeError("pgbench printed no tps: " + out[-400:])
+        if failed and int(failed.group(1)) > 0:
+            raise RuntimeError("pgbench: %s failed transactions" % failed.group(1))
+        return float(tps.group(1)), int(n.group(1))
+
+    first = [True]
+    got = {"C": {False: [], True: []}, "P": {False: [], True: []}}
+
+    def once(w):
+        p = start_server(meter, server, env_with(lib if w else None), log)
+        try:
+            ready(p)
+            if first[0]:
+                first[0] = False
+                run([pgbench] + conn + ["-i", "-q", "-s", "1", "postgres"], env=env_with(None), timeout=300)
+            if not QUICK:
+                bench(["-C"], 1)  # warm-up, not counted
+            for key, args in (("C", ["-C"]), ("P", [])):
+                (tps, n), cpu, procs = measure_load(meter, p.pid, lambda: bench(args, secs), lambda g: g[1])
+                got[key][w].append((tps, cpu, procs, ""))
+                if not meter.settled:
+                    say("    (round %s %s: processes still in the cgroup 5 s after the load)"
+                        % ("with" if w else "without", key))
+        finally:
+            end_server(meter, p, signal.SIGINT)
+        return None
+    alternate(rounds, once)
+    forks_ratio("PostgreSQL pgbench -S -C (new connection)", "tps", got["C"], 0.97, "reference <= 1.03x", "transaction")
+    forks_ratio("PostgreSQL pgbench -S (persistent)", "tps", got["P"], 0.98, "reference <= 1.03x", "transaction")
+    library_said(log)
+
+
+def library_said(log):
+    """The library's own lines in a server's log (a fallback to thread mode, say)."""
+    try:
+        with open(log, errors="replace") as f:
+            lines = [x.strip() for x in f if "closewait:" in x]
+    except OSError:
+        return
+    if lines:
+        say("    the library said (%d lines), first: %s" % (len(lines), lines[0][:200]))
+
+
+def forks_python(meter, d, lib, rounds):
+    conns = P["py_conns"]
+    client = os.path.join(BIN, "client")
+    script = os.path.join(HERE, "forking_echo.py")
+    log = os.path.join(d, "python.log")
+    say("  python socketserver.ForkingTCPServer (bench/forking_echo.py): client line PORT %d, "
+        "sequential connections, one line each" % conns)
+    res = {False: [], True: []}
+
+    def once(w):
+        portfile = os.path.join(d, "py.port")
+        if os.path.exists(portfile):
+            os.unlink(portfile)
+        p = start_server(meter, on_cpu(0) + [sys.executable, script, portfile], env_with(lib if w else None), log)
+        try:
+            if not wait_file(portfile, 30, p):
+                raise RuntimeError("forking_echo.py did not start; see " + log)
+            port = open(portfile).read().strip()
+            run(on_cpu(1) + [client, "line", port, "20"], timeout=60)  # warm-up, not counted
+
+            def load():
+                out = run(on_cpu(1) + [client, "line", port, str(conns)], timeout=300).stdout
+                return float(out.split()[1])
+            wall, cpu, procs = measure_load(meter, p.pid, load, lambda g: conns)
+            res[w].append((conns / wall, cpu, procs, ""))
+        finally:
+            end_server(meter, p)
+        return None
+    alternate(rounds, once)
+    forks_ratio("Python ForkingTCPServer, %d connections" % conns, "conn/s", res, 0.97, "reference <= 1.03x",
+                "connection")
+    library_said(log)
+
+
+APACHE_CONF = """ServerRoot "{dir}"
+LoadModule mpm_prefork_module {mods}/mod_mpm_prefork.so
+LoadModule authz_core_module {mods}/mod_authz_core.so
+Listen 127.0.0.1:{port}
+ServerName 127.0.0.1
+PidFile {dir}/httpd.pid
+ErrorLog {dir}/error.log
+LogLevel warn
+DefaultRuntimeDir {dir}
+Mutex file:{dir} default
+User {user}
+Group {group}
+DocumentRoot {dir}/www
+<Directory {dir}/www>
+    Require all granted
+</Directory>
+KeepAlive Off
+StartServers 5
+MinSpareServers 5
+MaxSpareServers 10
+MaxRequestWorkers 150
+MaxConnectionsPerChild 0
+"""
+
+
+def forks_apache(meter, d, lib, rounds):
+    nreq = P["ab_requests"]
+    why = ensure_tool(lambda: shutil.which("apache2") is not None and shutil.which("ab") is not None and
+                      os.path.exists("/usr/lib/apache2/modules/mod_mpm_prefork.so"), ["apache2", "apache2-utils"])
+    if why is None and os.geteuid() != 0:
+        why = "not root: apache2 switches to its User"
+    if why is not None:
+        say("  apache: SKIP: " + why)
+        row("forks", "Apache prefork (skipped)", "-", "-", "-", why)
+        return
+    import grp
+    import pwd
+    user, group = "www-data", "www-data"
+    try:
+        pwd.getpwnam(user)
+        grp.getgrnam(group)
+    except KeyError:
+        user, group = "nobody", "nogroup"
+    ad = os.path.join(d, "apache")
+    os.makedirs(os.path.join(ad, "www"))
+    with open(os.path.join(ad, "www", "f512"), "wb") as f:
+        f.write(bytes((65 + i % 26) for i in range(512)))
+    os.chmod(ad, 0o755)
+    port = free_port()
+    conf = os.path.join(ad, "httpd.conf")
+    with open(conf, "w") as f:
+        f.write(APACHE_CONF.format(dir=ad, mods="/usr/lib/apache2/modules", port=port, user=user, group=group))
+    cmd = on_cpu(0) + [shutil.which("apache2"), "-d", ad, "-f", conf, "-DFOREGROUND"]
+    url = "http://127.0.0.1:%d/f512" % port
+    say("  apache prefork (StartServers 5, children kept): %s; ab -n %d -c 4 %s (a new connection "
+        "per request)" % (" ".join(cmd), nreq, url))
+    log = os.path.join(ad, "stderr.log")
+    res = {False: [], True: []}
+
+    def ab(n):
+        out = run(on_cpu(1) + ["ab", "-q", "-n", str(n), "-c", "4", url], timeout=300).stdout
+        rps = re.search(r"Requests per second:\s+([\d.]+)", out)
+        done = re.search(r"Complete requests:\s+(\d+)", out)
+        failed = re.search(r"Failed requests:\s+(\d+)", out)
+        non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+        if rps is None or done is None:
+            raise RuntimeError("ab printed no rate: " + out[-400:])
+        if (failed and int(failed.group(1))) or non2xx:
+            raise RuntimeError("ab: failed requests: " + out[-400:])
+        return float(rps.group(1)), int(done.group(1))
+
+    def once(w):
+        p = start_server(meter, cmd, env_with(lib if w else None), log)
+        try:
+            if not wait_port(port, 30, p):
+                raise RuntimeError("apache2 did not start; see %s/error.log" % ad)
+            ab(200)  # warm-up, not counted
+            (rps, n), cpu, procs = measure_load(meter, p.pid, lambda: ab(nreq), lambda g: g[1])
+            res[w].append((rps, cpu, procs, ""))
+        finally:
+            end_server(meter, p)
+        return None
+    alternate(rounds, once)
+    forks_ratio("Apache prefork, ab -c 4, new conn/request", "req/s", res, None,
+                "reference <= 1.03x", "request")
+    library_said(os.path.join(ad, "error.log"))
+
+
+def forks_forkloop(meter, d, lib, rounds):
+    n = P["forkloop_n"]
+    exe = os.path.join(BIN, "forkloop")
+    say("  fork cost: forkloop %d (one listener, 10 accepted connections held; fork + _exit(0) + waitpid)" % n)
+    res = {False: [], True: []}
+
+    def once(w):
+        def load():
+            p = subprocess.Popen(on_cpu(0) + [exe, str(n)], env=env_with(lib if w else None),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=meter.preexec())
+            out, err = p.communicate(timeout=300)
+            if p.returncode != 0:
+                raise RuntimeError("forkloop: exit %d: %s" % (p.returncode, err.strip()[-300:]))
+            f = out.split()
+            return float(f[1]), float(f[2])
+        (mean, median), cpu, procs = measure_load(meter, None, load, lambda g: n)
+        meter.empty()
+        res[w].append((mean, median, cpu, procs))
+        return None
+    alternate(rounds, once)
+    mean = {w: med([x[0] for x in res[w]]) for w in res}
+    median = {w: med([x[1] for x in res[w]]) for w in res}
+    cpu = {w: med([x[2] for x in res[w]]) for w in res}
+    procs = {w: med([x[3] for x in res[w]]) for w in res}
+    added = [b[0] - a[0] for a, b in zip(res[False], res[True])]
+    ratio = [b[0] / a[0] for a, b in zip(res[False], res[True])]
+    cr = [b[2] / a[2] for a, b in zip(res[False], res[True])]
+    verdict = "within" if med(added) <= 30.0 else "OVER"
+    say("  %-40s us/fork (mean of %d) without %7.1f  with %7.1f  added %+.1f us (pairs %+.1f..%+.1f), "
+        "ratio %.2f; budget at most +30 us: %s"
+        % ("fork()+_exit+waitpid", n, mean[False], mean[True], med(added), min(added), max(added),
+           med(ratio), verdict))
+    say("  %-40s single forks' median: without %.1f  with %.1f us" % ("", median[False], median[True]))
+    say("  %-40s all processes' CPU, us/fork: without %.1f  with %.1f  ratio %.3f (pairs %.3f-%.3f); "
+        "processes created per fork (whole machine) %.2f / %.2f"
+        % ("", cpu[False], cpu[True], med(cr), min(cr), max(cr), procs[False], procs[True]))
+    row("forks", "fork()+_exit+waitpid, 10 conns held (us/fork)", "%.1f" % mean[False], "%.1f" % mean[True],
+        "%+.1f us (x%.2f)" % (med(added), med(ratio)),
+        "%d pairs; budget +30 us: %s; single forks' median %.1f / %.1f" % (len(added), verdict, median[False],
+                                                                          median[True]))
+    row("forks", "fork()+_exit+waitpid (CPU us/fork, all processes)", "%.1f" % cpu[False], "%.1f" % cpu[True],
+        "x%.3f" % med(cr), "processes per fork %.2f / %.2f" % (procs[False], procs[True]))
+
+
+# ---------------------------------------------------------------------------------------------
 
 def table():
     head = ("part", "what", "without", "with closewait", "change", "notes")
@@ -890,7 +1531,7 @@ def main():
     say("closewait benchmarks%s: %s cores, kernel %s, %s" % (
         " (BENCH_QUICK)" if QUICK else "", os.cpu_count(), os.uname().release, cpu_model()))
     parts = [("micro", micro), ("fork", fork_cost), ("callgrind", micro_callgrind), ("macro", macro),
-             ("nginxcg", nginx_callgrind), ("alt", alternatives), ("scale", scale)]
+             ("nginxcg", nginx_callgrind), ("alt", alternatives), ("scale", scale), ("forks", forks)]
     for name, fn in parts:
         if not want(name):
             continue

@@ -7,6 +7,10 @@
  *   client echo PORT CONNECTIONS MESSAGES
  *       CONNECTIONS sequential connections; on each, MESSAGES round trips of 64 bytes, then
  *       close().
+ *   client line PORT CONNECTIONS
+ *       CONNECTIONS sequential connections; on each, one line of 64 bytes ("...\n") sent and
+ *       the same line read back, then close() (the fork-per-connection echo server of
+ *       bench/forking_echo.py).
  * Prints "elapsed_s X" (from the first connect to the last close) and exits 0 if every reply
  * came back whole.
  */
@@ -129,10 +133,45 @@ static void run_echo(long conns, long messages)
     }
 }
 
+static void run_line(long conns)
+{
+    char msg[64], back[64];
+    memset(msg, 'l', sizeof msg);
+    msg[sizeof msg - 1] = '\n';
+    for (long c = 0; c < conns; c++) {
+        int fd = dial();
+        send_all(fd, msg, sizeof msg);
+        size_t got = 0;
+        while (got < sizeof back) {
+            ssize_t r = read(fd, back + got, sizeof back - got);
+            if (r <= 0) {
+                fprintf(stderr, "client: line cut short\n");
+                exit(1);
+            }
+            got += (size_t)r;
+        }
+        if (memcmp(msg, back, sizeof msg) != 0) {
+            fprintf(stderr, "client: line came back different\n");
+            exit(1);
+        }
+        close(fd);
+    }
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "line") == 0) {
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        addr.sin_port = htons((unsigned short)atoi(argv[2]));
+        double t0 = now_s();
+        run_line(atol(argv[3]));
+        printf("elapsed_s %.6f\n", now_s() - t0);
+        return 0;
+    }
     if (argc < 6) {
-        fprintf(stderr, "usage: client http PORT PATH REQUESTS ka|close | client echo PORT CONNS MSGS x\n");
+        fprintf(stderr, "usage: client http PORT PATH REQUESTS ka|close | client echo PORT CONNS MSGS x | "
+                        "client line PORT CONNS\n");
         return 2;
     }
     addr.sin_family = AF_INET;

@@ -1,7 +1,8 @@
 #!/bin/sh
 # make bench: closewait's benchmark suite; see BENCHMARKS.md for what it measures and the figures.
 #   BENCH_QUICK=1   short run (under 2 minutes)
-#   BENCH_ONLY=micro,fork,callgrind,macro,nginxcg,alt,scale   only those parts
+#   BENCH_ONLY=micro,fork,callgrind,macro,nginxcg,alt,scale,forks   only those parts
+#                   (forks installs postgresql, apache2 and apache2-utils itself when root)
 #   BENCH_OUT=FILE  also write the final table to FILE
 #   BENCH_KEEP=1    keep the work directory (callgrind outputs, logs) and say where it is
 # Installs the tools it lacks when root (apt-get); a part whose tool is still missing is skipped
@@ -46,7 +47,7 @@ fi
 mkdir -p "$work/bin"
 CC=${CC:-cc}
 flags="-O2 -g -fno-omit-frame-pointer -Wall -Wextra"
-for p in micro client epoll_server scale; do
+for p in micro client epoll_server scale forkloop; do
   # shellcheck disable=SC2086
   $CC $flags -o "$work/bin/$p" "$here/bench/$p.c" || { echo "bench: cannot build $p"; exit 1; }
 done
