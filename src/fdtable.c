@@ -51,7 +51,12 @@ struct cw_slot *cw_slot_get(int fd)
 void cw_table_repoint(void)
 {
     struct cw_area *me = cw_me;
-    for (unsigned c = 0; c < CW_MAX_CHUNKS; c++)
+    /* Only below the highest descriptor: above it no chunk was ever given (and writing the whole
+     * array would copy eight pages of it in a forked child). */
+    int high = me != NULL ? atomic_load(&me->fd_high) : CW_MAX_CHUNKS * CW_CHUNK_SLOTS;
+    unsigned chunks = high <= 0 ? 0 : (unsigned)(high - 1) / CW_CHUNK_SLOTS + 1;
+    if (chunks > CW_MAX_CHUNKS) chunks = CW_MAX_CHUNKS;
+    for (unsigned c = 0; c < chunks; c++)
         atomic_store(&cw_chunks[c], me != NULL ? cw_pool_slots(atomic_load(&me->chunk[c])) : NULL);
 }
 

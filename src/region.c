@@ -120,19 +120,27 @@ uint32_t cw_pool_take(void)
 {
     struct cw_shared *sh = cw_sh;
     if (sh == NULL) return 0;
-    uint32_t c = bit_take(sh->chunk_map, CW_POOL_CHUNKS / 64);
-    if (c == 0) return 0;
-    /* Fresh: a chunk given back by a process that is gone still holds its records. */
+    /* Empty: a chunk given back was emptied then (pool_give_used). */
+    return bit_take(sh->chunk_map, CW_POOL_CHUNKS / 64);
+}
+
+_Static_assert(CHUNK_SLOT_BYTES % PAGE == 0 && CHUNK_PEER_BYTES % PAGE == 0, "chunks are whole pages");
+
+/* used: how many of its slots were ever written (from the start).  Zeroed here, so that the next
+ * taker starts empty without touching it. */
+static void pool_give_used(uint32_t c, size_t used)
+{
     struct cw_slot *s = cw_pool_slots(c);
-    struct cw_peer *p = cw_pool_peers(c);
-    if (s != NULL) memset(s, 0, CHUNK_SLOT_BYTES);
-    if (p != NULL) memset(p, 0, CHUNK_PEER_BYTES);
-    return c;
+    if (s == NULL) return;
+    if (used > CW_CHUNK_SLOTS) used = CW_CHUNK_SLOTS;
+    memset(s, 0, used * sizeof(struct cw_slot));
+    memset(cw_pool_peers(c), 0, used * sizeof(struct cw_peer));
+    bit_give(cw_sh->chunk_map, CW_POOL_CHUNKS / 64, c);
 }
 
 void cw_pool_give(uint32_t c)
 {
-    if (cw_sh != NULL) bit_give(cw_sh->chunk_map, CW_POOL_CHUNKS / 64, c);
+    pool_give_used(c, CW_CHUNK_SLOTS);
 }
 
 static struct cw_area *area_take(void)
@@ -140,9 +148,9 @@ static struct cw_area *area_take(void)
     uint32_t n = bit_take(cw_sh->area_map, CW_MAX_AREAS / 64);
     if (n == 0) return NULL;
     struct cw_area *a = cw_area_at(n - 1);
-    /* The fields, not the big arrays: those are written before they are read. */
+    /* The fields, not the big arrays: those are written before they are read, and the chunk
+     * index was emptied when the area was given back. */
     memset(a, 0, offsetof(struct cw_area, modules));
-    memset(a->chunk, 0, sizeof a->chunk);
     for (int i = 0; i < CW_MAX_SPAWNS; i++) {
         atomic_store(&a->spawns[i].state, 0);
         a->spawns[i].nsocks = 0;
@@ -155,9 +163,14 @@ void cw_area_release(struct cw_area *a)
 {
     int i = cw_area_index(a);
     if (i < 0 || i >= CW_MAX_AREAS) return;
-    for (unsigned c = 0; c < CW_MAX_CHUNKS; c++) {
+    /* Chunks are given only below the highest descriptor (a lie there costs the liar's own
+     * chunks, never another's). */
+    int high = atomic_load(&a->fd_high);
+    unsigned chunks = high <= 0 ? 0 : (unsigned)(high - 1) / CW_CHUNK_SLOTS + 1;
+    if (chunks > CW_MAX_CHUNKS) chunks = CW_MAX_CHUNKS;
+    for (unsigned c = 0; c < chunks; c++) {
         uint32_t k = atomic_exchange(&a->chunk[c], 0);
-        if (k != 0) cw_pool_give(k);
+        if (k != 0) pool_give_used(k, c + 1 < chunks ? CW_CHUNK_SLOTS : (size_t)high - (size_t)c * CW_CHUNK_SLOTS);
     }
     atomic_store(&a->state, AREA_FREE);
     bit_give(cw_sh->area_map, CW_MAX_AREAS / 64, (uint32_t)i + 1);

@@ -1376,6 +1376,7 @@ static int process_wanted = 1;
  * never gets a watcher: it starts with the first one, in the hook that makes it. */
 static _Atomic int watcher_pending;
 static int replaced_said;
+static int started_watcher; /* this process started the tree's watcher */
 
 /* An orphan is re-parented to the nearest subreaper or to the namespace's init: if that is the
  * program itself, a watcher process would become its child after all (seen by its wait()). */
@@ -1395,7 +1396,10 @@ static void start_watching(int wait)
             atomic_store(&watcher_pending, 1);
             return;
         }
-        if (cw_helper_spawn(wait) == 0) return;
+        if (cw_helper_spawn(wait) == 0) {
+            started_watcher = 1;
+            return;
+        }
         if (cw_sh != NULL && wait)
             cw_warn("the watcher process could not start (", cw_sh->watcher_error, "); watching from a thread");
     }
@@ -1589,7 +1593,10 @@ void cw_watcher_at_exit(void)
     }
     if (!asked) {
         atomic_store(&me->state, AREA_EXITED);
-        cw_doorbell();
+        /* The process that started the watcher holds the stderr it was handed, most likely: let
+         * it go now, not at the next look (a caller may be waiting for that pipe to close).  A
+         * fork-per-connection server's children do not ring for each exit. */
+        if (started_watcher) cw_doorbell();
     }
     long open = (long)atomic_load(&me->open_now);
     if (open > 0 && cw_cfg.exitcode >= 0) {
@@ -1600,8 +1607,27 @@ void cw_watcher_at_exit(void)
 
 /* ---- the watcher process's side --------------------------------------------- */
 
+/* A watcher that takes over from a dead one reports again what is held: its findings died
+ * with it. */
+static void forget_previous_watcher(void)
+{
+    for (unsigned i = 0; i < CW_MAX_AREAS; i++) {
+        if (!(atomic_load(&cw_sh->area_map[i / 64]) & (1ull << (i % 64)))) continue;
+        struct cw_area *a = cw_area_at(i);
+        atomic_store(&a->open_now, 0);
+        atomic_store(&a->reported, 0);
+        int limit = plimit(a);
+        for (int c = 0; c * CW_CHUNK_SLOTS < limit; c++) {
+            struct cw_slot *chunk = cw_pool_slots(atomic_load(&a->chunk[c]));
+            if (chunk == NULL) continue;
+            for (int k = 0; k < CW_CHUNK_SLOTS; k++) chunk[k].w_seq = 0;
+        }
+    }
+}
+
 void cw_watcher_helper_run(void)
 {
+    forget_previous_watcher();
     load_suppressions();
     /* A relative suppressions path is read: from now on no directory is held busy (an unmount
      * of the program's working directory must not find the watcher in it). */
