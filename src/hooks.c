@@ -314,6 +314,17 @@ ssize_t write(int fd, const void *buf, size_t n)
 
 /* ---- reads: only a return of 0 for a non-empty buffer is worth a look -- */
 
+static void keep_ends(int fd, uint32_t seq)
+{
+    struct cw_peer *p = cw_peer_slot(fd);
+    if (p == NULL) return;
+    struct cw_peer cur;
+    cw_peer_load(p, &cur);
+    if (cur.seq == seq && cur.family != 0) return;
+    struct cw_peer fresh = {.seq = seq};
+    if (cw_kernel_peer(fd, &fresh) == 0) cw_peer_store(p, &fresh);
+}
+
 static void on_eof(int fd, int op)
 {
     if (ON_WATCHER_TABLE()) return;
@@ -324,6 +335,9 @@ static void on_eof(int fd, int op)
     if (atomic_load_explicit(&s->flags, memory_order_relaxed) & SF_EOF) return;
     int saved = errno;
     uint32_t stack = cw_in_lib ? 0 : cw_stack_capture();
+    /* Both ends now, while the kernel still has them: a write to the half-closed peer can reset
+     * the connection into CLOSE, where no dump lists it and getpeername() fails. */
+    keep_ends(fd, seq);
     atomic_store_explicit(&s->eof_stack, stack, memory_order_relaxed);
     atomic_store_explicit(&s->eof_by, (uint8_t)op, memory_order_relaxed);
     atomic_store_explicit(&s->eof_ms, cw_now_ms(), memory_order_relaxed);
@@ -435,15 +449,9 @@ int shutdown(int fd, int how)
     uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_relaxed) : 0;
     int tracked = s != NULL && SEQ_KIND(seq) == KIND_TCP && (how == SHUT_WR || how == SHUT_RDWR);
     if (tracked) {
-        /* Once both sides have closed, getpeername() fails: keep the peer's address now. */
+        /* Once both sides have closed, getpeername() fails: keep the ends now. */
         int saved = errno;
-        struct cw_peer *p = cw_peer_slot(fd);
-        struct cw_peer cur;
-        if (p != NULL) cw_peer_load(p, &cur);
-        if (p != NULL && (cur.seq != seq || cur.family == 0)) {
-            struct cw_peer tmp = {.seq = seq};
-            if (cw_kernel_peer(fd, &tmp) == 0) cw_peer_store(p, &tmp);
-        }
+        keep_ends(fd, seq);
         errno = saved;
     }
     int r = real_shutdown(fd, how);
