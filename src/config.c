@@ -1,7 +1,13 @@
 /* Options: CLOSEWAIT_* environment variables, read once, each bounded, one warning per bad value. */
+#define _GNU_SOURCE
 #include "closewait.h"
 
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -35,8 +41,34 @@ void cw_warn(const char *a, const char *b, const char *c)
         memcpy(line + n, p, len);
         n += len;
     }
-    ssize_t w = write(2, line, n);
+    /* Never the program's time: a full pipe or a terminal nobody reads loses the line, a pipe
+     * whose reader is gone raises no SIGPIPE in the program. */
+    int fd = 2;
+    struct stat st;
+    if (fstat(fd, &st) != 0) return;
+    if (S_ISSOCK(st.st_mode)) {
+        ssize_t w = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)w;
+        return;
+    }
+    if (S_ISFIFO(st.st_mode)) {
+        int size = fcntl(fd, F_GETPIPE_SZ), queued = 0;
+        if (size <= 0 || ioctl(fd, FIONREAD, &queued) != 0 || size - queued < (int)n) return;
+    }
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    sigpending(&pending);
+    int was_pending = sigismember(&pending, SIGPIPE);
+    ssize_t w = write(fd, line, n);
     (void)w;
+    sigpending(&pending);
+    if (!was_pending && sigismember(&pending, SIGPIPE)) {
+        struct timespec zero = {0, 0};
+        sigtimedwait(&pipe_set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 /* Decimal integer within [lo, hi]; 0 on success. */

@@ -104,6 +104,9 @@ struct proc {
 static struct proc *procs;
 static size_t nprocs, procs_cap;
 static struct proc *P; /* the process being looked at */
+/* A watcher that takes over (from a dead or stopped one) counts what that one reported and is
+ * still held, without writing it again. */
+static int adopting, silent;
 
 static pthread_mutex_t tick_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic int running;        /* thread mode: the thread runs */
@@ -438,6 +441,7 @@ static void report_leak(const struct observed *o, int64_t now)
     P->total_reported++;
     atomic_store(&P->area->reported, P->total_reported);
 
+    if (silent) return;
     int dups[8], ndups = 0;
     if (!l->foreign) ndups = fds_of_socket(o->inode, o->fd, dups, 8);
     char sid[17];
@@ -550,6 +554,7 @@ static void report_closed(const struct leak *l, int64_t now, const char *how)
 
 static int fd_in_process(pid_t pid, uint64_t inode);
 
+
 /* Held in a state the dump shows (CLOSE_WAIT, LAST_ACK) */
 static int dumped_held(uint64_t inode)
 {
@@ -624,6 +629,30 @@ struct pending_close {
 static struct pending_close *pending;
 static size_t npending, pending_cap;
 
+static void adopt(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, int64_t now)
+{
+    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    char local[64] = "?", peer[64] = "?";
+    if (k != NULL) {
+        cw_sock_endpoint(k, 0, local, sizeof local);
+        cw_sock_endpoint(k, 1, peer, sizeof peer);
+    }
+    struct observed o = {
+        .local = local,
+        .peer = peer,
+        .fd = fd,
+        .seq = seq,
+        .inode = inode,
+        .open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed),
+        .open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed),
+        .fin_ms = s->w_fin_ms != 0 ? s->w_fin_ms : now,
+        .state = k != NULL ? k->state : TCPS_CLOSE_WAIT,
+    };
+    silent = 1;
+    report_leak(&o, now);
+    silent = 0;
+}
+
 static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
 {
     uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
@@ -633,8 +662,12 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
         s->w_flags = 0;
         s->w_fin_ms = 0;
     }
-    if (s->w_flags & (WF_REPORTED | WF_SUPPRESSED)) return;
     uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    if (s->w_flags & (WF_REPORTED | WF_SUPPRESSED)) {
+        if (adopting && (s->w_flags & WF_REPORTED) && inode != 0 && !reported_anywhere(inode) && dumped_held(inode))
+            adopt(fd, s, seq, inode, now);
+        return;
+    }
     if (inode == 0) return;
     uint32_t flags = atomic_load_explicit(&s->flags, memory_order_acquire);
     const struct cw_sock *k = cw_dump_find(&dump, inode);
@@ -815,6 +848,7 @@ static void tick(void)
         scan_proc(now);
     }
     settle_pending(now);
+    adopting = 0;
     for (size_t k = 0; k < nprocs; k++) {
         P = &procs[k];
         if (P->untrusted) continue;
@@ -1549,6 +1583,7 @@ static void watch_here_once(const char *why)
         proc_add(cw_me, getpid());
     }
     load_suppressions();
+    adopting = 1;
     tick();
     P = &procs[0];
     cw_set_current_area(NULL);
@@ -1607,8 +1642,8 @@ void cw_watcher_at_exit(void)
 
 /* ---- the watcher process's side --------------------------------------------- */
 
-/* A watcher that takes over from a dead one reports again what is held: its findings died
- * with it. */
+/* A watcher that takes over from a dead one: its findings died with it; what it reported and
+ * is still held is counted again, not written again. */
 static void forget_previous_watcher(void)
 {
     for (unsigned i = 0; i < CW_MAX_AREAS; i++) {
@@ -1616,13 +1651,8 @@ static void forget_previous_watcher(void)
         struct cw_area *a = cw_area_at(i);
         atomic_store(&a->open_now, 0);
         atomic_store(&a->reported, 0);
-        int limit = plimit(a);
-        for (int c = 0; c * CW_CHUNK_SLOTS < limit; c++) {
-            struct cw_slot *chunk = cw_pool_slots(atomic_load(&a->chunk[c]));
-            if (chunk == NULL) continue;
-            for (int k = 0; k < CW_CHUNK_SLOTS; k++) chunk[k].w_seq = 0;
-        }
     }
+    adopting = 1;
 }
 
 void cw_watcher_helper_run(void)
