@@ -57,6 +57,7 @@ def main():
     py = sys.executable or 'python3'
     suites = [
         ('core', [py, 'tests/run.py']),
+        ('deployments', [py, 'tests/deploy/run.py']),
         ('backlog, children, scale', [py, 'tests/sources/run.py']),
         ('report tool', [py, 'tests/report/test_report.py']),
         ('symbols and summaries', [py, 'tests/symbols/run.py']),
