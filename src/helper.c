@@ -122,6 +122,7 @@ struct spawn_args {
     void *stack2;
     int memfd;
     int errfd;    /* the program's stderr, handed to the watcher; -1: none */
+    int logfd;    /* the log, opened before a drop of privileges; -1: none */
     int detach;   /* the helper runs on alone before its exec: the caller does not wait */
     int err;
     int pid;
@@ -163,6 +164,7 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper
     raw_syscall3(SYS_close_range, 0L, (long)UINT32_MAX, (long)CLOSE_RANGE_CLOEXEC);
     raw_syscall3(SYS_fcntl, (long)a->memfd, (long)F_SETFD, 0L);
     if (a->errfd >= 0) raw_syscall3(SYS_fcntl, (long)a->errfd, (long)F_SETFD, 0L);
+    if (a->logfd >= 0) raw_syscall3(SYS_fcntl, (long)a->logfd, (long)F_SETFD, 0L);
     long r = raw_syscall3(SYS_execve, (long)a->path, (long)a->argv, (long)a->envp);
     a->err = (int)-r;
     raw_syscall3(SYS_exit, 127L, 0L, 0L);
@@ -170,6 +172,7 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper
     a->sys(SYS_close_range, 0L, (long)UINT32_MAX, (long)CLOSE_RANGE_CLOEXEC);
     a->sys(SYS_fcntl, (long)a->memfd, (long)F_SETFD, 0L);
     if (a->errfd >= 0) a->sys(SYS_fcntl, (long)a->errfd, (long)F_SETFD, 0L);
+    if (a->logfd >= 0) a->sys(SYS_fcntl, (long)a->logfd, (long)F_SETFD, 0L);
     a->sys(SYS_execve, (long)a->path, (long)a->argv, (long)a->envp);
     a->err = errno;
     a->sys(SYS_exit, 127L);
@@ -236,7 +239,7 @@ static int stderr_for_watcher(void)
     return 2;
 }
 
-int cw_helper_spawn(int wait)
+int cw_helper_spawn(int wait, int logfd)
 {
     struct cw_shared *sh = cw_sh;
     if (sh == NULL) return -1;
@@ -276,7 +279,7 @@ int cw_helper_spawn(int wait)
     size_t nvec = 0, maxvec = (SPAWN_ENV / 2) / sizeof(char *) - 8;
     int errfd = stderr_for_watcher();
     char head[200];
-    int hl = snprintf(head, sizeof head, ENV_HELPER "=%d:%d:%ld:%d:%x:%x:%x:%x:%x:%x", memfd, errfd, (long)getpid(),
+    int hl = snprintf(head, sizeof head, ENV_HELPER "=%d:%d:%ld:%d:%d:%x:%x:%x:%x:%x:%x", memfd, errfd, (long)getpid(), logfd,
                       have_caps, capd[0].effective, capd[1].effective, capd[0].permitted, capd[1].permitted,
                       capd[0].inheritable, capd[1].inheritable);
     char *argv0 = text;
@@ -307,7 +310,7 @@ int cw_helper_spawn(int wait)
     /* In the spawn memory, not on this stack: a detached watcher may still read it (and write its
      * exec error) after we return. */
     *argp = (struct spawn_args){.sys = real_syscall, .clone_fn = clone, .path = image, .argv = vec, .envp = envp,
-                                .stack2 = spawn_mem + 2 * SPAWN_STACK, .memfd = memfd, .errfd = errfd,
+                                .stack2 = spawn_mem + 2 * SPAWN_STACK, .memfd = memfd, .errfd = errfd, .logfd = logfd,
                                 .detach = !wait && HAVE_RAW_SYSCALL, .err = 0, .pid = -1};
     struct spawn_args args_copy;
     atomic_store(&sh->watcher_pid, 0);
@@ -504,11 +507,11 @@ void cw_helper_main_if_asked(void)
     /* Every call this process makes is its own: the hooks must pass them straight through. */
     cw_in_lib = 1;
     cw_on_private_table = 1;
-    int memfd = -1, errfd = -1, have_caps = 0;
+    int memfd = -1, errfd = -1, logfd = -1, have_caps = 0;
     long pid = 0;
     unsigned e0 = 0, e1 = 0, p0 = 0, p1 = 0, i0 = 0, i1 = 0;
-    if (sscanf(spec, "%d:%d:%ld:%d:%x:%x:%x:%x:%x:%x", &memfd, &errfd, &pid, &have_caps, &e0, &e1, &p0, &p1, &i0,
-               &i1) != 10 ||
+    if (sscanf(spec, "%d:%d:%ld:%d:%d:%x:%x:%x:%x:%x:%x", &memfd, &errfd, &pid, &logfd, &have_caps, &e0, &e1, &p0,
+               &p1, &i0, &i1) != 11 ||
         memfd < 0 || pid <= 0)
         _exit(2);
     /* First of all, no more privilege than the program. */
@@ -529,6 +532,7 @@ void cw_helper_main_if_asked(void)
         _exit(1);
     }
     close(memfd);
+    if (logfd > 2) cw_sink_adopt_log(logfd, (pid_t)pid);
     /* 0, 1 (and 2 if no stderr was handed over) were closed at the exec: fill them, so that no
      * descriptor of ours ever takes one of those numbers. */
     for (int i = 0; i < 3; i++)

@@ -634,7 +634,7 @@ long syscall(long number, ...)
 #endif
         )
             stderr_moved();
-        if (cred_syscall(number)) cw_watcher_credentials_changed();
+        if (cred_syscall(number)) cw_watcher_credentials_changed(-1);
         errno = saved;
         switch (number) {
 #ifdef SYS_dup2
@@ -728,11 +728,11 @@ static int collect_args(const char *arg0, va_list ap, char **argv, char ***envp_
     int n = 0;
     argv[n++] = (char *)arg0;
     while (n < ARGS_MAX) {
-        char *a = va_arg(ap, char *);
+        char *a = va_arg(ap, char *); /* NOLINT(clang-analyzer-valist.Uninitialized): started by the caller */
         argv[n++] = a;
         if (a == NULL) break;
     }
-    if (envp_out != NULL) *envp_out = va_arg(ap, char **);
+    if (envp_out != NULL) *envp_out = va_arg(ap, char **); /* NOLINT(clang-analyzer-valist.Uninitialized) */
     if (argv[n - 1] != NULL) {
         errno = E2BIG;
         return -1;
@@ -780,12 +780,15 @@ int execle(const char *path, const char *arg, ...)
     int name proto                            \
     {                                         \
         CW_REAL(name);                        \
+        /* the log, while it can still be opened */ \
+        int logfd_ = ON_WATCHER_TABLE() ? -1 : cw_sink_preopen(); \
         int rc_ = real_##name args;           \
-        if (rc_ == 0 && !ON_WATCHER_TABLE()) { \
-            int saved = errno;                \
-            cw_watcher_credentials_changed(); \
-            errno = saved;                    \
-        }                                     \
+        int saved = errno;                    \
+        if (rc_ == 0 && !ON_WATCHER_TABLE())  \
+            cw_watcher_credentials_changed(logfd_); \
+        else if (logfd_ >= 0)                 \
+            close(logfd_);                    \
+        errno = saved;                        \
         return rc_;                           \
     }
 

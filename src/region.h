@@ -118,7 +118,9 @@ CW_HIDDEN void cw_table_repoint(void);
 
 /* helper.c: the watcher process */
 /* Start it; 0 when it runs (wait: for its first word). */
-CW_HIDDEN int cw_helper_spawn(int wait);
+/* Start it; 0 when it runs (wait: for its first word).  logfd: the log, opened for it while the
+ * program could (before a drop of privileges), or -1. */
+CW_HIDDEN int cw_helper_spawn(int wait, int logfd);
 /* Is this process a watcher? */
 CW_HIDDEN extern int cw_is_helper;
 /* Does the region have a watcher process that is alive? */

@@ -165,14 +165,62 @@ static void count_drop(const char *where, int err)
     cw_warn("a report could not be written to ", where, why);
 }
 
+/* A log opened before a drop of privileges, for the reports about one process. */
+static struct {
+    int fd;
+    pid_t pid;
+} adopted_log = {-1, 0};
+
+void cw_sink_adopt_log(int fd, pid_t pid)
+{
+    adopted_log.fd = fd;
+    adopted_log.pid = pid;
+}
+
+/* The log at path, opened as the checks below allow; -1 (why in *refused or errno). */
+static int open_log(const char *path, const char **refused)
+{
+    *refused = NULL;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK, 0600);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0) *refused = "cannot be examined";
+    else if (S_ISREG(st.st_mode) && st.st_uid != geteuid()) *refused = "belongs to another user";
+    else if (S_ISREG(st.st_mode) && (st.st_mode & 022)) *refused = "is writable by group or others";
+    else if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode)) *refused = "is not a file";
+    if (*refused != NULL) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int cw_sink_preopen(void)
+{
+    const char *spec = cw_cfg.log_spec;
+    if (strcmp(spec, "stderr") == 0 || strcmp(spec, "syslog") == 0 || strcmp(spec, "off") == 0) return -1;
+    int saved = errno;
+    char path[600];
+    expand_path(spec, path, sizeof path);
+    const char *refused;
+    int fd = open_log(path, &refused);
+    errno = saved;
+    return fd;
+}
+
 /* CLOSEWAIT_LOG=path: opened for each write.  Never a file that another user owns or could
  * write: a root program must not append to what a less privileged user prepared for it. */
 static void write_file(const char *text, size_t len)
 {
+    if (adopted_log.fd >= 0 && adopted_log.pid == cw_program_pid()) {
+        if (write_bounded(adopted_log.fd, text, len, 1) != 0) count_drop("CLOSEWAIT_LOG", errno);
+        return;
+    }
     char path[600];
     expand_path(cw_cfg.log_spec, path, sizeof path);
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK, 0600);
-    if (fd < 0) {
+    const char *refused = NULL;
+    int fd = open_log(path, &refused);
+    if (fd < 0 && refused == NULL) {
         int err = errno;
         if (!warned_path) {
             warned_path = 1;
@@ -184,14 +232,7 @@ static void write_file(const char *text, size_t len)
         dropped++;
         return;
     }
-    struct stat st;
-    const char *refused = NULL;
-    if (fstat(fd, &st) != 0) refused = "cannot be examined";
-    else if (S_ISREG(st.st_mode) && st.st_uid != geteuid()) refused = "belongs to another user";
-    else if (S_ISREG(st.st_mode) && (st.st_mode & 022)) refused = "is writable by group or others";
-    else if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode)) refused = "is not a file";
-    if (refused != NULL) {
-        close(fd);
+    if (fd < 0) {
         if (!warned_path) {
             warned_path = 1;
             char why[120];
@@ -204,7 +245,7 @@ static void write_file(const char *text, size_t len)
     int err = 0;
     if (write_bounded(fd, text, len, 1) != 0) err = errno;
     close(fd);
-    if (err != 0 || (S_ISFIFO(st.st_mode) && err != 0)) count_drop(path, err);
+    if (err != 0) count_drop(path, err);
 }
 
 /* The program's stderr, as this process can reach it. */

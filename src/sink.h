@@ -15,6 +15,11 @@ CW_HIDDEN void cw_sink_stderr_hold(int needed);
 /* In the watcher process: is this area's stderr the one the watcher holds? */
 struct cw_area;
 CW_HIDDEN int cw_sink_holds_stderr_of(const struct cw_area *a);
+/* CLOSEWAIT_LOG opened now for this process, for a watcher to be started after the program
+ * drops privileges (as a daemon opens its log before it drops them); -1 if there is none. */
+CW_HIDDEN int cw_sink_preopen(void);
+/* In the watcher process: that descriptor, for the reports about process pid. */
+CW_HIDDEN void cw_sink_adopt_log(int fd, pid_t pid);
 /* Move a descriptor of ours above the range the program uses; returns the new number. */
 CW_HIDDEN int cw_fd_move_high(int fd);
 #endif

@@ -1420,7 +1420,7 @@ static int orphans_come_back(void)
     return getpid() == 1 || (prctl(PR_GET_CHILD_SUBREAPER, (unsigned long)&subreaper, 0, 0, 0) == 0 && subreaper);
 }
 
-static void start_watching(int wait)
+static void start_watching_with(int wait, int logfd)
 {
     if (cw_sh == NULL || cw_me == NULL) return;
     if (orphans_come_back()) atomic_store(&cw_sh->thread_only, 1);
@@ -1430,7 +1430,7 @@ static void start_watching(int wait)
             atomic_store(&watcher_pending, 1);
             return;
         }
-        if (cw_helper_spawn(wait) == 0) {
+        if (cw_helper_spawn(wait, logfd) == 0) {
             started_watcher = 1;
             return;
         }
@@ -1438,6 +1438,11 @@ static void start_watching(int wait)
             cw_warn("the watcher process could not start (", cw_sh->watcher_error, "); watching from a thread");
     }
     if (!atomic_load(&running)) start_thread();
+}
+
+static void start_watching(int wait)
+{
+    start_watching_with(wait, -1);
 }
 
 void cw_watcher_first_tcp(void)
@@ -1538,20 +1543,24 @@ void cw_watcher_after_fork_child(void)
     start_thread();
 }
 
-void cw_watcher_credentials_changed(void)
+void cw_watcher_credentials_changed(int logfd)
 {
-    if (cw_sh == NULL || cw_me == NULL || cw_is_helper) return;
-    if (thread_mode) return; /* the thread changed with the process */
     int saved = errno;
-    cw_in_lib++;
-    /* A region of our own, and a watcher of our own credentials for it.  The old watcher
-     * forgets us (our area there is marked as left). */
-    if (cw_region_leave() == 0) {
-        atomic_store(&watcher_pending, 0);
-        if (atomic_load(&cw_me->any_tcp)) start_watching(0);
-        else atomic_store(&watcher_pending, 1);
+    if (cw_sh != NULL && cw_me != NULL && !cw_is_helper && !thread_mode) {
+        cw_in_lib++;
+        /* A region of our own, and a watcher of our own credentials for it.  The old watcher
+         * forgets us (our area there is marked as left). */
+        if (cw_region_leave() == 0) {
+            atomic_store(&watcher_pending, 0);
+            /* Now, if there are sockets to watch, or a log only the old credentials could open
+             * (a daemon that drops privileges before it listens). */
+            if (atomic_load(&cw_me->any_tcp) || logfd >= 0) start_watching_with(0, logfd);
+            else atomic_store(&watcher_pending, 1);
+        }
+        cw_in_lib--;
     }
-    cw_in_lib--;
+    /* the thread changed with the process */
+    if (logfd >= 0) close(logfd);
     errno = saved;
 }
 
