@@ -168,7 +168,7 @@ CW_HIDDEN void cw_watcher_after_fork_child(void);
 CW_HIDDEN void cw_watcher_at_exit(void);
 /* The process changed its credentials: what watches it must have no more privilege. */
 /* logfd: the log, opened before the change (-1: none); taken over. */
-CW_HIDDEN void cw_watcher_credentials_changed(int logfd);
+CW_HIDDEN void cw_watcher_credentials_changed(int logfd, int start_now);
 /* Before a birth or an exit: is the watcher still there?  Replaces a dead one. */
 CW_HIDDEN void cw_watcher_check(void);
 /* In the watcher process: the loop over the region's processes. */

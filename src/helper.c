@@ -123,7 +123,6 @@ struct spawn_args {
     int memfd;
     int errfd;    /* the program's stderr, handed to the watcher; -1: none */
     int logfd;    /* the log, opened before a drop of privileges; -1: none */
-    int detach;   /* the helper runs on alone before its exec: the caller does not wait */
     int err;
     int pid;
 };
@@ -154,9 +153,8 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static inline lon
 #endif
 
 /* Both run in the program's memory (CLONE_VM), on stacks of their own, with nothing the
- * sanitizers instrument: the intermediate while the calling thread waits, the helper until its
- * exec (waited for at start-up, where its failure must be known; in a forked child, which often
- * execs at once, not). */
+ * sanitizers instrument, while the calling thread waits: the intermediate, and the watcher until
+ * its exec (the spawn memory is reused by the next start). */
 __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper_exec(void *p)
 {
     struct spawn_args *a = p;
@@ -187,7 +185,8 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper
 __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper_launch(void *p)
 {
     struct spawn_args *a = p;
-    int flags = a->detach ? CLONE_VM : CLONE_VM | CLONE_VFORK;
+    /* Always until its exec: spawn memory and stacks are reused by the next start. */
+    int flags = CLONE_VM | CLONE_VFORK;
     a->pid = a->clone_fn(helper_exec, a->stack2, flags, a);
     if (a->pid < 0) a->err = errno;
     a->sys(SYS_exit, 0L);
@@ -307,11 +306,10 @@ int cw_helper_spawn(int wait, int logfd)
     vec[nvec] = NULL;
 
     CW_REAL(syscall);
-    /* In the spawn memory, not on this stack: a detached watcher may still read it (and write its
-     * exec error) after we return. */
+    /* In the spawn memory, not on this stack, which the clone's stacks share nothing with. */
     *argp = (struct spawn_args){.sys = real_syscall, .clone_fn = clone, .path = image, .argv = vec, .envp = envp,
                                 .stack2 = spawn_mem + 2 * SPAWN_STACK, .memfd = memfd, .errfd = errfd, .logfd = logfd,
-                                .detach = !wait && HAVE_RAW_SYSCALL, .err = 0, .pid = -1};
+                                .err = 0, .pid = -1};
     struct spawn_args args_copy;
     atomic_store(&sh->watcher_pid, 0);
     atomic_store(&sh->watcher_alive, 0);

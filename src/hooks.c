@@ -634,7 +634,7 @@ long syscall(long number, ...)
 #endif
         )
             stderr_moved();
-        if (cred_syscall(number)) cw_watcher_credentials_changed(-1);
+        if (cred_syscall(number)) cw_watcher_credentials_changed(-1, 0);
         errno = saved;
         switch (number) {
 #ifdef SYS_dup2
@@ -776,30 +776,33 @@ int execle(const char *path, const char *arg, ...)
 
 /* ---- credentials: what watches the program never has more privilege than it -------- */
 
-#define CRED_HOOK(name, proto, args)          \
+/* uid_: a change of user, after which a watcher of the new user starts at once (with the log the
+ * old one could open); a change of groups alone leaves the region and waits for the next
+ * socket (setgid, setgroups, then setuid: one watcher, not three). */
+#define CRED_HOOK(name, uid_, proto, args)    \
     int name proto                            \
     {                                         \
         CW_REAL(name);                        \
         /* the log, while it can still be opened */ \
-        int logfd_ = ON_WATCHER_TABLE() ? -1 : cw_sink_preopen(); \
+        int logfd_ = ON_WATCHER_TABLE() || !(uid_) ? -1 : cw_sink_preopen(); \
         int rc_ = real_##name args;           \
         int saved = errno;                    \
         if (rc_ == 0 && !ON_WATCHER_TABLE())  \
-            cw_watcher_credentials_changed(logfd_); \
+            cw_watcher_credentials_changed(logfd_, uid_); \
         else if (logfd_ >= 0)                 \
             close(logfd_);                    \
         errno = saved;                        \
         return rc_;                           \
     }
 
-CRED_HOOK(setuid, (uid_t uid), (uid))
-CRED_HOOK(setgid, (gid_t gid), (gid))
-CRED_HOOK(seteuid, (uid_t uid), (uid))
-CRED_HOOK(setegid, (gid_t gid), (gid))
-CRED_HOOK(setreuid, (uid_t ruid, uid_t euid), (ruid, euid))
-CRED_HOOK(setregid, (gid_t rgid, gid_t egid), (rgid, egid))
-CRED_HOOK(setresuid, (uid_t ruid, uid_t euid, uid_t suid), (ruid, euid, suid))
-CRED_HOOK(setresgid, (gid_t rgid, gid_t egid, gid_t sgid), (rgid, egid, sgid))
-CRED_HOOK(setgroups, (size_t n, const gid_t *list), (n, list))
+CRED_HOOK(setuid, 1, (uid_t uid), (uid))
+CRED_HOOK(setgid, 0, (gid_t gid), (gid))
+CRED_HOOK(seteuid, 1, (uid_t uid), (uid))
+CRED_HOOK(setegid, 0, (gid_t gid), (gid))
+CRED_HOOK(setreuid, 1, (uid_t ruid, uid_t euid), (ruid, euid))
+CRED_HOOK(setregid, 0, (gid_t rgid, gid_t egid), (rgid, egid))
+CRED_HOOK(setresuid, 1, (uid_t ruid, uid_t euid, uid_t suid), (ruid, euid, suid))
+CRED_HOOK(setresgid, 0, (gid_t rgid, gid_t egid, gid_t sgid), (rgid, egid, sgid))
+CRED_HOOK(setgroups, 0, (size_t n, const gid_t *list), (n, list))
 
 #pragma GCC visibility pop

@@ -1543,7 +1543,7 @@ void cw_watcher_after_fork_child(void)
     start_thread();
 }
 
-void cw_watcher_credentials_changed(int logfd)
+void cw_watcher_credentials_changed(int logfd, int start_now)
 {
     int saved = errno;
     if (cw_sh != NULL && cw_me != NULL && !cw_is_helper && !thread_mode) {
@@ -1554,7 +1554,7 @@ void cw_watcher_credentials_changed(int logfd)
             atomic_store(&watcher_pending, 0);
             /* Now, if there are sockets to watch, or a log only the old credentials could open
              * (a daemon that drops privileges before it listens). */
-            if (atomic_load(&cw_me->any_tcp) || logfd >= 0) start_watching_with(0, logfd);
+            if (start_now && (atomic_load(&cw_me->any_tcp) || logfd >= 0)) start_watching_with(0, logfd);
             else atomic_store(&watcher_pending, 1);
         }
         cw_in_lib--;
