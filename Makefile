@@ -10,8 +10,8 @@ CW_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden -pthread $(WARN) -Iinclude -Is
 CW_LDFLAGS := -shared -pthread -ldl -Wl,--version-script=src/exports.map -Wl,-z,relro,-z,now \
               -Wl,--no-undefined
 
-SRCS := $(wildcard src/*.c)
-HDRS := $(wildcard src/*.h) include/closewait.h
+SRCS := $(wildcard src/*.c src/*/*.c)
+HDRS := $(wildcard src/*.h src/*/*.h src/*/*.def) include/closewait.h
 BUILD ?= build/release
 OBJS := $(SRCS:src/%.c=$(BUILD)/%.o)
 LIB ?= libclosewait.so
@@ -24,6 +24,7 @@ deps:
 	@sh tools/ensure-deps.sh
 
 $(BUILD)/%.o: src/%.c $(HDRS) | $(BUILD)
+	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(CW_CFLAGS) -c -o $@ $<
 
 $(BUILD):
@@ -63,7 +64,7 @@ fuzz:
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 	  --suppress=missingIncludeSystem --inline-suppr -Iinclude -Isrc src/
-	clang-tidy --quiet src/*.c -- -std=gnu11 -Iinclude -Isrc
+	clang-tidy --quiet $(SRCS) -- -std=gnu11 -Iinclude -Isrc
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin

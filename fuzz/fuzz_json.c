@@ -3,7 +3,7 @@
  * out as one valid JSON string: quoted, no raw control character, escapes well formed, and
  * valid UTF-8 throughout, so that every log line parses.
  */
-#include "buf.h"
+#include "report/buf.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  * variables; after cw_config_load() every option must be within its documented range and every
  * string NUL-terminated, whatever the values were.
  */
-#include "closewait.h"
+#include "options/options.h"
 
 #include <stdlib.h>
 #include <string.h>

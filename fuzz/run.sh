@@ -27,8 +27,8 @@ build() {
   name=$1; shift
   clang $cflags -o "$out/$name" "$here/$name.c" "$@" -ldl -pthread
 }
-build fuzz_options "$root/src/config.c" || { echo "FAIL fuzz_options: build"; failed=$((failed + 1)); }
-build fuzz_json "$root/src/buf.c" || { echo "FAIL fuzz_json: build"; failed=$((failed + 1)); }
+build fuzz_options "$root/src/options/options.c" "$root/src/base.c" || { echo "FAIL fuzz_options: build"; failed=$((failed + 1)); }
+build fuzz_json "$root/src/report/buf.c" "$root/src/base.c" || { echo "FAIL fuzz_json: build"; failed=$((failed + 1)); }
 for name in fuzz_options fuzz_json; do
   [ -x "$out/$name" ] || continue
   seeds=$here/corpus/${name#fuzz_}

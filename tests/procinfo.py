@@ -2,8 +2,8 @@
 import os
 
 
-def helper_spec_pid(env_entry):
-    """The pid of the process that started a watcher, from its CLOSEWAIT_HELPER=memfd:stderr:pid:..."""
+def watcher_spec_pid(env_entry):
+    """The pid of the process that started a watcher, from its CLOSEWAIT_WATCHER_OF=memfd:stderr:pid:..."""
     fields = env_entry.split(b'=', 1)[1].split(b':')
     return int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else None
 
@@ -23,6 +23,6 @@ def watchers_of(pid):
                 env = f.read().split(b'\0')
         except OSError:
             continue
-        if any(e.startswith(b'CLOSEWAIT_HELPER=') and helper_spec_pid(e) == pid for e in env):
+        if any(e.startswith(b'CLOSEWAIT_WATCHER_OF=') and watcher_spec_pid(e) == pid for e in env):
             found.append(int(d))
     return found

@@ -1857,7 +1857,7 @@ REFUSED_SIGNALS = ['TERM', 'INT', 'QUIT', 'HUP', 'KILL', 'STOP', 'TSTP', 'TTIN',
 
 @test
 def test_report_signal_values():
-    """CLOSEWAIT_REPORT_SIGNAL as src/config.c reads it (tests/progs/tsignals.c): USR1, USR2,
+    """CLOSEWAIT_REPORT_SIGNAL as src/options/options.c reads it (tests/progs/tsignals.c): USR1, USR2,
     WINCH, URG and realtime signals (by number, RTMIN+n, RTMAX-n) are taken; every signal that
     runs a program's life is refused by name, SIG name and number with one warning line saying
     why; anything else is one warning line; no signal is taken in either case."""
@@ -2184,7 +2184,7 @@ PAT_ALPHABET = ['a', 'b', 'c', 'z', '-', '!', ']', '[', '*', '?', '/', '\\', ':'
 SUBJECT_ALPHABET = [b'a', b'b', b'c', b'z', b'-', b'!', b']', b'[', b'/', b'\\', b':', b'^',
                     '\u00e9'.encode(), '\U0001f600'.encode(), b'\xff', b'\xe2\x82', b'\xef\xbf\xbd']
 # "[z-a!]": Python's fnmatch drops the empty range z-a from its regular expression, which leaves
-# the '!' first and negates the set; the library keeps '!' a member (src/suppress.c, set_has).
+# the '!' first and negates the set; the library keeps '!' a member (src/watcher/suppress.c, set_has).
 _EMPTY_FIRST_RANGE = re.compile(r'(?=\[([^!])-(.))')
 
 
@@ -2235,7 +2235,7 @@ def random_suppression_cases(rng, n):
 
 @test
 def test_suppress_matcher_same_as_report_tool():
-    """src/suppress.c on its own (tests/progs/tsuppress.c, under ASan+UBSan when available): the
+    """src/watcher/suppress.c on its own (tests/progs/tsuppress.c, under ASan+UBSan when available): the
     API's edge cases, then the same answers as closewait-report's Suppressions class for crafted
     files (line ends, blanks, comments, prefixes, base names, sets, UTF-8) and for 3000 random
     globs and names."""

@@ -1,5 +1,5 @@
 /*
- * tsignals: CLOSEWAIT_REPORT_SIGNAL as src/config.c reads it, without the library, for
+ * tsignals: CLOSEWAIT_REPORT_SIGNAL as src/options/options.c reads it, without the library, for
  * tests/run.py (which builds it fresh with the library's warning flags; `make -C tests` builds
  * it too).
  *
@@ -8,7 +8,8 @@
  *                       then "<value> <signal taken, 0 for none>" on stdout
  *   tsignals --rt       "<SIGRTMIN> <SIGRTMAX>" as the C library says
  */
-#include "../../src/config.c"
+#include "../../src/options/options.c"
+#include "../../src/base.c"
 
 #include <stdio.h>
 

@@ -1,6 +1,6 @@
 /*
- * tsuppress: the suppressions reader and matcher (src/suppress.c) on their own, without the
- * library, for tests/run.py.  src/suppress.c is compiled into this program (run.py builds it
+ * tsuppress: the suppressions reader and matcher (src/watcher/suppress.c) on their own, without the
+ * library, for tests/run.py.  src/watcher/suppress.c is compiled into this program (run.py builds it
  * fresh with the library's warning flags; `make -C tests` builds it too).
  *
  *   tsuppress load PATH     cw_suppressions_load(PATH); prints "rc=R count=N warnings=W"
@@ -12,7 +12,7 @@
  *
  * Warnings (cw_warn) go to stderr as the library writes them, and are counted.
  */
-#include "../../src/suppress.c"
+#include "../../src/watcher/suppress.c"
 
 #include <stdio.h>
 

@@ -17,8 +17,9 @@
  * Every process that can write the region can lie in it: readers check every index.
  */
 #define _GNU_SOURCE
-#include "closewait.h"
-#include "region.h"
+#include "base.h"
+#include "shared/region.h"
+#include "sys/procfs.h"
 
 #include <linux/futex.h>
 
@@ -473,4 +474,34 @@ void cw_doorbell(void)
     atomic_fetch_add(&sh->doorbell, 1);
     cw_futex_wake(&sh->doorbell);
     errno = saved;
+}
+
+/* ---- the area being looked at ---------------------------------------------- */
+
+/* In the watcher: the area being looked at. */
+static struct cw_area *current;
+
+void cw_set_current_area(struct cw_area *a)
+{
+    current = a;
+}
+
+struct cw_area *cw_current_area(void)
+{
+    return current != NULL ? current : cw_me;
+}
+
+pid_t cw_program_pid(void)
+{
+    if (current != NULL) return (pid_t)atomic_load(&current->pid);
+    return getpid();
+}
+
+pid_t cw_program_ppid(void)
+{
+    if (current == NULL) return getppid();
+    char state = 0;
+    long ppid = 0;
+    unsigned long long start = 0;
+    return cw_proc_stat(cw_program_pid(), &state, &ppid, &start) == 0 ? (pid_t)ppid : 0;
 }

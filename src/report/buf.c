@@ -1,4 +1,4 @@
-#include "buf.h"
+#include "report/buf.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -91,17 +91,6 @@ void buf_json_str(struct buf *b, const char *s)
     buf_put(b, "\"", 1);
 }
 
-int cw_grow(void *array_ptr, size_t *cap, size_t count, size_t elem, size_t first)
-{
-    void **array = array_ptr;
-    if (count < *cap) return 0;
-    size_t ncap = *cap ? *cap * 2 : first;
-    void *p = realloc(*array, ncap * elem);
-    if (p == NULL) return -1;
-    *array = p;
-    *cap = ncap;
-    return 0;
-}
 
 void buf_free(struct buf *b)
 {

@@ -1,6 +1,6 @@
 #ifndef CLOSEWAIT_SYMBOLIZE_H
 #define CLOSEWAIT_SYMBOLIZE_H
-#include "closewait.h"
+#include "base.h"
 
 /* One source-level frame.  A pc inside inlined code expands into several, innermost first;
  * all but the last of them have `inlined` set. */

@@ -12,7 +12,7 @@
  *   an intermediate that exits at once makes the watcher nobody's child, so the program's
  *   wait(), waitpid(-1) and SIGCHLD never meet it (exec would give a direct child SIGCHLD).
  * - The image is any small executable (/bin/true) with this library preloaded and
- *   CLOSEWAIT_HELPER set: the constructor sees that and becomes the watcher; the executable's
+ *   CLOSEWAIT_WATCHER_OF set: the constructor sees that and becomes the watcher; the executable's
  *   main never runs.  No second file to install.
  * - It has the program's credentials, capabilities included (an exec as root would give it every
  *   capability of the bounding set: it drops to the program's sets at once).  A process that
@@ -26,8 +26,12 @@
  *   names a word there, which gets FUTEX_OWNER_DIED.  The program reads one word to know.
  */
 #define _GNU_SOURCE
-#include "region.h"
-#include "sink.h"
+#include "shared/region.h"
+#include "hooks/hooks.h"
+#include "watcher/watcher.h"
+#include "watcher/process.h"
+#include "report/sink.h"
+#include "sys/procfs.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -52,66 +56,9 @@
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
-CW_HIDDEN int cw_is_helper;
 static char saved_preload[4096];
-/* In the watcher: the area being looked at. */
-static struct cw_area *current;
 
-#define ENV_HELPER "CLOSEWAIT_HELPER"
-
-void cw_set_current_area(struct cw_area *a)
-{
-    current = a;
-}
-
-struct cw_area *cw_current_area(void)
-{
-    return current != NULL ? current : cw_me;
-}
-
-pid_t cw_program_pid(void)
-{
-    if (current != NULL) return (pid_t)atomic_load(&current->pid);
-    return getpid();
-}
-
-/* A small file of /proc or /sys, as a string: its length, -1 if it cannot be read. */
-static ssize_t read_small(const char *path, char *buf, size_t cap)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, cap - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = '\0';
-    return n;
-}
-
-/* From /proc/pid/stat: state, parent and start time (clock ticks since boot).  -1 if there is no
- * such process. */
-static int proc_stat(pid_t pid, char *state, long *ppid, unsigned long long *start)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-    if (read_small(path, buf, sizeof buf) < 0) return -1;
-    /* pid (comm) state ppid ...: comm may hold spaces and parentheses, the last ')' ends it */
-    const char *p = strrchr(buf, ')');
-    if (p == NULL ||
-        sscanf(p + 1, " %c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", state, ppid,
-               start) != 3)
-        return -1;
-    return 0;
-}
-
-pid_t cw_program_ppid(void)
-{
-    if (current == NULL) return getppid();
-    char state = 0;
-    long ppid = 0;
-    unsigned long long start = 0;
-    return proc_stat(cw_program_pid(), &state, &ppid, &start) == 0 ? (pid_t)ppid : 0;
-}
-
+#define ENV_HELPER "CLOSEWAIT_WATCHER_OF"
 /* ---- the program's side -------------------------------------------------- */
 
 struct spawn_args {
@@ -238,7 +185,7 @@ static int stderr_for_watcher(void)
     return 2;
 }
 
-int cw_helper_spawn(int wait, int logfd)
+int cw_watcher_process_start(int wait, int logfd)
 {
     struct cw_shared *sh = cw_sh;
     if (sh == NULL) return -1;
@@ -270,7 +217,7 @@ int cw_helper_spawn(int wait, int logfd)
     memset(capd, 0, sizeof capd);
     int have_caps = syscall(SYS_capget, &caph, capd) == 0;
     /* After the two stacks: [spawn_args][strings][argv, envp]; the environment is the program's,
-     * with our LD_PRELOAD and CLOSEWAIT_HELPER. */
+     * with our LD_PRELOAD and CLOSEWAIT_WATCHER_OF. */
     struct spawn_args *argp = (struct spawn_args *)(void *)(spawn_mem + 2 * SPAWN_STACK);
     char *text = (char *)spawn_mem + 2 * SPAWN_STACK + 256;
     size_t cap = SPAWN_ENV / 2 - 256, used = 0;
@@ -347,7 +294,7 @@ int cw_helper_spawn(int wait, int logfd)
 static long read_number(const char *path, int *unlimited)
 {
     char buf[32];
-    if (read_small(path, buf, sizeof buf) < 0) return -1;
+    if (cw_read_small(path, buf, sizeof buf) < 0) return -1;
     if (strncmp(buf, "max", 3) == 0) {
         *unlimited = 1;
         return -1;
@@ -360,7 +307,7 @@ static long read_number(const char *path, int *unlimited)
 static long pids_left(void)
 {
     char buf[4096];
-    if (read_small("/proc/self/cgroup", buf, sizeof buf) < 0) return -1;
+    if (cw_read_small("/proc/self/cgroup", buf, sizeof buf) < 0) return -1;
     char dir[512] = "";
     char *save = NULL;
     for (char *line = strtok_r(buf, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
@@ -398,12 +345,12 @@ static long pids_left(void)
     return least;
 }
 
-int cw_helper_pids_tight(void)
+int cw_pids_all_but_spent(void)
 {
     long left = pids_left();
     /* The watcher takes one pid from the program's budget (one for the whole tree); where the
      * budget is all but spent, it waits.  A fork that fails for want of a pid makes it leave
-     * (cw_helper_give_way). */
+     * (cw_watcher_process_give_way). */
     return left >= 0 && left < 4;
 }
 
@@ -412,10 +359,10 @@ int cw_helper_pids_tight(void)
 #endif
 #define FUTEX_TID_BITS 0x3fffffff
 
-int cw_helper_alive(void)
+int cw_watcher_process_alive(void)
 {
     struct cw_shared *sh = cw_sh;
-    if (sh == NULL || cw_is_helper) return 0;
+    if (sh == NULL || cw_in_watcher_process) return 0;
     uint32_t st = atomic_load_explicit(&sh->watcher_state, memory_order_acquire);
     if (st == CW_WATCHER_STARTING) return 1; /* not proven dead: it will come, or its word will say */
     if (st != CW_WATCHER_READY) return 0;
@@ -424,10 +371,10 @@ int cw_helper_alive(void)
            (int32_t)(word & FUTEX_TID_BITS) == atomic_load(&sh->watcher_pid);
 }
 
-int cw_helper_request(_Atomic uint32_t *req, _Atomic uint32_t *done, int timeout_ms)
+int cw_watcher_request(_Atomic uint32_t *req, _Atomic uint32_t *done, int timeout_ms)
 {
     struct cw_shared *sh = cw_sh;
-    if (sh == NULL || !cw_helper_alive()) return -1;
+    if (sh == NULL || !cw_watcher_process_alive()) return -1;
     int saved = errno;
     uint32_t want = atomic_fetch_add(req, 1) + 1;
     cw_doorbell();
@@ -440,24 +387,24 @@ int cw_helper_request(_Atomic uint32_t *req, _Atomic uint32_t *done, int timeout
             break;
         }
         int64_t left = deadline - cw_now_ms();
-        if (left <= 0 || !cw_helper_alive()) break;
+        if (left <= 0 || !cw_watcher_process_alive()) break;
         cw_futex_wait(done, d, left < 50 ? (int)left : 50);
     }
     errno = saved;
     return rc;
 }
 
-int cw_helper_give_way(void)
+int cw_watcher_process_give_way(void)
 {
     struct cw_shared *sh = cw_sh;
-    if (sh == NULL || !cw_helper_alive()) return -1;
+    if (sh == NULL || !cw_watcher_process_alive()) return -1;
     atomic_store(&sh->quit, 1);
     cw_doorbell();
-    for (int i = 0; i < 40 && cw_helper_alive(); i++) {
+    for (int i = 0; i < 40 && cw_watcher_process_alive(); i++) {
         struct timespec ts = {0, 5 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    return cw_helper_alive() ? -1 : 0;
+    return cw_watcher_process_alive() ? -1 : 0;
 }
 
 /* ---- the watcher's side ------------------------------------------------------ */
@@ -497,11 +444,11 @@ static void announce_life(void)
     syscall(SYS_set_robust_list, &robust_head, sizeof robust_head);
 }
 
-void cw_helper_main_if_asked(void)
+void cw_watcher_process_main_if_asked(void)
 {
     const char *spec = getenv(ENV_HELPER);
     if (spec == NULL) return;
-    cw_is_helper = 1;
+    cw_in_watcher_process = 1;
     /* Every call this process makes is its own: the hooks must pass them straight through. */
     cw_in_lib = 1;
     cw_on_private_table = 1;
@@ -556,11 +503,11 @@ void cw_helper_main_if_asked(void)
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
     /* A relative suppressions path is read by the loop first; then no directory is held busy. */
-    cw_watcher_helper_run();
+    cw_watcher_run_process();
     _exit(0);
 }
 
-void cw_helper_ready(const char *error)
+void cw_watcher_process_ready(const char *error)
 {
     struct cw_shared *sh = cw_sh;
     if (error != NULL) helper_fail(error, errno);

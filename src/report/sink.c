@@ -8,8 +8,9 @@
  * room, opened files are non-blocking, and what cannot be written is counted and said once.
  */
 #define _GNU_SOURCE
-#include "sink.h"
-#include "region.h"
+#include "report/sink.h"
+#include "sys/sockets.h"
+#include "shared/region.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -251,7 +252,7 @@ static void write_file(const char *text, size_t len)
 /* The program's stderr, as this process can reach it. */
 static void write_stderr(const char *text, size_t len)
 {
-    if (cw_is_helper) {
+    if (cw_in_watcher_process) {
         struct cw_area *a = cw_current_area();
         if (a != NULL && !cw_sink_holds_stderr_of(a)) {
             /* Not the stderr we were handed: a file or a terminal is opened by name; a pipe or a
@@ -329,7 +330,7 @@ void cw_sink_write(const char *text, size_t len)
 void cw_sink_publish_stderr(void)
 {
     struct cw_area *me = cw_me;
-    if (me == NULL || cw_is_helper) return;
+    if (me == NULL || cw_in_watcher_process) return;
     int saved = errno;
     struct cw_stderr_id *e = &me->err;
     uint32_t gen = atomic_load_explicit(&e->gen, memory_order_relaxed);

@@ -1,6 +1,6 @@
 #ifndef CLOSEWAIT_SINK_H
 #define CLOSEWAIT_SINK_H
-#include "closewait.h"
+#include "base.h"
 /* Where reports go (CLOSEWAIT_LOG), for the process whose report it is (cw_program_pid()).
  * Nothing here keeps a descriptor of the program's open, and no write waits long: a full pipe, a
  * FIFO nobody reads, a full disk cost the report, counted, never the program's time. */

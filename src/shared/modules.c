@@ -7,7 +7,8 @@
  * code outside the known objects (something was dlopen'ed since).
  */
 #define _GNU_SOURCE
-#include "region.h"
+#include "shared/region.h"
+#include "shared/modules.h"
 
 #include <link.h>
 #include <stdio.h>

@@ -9,8 +9,15 @@
  * malloc, no stdio, no lock; errno is saved around anything of ours that may touch it.
  */
 #define _GNU_SOURCE
-#include "region.h"
-#include "sink.h"
+#include "shared/region.h"
+#include "options/options.h"
+#include "shared/modules.h"
+#include "watcher/process.h"
+#include "watcher/watcher.h"
+#include "unwind/stacks.h"
+#include "shared/peers.h"
+#include "hooks/hooks.h"
+#include "report/sink.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -39,8 +46,6 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
-CW_HIDDEN __thread int cw_in_lib __attribute__((tls_model("initial-exec")));
-CW_HIDDEN __thread int cw_in_unwind __attribute__((tls_model("initial-exec")));
 static _Atomic int init_state; /* 0 none, 1 running, 2 done */
 
 /* The watcher thread on its own descriptor table: its numbers are not the program's, so none of
@@ -70,7 +75,7 @@ void cw_init(void)
     int expected = 0;
     if (!atomic_compare_exchange_strong(&init_state, &expected, 1)) return;
     int saved = errno;
-    if (getenv("CLOSEWAIT_HELPER") != NULL) {
+    if (getenv("CLOSEWAIT_WATCHER_OF") != NULL) {
         /* The watcher process (helper.c): its constructor takes over; its calls are its own. */
         cw_in_lib = 1;
         cw_on_private_table = 1;
@@ -92,7 +97,7 @@ void cw_init(void)
 
 __attribute__((constructor)) static void closewait_constructor(void)
 {
-    cw_helper_main_if_asked();
+    cw_watcher_process_main_if_asked();
     cw_init();
 }
 
@@ -120,6 +125,14 @@ static void birth(int fd, enum cw_kind kind, int op)
     if (CW_UNLIKELY(atomic_load_explicit(&init_state, memory_order_acquire) != 2)) cw_init();
     /* Is the watcher still there?  One word; a new one if it died. */
     cw_watcher_check();
+    struct cw_area *me = cw_me;
+    if ((kind == KIND_TCP || kind == KIND_LISTEN) && me != NULL &&
+        CW_UNLIKELY(!atomic_load_explicit(&me->any_tcp, memory_order_relaxed))) {
+        /* The first TCP socket of the process: the watcher starts now, before anything is
+         * written (its start gives this process a region of its own, at the same address). */
+        int expected = 0;
+        if (atomic_compare_exchange_strong(&me->any_tcp, &expected, 1)) cw_watcher_first_tcp();
+    }
     struct cw_slot *s = cw_slot_get(fd);
     if (s == NULL) return;
     uint32_t stack = (kind == KIND_TCP || kind == KIND_LISTEN) && !cw_in_lib ? cw_stack_capture() : 0;
@@ -322,7 +335,7 @@ static void keep_ends(int fd, uint32_t seq)
     cw_peer_load(p, &cur);
     if (cur.seq == seq && cur.family != 0) return;
     struct cw_peer fresh = {.seq = seq};
-    if (cw_kernel_peer(fd, &fresh) == 0) cw_peer_store(p, &fresh);
+    if (cw_peer_from_fd(fd, &fresh) == 0) cw_peer_store(p, &fresh);
 }
 
 static void on_eof(int fd, int op)

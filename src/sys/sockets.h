@@ -1,8 +1,13 @@
-#ifndef CLOSEWAIT_KERNEL_H
-#define CLOSEWAIT_KERNEL_H
-#include "closewait.h"
+#ifndef CLOSEWAIT_SOCKETS_H
+#define CLOSEWAIT_SOCKETS_H
+#include "base.h"
 #include <linux/tcp.h>
 #include <sys/syscall.h>
+
+/* A connection whose last data arrived this long before accept() returned it, and whose peer
+ * has already closed, died waiting in the accept queue (a healthy client that sends its
+ * request and half-closes at once is accepted within milliseconds). */
+#define CW_QUEUED_DEAD_MS 1000
 
 /* CLOSE_WAIT sockets no process holds yet (waiting in an accept queue), by local port. */
 #define CW_MAX_UNOWNED_PORTS 64
@@ -44,27 +49,8 @@ CW_HIDDEN int cw_kernel_tcp_info(int fd, struct tcp_info *ti);
 CW_HIDDEN uint64_t cw_kernel_socket_inode(int fd);
 /* "ip:port" of the local or peer end; "?" if unknown. */
 CW_HIDDEN void cw_kernel_endpoint(int fd, int peer, char *out, size_t cap);
-/* Both ends of a connection, kept while the connection is up: once both sides have closed
- * (shutdown without close, a reset after EOF) the socket is in CLOSE, in no dump, and
- * getpeername() has nothing to say.  Written by shutdown() and by the watcher from its dumps. */
-struct cw_peer {
-    uint32_t seq;
-    uint16_t family, port;  /* family 0: not known yet */
-    uint16_t lport, pad;
-    uint8_t addr[16], laddr[16];
-    uint32_t pad2;
-};
-/* The side table's entries are written by the shutdown() hook, copied whole with relaxed atomic
- * words. */
-CW_HIDDEN void cw_peer_store(struct cw_peer *slot, const struct cw_peer *value);
-CW_HIDDEN void cw_peer_load(const struct cw_peer *slot, struct cw_peer *value);
-CW_HIDDEN int cw_kernel_peer(int fd, struct cw_peer *out);
-/* This process's peer-address side table, per fd, beside its descriptor table. */
-CW_HIDDEN struct cw_peer *cw_peer_slot(int fd);
-CW_HIDDEN void cw_peer_format(const struct cw_peer *p, char *out, size_t cap);
-CW_HIDDEN void cw_peer_format_local(const struct cw_peer *p, char *out, size_t cap);
-/* The ends of a dumped socket, as a peer entry. */
-CW_HIDDEN void cw_peer_from_sock(const struct cw_sock *k, uint32_t seq, struct cw_peer *out);
+/* "ip:port" (or "[ip6]:port") of an address in network order, as sock_diag and sockaddr hold it. */
+CW_HIDDEN void cw_format_endpoint(int family, const void *addr_bytes, uint16_t port_be, char *out, size_t cap);
 CW_HIDDEN const char *cw_tcp_state_name(int state);
 
 /* A watcher thread works on a descriptor table of its own (a shared table makes every descriptor
@@ -72,7 +58,6 @@ CW_HIDDEN const char *cw_tcp_state_name(int state);
  * netlink socket would be the program's to close).  0 when it has one. */
 CW_HIDDEN int cw_watcher_private_table(void);
 CW_HIDDEN extern __thread int cw_on_private_table __attribute__((tls_model("initial-exec")));
-CW_HIDDEN extern int cw_is_helper;
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif

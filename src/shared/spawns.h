@@ -1,6 +1,6 @@
 #ifndef CLOSEWAIT_SPAWN_H
 #define CLOSEWAIT_SPAWN_H
-#include "closewait.h"
+#include "base.h"
 
 /* A tracked socket that was open when a child was made. */
 struct cw_crossed {

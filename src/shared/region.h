@@ -1,9 +1,11 @@
 /* The region shared by the processes of one program tree and their watcher (region.c). */
 #ifndef CLOSEWAIT_REGION_H
 #define CLOSEWAIT_REGION_H
-#include "closewait.h"
-#include "kernel.h"
-#include "spawns.h"
+#include "base.h"
+#include "options/options.h"
+#include "shared/fdtable.h"
+#include "shared/peers.h"
+#include "shared/spawns.h"
 
 #define CW_STACK_INDEX_SIZE (1u << 16)
 #define CW_STACK_ARENA_BYTES (64u << 20)
@@ -116,29 +118,11 @@ CW_HIDDEN void cw_doorbell(void);
 /* The chunk pointers of this process point into cw_me (fdtable.c, kernel.c). */
 CW_HIDDEN void cw_table_repoint(void);
 
-/* helper.c: the watcher process */
-/* Start it; 0 when it runs (wait: for its first word). */
-/* Start it; 0 when it runs (wait: for its first word).  logfd: the log, opened for it while the
- * program could (before a drop of privileges), or -1. */
-CW_HIDDEN int cw_helper_spawn(int wait, int logfd);
-/* Is this process a watcher? */
-CW_HIDDEN extern int cw_is_helper;
-/* Does the region have a watcher process that is alive? */
-CW_HIDDEN int cw_helper_alive(void);
-/* Are the pids of the process's pids cgroup all but used up? */
-CW_HIDDEN int cw_helper_pids_tight(void);
-/* Ask the watcher for something about our area and wait until it is done (at most timeout_ms);
- * 0 when answered. */
-CW_HIDDEN int cw_helper_request(_Atomic uint32_t *req, _Atomic uint32_t *done, int timeout_ms);
-/* In the constructor: CLOSEWAIT_HELPER set means this process is a watcher; never returns. */
-CW_HIDDEN void cw_helper_main_if_asked(void);
+/* The area being looked at: in the watcher, the process it is reporting on; elsewhere this
+ * process's own. */
+CW_HIDDEN void cw_set_current_area(struct cw_area *a);
+CW_HIDDEN struct cw_area *cw_current_area(void);
 /* The pid whose sockets are being looked at: ours, or in the watcher the current area's. */
 CW_HIDDEN pid_t cw_program_pid(void);
 CW_HIDDEN pid_t cw_program_ppid(void);
-CW_HIDDEN void cw_set_current_area(struct cw_area *a);
-CW_HIDDEN struct cw_area *cw_current_area(void);
-/* In the watcher: it is ready (error NULL), or failed (said in the region, then exit). */
-CW_HIDDEN void cw_helper_ready(const char *error);
-/* The region's watcher process must leave, and its pid be free, so that a fork can have it. */
-CW_HIDDEN int cw_helper_give_way(void);
 #endif

@@ -3,7 +3,7 @@
  * a process with a raised RLIMIT_NOFILE pays only for the ranges it uses, and a lookup is two
  * loads with no lock and no syscall.
  */
-#include "region.h"
+#include "shared/region.h"
 
 /* This process's view of its chunks: the hot path reads only this array.  Its area's chunk
  * index says the same for the watcher. */
@@ -86,13 +86,7 @@ void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack,
     /* Before anything is written: starting the watcher process may put a copy of the region in
      * its place. */
     struct cw_area *me = cw_me;
-    if ((kind == KIND_TCP || kind == KIND_LISTEN) && CW_UNLIKELY(!atomic_load_explicit(&me->any_tcp, memory_order_relaxed))) {
-        int expected = 0;
-        if (atomic_compare_exchange_strong(&me->any_tcp, &expected, 1)) cw_watcher_first_tcp();
-        /* Starting the watcher gave this process a region of its own, at the same address. */
-        me = cw_me;
-        if (me == NULL) return;
-    }
+    if (me == NULL) return;
     uint32_t old = atomic_load_explicit(&s->seq, memory_order_relaxed);
     /* Mark the slot free under a new generation while the fields change, so a reader never
      * mixes two lives. */

@@ -3,7 +3,7 @@
  * described in docs/CONTRACT.md, section "Suppressions". */
 #ifndef CLOSEWAIT_SUPPRESS_H
 #define CLOSEWAIT_SUPPRESS_H
-#include "closewait.h"
+#include "base.h"
 
 struct cw_frame; /* symbolize.h */
 

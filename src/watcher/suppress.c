@@ -18,8 +18,8 @@
  * prefix nobody knows; it is warned about and skipped, where the report tool would read it as
  * a function glob (no C or C++ function name has a single colon, so it matched nothing there).
  */
-#include "suppress.h"
-#include "symbolize.h"
+#include "watcher/suppress.h"
+#include "unwind/symbolize.h"
 
 #include <errno.h>
 #include <fcntl.h>

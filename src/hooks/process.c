@@ -6,8 +6,12 @@
  * the watcher later finds which of them sit in CLOSE_WAIT held by another process.
  */
 #define _GNU_SOURCE
-#include "kernel.h"
-#include "region.h"
+#include "sys/sockets.h"
+#include "watcher/watcher.h"
+#include "watcher/process.h"
+#include "unwind/stacks.h"
+#include "hooks/hooks.h"
+#include "shared/region.h"
 
 #include <errno.h>
 #include <spawn.h>
@@ -104,7 +108,7 @@ pid_t fork(void)
     if (r != 0) cw_region_fork_result(r);
     /* Out of pids (a container's pids limit): the program's own fork must not fail for the pid
      * our watcher takes.  It leaves, and the fork is tried again while the pid is freed. */
-    if (r < 0 && err == EAGAIN && cw_helper_give_way() == 0) {
+    if (r < 0 && err == EAGAIN && cw_watcher_process_give_way() == 0) {
         cw_warn("the pids limit is reached: the watcher process left so that the program's fork could have its pid; ",
                 "reports are written at exit only", NULL);
         for (int i = 0; i < 40; i++) {

@@ -6,8 +6,9 @@
  * Results are cached by pc: a stack seen again costs a hash lookup.
  */
 #define _GNU_SOURCE
-#include "symbolize.h"
-#include "region.h"
+#include "unwind/symbolize.h"
+#include "unwind/stacks.h"
+#include "shared/region.h"
 
 #include <dlfcn.h>
 #include <dwarf.h>
@@ -432,7 +433,7 @@ static int symbolize_maps(uintptr_t pc, uintptr_t lookup, struct cw_frame *out)
 /* Without libdw: dladdr gives the module, its load bias and exported names. */
 static int symbolize_dladdr(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, int with_names)
 {
-    if (cw_is_helper || cw_current_area() != cw_me) return symbolize_maps(pc, lookup, out);
+    if (cw_in_watcher_process || cw_current_area() != cw_me) return symbolize_maps(pc, lookup, out);
     struct cw_frame f = {0};
     f.pc = pc;
     Dl_info info;

@@ -13,11 +13,16 @@
  * read from the region was written by a program process: each is checked before use.
  */
 #define _GNU_SOURCE
-#include "buf.h"
-#include "region.h"
-#include "sink.h"
-#include "suppress.h"
-#include "symbolize.h"
+#include "report/buf.h"
+#include "shared/modules.h"
+#include "unwind/stacks.h"
+#include "hooks/hooks.h"
+#include "watcher/watcher.h"
+#include "watcher/process.h"
+#include "shared/region.h"
+#include "report/sink.h"
+#include "watcher/suppress.h"
+#include "unwind/symbolize.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -1425,12 +1430,12 @@ static void start_watching_with(int wait, int logfd)
     if (cw_sh == NULL || cw_me == NULL) return;
     if (orphans_come_back()) atomic_store(&cw_sh->thread_only, 1);
     if (process_wanted && cw_region_is_shared() && !atomic_load(&cw_sh->thread_only)) {
-        if (cw_helper_pids_tight()) {
+        if (cw_pids_all_but_spent()) {
             /* Every pid is the program's now: try again with the next socket. */
             atomic_store(&watcher_pending, 1);
             return;
         }
-        if (cw_helper_spawn(wait, logfd) == 0) {
+        if (cw_watcher_process_start(wait, logfd) == 0) {
             started_watcher = 1;
             return;
         }
@@ -1458,13 +1463,13 @@ void cw_watcher_first_tcp(void)
 void cw_watcher_check(void)
 {
     struct cw_shared *sh = cw_sh;
-    if (sh == NULL || thread_mode || !process_wanted || cw_is_helper) return;
+    if (sh == NULL || thread_mode || !process_wanted || cw_in_watcher_process) return;
     if (atomic_load(&watcher_pending)) {
         cw_watcher_first_tcp();
         return;
     }
     uint32_t st = atomic_load_explicit(&sh->watcher_state, memory_order_relaxed);
-    if (st == CW_WATCHER_NONE || cw_helper_alive() || atomic_load(&sh->quit)) return;
+    if (st == CW_WATCHER_NONE || cw_watcher_process_alive() || atomic_load(&sh->quit)) return;
     /* It died.  Said once; a new one takes over (a region of our own for it). */
     int saved = errno;
     cw_in_lib++;
@@ -1533,7 +1538,7 @@ void cw_watcher_after_fork_child(void)
     if (cw_me == NULL) return;
     /* A process watcher serves the child already, through its area. */
     if (!thread_mode) {
-        if (atomic_load(&watcher_pending) == 0 && !cw_helper_alive()) atomic_store(&watcher_pending, 1);
+        if (atomic_load(&watcher_pending) == 0 && !cw_watcher_process_alive()) atomic_store(&watcher_pending, 1);
         return;
     }
     if (!atomic_load(&cw_me->any_tcp)) {
@@ -1546,7 +1551,7 @@ void cw_watcher_after_fork_child(void)
 void cw_watcher_credentials_changed(int logfd, int start_now)
 {
     int saved = errno;
-    if (cw_sh != NULL && cw_me != NULL && !cw_is_helper && !thread_mode) {
+    if (cw_sh != NULL && cw_me != NULL && !cw_in_watcher_process && !thread_mode) {
         cw_in_lib++;
         /* A region of our own, and a watcher of our own credentials for it.  The old watcher
          * forgets us (our area there is marked as left). */
@@ -1619,7 +1624,7 @@ void cw_watcher_at_exit(void)
     }
     int asked = 0;
     if (exit_worth_asking()) {
-        if (cw_helper_request(&me->exit_req, &me->exit_done, 1000) == 0) {
+        if (cw_watcher_request(&me->exit_req, &me->exit_done, 1000) == 0) {
             asked = 1;
         } else if (atomic_load(&cw_sh->quit)) {
             /* It gave its pid to the program's fork: this process looks for itself. */
@@ -1664,7 +1669,7 @@ static void forget_previous_watcher(void)
     adopting = 1;
 }
 
-void cw_watcher_helper_run(void)
+void cw_watcher_run_process(void)
 {
     forget_previous_watcher();
     load_suppressions();
@@ -1673,12 +1678,12 @@ void cw_watcher_helper_run(void)
     if (chdir("/") != 0) {
     }
     cw_sink_stderr_hold(1);
-    cw_helper_ready(NULL);
+    cw_watcher_process_ready(NULL);
     watch();
 }
 
 /* ---- public API ---------------------------------------------------------- */
-#include "../include/closewait.h"
+#include "closewait.h"
 
 __attribute__((visibility("default"))) const char *closewait_version(void)
 {
@@ -1690,8 +1695,8 @@ __attribute__((visibility("default"))) void closewait_dump(void)
     cw_init();
     int saved = errno;
     struct cw_area *me = cw_me;
-    if (me != NULL && !thread_mode && cw_helper_alive()) {
-        cw_helper_request(&me->dump_req, &me->dump_done, 5000);
+    if (me != NULL && !thread_mode && cw_watcher_process_alive()) {
+        cw_watcher_request(&me->dump_req, &me->dump_done, 5000);
     } else if (me != NULL) {
         pthread_mutex_lock(&tick_lock);
         int was_thread = thread_mode;

@@ -1,6 +1,7 @@
 /* Options: CLOSEWAIT_* environment variables, read once, each bounded, one warning per bad value. */
 #define _GNU_SOURCE
-#include "closewait.h"
+#include "base.h"
+#include "options/options.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -28,48 +29,6 @@ CW_HIDDEN struct cw_config cw_cfg = {
     .suppress_path = "",
 };
 
-void cw_warn(const char *a, const char *b, const char *c)
-{
-    char line[768];
-    size_t n = 0;
-    const char *parts[] = {"closewait: ", a, b, c, "\n"};
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        const char *p = parts[i];
-        if (p == NULL) continue;
-        size_t len = strnlen(p, 256);
-        if (n + len >= sizeof line - 1) len = sizeof line - 1 - n;
-        memcpy(line + n, p, len);
-        n += len;
-    }
-    /* Never the program's time: a full pipe or a terminal nobody reads loses the line, a pipe
-     * whose reader is gone raises no SIGPIPE in the program. */
-    int fd = 2;
-    struct stat st;
-    if (fstat(fd, &st) != 0) return;
-    if (S_ISSOCK(st.st_mode)) {
-        ssize_t w = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-        (void)w;
-        return;
-    }
-    if (S_ISFIFO(st.st_mode)) {
-        int size = fcntl(fd, F_GETPIPE_SZ), queued = 0;
-        if (size <= 0 || ioctl(fd, FIONREAD, &queued) != 0 || size - queued < (int)n) return;
-    }
-    sigset_t pipe_set, old, pending;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-    sigpending(&pending);
-    int was_pending = sigismember(&pending, SIGPIPE);
-    ssize_t w = write(fd, line, n);
-    (void)w;
-    sigpending(&pending);
-    if (!was_pending && sigismember(&pending, SIGPIPE)) {
-        struct timespec zero = {0, 0};
-        sigtimedwait(&pipe_set, NULL, &zero);
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-}
 
 /* Decimal integer within [lo, hi]; 0 on success. */
 static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
@@ -284,16 +243,3 @@ void cw_config_load(void)
     }
 }
 
-int64_t cw_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t cw_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}

@@ -11,7 +11,9 @@
  * descriptors (see unwinder_io in hooks.c).
  */
 #define _GNU_SOURCE
-#include "region.h"
+#include "shared/region.h"
+#include "shared/modules.h"
+#include "unwind/stacks.h"
 
 #include <dlfcn.h>
 #define UNW_LOCAL_ONLY /* the _UL* names: this process only */

@@ -1,0 +1,91 @@
+/* The per-descriptor table of one process: what each descriptor is, where it was born, what
+ * happened to it.  The hooks write it; the watcher reads it (in the region, shared/region.h). */
+#ifndef CLOSEWAIT_FDTABLE_H
+#define CLOSEWAIT_FDTABLE_H
+#include "base.h"
+
+/* How a tracked descriptor came to be, for the report. */
+enum cw_op {
+    OP_NONE = 0, OP_SOCKET, OP_ACCEPT, OP_ACCEPT4, OP_CONNECT, OP_DUP, OP_INHERITED,
+    OP_READ, OP_READV, OP_RECV, OP_RECVFROM, OP_RECVMSG, OP_RECVMMSG,
+    OP_READ_CHK, OP_RECV_CHK, OP_RECVFROM_CHK, OP_COUNT
+};
+CW_HIDDEN const char *cw_op_name(int op);
+
+enum cw_kind {
+    KIND_FREE = 0,     /* nothing known about this descriptor */
+    KIND_TCP = 1,      /* a TCP stream socket we track */
+    KIND_LISTEN = 2,   /* a TCP socket that listen() was called on */
+    KIND_OTHER = 3,    /* classified: not TCP (cached so accept() need not ask again) */
+};
+
+/* Flag bits in cw_slot.flags. */
+#define SF_EOF        0x01u   /* a read returned 0 with a non-zero length */
+#define SF_SHUT_WR    0x02u   /* the program called shutdown(SHUT_WR/SHUT_RDWR) */
+#define SF_CLIENT     0x04u   /* connect() was called */
+#define SF_DUP        0x08u   /* born from dup/dup2/dup3/F_DUPFD */
+#define SF_REPORTED   0x10u   /* the watcher reported it */
+#define SF_BACKLOGGED 0x20u   /* listener: its accept queue is not empty; check what accept returns */
+#define SF_DEAD_ON_ACCEPT 0x40u /* accepted already in CLOSE_WAIT, after waiting in the queue */
+
+/*
+ * One descriptor.  `seq` is (generation << 2 | kind): a birth or death stores a new value, so a
+ * reader that loads seq, reads the fields and loads seq again knows whether it saw one life.
+ * Fields are relaxed atomics: hooks on any thread write them, the watcher reads them.
+ * 64 bytes, one cache line.
+ */
+struct cw_slot {
+    _Atomic uint32_t seq;
+    _Atomic uint32_t flags;
+    _Atomic uint32_t open_stack;   /* stack store id, 0 = none */
+    _Atomic uint32_t eof_stack;
+    _Atomic uint64_t inode;        /* the socket's, from fstat at birth */
+    _Atomic int64_t open_ms;
+    _Atomic int64_t eof_ms;
+    _Atomic uint8_t opened_by;
+    _Atomic uint8_t eof_by;
+    _Atomic uint16_t fork_gen;     /* cw_fork_gen at birth: older means inherited from a parent */
+    _Atomic int32_t aux;           /* listen backlog on a listener; source fd of a dup */
+    /* Owned by the watcher alone. */
+    uint32_t w_seq;                /* seq these watcher fields belong to */
+    uint32_t w_flags;
+    int64_t w_fin_ms;              /* when the watcher first saw CLOSE_WAIT */
+};
+_Static_assert(sizeof(struct cw_slot) <= 64, "one cache line per descriptor");
+
+#define SEQ_KIND(s) ((s) & 3u)
+#define SEQ_GEN(s) ((s) >> 2)
+
+/* The fork generation and "a TCP socket exists" live in the region (region.h). */
+
+#define CW_CHUNK_SLOTS 256
+#define CW_MAX_CHUNKS 4096 /* 1M descriptors: fs.nr_open's default, the most RLIMIT_NOFILE allows */
+CW_HIDDEN extern _Atomic(struct cw_slot *) cw_chunks[CW_MAX_CHUNKS];
+CW_HIDDEN struct cw_slot *cw_chunk_known(unsigned c);
+/* Slot of fd if its chunk exists, else NULL. Cheap: no syscall, no lock; inline, as every hook
+ * that sees a descriptor asks. */
+static inline struct cw_slot *cw_slot_peek(int fd)
+{
+    unsigned u = (unsigned)fd;
+    unsigned c = u / CW_CHUNK_SLOTS;
+    if (CW_UNLIKELY(c >= CW_MAX_CHUNKS)) return NULL;
+    struct cw_slot *chunk = atomic_load_explicit(&cw_chunks[c], memory_order_acquire);
+    if (CW_UNLIKELY(chunk == NULL) && (chunk = cw_chunk_known(c)) == NULL) return NULL;
+    return &chunk[u % CW_CHUNK_SLOTS];
+}
+/* Slot of fd, creating its chunk (mmap) if needed; NULL if fd is out of range or mmap fails. */
+CW_HIDDEN struct cw_slot *cw_slot_get(int fd);
+/* Start a new life in the slot. */
+/* inode: the socket's (fstat at birth), which the watcher looks for in the kernel's dumps. */
+CW_HIDDEN void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack, uint64_t inode);
+/* End the life (before the real close runs). */
+CW_HIDDEN void cw_slot_forget(int fd);
+CW_HIDDEN void cw_slot_forget_range(unsigned first, unsigned last);
+/* Copy what is known of `from` into `to` (dup family). */
+CW_HIDDEN void cw_slot_copy(int from, int to);
+/* The highest fd + 1 the table covers right now. */
+CW_HIDDEN int cw_table_limit(void);
+/* The first fd >= fd that has a slot (its chunk is mapped), or -1: walk the table with
+ * for (fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)). */
+CW_HIDDEN int cw_table_next(int fd);
+#endif

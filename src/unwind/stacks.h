@@ -1,0 +1,16 @@
+/* Backtraces: captured at a socket's birth and EOF, deduplicated in the region's stack store. */
+#ifndef CLOSEWAIT_STACKS_H
+#define CLOSEWAIT_STACKS_H
+#include "base.h"
+
+CW_HIDDEN void cw_stacks_init(void);
+/* Capture the caller's stack (our own frames removed) and return its id, 0 on failure. */
+CW_HIDDEN uint32_t cw_stack_capture(void);
+/* Frames of stack id; returns depth (0 if unknown). */
+CW_HIDDEN int cw_stack_frames(uint32_t id, const uintptr_t **pcs);
+/* Is pc inside libunwind?  (A signal handler that interrupts an unwind is not.) */
+CW_HIDDEN int cw_pc_in_unwinder(uintptr_t pc);
+/* Around fork(): no thread inside libunwind while the process is copied. */
+CW_HIDDEN void cw_stacks_fork_prepare(void);
+CW_HIDDEN void cw_stacks_fork_done(void);
+#endif

@@ -1,0 +1,19 @@
+/* The watcher as the hooks see it: when it starts, what a fork, a change of credentials and an
+ * exit mean for it.  Its inside is watcher/internal.h. */
+#ifndef CLOSEWAIT_WATCHER_H
+#define CLOSEWAIT_WATCHER_H
+#include "base.h"
+
+CW_HIDDEN void cw_watcher_start(void);
+/* The first TCP socket of the process is being born: start the watcher if it waits for that. */
+CW_HIDDEN void cw_watcher_first_tcp(void);
+CW_HIDDEN void cw_watcher_after_fork_child(void);
+CW_HIDDEN void cw_watcher_at_exit(void);
+/* The process changed its credentials: what watches it must have no more privilege. */
+/* logfd: the log, opened before the change (-1: none); taken over. */
+CW_HIDDEN void cw_watcher_credentials_changed(int logfd, int start_now);
+/* Before a birth or an exit: is the watcher still there?  Replaces a dead one. */
+CW_HIDDEN void cw_watcher_check(void);
+/* In the watcher process: the loop over the region's processes. */
+CW_HIDDEN void cw_watcher_run_process(void);
+#endif
