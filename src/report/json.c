@@ -1,0 +1,138 @@
+/* CLOSEWAIT_FORMAT=json: JSON Lines, one event per line (docs/CONTRACT.md). */
+#define _GNU_SOURCE
+#include "report/report.h"
+#include "unwind/symbolize.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static void iso_time(int64_t wall_ms, char *out, size_t cap)
+{
+    time_t t = (time_t)(wall_ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(wall_ms % 1000));
+}
+
+static void head(struct buf *b, const char *event, pid_t pid)
+{
+    int64_t wall = cw_wall_ms();
+    char iso[64];
+    iso_time(wall, iso, sizeof iso);
+    buf_printf(b, "{\"event\":\"%s\",\"pid\":%ld,\"time\":\"%s\",\"ts_ms\":%lld", event, (long)pid, iso,
+               (long long)wall);
+}
+
+static void frames(struct buf *b, const char *key, uint32_t id)
+{
+    struct cw_frame f[CW_MAX_FRAMES];
+    int n = cw_report_frames(id, f, CW_MAX_FRAMES);
+    buf_printf(b, ",\"%s\":[", key);
+    for (int i = 0; i < n; i++) {
+        buf_printf(b, "%s{\"pc\":\"0x%lx\",\"module\":", i ? "," : "", (unsigned long)f[i].pc);
+        buf_json_str(b, f[i].module);
+        buf_printf(b, ",\"offset\":\"0x%lx\"", (unsigned long)f[i].offset);
+        if (f[i].build_id != NULL) buf_printf(b, ",\"build_id\":\"%s\"", f[i].build_id);
+        if (f[i].function != NULL) {
+            buf_puts(b, ",\"function\":");
+            buf_json_str(b, f[i].function);
+        }
+        if (f[i].file != NULL) {
+            buf_puts(b, ",\"file\":");
+            buf_json_str(b, f[i].file);
+            buf_printf(b, ",\"line\":%d", f[i].line);
+        }
+        if (f[i].inlined) buf_puts(b, ",\"inlined\":true");
+        if (f[i].tail_call) buf_puts(b, ",\"tail_call\":true");
+        buf_puts(b, "}");
+    }
+    buf_puts(b, "]");
+}
+
+static void start(struct buf *b, const struct cw_start_event *e)
+{
+    head(b, "start", e->pid);
+    buf_printf(b, ",\"ppid\":%ld,\"exe\":", (long)e->ppid);
+    buf_json_str(b, e->exe);
+    buf_puts(b, ",\"host\":");
+    buf_json_str(b, e->host);
+    buf_printf(b, ",\"grace_ms\":%lld,\"watch\":\"sock_diag\",\"watcher\":\"%s\",\"version\":\"%s\"}\n",
+               (long long)e->grace_ms, e->watcher, e->version);
+}
+
+static void leak(struct buf *b, const struct cw_leak_event *e)
+{
+    /* Symbolize first, so that the event's time and its ages are taken together. */
+    struct buf fr = {0};
+    if (e->inherited) frames(&fr, "spawn_stack", e->spawn_stack);
+    frames(&fr, "open_stack", e->open_stack);
+    if (e->eof_by != NULL) {
+        buf_printf(&fr, ",\"eof_by\":\"%s\"", e->eof_by);
+        frames(&fr, "eof_stack", e->eof_stack);
+    }
+    int64_t now = cw_now_ms();
+    head(b, "leak", e->pid);
+    buf_printf(b, ",\"fd\":%d,\"reason\":\"%s\",\"state\":\"%s\",\"local\":", e->fd, e->reason, e->state);
+    buf_json_str(b, e->local);
+    buf_puts(b, ",\"peer\":");
+    buf_json_str(b, e->peer);
+    buf_printf(b, ",\"since_fin_ms\":%lld,\"open_age_ms\":%lld,\"opened_by\":\"%s\",\"role\":\"%s\"",
+               (long long)(now - e->fin_ms), (long long)(now - e->open_ms), e->opened_by, e->role);
+    buf_printf(b, ",\"stack_id\":\"%016llx\",\"site\":%d,\"site_open\":%ld,\"site_ever\":%ld,\"growing\":%s",
+               (unsigned long long)e->stable_id, e->site, e->site_open, e->site_ever, e->growing ? "true" : "false");
+    if (e->ndups > 0) {
+        buf_puts(b, ",\"dup_fds\":[");
+        for (int i = 0; i < e->ndups; i++) buf_printf(b, "%s%d", i ? "," : "", e->dups[i]);
+        buf_puts(b, "]");
+    }
+    buf_puts(b, ",\"exe\":");
+    buf_json_str(b, e->exe);
+    if (e->inherited) buf_printf(b, ",\"holder_pid\":%ld,\"spawned_by\":\"%s\"", (long)e->holder, e->spawned_by);
+    if (fr.p != NULL) buf_put(b, fr.p, fr.n);
+    buf_free(&fr);
+    buf_puts(b, "}\n");
+}
+
+static void closed(struct buf *b, const struct cw_closed_event *e)
+{
+    head(b, "closed_late", e->pid);
+    buf_printf(b, ",\"fd\":%d,\"stack_id\":\"%016llx\",\"local\":", e->fd, (unsigned long long)e->stable_id);
+    buf_json_str(b, e->local);
+    buf_puts(b, ",\"peer\":");
+    buf_json_str(b, e->peer);
+    buf_printf(b, ",\"held_ms\":%lld,\"closed_by\":\"%s\"}\n", (long long)e->held_ms, e->closed_by);
+}
+
+static void backlog(struct buf *b, const struct cw_backlog_event *e)
+{
+    head(b, "backlog", e->pid);
+    buf_printf(b, ",\"reason\":\"%s\",\"fd\":%d,\"listen\":", e->reason, e->fd);
+    buf_json_str(b, e->listen);
+    buf_printf(b, ",\"backlog\":%d,\"accepted_dead\":%u,\"queued_dead\":%u,\"queue_len\":%u,\"queue_limit\":%u",
+               e->backlog, e->accepted_dead, e->queued_dead, e->queue_len, e->queue_limit);
+    buf_printf(b, ",\"stack_id\":\"%016llx\",\"exe\":", (unsigned long long)e->stable_id);
+    buf_json_str(b, e->exe);
+    frames(b, "listen_stack", e->stack);
+    buf_puts(b, "}\n");
+}
+
+static void summary(struct buf *b, const struct cw_summary_event *e)
+{
+    if (e->total == 0 && e->suppressed == 0 && strcmp(e->why, "exit") == 0) return; /* nothing to say */
+    head(b, "summary", e->pid);
+    buf_printf(b, ",\"why\":\"%s\",\"leaks_open\":%ld,\"leaks_total\":%ld,\"suppressed\":%ld", e->why, e->open,
+               e->total, e->suppressed);
+    if (e->dropped > 0) buf_printf(b, ",\"reports_dropped\":%ld", e->dropped);
+    buf_puts(b, ",\"findings\":[");
+    for (size_t i = 0; i < e->nsites; i++) {
+        const struct cw_site_line *s = &e->sites[i];
+        buf_printf(b, "%s{\"stack_id\":\"%016llx\",\"site\":%d,\"count_now\":%ld,\"count_ever\":%ld,\"growing\":%s}",
+                   i ? "," : "", (unsigned long long)s->stable_id, s->site, s->now, s->ever,
+                   s->growing ? "true" : "false");
+    }
+    buf_puts(b, "]}\n");
+}
+
+const struct cw_printer cw_printer_json = {"json", start, leak, closed, backlog, summary};

@@ -1,0 +1,123 @@
+/* CLOSEWAIT_FORMAT=text (the default): LeakSanitizer-style lines for people.  Each open site's
+ * stack is written in full at its first report in a process; later ones point back to it. */
+#define _GNU_SOURCE
+#include "report/report.h"
+#include "unwind/symbolize.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void frames(struct buf *b, uint32_t id)
+{
+    struct cw_frame f[CW_MAX_FRAMES];
+    int n = cw_report_frames(id, f, CW_MAX_FRAMES);
+    if (n == 0) buf_puts(b, "    (no backtrace: libunwind unavailable)\n");
+    for (int i = 0; i < n; i++) {
+        buf_printf(b, "    #%d 0x%lx in %s", i, (unsigned long)f[i].pc, f[i].function != NULL ? f[i].function : "??");
+        if (f[i].file != NULL) buf_printf(b, " %s:%d", f[i].file, f[i].line);
+        if (f[i].inlined) buf_puts(b, " (inlined)");
+        if (f[i].tail_call) buf_puts(b, " (tail call, recovered)");
+        buf_printf(b, " (%s+0x%lx)\n", f[i].module != NULL ? f[i].module : "?", (unsigned long)f[i].offset);
+    }
+}
+
+static void leak(struct buf *b, const struct cw_leak_event *e)
+{
+    int pid = (int)e->pid;
+    double held = (double)(e->now_ms - e->fin_ms) / 1000.0;
+    buf_printf(b, "==%d==closewait: fd %d held in %s %.1f s after the peer closed (%s)\n", pid, e->fd, e->state, held,
+               e->reason);
+    buf_printf(b, "==%d==  %s connection %s %s %s, opened by %s %.1f s ago", pid, e->role, e->local,
+               strcmp(e->role, "client") == 0 ? "->" : "<-", e->peer, e->opened_by,
+               (double)(e->now_ms - e->open_ms) / 1000.0);
+    if (e->ndups > 0) {
+        buf_puts(b, "; also held as fd");
+        for (int i = 0; i < e->ndups; i++) buf_printf(b, " %d", e->dups[i]);
+    }
+    buf_puts(b, "\n");
+    if (e->site_first) {
+        buf_printf(b, "Socket opened at (open site #%d, stack %016llx):\n", e->site, (unsigned long long)e->stable_id);
+        frames(b, e->open_stack);
+    } else {
+        buf_printf(b, "Socket opened at open site #%d (stack %016llx), shown above: %ld open now, %ld in all%s\n",
+                   e->site, (unsigned long long)e->stable_id, e->site_open, e->site_ever,
+                   e->growing ? ", growing" : "");
+    }
+    if (e->eof_by != NULL) {
+        if (e->eof_stack_shown) {
+            struct cw_frame f[4];
+            int nf = cw_report_frames(e->eof_stack, f, 4);
+            buf_printf(b, "EOF read by %s in %s", e->eof_by, nf > 0 && f[0].function != NULL ? f[0].function : "??");
+            if (nf > 0 && f[0].file != NULL) buf_printf(b, " %s:%d", f[0].file, f[0].line);
+            buf_puts(b, ", the same stack as shown above\n");
+        } else {
+            buf_printf(b, "EOF read by %s at:\n", e->eof_by);
+            frames(b, e->eof_stack);
+        }
+    }
+    if (e->inherited) {
+        buf_printf(b, "Held by process %ld, which inherited it through %s at:\n", (long)e->holder, e->spawned_by);
+        frames(b, e->spawn_stack);
+    }
+    buf_puts(b, "\n");
+}
+
+static void closed(struct buf *b, const struct cw_closed_event *e)
+{
+    buf_printf(b, "==%d==closewait: fd %d (%s <- %s) closed at last, %.1f s after the peer closed (open site #%d)\n\n",
+               (int)e->pid, e->fd, e->local, e->peer, (double)e->held_ms / 1000.0, e->site);
+}
+
+static void backlog(struct buf *b, const struct cw_backlog_event *e)
+{
+    int pid = (int)e->pid;
+    if (strcmp(e->reason, "accept_queue_full") == 0)
+        buf_printf(b, "==%d==closewait: listener %s (backlog %d): accept queue full (%u waiting, limit %u); "
+                      "the kernel is dropping new connections' SYNs and clients retry (accept_queue_full)\n",
+                   pid, e->listen, e->backlog, e->queue_len, e->queue_limit);
+    else
+        buf_printf(b, "==%d==closewait: listener %s (backlog %d): %u connection(s) accepted after the client "
+                      "had given up, %u dead in the accept queue now (peer_closed_in_backlog)\n",
+                   pid, e->listen, e->backlog, e->accepted_dead, e->queued_dead);
+    buf_puts(b, "Listening socket set up at:\n");
+    frames(b, e->stack);
+    buf_puts(b, "\n");
+}
+
+static void summary(struct buf *b, const struct cw_summary_event *e)
+{
+    int pid = (int)e->pid;
+    if (e->total == 0 && e->suppressed == 0) {
+        if (strcmp(e->why, "exit") == 0) return;
+        buf_printf(b, "==%d==closewait: no socket held in CLOSE_WAIT so far\n", pid);
+        return;
+    }
+    buf_printf(b, "==%d==closewait: findings (%s), by open site:\n", pid, e->why);
+    /* most open first, then most ever */
+    size_t *order = calloc(e->nsites ? e->nsites : 1, sizeof *order);
+    if (order != NULL) {
+        for (size_t i = 0; i < e->nsites; i++) order[i] = i;
+        for (size_t i = 1; i < e->nsites; i++)
+            for (size_t j = i; j > 0; j--) {
+                const struct cw_site_line *a = &e->sites[order[j - 1]], *c = &e->sites[order[j]];
+                if (a->now > c->now || (a->now == c->now && a->ever >= c->ever)) break;
+                size_t t = order[j - 1];
+                order[j - 1] = order[j];
+                order[j] = t;
+            }
+        for (size_t k = 0; k < e->nsites; k++) {
+            const struct cw_site_line *s = &e->sites[order[k]];
+            buf_printf(b, "Open site #%d (stack %016llx): %ld socket(s) held now, %ld in all%s\n", s->site,
+                       (unsigned long long)s->stable_id, s->now, s->ever, s->growing ? ", growing" : "");
+            frames(b, s->stack);
+        }
+    }
+    free(order);
+    buf_printf(b, "SUMMARY: closewait: %ld socket(s) held in CLOSE_WAIT from %zu open site(s); %ld reported in all",
+               e->open, e->sites_open, e->total);
+    if (e->suppressed) buf_printf(b, ", %ld suppressed", e->suppressed);
+    if (e->dropped > 0) buf_printf(b, "; %ld report(s) could not be written", e->dropped);
+    buf_puts(b, ".\n");
+}
+
+const struct cw_printer cw_printer_text = {"text", NULL, leak, closed, backlog, summary};

@@ -1,0 +1,223 @@
+/* Findings: open sites, leaks and their reports, the summary of a process. */
+#define _GNU_SOURCE
+#include "watcher/internal.h"
+
+/* The program's path as it published it (its own /proc/self/exe). */
+void cw_proc_load_identity(struct proc *p)
+{
+    memcpy(p->exe, p->area->exe, sizeof p->area->exe);
+    p->exe[sizeof p->area->exe - 1] = '\0';
+    if (hostname[0] == '\0' && gethostname(hostname, sizeof hostname - 1) != 0) hostname[0] = '\0';
+}
+
+/* The first event of a process, in a format that has one, says what the process is. */
+void cw_finding_announce(void)
+{
+    const struct cw_printer *fmt = cw_report_printer();
+    if (P->announced || fmt->start == NULL) return;
+    P->announced = 1;
+    struct cw_start_event e = {
+        .pid = cw_program_pid(),
+        .ppid = cw_program_ppid(),
+        .exe = P->exe,
+        .host = hostname,
+        .watcher = thread_mode ? "thread" : "process",
+        .version = CLOSEWAIT_VERSION,
+        .grace_ms = cw_cfg.grace_ms,
+    };
+    struct buf b = {0};
+    fmt->start(&b, &e);
+    cw_sink_write(b.p, b.n);
+    buf_free(&b);
+}
+
+void cw_watch_load_suppressions(void)
+{
+    if (suppressions_loaded || cw_cfg.suppress_path[0] == '\0') return;
+    suppressions_loaded = 1;
+    cw_suppressions_load(cw_cfg.suppress_path);
+}
+
+int cw_watch_suppressed(uint32_t id)
+{
+    if (cw_suppressions_count() == 0) return 0;
+    struct cw_frame f[CW_MAX_FRAMES];
+    int n = cw_report_frames(id, f, CW_MAX_FRAMES);
+    return cw_suppressions_match(f, n);
+}
+
+struct open_site *cw_open_site_for(uint32_t stack, int64_t now)
+{
+    for (size_t i = 0; i < P->nsites; i++)
+        if (P->sites[i].stack == stack) return &P->sites[i];
+    if (cw_grow(&P->sites, &P->sites_cap, P->nsites, sizeof *P->sites, 16) != 0) return NULL;
+    struct open_site *g = &P->sites[P->nsites++];
+    memset(g, 0, sizeof *g);
+    g->stack = stack;
+    g->stable_id = cw_report_stack_id(stack);
+    g->number = (int)P->nsites;
+    g->first_ms = now;
+    return g;
+}
+
+/* Growing: the number held open from this site reached a new high in the last minute. */
+int cw_open_site_growing(const struct open_site *g, int64_t now)
+{
+    return g->now >= 2 && g->now == g->peak && now - g->peak_ms < 60000;
+}
+
+long cw_proc_open_now(const struct proc *p)
+{
+    long open = 0;
+    for (size_t i = 0; i < p->nsites; i++) open += p->sites[i].now;
+    return open;
+}
+
+int cw_reported_anywhere(uint64_t inode)
+{
+    for (size_t k = 0; k < nprocs; k++)
+        for (size_t i = 0; i < procs[k].nleaks; i++)
+            if (procs[k].leaks[i].inode == inode) return 1;
+    return 0;
+}
+
+const char *cw_role_of(const struct observed *o)
+{
+    if (o->opened_by == OP_ACCEPT || o->opened_by == OP_ACCEPT4) return "server";
+    if (o->flags & SF_CLIENT) return "client";
+    return "unknown";
+}
+
+/* Text format: each distinct stack is printed in full once per process; later reports point
+ * back to it. */
+static int text_stack_shown(uint32_t stack)
+{
+    for (size_t i = 0; i < P->nshown; i++)
+        if (P->shown[i] == stack) return 1;
+    if (cw_grow(&P->shown, &P->shown_cap, P->nshown, sizeof *P->shown, 32) != 0) return 0;
+    P->shown[P->nshown++] = stack;
+    return 0;
+}
+
+void cw_finding_leak(const struct observed *o, int64_t now)
+{
+    struct open_site *g = cw_open_site_for(o->open_stack, now);
+    if (g == NULL) return;
+    if (cw_grow(&P->leaks, &P->leaks_cap, P->nleaks, sizeof *P->leaks, 64) != 0) return;
+    struct leak *l = &P->leaks[P->nleaks++];
+    memset(l, 0, sizeof *l);
+    l->fd = o->fd;
+    l->seq = o->seq;
+    l->inode = o->inode;
+    l->site_index = (size_t)(g - P->sites);
+    l->fin_ms = o->fin_ms;
+    l->foreign = o->holder != 0 && o->holder != cw_program_pid();
+    l->in_close = o->state == TCPS_CLOSE;
+    l->holder = o->holder;
+    snprintf(l->local, sizeof l->local, "%s", o->local != NULL ? o->local : "?");
+    snprintf(l->peer, sizeof l->peer, "%s", o->peer != NULL ? o->peer : "?");
+    g->now++;
+    /* before the report is written: a program that reads it and asks closewait_leaks_open()
+     * finds it counted */
+    atomic_store(&P->area->open_now, cw_proc_open_now(P));
+    g->ever++;
+    g->last_ms = now;
+    if (g->now > g->peak) {
+        g->peak = g->now;
+        g->peak_ms = now;
+    }
+    P->total_reported++;
+    atomic_store(&P->area->reported, P->total_reported);
+
+    if (silent) return;
+    int dups[8], ndups = 0;
+    if (!l->foreign) ndups = cw_proc_fds_of_socket(o->inode, o->fd, dups, 8);
+    struct cw_leak_event e = {
+        .pid = cw_program_pid(),
+        .fd = o->fd,
+        .reason = reason_names[o->reason],
+        .state = cw_tcp_state_name(o->state),
+        .local = l->local,
+        .peer = l->peer,
+        .opened_by = cw_op_name(o->opened_by),
+        .role = cw_role_of(o),
+        .exe = P->exe,
+        .now_ms = now,
+        .fin_ms = o->fin_ms,
+        .open_ms = o->open_ms,
+        .stable_id = g->stable_id,
+        .site = g->number,
+        .site_open = g->now,
+        .site_ever = g->ever,
+        .growing = cw_open_site_growing(g, now),
+        .dups = dups,
+        .ndups = ndups,
+        .open_stack = o->open_stack,
+        .eof_stack = o->eof_stack,
+        .spawn_stack = o->spawn_stack,
+        .eof_by = (o->flags & SF_EOF) ? cw_op_name(o->eof_by) : NULL,
+        .inherited = o->reason == R_INHERITED,
+        .holder = o->holder,
+        .spawned_by = cw_spawn_kind_name(o->spawn_kind),
+        .site_first = !g->printed,
+        .eof_stack_shown = (o->flags & SF_EOF) ? text_stack_shown(o->eof_stack) : 0,
+    };
+    g->printed = 1;
+    cw_finding_announce();
+    struct buf b = {0};
+    cw_report_printer()->leak(&b, &e);
+    cw_sink_write(b.p, b.n);
+    buf_free(&b);
+}
+
+void cw_finding_closed(const struct leak *l, int64_t now, const char *how)
+{
+    struct open_site *g = &P->sites[l->site_index];
+    g->now--;
+    atomic_store(&P->area->open_now, cw_proc_open_now(P));
+    struct cw_closed_event e = {
+        .pid = cw_program_pid(),
+        .fd = l->fd,
+        .site = g->number,
+        .stable_id = g->stable_id,
+        .local = l->local,
+        .peer = l->peer,
+        .closed_by = how,
+        .held_ms = now - l->fin_ms,
+    };
+    cw_finding_announce();
+    struct buf b = {0};
+    cw_report_printer()->closed(&b, &e);
+    cw_sink_write(b.p, b.n);
+    buf_free(&b);
+}
+
+void cw_finding_summary(const char *why)
+{
+    int64_t now = cw_now_ms();
+    struct cw_summary_event e = {
+        .pid = cw_program_pid(),
+        .why = why,
+        .total = P->total_reported,
+        .suppressed = P->total_suppressed,
+        .dropped = cw_sink_dropped(),
+        .nsites = P->nsites,
+    };
+    struct cw_site_line *lines = calloc(P->nsites ? P->nsites : 1, sizeof *lines);
+    if (lines == NULL) return;
+    for (size_t i = 0; i < P->nsites; i++) {
+        const struct open_site *g = &P->sites[i];
+        lines[i] = (struct cw_site_line){g->stable_id, g->number, cw_open_site_growing(g, now), g->now, g->ever, g->stack};
+        e.open += g->now;
+        if (g->now > 0) e.sites_open++;
+    }
+    e.sites = lines;
+    struct buf b = {0};
+    cw_report_printer()->summary(&b, &e);
+    if (b.n > 0) {
+        cw_finding_announce();
+        cw_sink_write(b.p, b.n);
+    }
+    buf_free(&b);
+    free(lines);
+}

@@ -1,0 +1,309 @@
+/* One look at every watched process: the kernel's dump of the sockets being torn down, each
+ * table walked and matched by inode, the grace clock, the verdict. */
+#define _GNU_SOURCE
+#include "watcher/internal.h"
+
+/* Sockets that read EOF or were shut down and are in no teardown state of the dump: in CLOSE
+ * (held after the peer's FIN and ours), or established after the program's own SHUT_RD.  Few;
+ * a dump of the established ones tells. */
+struct pending_close {
+    struct proc *p;
+    int fd;
+    uint32_t seq;
+};
+static struct pending_close *pending;
+static size_t npending, pending_cap;
+
+/* Held in a state the dump shows (CLOSE_WAIT, LAST_ACK) */
+int cw_watch_dumped_held(uint64_t inode)
+{
+    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    return k != NULL && (k->state == TCPS_CLOSE_WAIT || k->state == TCPS_LAST_ACK);
+}
+
+/* Reported descriptors that are gone now (closed by a hook we saw, or by one we did not). */
+static void sweep_leaks(int64_t now)
+{
+    for (size_t i = 0; i < P->nleaks;) {
+        struct leak *l = &P->leaks[i];
+        struct cw_slot *s = cw_proc_slot(l->fd);
+        uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_acquire) : 0;
+        const char *how = NULL;
+        if (l->foreign) {
+            if (dump.ok && !cw_watch_dumped_held(l->inode)) how = "holder";
+        } else if (seq != l->seq) {
+            how = "close";
+        } else if (dump.ok && !l->in_close && !cw_watch_dumped_held(l->inode)) {
+            how = "unseen";
+        }
+        if (how == NULL) {
+            i++;
+            continue;
+        }
+        cw_finding_closed(l, now, how);
+        P->leaks[i] = P->leaks[--P->nleaks];
+    }
+}
+
+/* The watched process this one was forked from, or NULL. */
+struct proc *cw_proc_parent(void)
+{
+    int32_t parent = atomic_load(&P->area->parent);
+    if (parent <= 0 || parent > CW_MAX_AREAS) return NULL;
+    struct cw_area *pa = cw_area_at((unsigned)parent - 1);
+    for (size_t k = 0; k < nprocs; k++)
+        if (procs[k].area == pa && !procs[k].untrusted && procs[k].pid == atomic_load(&P->area->fork_parent_pid))
+            return &procs[k];
+    return NULL;
+}
+
+/* Is the socket still held by the process this one was forked from?  Then that one answers
+ * for it: it knows where it came from. */
+static int parent_holds(uint64_t inode)
+{
+    int32_t parent = atomic_load(&P->area->parent);
+    if (parent <= 0 || parent > CW_MAX_AREAS) return 0;
+    struct cw_area *pa = cw_area_at((unsigned)parent - 1);
+    for (size_t k = 0; k < nprocs; k++) {
+        if (procs[k].area != pa || procs[k].untrusted) continue;
+        struct proc *saved = P;
+        P = &procs[k];
+        int held = cw_proc_fds_of_socket(inode, -1, NULL, 1) > 0;
+        P = saved;
+        return held;
+    }
+    return 0;
+}
+
+static void adopt(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, int64_t now)
+{
+    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    char local[64] = "?", peer[64] = "?";
+    if (k != NULL) {
+        cw_sock_endpoint(k, 0, local, sizeof local);
+        cw_sock_endpoint(k, 1, peer, sizeof peer);
+    }
+    struct observed o = {
+        .local = local,
+        .peer = peer,
+        .fd = fd,
+        .seq = seq,
+        .inode = inode,
+        .open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed),
+        .open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed),
+        .fin_ms = s->w_fin_ms != 0 ? s->w_fin_ms : now,
+        .state = k != NULL ? k->state : TCPS_CLOSE_WAIT,
+    };
+    silent = 1;
+    cw_finding_leak(&o, now);
+    silent = 0;
+}
+
+static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
+{
+    uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+    if (SEQ_KIND(seq) != KIND_TCP) return;
+    if (s->w_seq != seq) {
+        s->w_seq = seq;
+        s->w_flags = 0;
+        s->w_fin_ms = 0;
+    }
+    uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    if (s->w_flags & (WF_REPORTED | WF_SUPPRESSED)) {
+        if (adopting && (s->w_flags & WF_REPORTED) && inode != 0 && !cw_reported_anywhere(inode) && cw_watch_dumped_held(inode))
+            adopt(fd, s, seq, inode, now);
+        return;
+    }
+    if (inode == 0) return;
+    uint32_t flags = atomic_load_explicit(&s->flags, memory_order_acquire);
+    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    int state = k != NULL ? k->state : 0;
+    if (k != NULL && (flags & (SF_EOF | SF_SHUT_WR))) cw_proc_keep_ends(fd, seq, k);
+    if (k != NULL && (state == TCPS_CLOSE_WAIT || state == TCPS_LAST_ACK)) {
+        if (s->w_fin_ms == 0) s->w_fin_ms = now;
+    } else if (k == NULL && (flags & (SF_EOF | SF_SHUT_WR)) && !(s->w_flags & WF_ESTABLISHED)) {
+        /* Not being torn down by the kernel's account, yet EOF read or shut down: CLOSE, or
+         * established (its own SHUT_RD) -- asked below. */
+        if (!second_look) {
+            if (s->w_fin_ms == 0) s->w_fin_ms = now;
+            int64_t since = s->w_fin_ms;
+            if (flags & SF_EOF) {
+                int64_t eof = atomic_load_explicit(&s->eof_ms, memory_order_relaxed);
+                if (eof != 0 && eof < since) since = eof;
+            }
+            if (now - since >= cw_cfg.grace_ms && cw_grow(&pending, &pending_cap, npending, sizeof *pending, 16) == 0)
+                pending[npending++] = (struct pending_close){P, fd, seq};
+            return;
+        }
+        state = TCPS_CLOSE;
+    } else {
+        /* Established, or being torn down on our side only (we sent our FIN first). */
+        s->w_fin_ms = 0;
+        if (!(flags & SF_EOF)) return;
+        if (k != NULL) return;
+    }
+    int64_t fin = s->w_fin_ms;
+    if (flags & SF_EOF) {
+        int64_t eof = atomic_load_explicit(&s->eof_ms, memory_order_relaxed);
+        if (eof != 0 && (fin == 0 || eof < fin)) fin = eof;
+    }
+    if (fin == 0 || now - fin < cw_cfg.grace_ms) return;
+    /* Data still going out, or sent after the FIN within the grace period: a reply to a
+     * half-closing client, alive and not leaked. */
+    if (k != NULL && k->has_info) {
+        int64_t last_send_age = (int64_t)k->last_data_sent;
+        if (k->notsent > 0 || k->unacked > 0 || (last_send_age < now - fin && last_send_age < cw_cfg.grace_ms))
+            return;
+    }
+    int inherited = atomic_load_explicit(&s->fork_gen, memory_order_relaxed) !=
+                    atomic_load_explicit(&P->area->fork_gen, memory_order_relaxed);
+    /* The process it was forked from answers for what it still holds itself, and, while it is
+     * there, reports what its child holds (it knows where it came from). */
+    if (inherited && parent_holds(inode)) return;
+    struct proc *parent = inherited ? cw_proc_parent() : NULL;
+    /* The same life still, now that the kernel has been asked (the program may close it this
+     * very moment). */
+    if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return;
+    /* A dup of a socket already reported: the report named this fd already. */
+    if (cw_reported_anywhere(inode)) {
+        s->w_flags |= WF_REPORTED;
+        return;
+    }
+    char local[64] = "?", peer[64] = "?";
+    if (k != NULL) {
+        cw_sock_endpoint(k, 0, local, sizeof local);
+        cw_sock_endpoint(k, 1, peer, sizeof peer);
+    } else {
+        cw_proc_cached_ends(fd, seq, local, peer, sizeof peer);
+    }
+    struct observed o = {
+        .local = local,
+        .peer = peer,
+        .fd = fd,
+        .seq = seq,
+        .inode = inode,
+        .flags = flags,
+        .open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed),
+        .eof_stack = atomic_load_explicit(&s->eof_stack, memory_order_relaxed),
+        .open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed),
+        .eof_ms = atomic_load_explicit(&s->eof_ms, memory_order_relaxed),
+        .fin_ms = fin,
+        .opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed),
+        .eof_by = atomic_load_explicit(&s->eof_by, memory_order_relaxed),
+        .state = state,
+        .reason = inherited            ? R_INHERITED
+                  : (flags & SF_SHUT_WR) ? R_SHUTDOWN_NOT_CLOSED
+                  : (flags & SF_EOF)     ? R_EOF_NOT_CLOSED
+                                         : R_PEER_CLOSED_UNREAD,
+        .holder = inherited ? cw_program_pid() : 0,
+        .spawn_stack = inherited ? atomic_load(&P->area->fork_stack) : 0,
+        .spawn_kind = SPAWN_FORK,
+    };
+    if (o.open_ms > now || o.open_ms < 0) o.open_ms = now;
+    struct proc *holder = P;
+    if (parent != NULL) {
+        P = parent;
+        cw_set_current_area(parent->area);
+        o.spawn_kind = SPAWN_FORK;
+    }
+    if (cw_watch_suppressed(o.open_stack)) {
+        s->w_flags |= WF_SUPPRESSED;
+        P->total_suppressed++;
+    } else {
+        s->w_flags |= WF_REPORTED;
+        atomic_fetch_or_explicit(&s->flags, SF_REPORTED, memory_order_relaxed);
+        cw_finding_leak(&o, now);
+    }
+    P = holder;
+    cw_set_current_area(holder->area);
+}
+
+/* The pending sockets: established ones are not held; the others sit in CLOSE. */
+static void settle_pending(int64_t now)
+{
+    if (npending == 0) return;
+    if (cw_dump_take(&established, 1u << TCPS_ESTABLISHED | 1u << 2 | 1u << 3) == 0) {
+        for (size_t i = 0; i < npending; i++) {
+            P = pending[i].p;
+            struct cw_slot *s = cw_proc_slot(pending[i].fd);
+            if (s == NULL || atomic_load_explicit(&s->seq, memory_order_acquire) != pending[i].seq) continue;
+            if (cw_dump_find(&established, atomic_load_explicit(&s->inode, memory_order_relaxed)) != NULL) {
+                s->w_flags |= WF_ESTABLISHED;
+                s->w_fin_ms = 0;
+                continue;
+            }
+            cw_set_current_area(P->area);
+            examine(pending[i].fd, s, now, 1);
+        }
+    }
+    npending = 0;
+}
+
+/* Does some live watched process descend from this one through fork? (It holds what it
+ * inherited in a table we read.) */
+int cw_watch_pid_watched(pid_t pid)
+{
+    for (size_t k = 0; k < nprocs; k++)
+        if (procs[k].pid == pid && !procs[k].untrusted) return 1;
+    return 0;
+}
+
+static void scan_proc(int64_t now)
+{
+    cw_set_current_area(P->area);
+    if (!atomic_load_explicit(&P->area->any_tcp, memory_order_relaxed)) return;
+    for (int fd = cw_proc_next(0); fd >= 0; fd = cw_proc_next(fd + 1)) {
+        struct cw_slot *s = cw_proc_slot(fd);
+        if (s == NULL) continue;
+        uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (SEQ_KIND(seq) == KIND_TCP) examine(fd, s, now, 0);
+        else if (SEQ_KIND(seq) == KIND_LISTEN) cw_watch_listener(fd, s, seq, now);
+    }
+}
+
+static int any_tcp(void)
+{
+    for (size_t k = 0; k < nprocs; k++)
+        if (!procs[k].untrusted && atomic_load_explicit(&procs[k].area->any_tcp, memory_order_relaxed)) return 1;
+    return 0;
+}
+
+/* One look at every watched process. */
+void cw_watch_tick(void)
+{
+    if (!any_tcp()) return;
+    int64_t now = cw_now_ms();
+    uint32_t mask = 1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK | 1u << TCPS_FIN_WAIT1 | 1u << TCPS_FIN_WAIT2 |
+                    1u << TCPS_CLOSING;
+    if (listeners_seen) mask |= 1u << TCPS_LISTEN;
+    if (cw_dump_take(&dump, mask) != 0) {
+        static int warned;
+        if (!warned) {
+            warned = 1;
+            cw_warn("the kernel's socket list (netlink sock_diag) cannot be read; ", "no reports for now", NULL);
+        }
+        return;
+    }
+    listeners_seen = 0;
+    for (size_t k = 0; k < nprocs; k++) {
+        P = &procs[k];
+        if (P->untrusted) continue;
+        scan_proc(now);
+    }
+    settle_pending(now);
+    adopting = 0;
+    for (size_t k = 0; k < nprocs; k++) {
+        P = &procs[k];
+        if (P->untrusted) continue;
+        cw_set_current_area(P->area);
+        cw_watch_children(now);
+        /* A fresh clock: reporting may have taken a while, and the close may be that recent. */
+        sweep_leaks(cw_now_ms());
+        atomic_store(&P->area->open_now, cw_proc_open_now(P));
+    }
+    cw_set_current_area(NULL);
+    P = NULL;
+    /* libdw keeps the files it read open: the names are cached by pc already, so let go of them
+     * until the next report. */
+    cw_symbolize_release();
+}
