@@ -76,7 +76,7 @@ void cw_init(void)
     if (!atomic_compare_exchange_strong(&init_state, &expected, 1)) return;
     int saved = errno;
     if (getenv("CLOSEWAIT_WATCHER_OF") != NULL) {
-        /* The watcher process (helper.c): its constructor takes over; its calls are its own. */
+        /* The watcher process (watcher/process.c): its constructor takes over; its calls are its own. */
         cw_in_lib = 1;
         cw_on_private_table = 1;
         errno = saved;
@@ -126,7 +126,7 @@ static void birth(int fd, enum cw_kind kind, int op)
     /* Is the watcher still there?  One word; a new one if it died. */
     cw_watcher_check();
     struct cw_area *me = cw_me;
-    if ((kind == KIND_TCP || kind == KIND_LISTEN) && me != NULL &&
+    if ((kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && me != NULL &&
         CW_UNLIKELY(!atomic_load_explicit(&me->any_tcp, memory_order_relaxed))) {
         /* The first TCP socket of the process: the watcher starts now, before anything is
          * written (its start gives this process a region of its own, at the same address). */
@@ -135,7 +135,7 @@ static void birth(int fd, enum cw_kind kind, int op)
     }
     struct cw_slot *s = cw_slot_get(fd);
     if (s == NULL) return;
-    uint32_t stack = (kind == KIND_TCP || kind == KIND_LISTEN) && !cw_in_lib ? cw_stack_capture() : 0;
+    uint32_t stack = (kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && !cw_in_lib ? cw_stack_capture() : 0;
     cw_slot_birth(s, kind, op, stack, inode_of(fd));
 }
 
@@ -150,40 +150,40 @@ static enum cw_kind classify(int fd)
         int type = 0;
         len = sizeof type;
         if (real_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM)
-            return KIND_TCP;
+            return CW_KIND_TCP;
     }
-    return KIND_OTHER;
+    return CW_KIND_OTHER;
 }
 
 static void on_accept(int lfd, int fd, int op)
 {
     int saved = errno;
     struct cw_slot *ls = cw_slot_get(lfd);
-    enum cw_kind lkind = KIND_OTHER;
+    enum cw_kind lkind = CW_KIND_OTHER;
     if (ls != NULL) {
-        lkind = (enum cw_kind)SEQ_KIND(atomic_load_explicit(&ls->seq, memory_order_acquire));
-        if (lkind == KIND_FREE) {
+        lkind = (enum cw_kind)CW_SEQ_KIND(atomic_load_explicit(&ls->seq, memory_order_acquire));
+        if (lkind == CW_KIND_FREE) {
             /* A listener we did not see created (inherited, or made by a raw syscall). */
-            lkind = classify(lfd) == KIND_TCP ? KIND_LISTEN : KIND_OTHER;
-            cw_slot_birth(ls, lkind, OP_INHERITED, 0, lkind == KIND_LISTEN ? inode_of(lfd) : 0);
+            lkind = classify(lfd) == CW_KIND_TCP ? CW_KIND_LISTEN : CW_KIND_OTHER;
+            cw_slot_birth(ls, lkind, CW_OP_INHERITED, 0, lkind == CW_KIND_LISTEN ? inode_of(lfd) : 0);
         }
     }
-    if (lkind == KIND_TCP || lkind == KIND_LISTEN) {
-        birth(fd, KIND_TCP, op);
+    if (lkind == CW_KIND_TCP || lkind == CW_KIND_LISTEN) {
+        birth(fd, CW_KIND_TCP, op);
         struct cw_slot *s = cw_slot_peek(fd);
-        if (s != NULL) atomic_store_explicit(&s->aux, lfd, memory_order_relaxed);
+        if (s != NULL) atomic_store_explicit(&s->origin_fd, lfd, memory_order_relaxed);
         /* Only while the watcher sees a queue on this listener: did the client give up
          * before we got to it? */
         if (s != NULL && ls != NULL &&
-            (atomic_load_explicit(&ls->flags, memory_order_relaxed) & SF_BACKLOGGED)) {
+            (atomic_load_explicit(&ls->flags, memory_order_relaxed) & CW_SF_BACKLOGGED)) {
             struct tcp_info ti;
             socklen_t tlen = sizeof ti;
             CW_REAL(getsockopt);
             if (real_getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen) == 0 && ti.tcpi_state == 8 &&
                 ti.tcpi_last_data_recv >= CW_QUEUED_DEAD_MS) {
-                atomic_fetch_or_explicit(&s->flags, SF_DEAD_ON_ACCEPT, memory_order_relaxed);
-                /* a listener never reads EOF: its eof fields count dead accepts */
-                atomic_fetch_add_explicit(&ls->eof_stack, 1, memory_order_relaxed);
+                atomic_fetch_or_explicit(&s->flags, CW_SF_DEAD_ON_ACCEPT, memory_order_relaxed);
+                /* its eof_ms: when the last one was */
+                atomic_fetch_add_explicit(&ls->dead_accepts, 1, memory_order_relaxed);
                 atomic_store_explicit(&ls->eof_ms, cw_now_ms(), memory_order_relaxed);
             }
         }
@@ -200,7 +200,7 @@ int socket(int domain, int type, int protocol)
     int fd = real_socket(domain, type, protocol);
     if (fd >= 0) {
         int saved = errno;
-        if (is_tcp_request(domain, type, protocol)) birth(fd, KIND_TCP, OP_SOCKET);
+        if (is_tcp_request(domain, type, protocol)) birth(fd, CW_KIND_TCP, CW_OP_SOCKET);
         else cw_slot_forget(fd);
         errno = saved;
     }
@@ -212,7 +212,7 @@ int accept(int fd, struct sockaddr *addr, socklen_t *len)
     CW_REAL(accept);
     if (ON_WATCHER_TABLE()) return real_accept(fd, addr, len);
     int r = real_accept(fd, addr, len);
-    if (r >= 0) on_accept(fd, r, OP_ACCEPT);
+    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT);
     return r;
 }
 
@@ -221,7 +221,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
     CW_REAL(accept4);
     if (ON_WATCHER_TABLE()) return real_accept4(fd, addr, len, flags);
     int r = real_accept4(fd, addr, len, flags);
-    if (r >= 0) on_accept(fd, r, OP_ACCEPT4);
+    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT4);
     return r;
 }
 
@@ -231,8 +231,8 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
     if (ON_WATCHER_TABLE()) return real_connect(fd, addr, len);
     int r = real_connect(fd, addr, len);
     struct cw_slot *s = cw_slot_peek(fd);
-    if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == KIND_TCP)
-        atomic_fetch_or_explicit(&s->flags, SF_CLIENT, memory_order_relaxed);
+    if (s != NULL && CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == CW_KIND_TCP)
+        atomic_fetch_or_explicit(&s->flags, CW_SF_CLIENT, memory_order_relaxed);
     return r;
 }
 
@@ -245,14 +245,14 @@ int listen(int fd, int backlog)
         int saved = errno;
         struct cw_slot *s = cw_slot_get(fd);
         if (s != NULL) {
-            enum cw_kind k = (enum cw_kind)SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire));
-            if (k == KIND_FREE) k = classify(fd);
-            if (k == KIND_TCP || k == KIND_LISTEN) {
+            enum cw_kind k = (enum cw_kind)CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire));
+            if (k == CW_KIND_FREE) k = classify(fd);
+            if (k == CW_KIND_TCP || k == CW_KIND_LISTEN) {
                 /* The listen() site is what a backlog finding points at. */
-                birth(fd, KIND_LISTEN, OP_SOCKET);
-                atomic_store_explicit(&s->aux, backlog, memory_order_relaxed);
-            } else if (k == KIND_OTHER) {
-                cw_slot_birth(s, KIND_OTHER, OP_NONE, 0, 0);
+                birth(fd, CW_KIND_LISTEN, CW_OP_SOCKET);
+                atomic_store_explicit(&s->backlog, backlog, memory_order_relaxed);
+            } else if (k == CW_KIND_OTHER) {
+                cw_slot_birth(s, CW_KIND_OTHER, CW_OP_NONE, 0, 0);
             }
         }
         errno = saved;
@@ -344,8 +344,8 @@ static void on_eof(int fd, int op)
     struct cw_slot *s = cw_slot_peek(fd);
     if (s == NULL) return;
     uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-    if (SEQ_KIND(seq) != KIND_TCP) return;
-    if (atomic_load_explicit(&s->flags, memory_order_relaxed) & SF_EOF) return;
+    if (CW_SEQ_KIND(seq) != CW_KIND_TCP) return;
+    if (atomic_load_explicit(&s->flags, memory_order_relaxed) & CW_SF_EOF) return;
     int saved = errno;
     uint32_t stack = cw_in_lib ? 0 : cw_stack_capture();
     /* Both ends now, while the kernel still has them: a write to the half-closed peer can reset
@@ -354,7 +354,7 @@ static void on_eof(int fd, int op)
     atomic_store_explicit(&s->eof_stack, stack, memory_order_relaxed);
     atomic_store_explicit(&s->eof_by, (uint8_t)op, memory_order_relaxed);
     atomic_store_explicit(&s->eof_ms, cw_now_ms(), memory_order_relaxed);
-    atomic_fetch_or_explicit(&s->flags, SF_EOF, memory_order_release);
+    atomic_fetch_or_explicit(&s->flags, CW_SF_EOF, memory_order_release);
     errno = saved;
 }
 
@@ -373,7 +373,7 @@ ssize_t read(int fd, void *buf, size_t n)
         return -1;
     }
     ssize_t r = real_read(fd, buf, n);
-    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_READ);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_READ);
     return r;
 }
 
@@ -381,7 +381,7 @@ ssize_t readv(int fd, const struct iovec *iov, int cnt)
 {
     CW_REAL(readv);
     ssize_t r = real_readv(fd, iov, cnt);
-    if (CW_UNLIKELY(r == 0) && cnt > 0 && iov_total(iov, (size_t)cnt) != 0) on_eof(fd, OP_READV);
+    if (CW_UNLIKELY(r == 0) && cnt > 0 && iov_total(iov, (size_t)cnt) != 0) on_eof(fd, CW_OP_READV);
     return r;
 }
 
@@ -389,7 +389,7 @@ ssize_t recv(int fd, void *buf, size_t n, int flags)
 {
     CW_REAL(recv);
     ssize_t r = real_recv(fd, buf, n, flags);
-    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_RECV);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECV);
     return r;
 }
 
@@ -397,7 +397,7 @@ ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, 
 {
     CW_REAL(recvfrom);
     ssize_t r = real_recvfrom(fd, buf, n, flags, addr, len);
-    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_RECVFROM);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECVFROM);
     return r;
 }
 
@@ -407,7 +407,7 @@ ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
     ssize_t r = real_recvmsg(fd, msg, flags);
     if (CW_UNLIKELY(r == 0) && msg != NULL && msg->msg_iovlen > 0 &&
         iov_total(msg->msg_iov, msg->msg_iovlen) != 0)
-        on_eof(fd, OP_RECVMSG);
+        on_eof(fd, CW_OP_RECVMSG);
     return r;
 }
 
@@ -418,7 +418,7 @@ int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct t
     /* On a stream socket the kernel ends the batch at EOF with an empty last message. */
     if (CW_UNLIKELY(r > 0) && vec[r - 1].msg_len == 0 && vec[r - 1].msg_hdr.msg_iovlen > 0 &&
         iov_total(vec[r - 1].msg_hdr.msg_iov, vec[r - 1].msg_hdr.msg_iovlen) != 0)
-        on_eof(fd, OP_RECVMMSG);
+        on_eof(fd, CW_OP_RECVMMSG);
     return r;
 }
 
@@ -428,7 +428,7 @@ ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen)
 {
     CW_REAL(__read_chk);
     ssize_t r = real___read_chk(fd, buf, n, buflen);
-    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_READ_CHK);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_READ_CHK);
     return r;
 }
 
@@ -437,7 +437,7 @@ ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags)
 {
     CW_REAL(__recv_chk);
     ssize_t r = real___recv_chk(fd, buf, n, buflen, flags);
-    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_RECV_CHK);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECV_CHK);
     return r;
 }
 
@@ -448,7 +448,7 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, st
 {
     CW_REAL(__recvfrom_chk);
     ssize_t r = real___recvfrom_chk(fd, buf, n, buflen, flags, addr, len);
-    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, OP_RECVFROM_CHK);
+    if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECVFROM_CHK);
     return r;
 }
 
@@ -460,7 +460,7 @@ int shutdown(int fd, int how)
     if (ON_WATCHER_TABLE()) return real_shutdown(fd, how);
     struct cw_slot *s = cw_slot_peek(fd);
     uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_relaxed) : 0;
-    int tracked = s != NULL && SEQ_KIND(seq) == KIND_TCP && (how == SHUT_WR || how == SHUT_RDWR);
+    int tracked = s != NULL && CW_SEQ_KIND(seq) == CW_KIND_TCP && (how == SHUT_WR || how == SHUT_RDWR);
     if (tracked) {
         /* Once both sides have closed, getpeername() fails: keep the ends now. */
         int saved = errno;
@@ -468,7 +468,7 @@ int shutdown(int fd, int how)
         errno = saved;
     }
     int r = real_shutdown(fd, how);
-    if (r == 0 && tracked) atomic_fetch_or_explicit(&s->flags, SF_SHUT_WR, memory_order_release);
+    if (r == 0 && tracked) atomic_fetch_or_explicit(&s->flags, CW_SF_SHUT_WR, memory_order_release);
     return r;
 }
 
@@ -510,8 +510,8 @@ int fclose(FILE *fp)
 static void on_dup(int from, int to)
 {
     struct cw_slot *s = cw_slot_peek(from);
-    uint32_t kind = s == NULL ? KIND_FREE : SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire));
-    if (kind == KIND_TCP || kind == KIND_LISTEN) {
+    uint32_t kind = s == NULL ? CW_KIND_FREE : CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire));
+    if (kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) {
         int saved = errno;
         cw_slot_copy(from, to);
         errno = saved;
@@ -662,10 +662,10 @@ long syscall(long number, ...)
             on_dup((int)a1, (int)r);
             break;
         case SYS_accept:
-            on_accept((int)a1, (int)r, OP_ACCEPT);
+            on_accept((int)a1, (int)r, CW_OP_ACCEPT);
             break;
         case SYS_accept4:
-            on_accept((int)a1, (int)r, OP_ACCEPT4);
+            on_accept((int)a1, (int)r, CW_OP_ACCEPT4);
             break;
         default:
             break;

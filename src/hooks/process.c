@@ -28,10 +28,10 @@ static _Atomic unsigned spawn_next;
 const char *cw_spawn_kind_name(int kind)
 {
     switch (kind) {
-    case SPAWN_FORK: return "fork";
-    case SPAWN_POSIX_SPAWN: return "posix_spawn";
-    case SPAWN_SYSTEM: return "system";
-    case SPAWN_POPEN: return "popen";
+    case CW_SPAWN_FORK: return "fork";
+    case CW_SPAWN_POSIX_SPAWN: return "posix_spawn";
+    case CW_SPAWN_SYSTEM: return "system";
+    case CW_SPAWN_POPEN: return "popen";
     default: return "spawn";
     }
 }
@@ -46,7 +46,7 @@ static void record(int kind, pid_t child, uint32_t stack)
     size_t n = 0;
     for (int fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
-        if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == KIND_TCP) n++;
+        if (s != NULL && CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == CW_KIND_TCP) n++;
     }
     if (n == 0) return;
     if (n > CW_SPAWN_SOCKS) n = CW_SPAWN_SOCKS;
@@ -66,7 +66,7 @@ static void record(int kind, pid_t child, uint32_t stack)
     size_t k = 0;
     for (int fd = cw_table_next(0); fd >= 0 && k < n; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
-        if (s == NULL || SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) != KIND_TCP) continue;
+        if (s == NULL || CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) != CW_KIND_TCP) continue;
         uint64_t ino = atomic_load_explicit(&s->inode, memory_order_relaxed);
         if (ino == 0) {
             struct stat st;
@@ -122,7 +122,7 @@ pid_t fork(void)
     }
     cw_stacks_fork_done();
     if (r > 0) {
-        record(SPAWN_FORK, r, stack);
+        record(CW_SPAWN_FORK, r, stack);
     } else if (r == 0 && cw_me != NULL) {
         atomic_store(&cw_me->fork_stack, stack);
     }
@@ -136,7 +136,7 @@ static int after_spawn(int r, pid_t child, pid_t *pid)
     if (pid != NULL) *pid = child;
     if (r == 0) {
         int saved = errno;
-        record(SPAWN_POSIX_SPAWN, child, spawn_stack());
+        record(CW_SPAWN_POSIX_SPAWN, child, spawn_stack());
         errno = saved;
     }
     return r;
@@ -167,7 +167,7 @@ int system(const char *command)
     CW_REAL(system);
     if (command != NULL) {
         int saved = errno;
-        record(SPAWN_SYSTEM, 0, spawn_stack());
+        record(CW_SPAWN_SYSTEM, 0, spawn_stack());
         errno = saved;
     }
     return real_system(command);
@@ -179,7 +179,7 @@ FILE *popen(const char *command, const char *type)
     FILE *r = real_popen(command, type);
     if (r != NULL) {
         int saved = errno;
-        record(SPAWN_POPEN, 0, spawn_stack());
+        record(CW_SPAWN_POPEN, 0, spawn_stack());
         errno = saved;
     }
     return r;

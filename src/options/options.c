@@ -19,12 +19,13 @@ CW_HIDDEN struct cw_config cw_cfg = {
      * a few hundred ms; a half-closing client's reply that is still being sent is not counted
      * (the watcher sees the data going out).  Ten seconds without close or send is a leak. */
     .grace_ms = 10000,
-    .interval_ms = 500,
+    .interval_ms = 0,
     .stack_depth = 32,
     .exitcode = -1,
     .symbolize = 1,
     .report_signal = 0,
     .format = CW_FORMAT_TEXT,
+    .site_cache = 1,
     .log_spec = "stderr",
     .suppress_path = "",
 };
@@ -194,52 +195,51 @@ static int signal_by_name(const char *s, int *out)
     return -1;
 }
 
+/* A value among choices "a|b|c": its index, or -1. */
+static int choice_index(const char *s, const char *choices)
+{
+    size_t len = strlen(s);
+    int index = 0;
+    for (const char *c = choices;; index++) {
+        const char *bar = strchr(c, '|');
+        size_t clen = bar != NULL ? (size_t)(bar - c) : strlen(c);
+        if (clen == len && strncmp(c, s, len) == 0) return index;
+        if (bar == NULL) return -1;
+        c = bar + 1;
+    }
+}
+
+static void choice_option(const char *name, int *dst, const char *choices, const char *fallback)
+{
+    const char *s = getenv(name);
+    if (s == NULL) return;
+    int i = choice_index(s, choices);
+    if (i >= 0) *dst = i;
+    else cw_warn(name, ": invalid value, expected ", fallback);
+}
+
+static void signal_option(const char *name, int *dst)
+{
+    const char *s = getenv(name);
+    if (s == NULL || *s == '\0') return;
+    int sig;
+    *dst = signal_by_name(s, &sig) == 0 ? sig : 0;
+}
+
 void cw_config_load(void)
 {
-    int64_t v;
-    int interval_set = 0;
-
-    v = cw_cfg.grace_ms;
-    int_option("CLOSEWAIT_GRACE_MS", 0, 86400000, &v, "milliseconds 0..86400000; using 10000");
-    cw_cfg.grace_ms = v;
-
-    v = -1;
-    int_option("CLOSEWAIT_INTERVAL_MS", 10, 60000, &v, "milliseconds 10..60000; using grace/4");
-    if (v > 0) { cw_cfg.interval_ms = v; interval_set = 1; }
-    if (!interval_set) {
+#define CW_INT(var, field, lo, hi, fallback) int_option(#var, lo, hi, &cw_cfg.field, fallback);
+#define CW_CHOICE(var, field, choices, fallback) choice_option(#var, &cw_cfg.field, choices, fallback);
+#define CW_PATH(var, field, fallback) path_option(#var, cw_cfg.field, sizeof cw_cfg.field, fallback);
+#define CW_SIGNAL(var, field) signal_option(#var, &cw_cfg.field);
+#include "options/options.def"
+#undef CW_INT
+#undef CW_CHOICE
+#undef CW_PATH
+#undef CW_SIGNAL
+    if (cw_cfg.interval_ms == 0) {
         int64_t iv = cw_cfg.grace_ms / 4;
         cw_cfg.interval_ms = iv < 10 ? 10 : iv > 500 ? 500 : iv;
-    }
-
-    v = cw_cfg.stack_depth;
-    int_option("CLOSEWAIT_STACK_DEPTH", 1, CW_MAX_DEPTH, &v, "frames 1..64; using 32");
-    cw_cfg.stack_depth = (int)v;
-
-    v = -1;
-    int_option("CLOSEWAIT_EXITCODE", 0, 255, &v, "an exit code 0..255; not used");
-    cw_cfg.exitcode = (int)v;
-
-    const char *s = getenv("CLOSEWAIT_SYMBOLIZE");
-    if (s != NULL) {
-        if (strcmp(s, "0") == 0) cw_cfg.symbolize = 0;
-        else if (strcmp(s, "1") == 0) cw_cfg.symbolize = 1;
-        else cw_warn("CLOSEWAIT_SYMBOLIZE", ": invalid value, expected 0 or 1; using ", "1");
-    }
-
-    s = getenv("CLOSEWAIT_FORMAT");
-    if (s != NULL) {
-        if (strcmp(s, "json") == 0) cw_cfg.format = CW_FORMAT_JSON;
-        else if (strcmp(s, "text") == 0) cw_cfg.format = CW_FORMAT_TEXT;
-        else cw_warn("CLOSEWAIT_FORMAT", ": invalid value, expected text or json; using ", "text");
-    }
-
-    path_option("CLOSEWAIT_LOG", cw_cfg.log_spec, sizeof cw_cfg.log_spec, "using stderr");
-    path_option("CLOSEWAIT_SUPPRESSIONS", cw_cfg.suppress_path, sizeof cw_cfg.suppress_path, "ignored");
-
-    s = getenv("CLOSEWAIT_REPORT_SIGNAL");
-    if (s != NULL && *s != '\0') {
-        int sig;
-        cw_cfg.report_signal = signal_by_name(s, &sig) == 0 ? sig : 0;
     }
 }
 

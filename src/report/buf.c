@@ -35,7 +35,7 @@ void buf_printf(struct buf *b, const char *fmt, ...)
     va_list ap;
     va_start(ap, fmt);
     char small[256];
-    int len = vsnprintf(small, sizeof small, fmt, ap);
+    int len = vsnprintf(small, sizeof small, fmt, ap); /* NOLINT(clang-analyzer-valist.Uninitialized): started above */
     va_end(ap);
     if (len < 0) return;
     if ((size_t)len < sizeof small) {

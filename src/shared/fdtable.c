@@ -78,7 +78,7 @@ int cw_table_next(int fd)
 
 static uint32_t next_seq(uint32_t old, enum cw_kind kind)
 {
-    return ((SEQ_GEN(old) + 1) << 2) | (uint32_t)kind;
+    return ((CW_SEQ_GEN(old) + 1) << 2) | (uint32_t)kind;
 }
 
 void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack, uint64_t inode)
@@ -90,7 +90,7 @@ void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack,
     uint32_t old = atomic_load_explicit(&s->seq, memory_order_relaxed);
     /* Mark the slot free under a new generation while the fields change, so a reader never
      * mixes two lives. */
-    atomic_store_explicit(&s->seq, next_seq(old, KIND_FREE), memory_order_release);
+    atomic_store_explicit(&s->seq, next_seq(old, CW_KIND_FREE), memory_order_release);
     atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&s->flags, 0, memory_order_relaxed);
     atomic_store_explicit(&s->open_stack, stack, memory_order_relaxed);
@@ -102,9 +102,9 @@ void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack,
     atomic_store_explicit(&s->eof_by, 0, memory_order_relaxed);
     atomic_store_explicit(&s->fork_gen, atomic_load_explicit(&me->fork_gen, memory_order_relaxed),
                           memory_order_relaxed);
-    atomic_store_explicit(&s->aux, -1, memory_order_relaxed);
+    atomic_store_explicit(&s->origin_fd, -1, memory_order_relaxed);
     atomic_store_explicit(&s->seq, next_seq(old + 4, kind), memory_order_release);
-    if ((kind == KIND_TCP || kind == KIND_LISTEN) && !atomic_load_explicit(&me->any_tcp, memory_order_relaxed))
+    if ((kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && !atomic_load_explicit(&me->any_tcp, memory_order_relaxed))
         atomic_store_explicit(&me->any_tcp, 1, memory_order_relaxed);
 }
 
@@ -113,8 +113,8 @@ void cw_slot_forget(int fd)
     struct cw_slot *s = cw_slot_peek(fd);
     if (s == NULL) return;
     uint32_t old = atomic_load_explicit(&s->seq, memory_order_relaxed);
-    if (SEQ_KIND(old) == KIND_FREE) return;
-    atomic_store_explicit(&s->seq, next_seq(old, KIND_FREE), memory_order_release);
+    if (CW_SEQ_KIND(old) == CW_KIND_FREE) return;
+    atomic_store_explicit(&s->seq, next_seq(old, CW_KIND_FREE), memory_order_release);
 }
 
 void cw_slot_forget_range(unsigned first, unsigned last)
@@ -129,16 +129,16 @@ void cw_slot_copy(int from, int to)
     struct cw_slot *src = cw_slot_peek(from);
     if (src == NULL) return;
     uint32_t seq = atomic_load_explicit(&src->seq, memory_order_acquire);
-    enum cw_kind kind = (enum cw_kind)SEQ_KIND(seq);
-    if (kind != KIND_TCP && kind != KIND_LISTEN) return;
+    enum cw_kind kind = (enum cw_kind)CW_SEQ_KIND(seq);
+    if (kind != CW_KIND_TCP && kind != CW_KIND_LISTEN) return;
     struct cw_slot *dst = cw_slot_get(to);
     if (dst == NULL) return;
     uint32_t old = atomic_load_explicit(&dst->seq, memory_order_relaxed);
-    atomic_store_explicit(&dst->seq, next_seq(old, KIND_FREE), memory_order_release);
+    atomic_store_explicit(&dst->seq, next_seq(old, CW_KIND_FREE), memory_order_release);
     atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&dst->flags,
-                          (atomic_load_explicit(&src->flags, memory_order_relaxed) & ~SF_REPORTED) |
-                              SF_DUP,
+                          (atomic_load_explicit(&src->flags, memory_order_relaxed) & ~CW_SF_REPORTED) |
+                              CW_SF_DUP,
                           memory_order_relaxed);
 #define COPY(f) atomic_store_explicit(&dst->f, atomic_load_explicit(&src->f, memory_order_relaxed), \
                                       memory_order_relaxed)
@@ -151,21 +151,21 @@ void cw_slot_copy(int from, int to)
     COPY(eof_by);
     COPY(fork_gen);
 #undef COPY
-    atomic_store_explicit(&dst->aux, from, memory_order_relaxed);
+    atomic_store_explicit(&dst->origin_fd, from, memory_order_relaxed);
     atomic_store_explicit(&dst->seq, next_seq(old + 4, kind), memory_order_release);
     atomic_store_explicit(&cw_me->any_tcp, 1, memory_order_relaxed);
 }
 
 const char *cw_op_name(int op)
 {
-    static const char *const names[OP_COUNT] = {
-        [OP_NONE] = "unknown",      [OP_SOCKET] = "socket",     [OP_ACCEPT] = "accept",
-        [OP_ACCEPT4] = "accept4",   [OP_CONNECT] = "connect",   [OP_DUP] = "dup",
-        [OP_INHERITED] = "inherited", [OP_READ] = "read",       [OP_READV] = "readv",
-        [OP_RECV] = "recv",         [OP_RECVFROM] = "recvfrom", [OP_RECVMSG] = "recvmsg",
-        [OP_RECVMMSG] = "recvmmsg", [OP_READ_CHK] = "__read_chk", [OP_RECV_CHK] = "__recv_chk",
-        [OP_RECVFROM_CHK] = "__recvfrom_chk",
+    static const char *const names[CW_OP_COUNT] = {
+        [CW_OP_NONE] = "unknown",      [CW_OP_SOCKET] = "socket",     [CW_OP_ACCEPT] = "accept",
+        [CW_OP_ACCEPT4] = "accept4",   [CW_OP_CONNECT] = "connect",   [CW_OP_DUP] = "dup",
+        [CW_OP_INHERITED] = "inherited", [CW_OP_READ] = "read",       [CW_OP_READV] = "readv",
+        [CW_OP_RECV] = "recv",         [CW_OP_RECVFROM] = "recvfrom", [CW_OP_RECVMSG] = "recvmsg",
+        [CW_OP_RECVMMSG] = "recvmmsg", [CW_OP_READ_CHK] = "__read_chk", [CW_OP_RECV_CHK] = "__recv_chk",
+        [CW_OP_RECVFROM_CHK] = "__recvfrom_chk",
     };
-    if (op < 0 || op >= OP_COUNT || names[op] == NULL) return "unknown";
+    if (op < 0 || op >= CW_OP_COUNT || names[op] == NULL) return "unknown";
     return names[op];
 }

@@ -6,27 +6,27 @@
 
 /* How a tracked descriptor came to be, for the report. */
 enum cw_op {
-    OP_NONE = 0, OP_SOCKET, OP_ACCEPT, OP_ACCEPT4, OP_CONNECT, OP_DUP, OP_INHERITED,
-    OP_READ, OP_READV, OP_RECV, OP_RECVFROM, OP_RECVMSG, OP_RECVMMSG,
-    OP_READ_CHK, OP_RECV_CHK, OP_RECVFROM_CHK, OP_COUNT
+    CW_OP_NONE = 0, CW_OP_SOCKET, CW_OP_ACCEPT, CW_OP_ACCEPT4, CW_OP_CONNECT, CW_OP_DUP, CW_OP_INHERITED,
+    CW_OP_READ, CW_OP_READV, CW_OP_RECV, CW_OP_RECVFROM, CW_OP_RECVMSG, CW_OP_RECVMMSG,
+    CW_OP_READ_CHK, CW_OP_RECV_CHK, CW_OP_RECVFROM_CHK, CW_OP_COUNT
 };
 CW_HIDDEN const char *cw_op_name(int op);
 
 enum cw_kind {
-    KIND_FREE = 0,     /* nothing known about this descriptor */
-    KIND_TCP = 1,      /* a TCP stream socket we track */
-    KIND_LISTEN = 2,   /* a TCP socket that listen() was called on */
-    KIND_OTHER = 3,    /* classified: not TCP (cached so accept() need not ask again) */
+    CW_KIND_FREE = 0,     /* nothing known about this descriptor */
+    CW_KIND_TCP = 1,      /* a TCP stream socket we track */
+    CW_KIND_LISTEN = 2,   /* a TCP socket that listen() was called on */
+    CW_KIND_OTHER = 3,    /* classified: not TCP (cached so accept() need not ask again) */
 };
 
 /* Flag bits in cw_slot.flags. */
-#define SF_EOF        0x01u   /* a read returned 0 with a non-zero length */
-#define SF_SHUT_WR    0x02u   /* the program called shutdown(SHUT_WR/SHUT_RDWR) */
-#define SF_CLIENT     0x04u   /* connect() was called */
-#define SF_DUP        0x08u   /* born from dup/dup2/dup3/F_DUPFD */
-#define SF_REPORTED   0x10u   /* the watcher reported it */
-#define SF_BACKLOGGED 0x20u   /* listener: its accept queue is not empty; check what accept returns */
-#define SF_DEAD_ON_ACCEPT 0x40u /* accepted already in CLOSE_WAIT, after waiting in the queue */
+#define CW_SF_EOF        0x01u   /* a read returned 0 with a non-zero length */
+#define CW_SF_SHUT_WR    0x02u   /* the program called shutdown(SHUT_WR/SHUT_RDWR) */
+#define CW_SF_CLIENT     0x04u   /* connect() was called */
+#define CW_SF_DUP        0x08u   /* born from dup/dup2/dup3/F_DUPFD */
+#define CW_SF_REPORTED   0x10u   /* the watcher reported it */
+#define CW_SF_BACKLOGGED 0x20u   /* listener: its accept queue is not empty; check what accept returns */
+#define CW_SF_DEAD_ON_ACCEPT 0x40u /* accepted already in CLOSE_WAIT, after waiting in the queue */
 
 /*
  * One descriptor.  `seq` is (generation << 2 | kind): a birth or death stores a new value, so a
@@ -38,14 +38,20 @@ struct cw_slot {
     _Atomic uint32_t seq;
     _Atomic uint32_t flags;
     _Atomic uint32_t open_stack;   /* stack store id, 0 = none */
-    _Atomic uint32_t eof_stack;
+    union {
+        _Atomic uint32_t eof_stack;     /* a connection: where it read EOF */
+        _Atomic uint32_t dead_accepts;  /* a listener: connections accepted dead (their client gave up) */
+    };
     _Atomic uint64_t inode;        /* the socket's, from fstat at birth */
     _Atomic int64_t open_ms;
     _Atomic int64_t eof_ms;
     _Atomic uint8_t opened_by;
     _Atomic uint8_t eof_by;
     _Atomic uint16_t fork_gen;     /* cw_fork_gen at birth: older means inherited from a parent */
-    _Atomic int32_t aux;           /* listen backlog on a listener; source fd of a dup */
+    union {
+        _Atomic int32_t backlog;        /* a listener: its listen() backlog */
+        _Atomic int32_t origin_fd;      /* accepted: its listener's fd; a dup: the fd it copies */
+    };
     /* Owned by the watcher alone. */
     uint32_t w_seq;                /* seq these watcher fields belong to */
     uint32_t w_flags;
@@ -53,8 +59,8 @@ struct cw_slot {
 };
 _Static_assert(sizeof(struct cw_slot) <= 64, "one cache line per descriptor");
 
-#define SEQ_KIND(s) ((s) & 3u)
-#define SEQ_GEN(s) ((s) >> 2)
+#define CW_SEQ_KIND(s) ((s) & 3u)
+#define CW_SEQ_GEN(s) ((s) >> 2)
 
 /* The fork generation and "a TCP socket exists" live in the region (region.h). */
 

@@ -15,7 +15,7 @@ struct cw_crossed {
     int64_t w_fin_ms;
 };
 
-enum cw_spawn_kind { SPAWN_FORK = 1, SPAWN_POSIX_SPAWN, SPAWN_SYSTEM, SPAWN_POPEN };
+enum cw_spawn_kind { CW_SPAWN_FORK = 1, CW_SPAWN_POSIX_SPAWN, CW_SPAWN_SYSTEM, CW_SPAWN_POPEN };
 
 /* One fork/posix_spawn/system/popen: who, from where, and which sockets crossed. */
 struct cw_spawn {

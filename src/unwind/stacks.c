@@ -8,12 +8,13 @@
  * a program that carries its own unwinder (LLVM's libunwind, gperftools) keeps using its own.
  * Not RTLD_DEEPBIND: libunwind's own libc calls must reach our hooks, because it keeps a pipe to
  * validate memory, and cw_in_unwind lets the hooks keep that pipe away from the program's
- * descriptors (see unwinder_io in hooks.c).
+ * descriptors (the unwinder-pipe guard in hooks/io.c).
  */
 #define _GNU_SOURCE
 #include "shared/region.h"
 #include "shared/modules.h"
 #include "unwind/stacks.h"
+#include "options/options.h"
 
 #include <dlfcn.h>
 #define UNW_LOCAL_ONLY /* the _UL* names: this process only */
@@ -129,8 +130,7 @@ void cw_stacks_init(void)
     /* unw_backtrace keeps a per-thread trace cache whose destructor runs, under ThreadSanitizer,
      * after the sanitizer has let go of the exiting thread: step frame by frame there. */
     step_by_step = tsan && stepping;
-    const char *cache_opt = getenv("CLOSEWAIT_SITE_CACHE");
-    site_caching = stepping && !(cache_opt != NULL && strcmp(cache_opt, "0") == 0);
+    site_caching = stepping && cw_cfg.site_cache;
     if (unwind_backtrace != NULL) unwinder_text = object_range((const void *)unwind_backtrace);
     atomic_store(&unwinder_state, unwind_backtrace != NULL && cw_region_arena != NULL ? 2 : 3);
 }

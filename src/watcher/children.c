@@ -85,7 +85,7 @@ void cw_watch_children(int64_t now)
                 .fin_ms = c->w_fin_ms,
                 .opened_by = c->opened_by,
                 .state = ks != NULL ? ks->state : TCPS_CLOSE_WAIT,
-                .reason = R_INHERITED,
+                .reason = REASON_INHERITED,
                 .local = local,
                 .peer = peer,
                 .holder = holder > 0 ? holder : -1,

@@ -83,8 +83,8 @@ int cw_reported_anywhere(uint64_t inode)
 
 const char *cw_role_of(const struct observed *o)
 {
-    if (o->opened_by == OP_ACCEPT || o->opened_by == OP_ACCEPT4) return "server";
-    if (o->flags & SF_CLIENT) return "client";
+    if (o->opened_by == CW_OP_ACCEPT || o->opened_by == CW_OP_ACCEPT4) return "server";
+    if (o->flags & CW_SF_CLIENT) return "client";
     return "unknown";
 }
 
@@ -155,12 +155,12 @@ void cw_finding_leak(const struct observed *o, int64_t now)
         .open_stack = o->open_stack,
         .eof_stack = o->eof_stack,
         .spawn_stack = o->spawn_stack,
-        .eof_by = (o->flags & SF_EOF) ? cw_op_name(o->eof_by) : NULL,
-        .inherited = o->reason == R_INHERITED,
+        .eof_by = (o->flags & CW_SF_EOF) ? cw_op_name(o->eof_by) : NULL,
+        .inherited = o->reason == REASON_INHERITED,
         .holder = o->holder,
         .spawned_by = cw_spawn_kind_name(o->spawn_kind),
         .site_first = !g->printed,
-        .eof_stack_shown = (o->flags & SF_EOF) ? text_stack_shown(o->eof_stack) : 0,
+        .eof_stack_shown = (o->flags & CW_SF_EOF) ? text_stack_shown(o->eof_stack) : 0,
     };
     g->printed = 1;
     cw_finding_announce();

@@ -30,7 +30,7 @@
 
 #define CLOSEWAIT_VERSION "0.2.0"
 
-enum reason { R_EOF_NOT_CLOSED, R_PEER_CLOSED_UNREAD, R_SHUTDOWN_NOT_CLOSED, R_INHERITED };
+enum reason { REASON_EOF_NOT_CLOSED, REASON_PEER_CLOSED_UNREAD, REASON_SHUTDOWN_NOT_CLOSED, REASON_INHERITED };
 CW_HIDDEN extern const char *const reason_names[];
 
 /* w_flags bits (watcher-owned, per slot life) */

@@ -25,7 +25,7 @@ static void report_backlog(struct listener *l, struct cw_slot *s, const char *re
                            uint32_t queued, uint32_t qlen, uint32_t qlimit)
 {
     uint32_t stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed);
-    int backlog = atomic_load_explicit(&s->aux, memory_order_relaxed);
+    int backlog = atomic_load_explicit(&s->backlog, memory_order_relaxed);
     struct cw_backlog_event e = {
         .pid = cw_program_pid(),
         .reason = reason,
@@ -80,10 +80,10 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
         if (dump.unowned.port[i] == l->port) queued = dump.unowned.count[i];
     /* While connections wait, accept() checks each one it returns. */
     if (qlen > 0 || queued > 0)
-        atomic_fetch_or_explicit(&s->flags, SF_BACKLOGGED, memory_order_relaxed);
+        atomic_fetch_or_explicit(&s->flags, CW_SF_BACKLOGGED, memory_order_relaxed);
     else
-        atomic_fetch_and_explicit(&s->flags, ~SF_BACKLOGGED, memory_order_relaxed);
-    uint32_t dead = atomic_load_explicit(&s->eof_stack, memory_order_relaxed);
+        atomic_fetch_and_explicit(&s->flags, ~CW_SF_BACKLOGGED, memory_order_relaxed);
+    uint32_t dead = atomic_load_explicit(&s->dead_accepts, memory_order_relaxed);
 
     /* One finding per listener, its counts updated at most once per grace period. */
     if ((dead > l->dead_reported || queued > l->queued_reported) &&

@@ -58,7 +58,7 @@
 #endif
 static char saved_preload[4096];
 
-#define ENV_HELPER "CLOSEWAIT_WATCHER_OF"
+#define ENV_WATCHER_OF "CLOSEWAIT_WATCHER_OF"
 /* ---- the program's side -------------------------------------------------- */
 
 struct spawn_args {
@@ -74,7 +74,7 @@ struct spawn_args {
     int pid;
 };
 
-/* System calls that never touch errno: a helper that runs on before its exec shares the calling
+/* System calls that never touch errno: a watcher that runs on before its exec shares the calling
  * thread's TLS, and the program's errno is the program's. */
 #if defined(__x86_64__)
 #define HAVE_RAW_SYSCALL 1
@@ -102,7 +102,7 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static inline lon
 /* Both run in the program's memory (CLONE_VM), on stacks of their own, with nothing the
  * sanitizers instrument, while the calling thread waits: the intermediate, and the watcher until
  * its exec (the spawn memory is reused by the next start). */
-__attribute__((no_sanitize("address", "thread", "undefined"))) static int helper_exec(void *p)
+__attribute__((no_sanitize("address", "thread", "undefined"))) static int watcher_exec(void *p)
 {
     struct spawn_args *a = p;
 #if HAVE_RAW_SYSCALL
@@ -125,22 +125,22 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static int helper
     return 127;
 }
 
-/* The intermediate: starts the helper and exits, so that the helper is nobody's child here.
- * exec gives a process SIGCHLD as its exit signal whatever clone said, so a helper that were the
+/* The intermediate: starts the watcher and exits, so that the watcher is nobody's child here.
+ * exec gives a process SIGCHLD as its exit signal whatever clone said, so a watcher that were the
  * program's child would show up in its wait(-1) and SIGCHLD; this one never exec's and has no
  * exit signal, and only the waitpid(__WCLONE) below ever sees it. */
-__attribute__((no_sanitize("address", "thread", "undefined"))) static int helper_launch(void *p)
+__attribute__((no_sanitize("address", "thread", "undefined"))) static int watcher_launch(void *p)
 {
     struct spawn_args *a = p;
     /* Always until its exec: spawn memory and stacks are reused by the next start. */
     int flags = CLONE_VM | CLONE_VFORK;
-    a->pid = a->clone_fn(helper_exec, a->stack2, flags, a);
+    a->pid = a->clone_fn(watcher_exec, a->stack2, flags, a);
     if (a->pid < 0) a->err = errno;
     a->sys(SYS_exit, 0L);
     return 0;
 }
 
-static const char *helper_image(void)
+static const char *watcher_image(void)
 {
     static const char *const candidates[] = {"/bin/true", "/usr/bin/true"};
     for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++)
@@ -189,7 +189,7 @@ int cw_watcher_process_start(int wait, int logfd)
 {
     struct cw_shared *sh = cw_sh;
     if (sh == NULL) return -1;
-    const char *image = helper_image();
+    const char *image = watcher_image();
     if (image == NULL) {
         snprintf(sh->watcher_error, sizeof sh->watcher_error, "no /bin/true to run it from");
         return -1;
@@ -225,7 +225,7 @@ int cw_watcher_process_start(int wait, int logfd)
     size_t nvec = 0, maxvec = (SPAWN_ENV / 2) / sizeof(char *) - 8;
     int errfd = stderr_for_watcher();
     char head[200];
-    int hl = snprintf(head, sizeof head, ENV_HELPER "=%d:%d:%ld:%d:%d:%x:%x:%x:%x:%x:%x", memfd, errfd, (long)getpid(), logfd,
+    int hl = snprintf(head, sizeof head, ENV_WATCHER_OF "=%d:%d:%ld:%d:%d:%x:%x:%x:%x:%x:%x", memfd, errfd, (long)getpid(), logfd,
                       have_caps, capd[0].effective, capd[1].effective, capd[0].permitted, capd[1].permitted,
                       capd[0].inheritable, capd[1].inheritable);
     char *argv0 = text;
@@ -243,7 +243,7 @@ int cw_watcher_process_start(int wait, int logfd)
     used += (size_t)pl + 1;
     vec[nvec++] = pre;
     for (char **e = environ; e != NULL && *e != NULL && nvec < maxvec; e++) {
-        if (strncmp(*e, "LD_PRELOAD=", 11) == 0 || strncmp(*e, ENV_HELPER "=", sizeof ENV_HELPER) == 0) continue;
+        if (strncmp(*e, "LD_PRELOAD=", 11) == 0 || strncmp(*e, ENV_WATCHER_OF "=", sizeof ENV_WATCHER_OF) == 0) continue;
         size_t len = strlen(*e) + 1;
         if (used + len > cap) continue;
         memcpy(text + used, *e, len);
@@ -263,7 +263,7 @@ int cw_watcher_process_start(int wait, int logfd)
     atomic_store(&sh->watcher_state, CW_WATCHER_STARTING);
     sh->watcher_error[0] = '\0';
     int saved = errno;
-    int mid = clone(helper_launch, spawn_mem + SPAWN_STACK, CLONE_VM | CLONE_VFORK, argp);
+    int mid = clone(watcher_launch, spawn_mem + SPAWN_STACK, CLONE_VM | CLONE_VFORK, argp);
     int clone_errno = errno;
     if (mid > 0) waitpid(mid, NULL, __WCLONE);
     errno = saved;
@@ -409,7 +409,7 @@ int cw_watcher_process_give_way(void)
 
 /* ---- the watcher's side ------------------------------------------------------ */
 
-static void helper_fail(const char *what, int err)
+static void watcher_fail(const char *what, int err)
 {
     if (cw_sh != NULL) {
         snprintf(cw_sh->watcher_error, sizeof cw_sh->watcher_error, "%s: %s", what, strerror(err));
@@ -446,7 +446,7 @@ static void announce_life(void)
 
 void cw_watcher_process_main_if_asked(void)
 {
-    const char *spec = getenv(ENV_HELPER);
+    const char *spec = getenv(ENV_WATCHER_OF);
     if (spec == NULL) return;
     cw_in_watcher_process = 1;
     /* Every call this process makes is its own: the hooks must pass them straight through. */
@@ -489,7 +489,7 @@ void cw_watcher_process_main_if_asked(void)
             close(null);
         }
     }
-    unsetenv(ENV_HELPER);
+    unsetenv(ENV_WATCHER_OF);
     memcpy(&cw_cfg, &cw_sh->cfg, sizeof cw_cfg);
     prctl(PR_SET_NAME, (unsigned long)"closewait", 0, 0, 0);
     /* A pidfd per watched process. */
@@ -510,7 +510,7 @@ void cw_watcher_process_main_if_asked(void)
 void cw_watcher_process_ready(const char *error)
 {
     struct cw_shared *sh = cw_sh;
-    if (error != NULL) helper_fail(error, errno);
+    if (error != NULL) watcher_fail(error, errno);
     atomic_store(&sh->watcher_state, CW_WATCHER_READY);
     cw_futex_wake(&sh->watcher_state);
 }

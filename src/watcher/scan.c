@@ -102,7 +102,7 @@ static void adopt(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, int64
 static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
 {
     uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-    if (SEQ_KIND(seq) != KIND_TCP) return;
+    if (CW_SEQ_KIND(seq) != CW_KIND_TCP) return;
     if (s->w_seq != seq) {
         s->w_seq = seq;
         s->w_flags = 0;
@@ -118,16 +118,16 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     uint32_t flags = atomic_load_explicit(&s->flags, memory_order_acquire);
     const struct cw_sock *k = cw_dump_find(&dump, inode);
     int state = k != NULL ? k->state : 0;
-    if (k != NULL && (flags & (SF_EOF | SF_SHUT_WR))) cw_proc_keep_ends(fd, seq, k);
+    if (k != NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR))) cw_proc_keep_ends(fd, seq, k);
     if (k != NULL && (state == TCPS_CLOSE_WAIT || state == TCPS_LAST_ACK)) {
         if (s->w_fin_ms == 0) s->w_fin_ms = now;
-    } else if (k == NULL && (flags & (SF_EOF | SF_SHUT_WR)) && !(s->w_flags & WF_ESTABLISHED)) {
+    } else if (k == NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR)) && !(s->w_flags & WF_ESTABLISHED)) {
         /* Not being torn down by the kernel's account, yet EOF read or shut down: CLOSE, or
          * established (its own SHUT_RD) -- asked below. */
         if (!second_look) {
             if (s->w_fin_ms == 0) s->w_fin_ms = now;
             int64_t since = s->w_fin_ms;
-            if (flags & SF_EOF) {
+            if (flags & CW_SF_EOF) {
                 int64_t eof = atomic_load_explicit(&s->eof_ms, memory_order_relaxed);
                 if (eof != 0 && eof < since) since = eof;
             }
@@ -139,11 +139,11 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     } else {
         /* Established, or being torn down on our side only (we sent our FIN first). */
         s->w_fin_ms = 0;
-        if (!(flags & SF_EOF)) return;
+        if (!(flags & CW_SF_EOF)) return;
         if (k != NULL) return;
     }
     int64_t fin = s->w_fin_ms;
-    if (flags & SF_EOF) {
+    if (flags & CW_SF_EOF) {
         int64_t eof = atomic_load_explicit(&s->eof_ms, memory_order_relaxed);
         if (eof != 0 && (fin == 0 || eof < fin)) fin = eof;
     }
@@ -191,27 +191,27 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
         .opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed),
         .eof_by = atomic_load_explicit(&s->eof_by, memory_order_relaxed),
         .state = state,
-        .reason = inherited            ? R_INHERITED
-                  : (flags & SF_SHUT_WR) ? R_SHUTDOWN_NOT_CLOSED
-                  : (flags & SF_EOF)     ? R_EOF_NOT_CLOSED
-                                         : R_PEER_CLOSED_UNREAD,
+        .reason = inherited            ? REASON_INHERITED
+                  : (flags & CW_SF_SHUT_WR) ? REASON_SHUTDOWN_NOT_CLOSED
+                  : (flags & CW_SF_EOF)     ? REASON_EOF_NOT_CLOSED
+                                         : REASON_PEER_CLOSED_UNREAD,
         .holder = inherited ? cw_program_pid() : 0,
         .spawn_stack = inherited ? atomic_load(&P->area->fork_stack) : 0,
-        .spawn_kind = SPAWN_FORK,
+        .spawn_kind = CW_SPAWN_FORK,
     };
     if (o.open_ms > now || o.open_ms < 0) o.open_ms = now;
     struct proc *holder = P;
     if (parent != NULL) {
         P = parent;
         cw_set_current_area(parent->area);
-        o.spawn_kind = SPAWN_FORK;
+        o.spawn_kind = CW_SPAWN_FORK;
     }
     if (cw_watch_suppressed(o.open_stack)) {
         s->w_flags |= WF_SUPPRESSED;
         P->total_suppressed++;
     } else {
         s->w_flags |= WF_REPORTED;
-        atomic_fetch_or_explicit(&s->flags, SF_REPORTED, memory_order_relaxed);
+        atomic_fetch_or_explicit(&s->flags, CW_SF_REPORTED, memory_order_relaxed);
         cw_finding_leak(&o, now);
     }
     P = holder;
@@ -256,8 +256,8 @@ static void scan_proc(int64_t now)
         struct cw_slot *s = cw_proc_slot(fd);
         if (s == NULL) continue;
         uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-        if (SEQ_KIND(seq) == KIND_TCP) examine(fd, s, now, 0);
-        else if (SEQ_KIND(seq) == KIND_LISTEN) cw_watch_listener(fd, s, seq, now);
+        if (CW_SEQ_KIND(seq) == CW_KIND_TCP) examine(fd, s, now, 0);
+        else if (CW_SEQ_KIND(seq) == CW_KIND_LISTEN) cw_watch_listener(fd, s, seq, now);
     }
 }
 

@@ -94,15 +94,7 @@ static void on_report_signal(int sig)
 
 void cw_watcher_start(void)
 {
-    const char *mode = getenv("CLOSEWAIT_WATCH");
-    if (mode != NULL && strcmp(mode, "sock_diag") != 0)
-        cw_warn("CLOSEWAIT_WATCH", ": only sock_diag remains (no permission over the program needed); using ", "sock_diag");
-    const char *where = getenv("CLOSEWAIT_WATCHER");
-    if (where != NULL) {
-        if (strcmp(where, "thread") == 0) process_wanted = 0;
-        else if (strcmp(where, "process") != 0)
-            cw_warn("CLOSEWAIT_WATCHER", ": invalid value, expected process or thread; using ", "process");
-    }
+    process_wanted = !cw_cfg.watcher_thread;
     if (cw_me != NULL) {
         cw_modules_publish();
         cw_sink_publish_stderr();
@@ -174,8 +166,8 @@ static int exit_worth_asking(void)
     if (!atomic_load(&me->any_tcp)) return 0;
     for (int fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
-        if (s == NULL || SEQ_KIND(atomic_load(&s->seq)) != KIND_TCP) continue;
-        if (s->w_fin_ms != 0 || (atomic_load(&s->flags) & (SF_EOF | SF_SHUT_WR))) return 1;
+        if (s == NULL || CW_SEQ_KIND(atomic_load(&s->seq)) != CW_KIND_TCP) continue;
+        if (s->w_fin_ms != 0 || (atomic_load(&s->flags) & (CW_SF_EOF | CW_SF_SHUT_WR))) return 1;
     }
     return 0;
 }

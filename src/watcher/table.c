@@ -46,7 +46,7 @@ int cw_proc_fds_of_socket(uint64_t inode, int except, int *out, int max)
     for (int fd = cw_proc_next(0); fd >= 0 && n < max; fd = cw_proc_next(fd + 1)) {
         if (fd == except) continue;
         struct cw_slot *s = cw_proc_slot(fd);
-        if (s != NULL && SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == KIND_TCP &&
+        if (s != NULL && CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == CW_KIND_TCP &&
             atomic_load_explicit(&s->inode, memory_order_relaxed) == inode) {
             if (out != NULL) out[n] = fd;
             n++;
