@@ -72,7 +72,9 @@ install: all
 	install -m 0644 include/closewait.h $(DESTDIR)$(PREFIX)/include/closewait.h
 	sed 's|^CLOSEWAIT_DEFAULT_LIB=.*|CLOSEWAIT_DEFAULT_LIB=$(PREFIX)/lib/libclosewait.so|' tools/closewait \
 	  > $(DESTDIR)$(PREFIX)/bin/closewait && chmod 0755 $(DESTDIR)$(PREFIX)/bin/closewait
-	if [ -f tools/closewait-report ]; then install -m 0755 tools/closewait-report $(DESTDIR)$(PREFIX)/bin/; fi
+	install -m 0755 tools/closewait-report $(DESTDIR)$(PREFIX)/bin/closewait-report
+	install -d $(DESTDIR)$(PREFIX)/lib/closewait/closewait_report
+	install -m 0644 tools/closewait_report/*.py $(DESTDIR)$(PREFIX)/lib/closewait/closewait_report/
 
 clean:
 	rm -rf build $(LIB)

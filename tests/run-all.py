@@ -58,7 +58,7 @@ def main():
     suites = [
         ('core', [py, 'tests/run.py']),
         ('deployments', [py, 'tests/deploy/run.py']),
-        ('backlog, children, scale', [py, 'tests/sources/run.py']),
+        ('backlog, children, scale', [py, 'tests/backlog_children_scale/run.py']),
         ('report tool', [py, 'tests/report/test_report.py']),
         ('symbols and summaries', [py, 'tests/symbols/run.py']),
         ('real and hostile programs', [py, 'tests/real/run.py']),

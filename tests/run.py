@@ -2060,14 +2060,9 @@ _report_tool = []
 
 def report_tool():
     if not _report_tool:
-        import importlib.machinery
-        import importlib.util
-        path = os.path.join(ROOT, 'tools', 'closewait-report')
-        loader = importlib.machinery.SourceFileLoader('closewait_report_tool', path)
-        spec = importlib.util.spec_from_loader('closewait_report_tool', loader)
-        mod = importlib.util.module_from_spec(spec)
-        loader.exec_module(mod)
-        _report_tool.append(mod)
+        sys.path.insert(0, os.path.join(ROOT, 'tools'))
+        import closewait_report
+        _report_tool.append(closewait_report)
     return _report_tool[0]
 
 

@@ -38,11 +38,10 @@ A, B, C, D, E = ("a1a1a1a1a1a1a1a1", "b2b2b2b2b2b2b2b2", "c3c3c3c3c3c3c3c3",
 
 
 def load_tool():
-    loader = importlib.machinery.SourceFileLoader("closewait_report", TOOL)
-    spec = importlib.util.spec_from_loader("closewait_report", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    """The package behind tools/closewait-report."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import closewait_report
+    return closewait_report
 
 
 cwr = load_tool()

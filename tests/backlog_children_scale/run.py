@@ -3,7 +3,7 @@
 and a proxy-sized process.  Real programs under the library, real sockets on 127.0.0.1, the
 kernel's view (ss, /proc) as ground truth.
 
-    python3 tests/sources/run.py [-k SUBSTRING]
+    python3 tests/backlog_children_scale/run.py [-k SUBSTRING]
 
 Honours CLOSEWAIT_LIB (the library, or a colon-separated LD_PRELOAD list).
 """
