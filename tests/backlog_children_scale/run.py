@@ -169,8 +169,11 @@ def test_backlog_healthy_server_quiet():
     port = int(r.line('PORT'))
     for i in range(50):
         c = socket.create_connection(('127.0.0.1', port))
-        c.sendall(b'ping')
-        c.shutdown(socket.SHUT_WR)
+        try:
+            c.sendall(b'ping')
+            c.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server closes at once, unread data and all: a reset may come first
         c.close()
     r.line('DONE', 15)
     r.finish()
