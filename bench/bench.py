@@ -789,6 +789,21 @@ def scale_top():
     return top, why
 
 
+def machine_tcp():
+    """(in use, TIME_WAIT) TCP sockets of the whole machine (/proc/net/sockstat): the watcher's
+    sock_diag dumps walk the kernel's whole established hash, every program's sockets and the
+    TIME_WAIT ones included, so its CPU depends on these as much as on N."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                fl = line.split()
+                if fl and fl[0] == "TCP:":
+                    return int(fl[fl.index("inuse") + 1]), int(fl[fl.index("tw") + 1])
+    except (OSError, ValueError):
+        pass
+    return -1, -1
+
+
 def scale():
     top, why = scale_top()
     sizes = [n for n in P["scale_sizes"] if n < top] + ([top] if top > 0 else [])
@@ -838,6 +853,7 @@ def scale():
                 time.sleep(P["scale_window"])
                 b_ticks, b_sched = thread_cpu(owner, tid)
                 span = time.monotonic() - t0
+                inuse, tw = machine_tcp()
                 cpu_ticks = (b_ticks - a_ticks) / span * 1000.0        # ms of CPU per s
                 cpu_sched = (b_sched - a_sched) / span * 1000.0 if a_sched is not None else None
                 # leak: the client closes k; time until each report line is in the log
@@ -859,11 +875,13 @@ def scale():
                     len(seen), fmt(med(seen), nd=0), fmt(min(seen) if seen else None, nd=0),
                     fmt(max(seen) if seen else None, nd=0))
                 say("  N=%-6d watcher CPU %s ms/s (utime+stime; %s ms/s by schedstat) over %.1f s; %s; "
-                    "PSS without %d KiB, with %d KiB (program and watcher)"
-                    % (n, fmt(cpu_ticks, nd=1), fmt(cpu_sched, nd=2), span, lat, rss[False], rss[True]))
+                    "PSS without %d KiB, with %d KiB (program and watcher); TCP sockets on the machine "
+                    "(each dump walks them all): %d in use, %d TIME_WAIT"
+                    % (n, fmt(cpu_ticks, nd=1), fmt(cpu_sched, nd=2), span, lat, rss[False], rss[True], inuse, tw))
                 row("scale", "N=%d idle sockets" % n, "PSS %d KiB" % rss[False], "PSS %d KiB" % rss[True],
                     "%+d KiB" % (rss[True] - rss[False]),
-                    "watcher %s ms CPU/s (schedstat %s); %s" % (fmt(cpu_ticks), fmt(cpu_sched, nd=2), lat))
+                    "watcher %s ms CPU/s (schedstat %s); %s; machine: %d TCP sockets, %d TIME_WAIT"
+                    % (fmt(cpu_ticks), fmt(cpu_sched, nd=2), lat, inuse, tw))
             finally:
                 for p in (cli, srv):
                     if p is not None and p.poll() is None:
