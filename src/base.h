@@ -35,6 +35,7 @@ CW_HIDDEN extern int cw_in_watcher_process;
 /* The clock */
 CW_HIDDEN int64_t cw_now_ms(void);      /* CLOCK_MONOTONIC */
 CW_HIDDEN int64_t cw_wall_ms(void);     /* CLOCK_REALTIME */
+CW_HIDDEN int64_t cw_now_ns(void);      /* CLOCK_MONOTONIC */
 
 /* One line on stderr, prefixed, never blocking, never raising SIGPIPE: usable before anything else
  * is set up (options/options.c). */

@@ -124,7 +124,8 @@ static void birth(int fd, enum cw_kind kind, int op)
 {
     if (CW_UNLIKELY(atomic_load_explicit(&init_state, memory_order_acquire) != 2)) cw_init();
     /* Is the watcher still there?  One word; a new one if it died. */
-    cw_watcher_check();
+    struct cw_shared *sh = cw_sh;
+    if (sh != NULL) cw_watcher_check(&sh->watcher_alive);
     struct cw_area *me = cw_me;
     if ((kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && me != NULL &&
         CW_UNLIKELY(!atomic_load_explicit(&me->any_tcp, memory_order_relaxed))) {
@@ -149,8 +150,13 @@ static enum cw_kind classify(int fd)
         (proto == IPPROTO_TCP || proto == IPPROTO_MPTCP)) {
         int type = 0;
         len = sizeof type;
-        if (real_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM)
+        if (real_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM) {
+            int domain = 0;
+            len = sizeof domain;
+            if (real_getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_INET6 && cw_me != NULL)
+                atomic_store_explicit(&cw_me->any_inet6, 1, memory_order_relaxed);
             return CW_KIND_TCP;
+        }
     }
     return CW_KIND_OTHER;
 }
@@ -200,8 +206,12 @@ int socket(int domain, int type, int protocol)
     int fd = real_socket(domain, type, protocol);
     if (fd >= 0) {
         int saved = errno;
-        if (is_tcp_request(domain, type, protocol)) birth(fd, CW_KIND_TCP, CW_OP_SOCKET);
-        else cw_slot_forget(fd);
+        if (is_tcp_request(domain, type, protocol)) {
+            birth(fd, CW_KIND_TCP, CW_OP_SOCKET);
+            if (domain == AF_INET6 && cw_me != NULL) atomic_store_explicit(&cw_me->any_inet6, 1, memory_order_relaxed);
+        } else {
+            cw_slot_forget(fd);
+        }
         errno = saved;
     }
     return fd;

@@ -384,6 +384,7 @@ void cw_region_fork_prepare(void)
     }
     atomic_store(&a->fd_high, high);
     atomic_store(&a->any_tcp, atomic_load(&me->any_tcp));
+    atomic_store(&a->any_inet6, atomic_load(&me->any_inet6));
     atomic_store(&a->fork_gen, (uint16_t)(atomic_load(&me->fork_gen) + 1));
     atomic_store(&a->parent, cw_area_index(me) + 1);
     atomic_store(&a->fork_parent_pid, (int32_t)getpid());

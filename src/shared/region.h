@@ -41,6 +41,7 @@ struct cw_area {
     _Atomic int64_t forked_ms;
     _Atomic uint16_t fork_gen;
     _Atomic int any_tcp;
+    _Atomic int any_inet6;           /* an IPv6 TCP socket was made: the watcher dumps that family too */
     _Atomic int fd_high;             /* every slot ever written is below it */
     _Atomic uint32_t dump_req, dump_done;
     _Atomic uint32_t exit_req, exit_done;

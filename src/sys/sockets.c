@@ -193,7 +193,7 @@ static int dump_family(int fd, int family, uint32_t state_mask, struct cw_dump *
     }
 }
 
-int cw_dump_take(struct cw_dump *d, uint32_t state_mask)
+int cw_dump_take(struct cw_dump *d, uint32_t state_mask, int with_inet6)
 {
     d->n = 0;
     d->unowned.n = 0;
@@ -202,7 +202,7 @@ int cw_dump_take(struct cw_dump *d, uint32_t state_mask)
     int fd = diag_socket();
     if (fd < 0) return -1;
     int rc = dump_family(fd, AF_INET, state_mask, d);
-    if (rc == 0) rc = dump_family(fd, AF_INET6, state_mask, d);
+    if (rc == 0 && with_inet6) rc = dump_family(fd, AF_INET6, state_mask, d);
     diag_done(fd, rc != 0);
     d->ok = rc == 0;
     return rc;

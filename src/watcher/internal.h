@@ -80,7 +80,7 @@ struct proc {
     int pidfd;
     int64_t exec_since;
     int untrusted;        /* changed credentials without leaving: not read any more */
-    unsigned ticks;
+    int64_t creds_checked_ms; /* its credentials were last compared with ours */
     char exe[PATH_MAX];
     struct open_site *sites;
     size_t nsites, sites_cap;
@@ -155,4 +155,7 @@ CW_HIDDEN struct proc *cw_proc_add(struct cw_area *a, pid_t pid);
 CW_HIDDEN void cw_watch_loop(void);
 CW_HIDDEN void cw_watch_thread_start(void);
 CW_HIDDEN void cw_watch_thread_stop(void);
+/* The interval in force: CLOSEWAIT_INTERVAL_MS, or longer where a look costs the kernel much. */
+CW_HIDDEN extern int64_t cw_watch_interval_ms;
+CW_HIDDEN int cw_watch_any_inet6(void);
 #endif

@@ -34,6 +34,7 @@ struct proc *cw_proc_add(struct cw_area *a, pid_t pid)
     p->area = a;
     p->pid = pid;
     p->pidfd = thread_mode ? -1 : (int)syscall(SYS_pidfd_open, pid, 0);
+    p->creds_checked_ms = cw_now_ms();
     cw_proc_load_identity(p);
     return p;
 }
@@ -86,7 +87,10 @@ static void sync_procs(int64_t now)
             p->exec_since = 0;
         }
         if (!drop && proc_gone(p)) drop = 1;
-        if (!drop && !p->untrusted && !thread_mode && ++p->ticks % 8 == 1 && !proc_same_credentials(p)) {
+        /* Credentials: a process that lives a while is asked every few seconds (a
+         * fork-per-connection server's short-lived children never are). */
+        if (!drop && !p->untrusted && !thread_mode && now - p->creds_checked_ms >= 4000 &&
+            (p->creds_checked_ms = now, !proc_same_credentials(p))) {
             p->untrusted = 1;
             char pid[32];
             snprintf(pid, sizeof pid, "%ld", (long)p->pid);
@@ -195,7 +199,7 @@ static void hold_stderr_if_needed(void)
 /* The loop: thread or process, one way. */
 void cw_watch_loop(void)
 {
-    int64_t next_tick = cw_now_ms() + cw_cfg.interval_ms;
+    int64_t next_tick = cw_now_ms() + (cw_watch_interval_ms > 0 ? cw_watch_interval_ms : cw_cfg.interval_ms);
     for (;;) {
         uint32_t bell = atomic_load(&cw_sh->doorbell);
         int64_t now = cw_now_ms();
@@ -214,7 +218,7 @@ void cw_watch_loop(void)
         answer_requests();
         if (now >= next_tick) {
             cw_watch_tick();
-            next_tick = cw_now_ms() + cw_cfg.interval_ms;
+            next_tick = cw_now_ms() + (cw_watch_interval_ms > 0 ? cw_watch_interval_ms : cw_cfg.interval_ms);
         }
         pthread_mutex_unlock(&tick_lock);
         if (!thread_mode) hold_stderr_if_needed();

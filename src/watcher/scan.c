@@ -222,7 +222,7 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
 static void settle_pending(int64_t now)
 {
     if (npending == 0) return;
-    if (cw_dump_take(&established, 1u << TCPS_ESTABLISHED | 1u << 2 | 1u << 3) == 0) {
+    if (cw_dump_take(&established, 1u << TCPS_ESTABLISHED | 1u << 2 | 1u << 3, cw_watch_any_inet6()) == 0) {
         for (size_t i = 0; i < npending; i++) {
             P = pending[i].p;
             struct cw_slot *s = cw_proc_slot(pending[i].fd);
@@ -261,6 +261,15 @@ static void scan_proc(int64_t now)
     }
 }
 
+int64_t cw_watch_interval_ms;
+
+int cw_watch_any_inet6(void)
+{
+    for (size_t k = 0; k < nprocs; k++)
+        if (!procs[k].untrusted && atomic_load_explicit(&procs[k].area->any_inet6, memory_order_relaxed)) return 1;
+    return 0;
+}
+
 static int any_tcp(void)
 {
     for (size_t k = 0; k < nprocs; k++)
@@ -276,7 +285,15 @@ void cw_watch_tick(void)
     uint32_t mask = 1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK | 1u << TCPS_FIN_WAIT1 | 1u << TCPS_FIN_WAIT2 |
                     1u << TCPS_CLOSING;
     if (listeners_seen) mask |= 1u << TCPS_LISTEN;
-    if (cw_dump_take(&dump, mask) != 0) {
+    int64_t t0 = cw_now_ns();
+    int rc = cw_dump_take(&dump, mask, cw_watch_any_inet6());
+    /* What a look costs the kernel grows with every TCP socket of the namespace (TIME_WAIT
+     * ones too), not with ours: the watcher looks less often where that is much, so that it
+     * spends at most about 1% of a core on it. */
+    int64_t took_ms = (cw_now_ns() - t0) / 1000000;
+    cw_watch_interval_ms = cw_cfg.interval_ms > took_ms * 100 ? cw_cfg.interval_ms : took_ms * 100;
+    if (cw_watch_interval_ms > 10000) cw_watch_interval_ms = 10000;
+    if (rc != 0) {
         static int warned;
         if (!warned) {
             warned = 1;

@@ -56,7 +56,11 @@ void cw_watcher_first_tcp(void)
     errno = saved;
 }
 
-void cw_watcher_check(void)
+/* The watcher's word as it was when last found alive: while it reads the same, nothing to do
+ * (one load and one compare at each socket birth). */
+uint32_t cw_watcher_alive_seen;
+
+void cw_watcher_check_slow(void)
 {
     struct cw_shared *sh = cw_sh;
     if (sh == NULL || thread_mode || !process_wanted || cw_in_watcher_process) return;
@@ -65,7 +69,11 @@ void cw_watcher_check(void)
         return;
     }
     uint32_t st = atomic_load_explicit(&sh->watcher_state, memory_order_relaxed);
-    if (st == CW_WATCHER_NONE || cw_watcher_process_alive() || atomic_load(&sh->quit)) return;
+    if (st == CW_WATCHER_NONE || atomic_load(&sh->quit)) return;
+    if (cw_watcher_process_alive()) {
+        if (st == CW_WATCHER_READY) cw_watcher_alive_seen = atomic_load(&sh->watcher_alive);
+        return;
+    }
     /* It died.  Said once; a new one takes over (a region of our own for it). */
     int saved = errno;
     cw_in_lib++;
@@ -117,12 +125,16 @@ void cw_watcher_start(void)
 void cw_watcher_after_fork_child(void)
 {
     /* The child's findings are the watcher's business; a watcher thread did not come along. */
-    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-    memcpy(&tick_lock, &fresh, sizeof fresh);
-    atomic_store(&running, 0);
-    for (size_t k = 0; k < nprocs; k++) cw_proc_free(&procs[k]);
-    nprocs = 0;
-    P = NULL;
+    /* Written only where it was set: each page of ours written here is a copy-on-write fault
+     * in every forked child (a fork-per-connection server pays it per connection). */
+    if (thread_mode || nprocs > 0) {
+        pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+        memcpy(&tick_lock, &fresh, sizeof fresh);
+        atomic_store(&running, 0);
+        for (size_t k = 0; k < nprocs; k++) cw_proc_free(&procs[k]);
+        nprocs = 0;
+        P = NULL;
+    }
     if (cw_me == NULL) return;
     /* A process watcher serves the child already, through its area. */
     if (!thread_mode) {
