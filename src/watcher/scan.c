@@ -290,8 +290,8 @@ void cw_watch_tick(void)
     /* What a look costs the kernel grows with every TCP socket of the namespace (TIME_WAIT
      * ones too), not with ours: the watcher looks less often where that is much, so that it
      * spends at most about 1% of a core on it. */
-    int64_t took_ms = (cw_now_ns() - t0) / 1000000;
-    cw_watch_interval_ms = cw_cfg.interval_ms > took_ms * 100 ? cw_cfg.interval_ms : took_ms * 100;
+    int64_t budget_ms = (cw_now_ns() - t0) / 10000; /* 100 times what the look took */
+    cw_watch_interval_ms = cw_cfg.interval_ms > budget_ms ? cw_cfg.interval_ms : budget_ms;
     if (cw_watch_interval_ms > 10000) cw_watch_interval_ms = 10000;
     if (rc != 0) {
         static int warned;
