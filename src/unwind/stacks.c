@@ -222,6 +222,9 @@ struct site {
     uintptr_t ret0, sp0; /* the program's return address out of the hook, and its stack pointer */
     uint32_t id, n;
     uintptr_t slot[CW_MAX_DEPTH];
+    /* the chain's return addresses, kept here: the shared store is for the watcher, and reading
+     * it back means checking what other processes may have written */
+    uintptr_t pc[CW_MAX_DEPTH];
 };
 static __thread struct site site_cache[SITE_WAYS] __attribute__((tls_model("initial-exec")));
 static __thread unsigned site_next __attribute__((tls_model("initial-exec")));
@@ -250,10 +253,8 @@ static uint32_t site_lookup(uintptr_t ret0, uintptr_t sp0, int depth)
     for (int w = 0; w < SITE_WAYS; w++) {
         const struct site *e = &site_cache[w];
         if (e->ret0 != ret0 || e->sp0 != sp0 || e->id == 0 || (int)e->n > depth) continue;
-        const uintptr_t *pcs = NULL;
-        if (cw_stack_frames(e->id, &pcs) != (int)e->n || pcs == NULL) continue;
         uint32_t i = 0;
-        while (i < e->n && *(const uintptr_t *)e->slot[i] == pcs[i]) i++; /* NOLINT(performance-no-int-to-ptr) */
+        while (i < e->n && *(const uintptr_t *)e->slot[i] == e->pc[i]) i++; /* NOLINT(performance-no-int-to-ptr) */
         if (i == e->n) return e->id;
     }
     return 0;
@@ -320,6 +321,7 @@ uint32_t cw_stack_capture(void)
                 e->sp0 = sp0;
                 e->n = (uint32_t)n;
                 memcpy(e->slot, slots, (size_t)n * sizeof slots[0]);
+                memcpy(e->pc, pcs, (size_t)n * sizeof pcs[0]);
                 e->id = id;
             }
         }
