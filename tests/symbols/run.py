@@ -33,14 +33,18 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+import harness  # noqa: E402
+from harness import TestFailure, TestSkip, check  # noqa: E402,F401
+
+ROOT = harness.ROOT
 PROGS = os.path.join(HERE, 'progs')
 REPORT_TOOL = os.path.join(ROOT, 'tools', 'closewait-report')
-HOST = '127.0.0.1'
+HOST = harness.HOST
 GRACE_MS = 300
 DEBUG_ROOT = '/usr/lib/debug'       # where libdw looks for build-id debug files
 
-LIB = os.environ.get('CLOSEWAIT_LIB') or os.path.join(ROOT, 'libclosewait.so')
+LIB = harness.library(absolute=False)
 PRELOAD_EXTRA = os.environ.get('CLOSEWAIT_PRELOAD_EXTRA', '')
 VERBOSE = False
 WORK = None         # temporary directory for binaries and logs (set in main)
@@ -49,37 +53,18 @@ BUILD_ERRORS = {}   # name -> why it could not be built
 MARKS = {}          # source base name -> {marker: line}
 
 
-class TestFailure(Exception):
-    pass
-
-
-class TestSkip(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise TestFailure(msg)
-
-
 def log(msg):
     if VERBOSE:
-        sys.stderr.write('    %s\n' % msg)
+        harness.log_to_stderr(msg)
 
 
 def poll_until(fn, timeout, interval=0.02):
-    deadline = time.time() + timeout
-    while True:
-        v = fn()
-        if v or time.time() >= deadline:
-            return v
-        time.sleep(interval)
+    return harness.poll_until(fn, timeout, interval)
 
 
 def run(argv, timeout=60, **kw):
     """Runs a tool (compiler, objcopy, ...) without the library; returns CompletedProcess."""
-    env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD' and not k.startswith('CLOSEWAIT_')}
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=harness.clean_env(),
                           timeout=timeout, **kw)
 
 
@@ -95,10 +80,11 @@ def source_marks(path):
     return marks
 
 
-def compile_prog(name, argv):
+def compile_prog(name, sources, flags, libs=(), cc='gcc'):
     out = os.path.join(WORK, name)
     try:
-        r = run(argv + ['-o', out], timeout=90)
+        r = harness.compile_c([os.path.join(PROGS, x) for x in sources], out, flags, libs=libs,
+                              cc=cc, timeout=90)
     except (OSError, subprocess.TimeoutExpired) as e:
         BUILD_ERRORS[name] = str(e)
         BINS[name] = None
@@ -131,22 +117,20 @@ def build_all():
             BINS[n] = None
             BUILD_ERRORS[n] = 'gcc is not installed'
     else:
-        c = ['gcc', '-std=gnu11', '-Wall', '-Wextra', '-Werror', '-I', PROGS]
-        compile_prog('inline_srv', c + ['-O2', '-g', os.path.join(PROGS, 'inline_srv.c')])
+        c = harness.CFLAGS['symbols'] + ['-I', PROGS, '-O2', '-g']
+        compile_prog('inline_srv', ['inline_srv.c'], c)
         # its own random build id: the file this run puts under /usr/lib/debug/.build-id is
         # never one that another run (or the debuglink tests) could see
-        compile_prog('inline_srv_bid', c + ['-O2', '-g', '-Wl,--build-id=0x' + os.urandom(20).hex(),
-                                            os.path.join(PROGS, 'inline_srv.c')])
-        compile_prog('tail_srv', c + ['-O2', '-g', os.path.join(PROGS, 'tail_srv.c')])
-        compile_prog('tail_srv_nopie', c + ['-O2', '-g', '-fno-pie', '-no-pie', os.path.join(PROGS, 'tail_srv.c')])
-        compile_prog('supp_srv', c + ['-O2', '-g', os.path.join(PROGS, 'supp_srv.c')])
-        compile_prog('fork_srv', c + ['-O2', '-g', os.path.join(PROGS, 'fork_srv.c')])
-        compile_prog('dl_host', c + ['-O2', '-g', os.path.join(PROGS, 'dl_host.c'), '-ldl'])
-        compile_prog('libcwplugin.so', c + ['-O2', '-g', '-fPIC', '-shared',
-                                            os.path.join(PROGS, 'plugin.c')])
+        compile_prog('inline_srv_bid', ['inline_srv.c'], c + ['-Wl,--build-id=0x' + os.urandom(20).hex()])
+        compile_prog('tail_srv', ['tail_srv.c'], c)
+        compile_prog('tail_srv_nopie', ['tail_srv.c'], c + ['-fno-pie', '-no-pie'])
+        compile_prog('supp_srv', ['supp_srv.c'], c)
+        compile_prog('fork_srv', ['fork_srv.c'], c)
+        compile_prog('dl_host', ['dl_host.c'], c, libs=['-ldl'])
+        compile_prog('libcwplugin.so', ['plugin.c'], c + ['-fPIC', '-shared'])
     if have_gxx():
-        compile_prog('cxx_srv', ['g++', '-std=gnu++17', '-Wall', '-Wextra', '-Werror', '-I', PROGS,
-                                 '-O2', '-g', os.path.join(PROGS, 'cxx_srv.cpp')])
+        compile_prog('cxx_srv', ['cxx_srv.cpp'], ['-std=gnu++17', '-Wall', '-Wextra', '-Werror', '-I', PROGS,
+                                                  '-O2', '-g'], cc='g++')
     else:
         BINS['cxx_srv'] = None
         BUILD_ERRORS['cxx_srv'] = 'g++ is not installed (and apt-get could not install it)'
@@ -200,7 +184,7 @@ def section_names(path):
 # ------------------------------------------------------------------ programs under the library
 
 def preload_value():
-    return ':'.join(p for p in (PRELOAD_EXTRA, LIB) if p)
+    return harness.preload_value(LIB, PRELOAD_EXTRA)
 
 
 class Prog:
@@ -1072,47 +1056,35 @@ def main():
     args = ap.parse_args()
     VERBOSE = args.v
     selected = [(n, t) for n, t in TESTS if args.k is None or args.k in n]
-    passed = failed = skipped = 0
-    lib_file = LIB.split(':')[-1]
+    lib_file = harness.library_file(LIB)
     if not os.path.isfile(lib_file):
-        for n, _ in selected:
-            print('FAIL %s: library %s not found (run make)' % (n, lib_file))
-        print('0 passed, %d failed, 0 skipped' % len(selected))
-        return 1
+        return harness.fail_all(selected, 'library %s not found (run make)' % lib_file)
     # SIGTERM/SIGHUP unwind like ^C, so that every finally (the /usr/lib/debug file) runs
     def on_term(sig, frame):
         raise KeyboardInterrupt('signal %d' % sig)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
     WORK = tempfile.mkdtemp(prefix='cw-symbols-')
+    runner = SymbolsRunner(time_pass=False, one_line_failures=False, traceback_to=log)
     try:
         if selected:
             build_all()
         for name, fn in selected:
-            t0 = time.time()
-            try:
-                fn()
-            except TestSkip as e:
-                skipped += 1
-                print('SKIP %s: %s' % (name, e))
-            except TestFailure as e:
-                failed += 1
-                print('FAIL %s: %s' % (name, e))
-                log(traceback.format_exc())
-            except Exception as e:      # a bug in the test or the environment: still a failure
-                failed += 1
-                print('FAIL %s: %s: %s' % (name, type(e).__name__, e))
-                log(traceback.format_exc())
-            else:
-                passed += 1
-                print('PASS %s' % name)
-            log('%s: %.1fs' % (name, time.time() - t0))
-            sys.stdout.flush()
+            runner.run_one(name, fn)
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
-    print('%d passed, %d failed, %d skipped' % (passed, failed, skipped))
-    return 1 if failed else 0
+    return runner.finish()
 
+
+class SymbolsRunner(harness.Runner):
+    """PASS lines without times or notes; each test's time in the -v log."""
+
+    def call(self, name, fn):
+        self.t0 = time.time()
+        fn()
+
+    def cleanup(self, name, ok):
+        log('%s: %.1fs' % (name, time.time() - self.t0))
 
 if __name__ == '__main__':
     sys.exit(main())
