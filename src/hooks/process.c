@@ -102,6 +102,7 @@ pid_t fork(void)
     int saved = errno;
     uint32_t stack = spawn_stack();
     cw_stacks_fork_prepare();
+    cw_private.fork_hooked = 1;
     errno = saved;
     pid_t r = real_fork();
     int err = errno;
@@ -121,6 +122,7 @@ pid_t fork(void)
         }
     }
     cw_stacks_fork_done();
+    if (r != 0) cw_private.fork_hooked = 0;
     if (r > 0) {
         record(CW_SPAWN_FORK, r, stack);
     } else if (r == 0 && cw_me != NULL) {

@@ -7,7 +7,7 @@
 
 /* This process's view of its chunks: the hot path reads only this array.  Its area's chunk
  * index says the same for the watcher. */
-CW_HIDDEN _Atomic(struct cw_slot *) cw_chunks[CW_MAX_CHUNKS];
+CW_HIDDEN struct cw_private cw_private __attribute__((aligned(4096)));
 
 struct cw_slot *cw_chunk_known(unsigned c)
 {

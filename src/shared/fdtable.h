@@ -66,7 +66,20 @@ _Static_assert(sizeof(struct cw_slot) <= 64, "one cache line per descriptor");
 
 #define CW_CHUNK_SLOTS 256
 #define CW_MAX_CHUNKS 4096 /* 1M descriptors: fs.nr_open's default, the most RLIMIT_NOFILE allows */
-CW_HIDDEN extern _Atomic(struct cw_slot *) cw_chunks[CW_MAX_CHUNKS];
+/* What this process alone keeps of its table, in one place (a page or two): a forked child
+ * that switches to its own table writes only here, one copy-on-write fault instead of several. */
+struct cw_area;
+#define CW_FORK_CHUNKS 16
+struct cw_private {
+    struct cw_area *me;                             /* this process's area (NULL: none) */
+    struct cw_area *fork_area;                      /* made for the child of a fork under way */
+    int fork_hooked;                                /* that fork is our fork(), which says how it went */
+    unsigned fork_nchunks;
+    struct cw_slot *fork_chunks[CW_FORK_CHUNKS];    /* the child's first chunks, computed before the fork */
+    _Atomic(struct cw_slot *) chunks[CW_MAX_CHUNKS]; /* the hot path reads only this */
+};
+CW_HIDDEN extern struct cw_private cw_private;
+#define cw_chunks (cw_private.chunks)
 CW_HIDDEN struct cw_slot *cw_chunk_known(unsigned c);
 /* Slot of fd if its chunk exists, else NULL. Cheap: no syscall, no lock; inline, as every hook
  * that sees a descriptor asks. */

@@ -34,7 +34,6 @@
 #include <unistd.h>
 
 CW_HIDDEN struct cw_shared *cw_sh;
-CW_HIDDEN struct cw_area *cw_me;
 CW_HIDDEN _Atomic uint64_t *cw_region_stack_index;
 CW_HIDDEN unsigned char *cw_region_arena;
 static unsigned char *region_base;
@@ -357,7 +356,7 @@ int cw_region_leave(void)
 
 /* ---- fork ------------------------------------------------------------------- */
 
-static struct cw_area *fork_area; /* made for the child in the prepare handler */
+#define fork_area (cw_private.fork_area)
 
 void cw_region_fork_prepare(void)
 {
@@ -396,6 +395,10 @@ void cw_region_fork_prepare(void)
     memcpy(a->modules, me->modules, mlen);
     atomic_store(&a->modules_len, mlen);
     atomic_store(&a->modules_gen, atomic_load(&me->modules_gen) & ~1u);
+    /* The child's first chunk pointers, here, where it finds them without reading the region. */
+    unsigned n = high > 0 ? last + 1 : 0;
+    cw_private.fork_nchunks = n <= CW_FORK_CHUNKS ? n : 0;
+    for (unsigned c = 0; c < cw_private.fork_nchunks; c++) cw_private.fork_chunks[c] = cw_pool_slots(atomic_load(&a->chunk[c]));
     fork_area = a;
 }
 
@@ -430,10 +433,20 @@ void cw_region_fork_child(void)
         cw_table_repoint();
         return;
     }
-    atomic_store(&a->pid, (int32_t)getpid());
-    atomic_store(&a->state, AREA_LIVE);
+    /* Through our fork() the parent says the pid and the state (a page of the region the child
+     * would otherwise fault in); an internal fork (daemon()) has only the child to say them. */
+    if (!cw_private.fork_hooked) {
+        atomic_store(&a->pid, (int32_t)getpid());
+        atomic_store(&a->state, AREA_LIVE);
+    }
+    cw_private.fork_hooked = 0;
     cw_me = a;
-    cw_table_repoint();
+    if (cw_private.fork_nchunks > 0 || atomic_load(&a->fd_high) <= 0) {
+        for (unsigned c = 0; c < cw_private.fork_nchunks; c++)
+            atomic_store_explicit(&cw_chunks[c], cw_private.fork_chunks[c], memory_order_relaxed);
+    } else {
+        cw_table_repoint();
+    }
 }
 
 /* ---- the watcher's side ---------------------------------------------------- */

@@ -80,7 +80,7 @@ struct cw_shared {
 };
 
 CW_HIDDEN extern struct cw_shared *cw_sh;
-CW_HIDDEN extern struct cw_area *cw_me;  /* this process's area (NULL: none) */
+#define cw_me (cw_private.me) /* this process's area (NULL: none) */
 CW_HIDDEN extern _Atomic uint64_t *cw_region_stack_index;
 CW_HIDDEN extern unsigned char *cw_region_arena;
 
