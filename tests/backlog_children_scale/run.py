@@ -20,32 +20,29 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
-from procinfo import watchers_of  # noqa: E402
+import harness  # noqa: E402
+from harness import check, functions, leaks, ss_close_wait, watchers_of  # noqa: E402,F401
+ROOT = harness.ROOT
 PY = '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable
 GRACE = 500
-LIB = os.environ.get('CLOSEWAIT_LIB') or os.path.join(ROOT, 'libclosewait.so')
+LIB = harness.library(absolute=False)
 WORK = tempfile.mkdtemp(prefix='cw-sources-')
 SPAWNER = os.path.join(WORK, 'spawner')
 
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
+Fail = harness.TestFailure
 
 
 def poll(fn, timeout, step=0.05):
-    end = time.time() + timeout
-    while True:
-        v = fn()
-        if v or time.time() > end:
-            return v
-        time.sleep(step)
+    return harness.poll_until(fn, timeout, step, inclusive=False)
+
+
+def build(src, out, flags):
+    """Compiles one of progs/ (without the library); a compiler error raises CalledProcessError."""
+    r = harness.compile_c([os.path.join(HERE, 'progs', src)], out, flags)
+    sys.stdout.write(r.stdout.decode('utf-8', 'replace'))
+    if r.returncode != 0:
+        raise subprocess.CalledProcessError(r.returncode, r.args)
 
 
 class Run:
@@ -97,20 +94,6 @@ class Run:
             self.p.kill()
             self.p.wait()
             raise Fail('%s did not exit within %ss' % (self.p.args, timeout))
-
-
-def leaks(evs, reason=None):
-    return [e for e in evs if e.get('event') == 'leak' and (reason is None or e.get('reason') == reason)]
-
-
-def functions(frames):
-    return [f.get('function') or '' for f in frames or []]
-
-
-def ss_close_wait(port):
-    out = subprocess.run(['ss', '-tanpH', 'state', 'close-wait', '( sport = :%d )' % port],
-                         capture_output=True, text=True).stdout
-    return [l for l in out.splitlines() if l.strip()]
 
 
 # ---------------------------------------------------------------- the listen backlog
@@ -273,8 +256,7 @@ def test_cloexec_does_not_cross():
 def test_same_site_two_callers():
     """One accept() site, two callers, alternating: each leak names its own caller."""
     exe = os.path.join(WORK, 'two_paths')
-    subprocess.run(['cc', '-O1', '-g', '-fno-inline', '-o', exe, os.path.join(HERE, 'progs', 'two_paths.c')],
-                   check=True)
+    build('two_paths.c', exe, ['-O1', '-g', '-fno-inline'])
     n = 9
     r = Run([exe, str(n)])
     port = int(r.line('PORT'))
@@ -392,29 +374,17 @@ def main():
     only = None
     if '-k' in sys.argv:
         only = sys.argv[sys.argv.index('-k') + 1]
-    subprocess.run(['cc', '-O1', '-g', '-Wall', '-Werror', '-o', SPAWNER,
-                    os.path.join(HERE, 'progs', 'spawner.c')], check=True)
+    build('spawner.c', SPAWNER, ['-O1', '-g', '-Wall', '-Werror'])
     tests = [(k[5:], v) for k, v in sorted(globals().items(), key=lambda kv: kv[1].__code__.co_firstlineno
                                             if callable(kv[1]) and hasattr(kv[1], '__code__') else 0)
              if k.startswith('test_') and callable(v)]
-    passed = failed = 0
+    runner = harness.Runner(one_line_failures=False, always_skipped=False)
     for name, fn in tests:
         if only and only not in name:
             continue
-        t0 = time.time()
-        try:
-            note = fn()
-            passed += 1
-            print('PASS %s (%.1fs)%s' % (name, time.time() - t0, ' ' + note if note else ''), flush=True)
-        except Fail as e:
-            failed += 1
-            print('FAIL %s: %s' % (name, e), flush=True)
-        except Exception as e:  # a crash of the test itself is a failure too
-            failed += 1
-            print('FAIL %s: %s: %s' % (name, type(e).__name__, e), flush=True)
+        runner.run_one(name, fn)
     shutil.rmtree(WORK, ignore_errors=True)
-    print('%d passed, %d failed' % (passed, failed))
-    return 1 if failed else 0
+    return runner.finish()
 
 
 if __name__ == '__main__':

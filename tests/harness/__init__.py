@@ -134,8 +134,10 @@ class Runner:
 
       call(name, fn)         runs one test, returns its note (default fn())
       after_pass(name)       may raise TestFailure (e.g. a sanitizer report in a stderr)
+      failure_text(name, ex) what a FAIL line says of a failure (default: its message)
       failure_extra(name)    text appended to a FAIL line
-      cleanup(name, ok)      after each test, whatever happened
+      cleanup(name, ok)      after each test, whatever happened (self.outcome: 'PASS',
+                             'SKIP' or 'FAIL')
       pass_line(...)         the PASS line's format
     """
 
@@ -159,6 +161,9 @@ class Runner:
 
     def after_pass(self, name):
         pass
+
+    def failure_text(self, name, ex):
+        return self.text(ex)
 
     def failure_extra(self, name):
         return ''
@@ -187,19 +192,22 @@ class Runner:
     def run_one(self, name, fn):
         t0 = self.clock()
         ok = False
+        self.outcome = 'FAIL'
         try:
             note = self.call(name, fn)
             self.after_pass(name)
             ok = True
+            self.outcome = 'PASS'
             self.passed += 1
             print(self.pass_line(name, note, self.clock() - t0), flush=True)
         except self.skip_exceptions as ex:
             ok = True
+            self.outcome = 'SKIP'
             self.skipped += 1
             print('SKIP %s: %s' % (name, ex), flush=True)
         except self.fail_exceptions as ex:
             self.failed += 1
-            print('FAIL %s: %s%s' % (name, self.text(ex), self.failure_extra(name)), flush=True)
+            print('FAIL %s: %s%s' % (name, self.failure_text(name, ex), self.failure_extra(name)), flush=True)
             self._traceback()
         except Exception as ex:     # a broken test is a failed test
             self.failed += 1
