@@ -17,6 +17,29 @@ CW_HIDDEN __thread int cw_in_lib __attribute__((tls_model("initial-exec")));
 CW_HIDDEN __thread int cw_in_unwind __attribute__((tls_model("initial-exec")));
 CW_HIDDEN int cw_in_watcher_process;
 
+void cw_sigpipe_block(struct cw_sigpipe_guard *g)
+{
+    sigset_t pipe_set, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &g->old);
+    sigpending(&pending);
+    g->was_pending = sigismember(&pending, SIGPIPE);
+}
+
+void cw_sigpipe_restore(struct cw_sigpipe_guard *g)
+{
+    sigset_t pipe_set, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigpending(&pending);
+    if (!g->was_pending && sigismember(&pending, SIGPIPE)) {
+        struct timespec zero = {0, 0};
+        sigtimedwait(&pipe_set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
 void cw_warn(const char *a, const char *b, const char *c)
 {
     char line[768];
@@ -44,20 +67,11 @@ void cw_warn(const char *a, const char *b, const char *c)
         int size = fcntl(fd, F_GETPIPE_SZ), queued = 0;
         if (size <= 0 || ioctl(fd, FIONREAD, &queued) != 0 || size - queued < (int)n) return;
     }
-    sigset_t pipe_set, old, pending;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-    sigpending(&pending);
-    int was_pending = sigismember(&pending, SIGPIPE);
+    struct cw_sigpipe_guard g;
+    cw_sigpipe_block(&g);
     ssize_t w = write(fd, line, n);
     (void)w;
-    sigpending(&pending);
-    if (!was_pending && sigismember(&pending, SIGPIPE)) {
-        struct timespec zero = {0, 0};
-        sigtimedwait(&pipe_set, NULL, &zero);
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    cw_sigpipe_restore(&g);
 }
 
 int cw_grow(void *array_ptr, size_t *cap, size_t count, size_t elem, size_t first)

@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <sys/types.h>
 
 #define CW_HIDDEN __attribute__((visibility("hidden")))
@@ -36,6 +37,15 @@ CW_HIDDEN extern int cw_in_watcher_process;
 CW_HIDDEN int64_t cw_now_ms(void);      /* CLOCK_MONOTONIC */
 CW_HIDDEN int64_t cw_wall_ms(void);     /* CLOCK_REALTIME */
 CW_HIDDEN int64_t cw_now_ns(void);      /* CLOCK_MONOTONIC */
+
+/* A write of ours to a pipe whose reader is gone must not raise SIGPIPE in the program's thread:
+ * blocked around the write, and taken back if it was not pending already. */
+struct cw_sigpipe_guard {
+    sigset_t old;
+    int was_pending;
+};
+CW_HIDDEN void cw_sigpipe_block(struct cw_sigpipe_guard *g);
+CW_HIDDEN void cw_sigpipe_restore(struct cw_sigpipe_guard *g);
 
 /* One line on stderr, prefixed, never blocking, never raising SIGPIPE: usable before anything else
  * is set up (options/options.c). */

@@ -98,14 +98,8 @@ static int write_bounded(int fd, const char *p, size_t n, int own)
     struct stat st;
     if (fstat(fd, &st) != 0) return -1;
     int is_pipe = S_ISFIFO(st.st_mode), is_sock = S_ISSOCK(st.st_mode);
-    /* A write to a pipe whose reader is gone raises SIGPIPE in the writing thread: never the
-     * program's, so blocked here and taken back if it was not pending already. */
-    sigset_t pipe_set, old, pending;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-    sigpending(&pending);
-    int was_pending = sigismember(&pending, SIGPIPE);
+    struct cw_sigpipe_guard guard;
+    cw_sigpipe_block(&guard);
     int64_t deadline = now_ms() + WRITE_BUDGET_MS;
     int rc = 0;
     while (n > 0) {
@@ -144,14 +138,7 @@ static int write_bounded(int fd, const char *p, size_t n, int own)
             break;
         }
     }
-    if (!was_pending) {
-        sigpending(&pending);
-        if (sigismember(&pending, SIGPIPE)) {
-            struct timespec zero = {0, 0};
-            sigtimedwait(&pipe_set, NULL, &zero);
-        }
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    cw_sigpipe_restore(&guard);
     return rc;
 }
 

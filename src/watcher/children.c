@@ -72,11 +72,8 @@ void cw_watch_children(int64_t now)
             pid_t holder = child > 0 ? child : find_holder(c->inode, &child_fd);
             if (child > 0) child_fd = fd_in_process(child, c->inode);
             const struct cw_sock *ks = cw_dump_find(&dump, c->inode);
-            char local[64] = "?", peer[64] = "?";
-            if (ks != NULL) {
-                cw_sock_endpoint(ks, 0, local, sizeof local);
-                cw_sock_endpoint(ks, 1, peer, sizeof peer);
-            }
+            char local[64], peer[64];
+            cw_sock_ends(ks, local, peer, sizeof local);
             struct observed o = {
                 .fd = child_fd,
                 .inode = c->inode,

@@ -158,4 +158,6 @@ CW_HIDDEN void cw_watch_thread_stop(void);
 /* The interval in force: CLOSEWAIT_INTERVAL_MS, or longer where a look costs the kernel much. */
 CW_HIDDEN extern int64_t cw_watch_interval_ms;
 CW_HIDDEN int cw_watch_any_inet6(void);
+/* "ip:port" of both ends of a dumped socket, "?" when k is NULL. */
+CW_HIDDEN void cw_sock_ends(const struct cw_sock *k, char *local, char *peer, size_t cap);
 #endif

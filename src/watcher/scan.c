@@ -78,11 +78,8 @@ static int parent_holds(uint64_t inode)
 static void adopt(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, int64_t now)
 {
     const struct cw_sock *k = cw_dump_find(&dump, inode);
-    char local[64] = "?", peer[64] = "?";
-    if (k != NULL) {
-        cw_sock_endpoint(k, 0, local, sizeof local);
-        cw_sock_endpoint(k, 1, peer, sizeof peer);
-    }
+    char local[64], peer[64];
+    cw_sock_ends(k, local, peer, sizeof local);
     struct observed o = {
         .local = local,
         .peer = peer,
@@ -169,13 +166,9 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
         s->w_flags |= WF_REPORTED;
         return;
     }
-    char local[64] = "?", peer[64] = "?";
-    if (k != NULL) {
-        cw_sock_endpoint(k, 0, local, sizeof local);
-        cw_sock_endpoint(k, 1, peer, sizeof peer);
-    } else {
-        cw_proc_cached_ends(fd, seq, local, peer, sizeof peer);
-    }
+    char local[64], peer[64];
+    cw_sock_ends(k, local, peer, sizeof local);
+    if (k == NULL) cw_proc_cached_ends(fd, seq, local, peer, sizeof peer);
     struct observed o = {
         .local = local,
         .peer = peer,

@@ -79,3 +79,14 @@ void cw_proc_keep_ends(int fd, uint32_t seq, const struct cw_sock *k)
     cw_peer_from_sock(k, seq, &cur);
     cw_peer_store(p, &cur);
 }
+
+void cw_sock_ends(const struct cw_sock *k, char *local, char *peer, size_t cap)
+{
+    if (k == NULL) {
+        snprintf(local, cap, "?");
+        snprintf(peer, cap, "?");
+        return;
+    }
+    cw_sock_endpoint(k, 0, local, cap);
+    cw_sock_endpoint(k, 1, peer, cap);
+}
