@@ -31,24 +31,21 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (  # noqa: E402
+from deployment import (  # noqa: E402
     GRACE_MS, NOBODY, REPORT_WAIT, Case, Client, Fail, Orphans, Skip, check, check_leak_site,
     close_wait_sockets, connect_accepted, describe_events, exit_summaries,
     fill_pipe, held_in_close_wait, holders_of_pipe, is_leak, leaks_of, missing_library, poll_until,
     proc_caps, proc_stat, proc_uids, read_until_eof, signal_name, status_text, stderr_lines,
     wait_close_wait, watcher_processes, watchers_of, build_programs, all_pids,
     one_line, library, functions, WatcherSampler)
+import harness  # noqa: E402  (tests/harness, put on sys.path by deployment)
 
 P = {}                   # program name -> path, set by main()
 QUIET = 2 * GRACE_MS / 1000.0 + 0.3    # long enough for a duplicate or false report to show
 TEST_LIMIT = 45          # seconds: a test still running then has hung somewhere
 CAP_SYS_PTRACE = 19
-TESTS = []
-
-
-def test(fn):
-    TESTS.append((fn.__name__, fn))
-    return fn
+TESTS = harness.Registry(strip_prefix=False)
+test = TESTS.test
 
 
 class Problems:
@@ -969,7 +966,6 @@ def main():
     ap.add_argument('--keep', action='store_true', help="keep a failed test's temporary directory")
     args = ap.parse_args()
     selected = [(n, f) for n, f in TESTS if not args.k or args.k in n]
-    passed = failed = skipped = 0
     setup_error = None
     if os.geteuid() != 0:
         setup_error = 'SKIP', 'the suite runs as root (it changes users, mounts, cgroups)'
@@ -985,56 +981,40 @@ def main():
         except OSError as ex:
             setup_error = 'FAIL', 'build: %s' % ex
     if setup_error:
-        for name, _ in selected:
-            print('%s %s: %s' % (setup_error[0], name, setup_error[1]), flush=True)
-        n = len(selected)
-        print('%d passed, %d failed, %d skipped' % (0, n if setup_error[0] == 'FAIL' else 0,
-                                                   n if setup_error[0] == 'SKIP' else 0))
-        return 1 if setup_error[0] == 'FAIL' else 0
+        return harness.fail_all(selected, setup_error[1], setup_error[0])
     Orphans.enable()
     signal.signal(signal.SIGALRM, _alarm)
     t_all = time.monotonic()
+    runner = DeployRunner(verbose=args.v, note_sep=': ', clock=time.monotonic)
+    runner.keep = args.keep
     for name, fn in selected:
-        case = Case(name)
-        t0 = time.monotonic()
-        ok = False
-        signal.alarm(TEST_LIMIT)
-        try:
-            note = fn(case)
-            signal.alarm(0)
-            ok = True
-            passed += 1
-            print('PASS %s (%.1fs)%s' % (name, time.monotonic() - t0, (': ' + note) if isinstance(note, str) else ''),
-                  flush=True)
-        except Skip as ex:
-            signal.alarm(0)
-            skipped += 1
-            ok = True
-            print('SKIP %s: %s' % (name, ex), flush=True)
-        except Fail as ex:
-            signal.alarm(0)
-            failed += 1
-            print('FAIL %s: %s' % (name, ' '.join(str(ex).split())), flush=True)
-            if args.v:
-                traceback.print_exc()
-        except _Timeout:
-            failed += 1
-            print('FAIL %s: the test itself did not finish within %d s; %s' % (
-                name, TEST_LIMIT, '; '.join(p.context() for p in case.programs if hasattr(p, 'context'))), flush=True)
-        except Exception as ex:      # noqa: BLE001 - a broken test is a failed test
-            signal.alarm(0)
-            failed += 1
-            print('FAIL %s: %s: %s' % (name, type(ex).__name__, ' '.join(str(ex).split())), flush=True)
-            if args.v:
-                traceback.print_exc()
-        finally:
-            signal.alarm(0)
-            case.cleanup(keep=args.keep and not ok)
+        runner.case = Case(name)
+        runner.run_one(name, fn)
     if args.v:
         sys.stderr.write('total %.1f s\n' % (time.monotonic() - t_all))
-    print('%d passed, %d failed, %d skipped' % (passed, failed, skipped))
-    return 1 if failed else 0
+    return runner.finish()
 
+
+class DeployRunner(harness.Runner):
+    """Each test gets its Case (killed at its end) and at most TEST_LIMIT seconds."""
+    fail_exceptions = (Fail, _Timeout)
+
+    def call(self, name, fn):
+        signal.alarm(TEST_LIMIT)
+        note = fn(self.case)
+        signal.alarm(0)
+        return note
+
+    def failure_text(self, name, ex):
+        signal.alarm(0)
+        if isinstance(ex, _Timeout):
+            return 'the test itself did not finish within %d s; %s' % (
+                TEST_LIMIT, '; '.join(p.context() for p in self.case.programs if hasattr(p, 'context')))
+        return self.text(ex)
+
+    def cleanup(self, name, ok):
+        signal.alarm(0)
+        self.case.cleanup(keep=self.keep and not ok)
 
 if __name__ == '__main__':
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
