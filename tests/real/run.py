@@ -32,21 +32,19 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+import harness  # noqa: E402  (tests/harness: what every suite shares)
+ROOT = harness.ROOT
 HOSTILE = os.path.join(ROOT, "tests", "hostile")
 HBUILD = os.path.join(HOSTILE, "build")
-LIB = os.path.abspath(os.environ.get("CLOSEWAIT_LIB") or os.path.join(ROOT, "libclosewait.so"))
-PRELOAD_EXTRA = os.environ.get("CLOSEWAIT_PRELOAD_EXTRA", "").strip()
+LIB = os.path.abspath(harness.library(absolute=False))
+PRELOAD_EXTRA = harness.preload_extra()
 GRACE_MS = 500
 DEBIAN_PY = "/usr/bin/python3"
 
 
-class Skip(Exception):
-    pass
-
-
-class Fail(Exception):
-    pass
+Skip = harness.TestSkip
+Fail = harness.TestFailure
 
 
 # ---- processes ---------------------------------------------------------------------------
@@ -130,14 +128,12 @@ def status_text(rc):
 # ---- environments ------------------------------------------------------------------------
 
 def plain_env():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOSEWAIT_")}
-    env.pop("LD_PRELOAD", None)
-    return env
+    return harness.clean_env()
 
 
 def cw_env(log, grace_ms=GRACE_MS):
     env = plain_env()
-    env["LD_PRELOAD"] = (PRELOAD_EXTRA + " " if PRELOAD_EXTRA else "") + LIB
+    env["LD_PRELOAD"] = harness.preload_value(LIB, PRELOAD_EXTRA)
     env["CLOSEWAIT_FORMAT"] = "json"
     env["CLOSEWAIT_LOG"] = log
     env["CLOSEWAIT_GRACE_MS"] = str(grace_ms)
@@ -1227,36 +1223,33 @@ def main():
         for name, group, _ in selected:
             print("%-36s %s" % (name, group))
         return 0
-    passed = failed = skipped = 0
     if not os.path.exists(LIB):
-        for name, _, _ in selected:
-            print("FAIL %s: library not found at %s (run make, or set CLOSEWAIT_LIB)" % (name, LIB))
-        print("0 passed, %d failed, 0 skipped" % len(selected))
-        return 1
+        return harness.fail_all(selected, "library not found at %s (run make, or set CLOSEWAIT_LIB)" % LIB)
     t_all = time.monotonic()
+    runner = RealRunner(one_line_failures=False, clock=time.monotonic)
     for name, group, fn in selected:
-        t0 = time.monotonic()
-        try:
-            detail = fn()
-            print("PASS %s: %s [%.1f s]" % (name, detail, time.monotonic() - t0), flush=True)
-            passed += 1
-        except Skip as e:
-            print("SKIP %s: %s" % (name, e), flush=True)
-            skipped += 1
-        except Fail as e:
-            print("FAIL %s: %s [%.1f s]" % (name, e, time.monotonic() - t0), flush=True)
-            failed += 1
-        except Exception as e:  # a runner error is a failure of that test, not of the run
-            print("FAIL %s: %s: %s" % (name, type(e).__name__, e), flush=True)
-            failed += 1
-        finally:
-            cleanup_started()
+        runner.run_one(name, fn)
     if _java_dir:
         shutil.rmtree(_java_dir, ignore_errors=True)
     print("# %.0f s in all" % (time.monotonic() - t_all))
-    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
-    return 1 if failed else 0
+    return runner.finish()
 
+
+class RealRunner(harness.Runner):
+    """PASS name: what it saw [time]; a failure's line says its time too."""
+
+    def call(self, name, fn):
+        self.t0 = time.monotonic()
+        return fn()
+
+    def pass_line(self, name, note, seconds):
+        return "PASS %s: %s [%.1f s]" % (name, note, seconds)
+
+    def failure_extra(self, name):
+        return " [%.1f s]" % (time.monotonic() - self.t0)
+
+    def cleanup(self, name, ok):
+        cleanup_started()
 
 if __name__ == "__main__":
     sys.exit(main())
