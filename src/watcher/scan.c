@@ -284,8 +284,11 @@ void cw_watch_tick(void)
      * ones too), not with ours: the watcher looks less often where that is much, so that it
      * spends at most about 1% of a core on it. */
     int64_t budget_ms = (cw_now_ns() - t0) / 10000; /* 100 times what the look took */
+    /* ... but never so long that a report comes more than a second, or half the grace period,
+     * after it is due */
+    int64_t cap = cw_cfg.grace_ms / 2 < 1000 ? cw_cfg.grace_ms / 2 : 1000;
+    if (budget_ms > cap) budget_ms = cap;
     cw_watch_interval_ms = cw_cfg.interval_ms > budget_ms ? cw_cfg.interval_ms : budget_ms;
-    if (cw_watch_interval_ms > 10000) cw_watch_interval_ms = 10000;
     if (rc != 0) {
         static int warned;
         if (!warned) {
