@@ -47,6 +47,10 @@ struct cw_sigpipe_guard {
 CW_HIDDEN void cw_sigpipe_block(struct cw_sigpipe_guard *g);
 CW_HIDDEN void cw_sigpipe_restore(struct cw_sigpipe_guard *g);
 
+/* The library's start (hooks/io.c): the constructor's work, done at most once, whoever comes
+ * first (a hooked call can come before the constructor, and so can the public API). */
+CW_HIDDEN void cw_init(void);
+
 /* One line on stderr, prefixed, never blocking, never raising SIGPIPE: usable before anything else
  * is set up (options/options.c). */
 CW_HIDDEN void cw_warn(const char *a, const char *b, const char *c);

@@ -16,7 +16,6 @@
 #include "watcher/watcher.h"
 #include "unwind/stacks.h"
 #include "shared/peers.h"
-#include "hooks/hooks.h"
 #include "report/sink.h"
 
 #include <dlfcn.h>

@@ -10,7 +10,6 @@
 #include "watcher/watcher.h"
 #include "watcher/process.h"
 #include "unwind/stacks.h"
-#include "hooks/hooks.h"
 #include "shared/region.h"
 
 #include <errno.h>

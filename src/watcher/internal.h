@@ -6,7 +6,6 @@
 #include "report/sink.h"
 #include "shared/modules.h"
 #include "shared/region.h"
-#include "hooks/hooks.h"
 #include "unwind/stacks.h"
 #include "unwind/symbolize.h"
 #include "watcher/process.h"

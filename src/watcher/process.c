@@ -27,7 +27,6 @@
  */
 #define _GNU_SOURCE
 #include "shared/region.h"
-#include "hooks/hooks.h"
 #include "watcher/watcher.h"
 #include "watcher/process.h"
 #include "report/sink.h"
