@@ -37,8 +37,9 @@ import traceback
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS_DIR)
-from procinfo import watchers_of  # noqa: E402
-ROOT = os.path.dirname(TESTS_DIR)
+import harness  # noqa: E402  (tests/harness: what every suite shares)
+from harness import TestFailure, TestSkip, check, poll_until, watchers_of  # noqa: E402,F401
+ROOT = harness.ROOT
 BUILD = os.path.join(TESTS_DIR, 'build')
 TSERVER = os.path.join(BUILD, 'tserver')
 TTRAPS = os.path.join(BUILD, 'ttraps')
@@ -59,32 +60,9 @@ LIB = None          # set in main()
 VERBOSE = False
 
 
-class TestFailure(Exception):
-    pass
-
-
-class TestSkip(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise TestFailure(msg)
-
-
 def log(msg):
     if VERBOSE:
         sys.stderr.write('    %s\n' % msg)
-
-
-def poll_until(fn, timeout, interval=0.02):
-    """Calls fn until it returns something true or timeout seconds pass; returns the last value."""
-    deadline = time.time() + timeout
-    while True:
-        v = fn()
-        if v or time.time() >= deadline:
-            return v
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------- programs under test
@@ -536,14 +514,8 @@ def summary_of(prog):
 
 # ---------------------------------------------------------------- registry
 
-TESTS = []
-
-
-def test(fn=None, name=None):
-    def reg(f):
-        TESTS.append((name or f.__name__.replace('test_', '', 1), f))
-        return f
-    return reg(fn) if fn else reg
+TESTS = harness.Registry()
+test = TESTS.test
 
 
 def run_prog(argv, **kw):
@@ -1797,9 +1769,7 @@ def test_bad_values_other():
 
 # ---------------------------------------------------------------- report signal, suppressions
 
-UNIT_CFLAGS = ['-O1', '-g', '-std=gnu11', '-Wall', '-Wextra', '-Werror', '-Wshadow', '-Wformat=2',
-               '-Wno-format-nonliteral', '-I' + os.path.join(ROOT, 'include'),
-               '-I' + os.path.join(ROOT, 'src')]
+UNIT_CFLAGS = harness.CFLAGS['unit']
 _units = {}
 
 
@@ -1821,8 +1791,7 @@ def build_unit(name):
     cc = os.environ.get('CC', 'cc')
     errors = ''
     for extra in (['-fsanitize=address,undefined', '-fno-sanitize-recover=undefined'], []):
-        r = subprocess.run([cc] + UNIT_CFLAGS + extra + ['-o', out, src], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=180)
+        r = harness.compile_c([src], out, UNIT_CFLAGS + extra, cc=cc, timeout=180, env=os.environ)
         if r.returncode != 0:
             errors = r.stdout.decode('utf-8', 'replace')
             continue
@@ -2367,18 +2336,16 @@ def main():
                     help="keep a failed test's log, stdout and stderr in its temporary directory")
     args = ap.parse_args()
     VERBOSE = args.v
-    LIB = args.lib or os.environ.get('CLOSEWAIT_LIB') or os.path.join(ROOT, 'libclosewait.so')
-    LIB = ':'.join(os.path.abspath(x) if os.path.exists(x) else x for x in LIB.split(':'))
+    LIB = harness.library(args.lib)
 
-    selected = [(n, f) for n, f in TESTS if not args.k or args.k in n]
-    passed = failed = skipped = 0
+    selected = TESTS.select(args.k)
 
     r = subprocess.run(['make', '-s', '-C', TESTS_DIR], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if r.returncode != 0:
         print('FAIL build: make -C tests: %s' % r.stdout.decode('utf-8', 'replace').strip()[-800:])
         print('0 passed, %d failed' % (len(selected) + 1))
         return 1
-    missing = [x for x in LIB.split(':') if not os.path.exists(x)]
+    missing = harness.missing_library(LIB)
     if shutil.which('ss') is None:
         missing.append('ss (iproute2)')
 
@@ -2388,49 +2355,39 @@ def main():
     skip_set = {n.strip() for n in skip_names.split(',') if n.strip()}
 
     t_all = time.time()
+    runner = CoreRunner(verbose=VERBOSE, always_skipped=False)
+    runner.keep_failed = args.keep_failed
     for name, fn in selected:
         if name in skip_set:
-            skipped += 1
+            runner.skipped += 1
             print('SKIP %s: %s' % (name, skip_reason or 'CLOSEWAIT_TEST_SKIP'), flush=True)
             continue
         if missing:
             print('FAIL %s: not found: %s' % (name, ', '.join(missing)), flush=True)
-            failed += 1
+            runner.failed += 1
             continue
-        t0 = time.time()
-        ok = False
-        try:
-            note = fn()
-            for p in _live:
-                bad = sanitizer_report(p.stderr_text())
-                if bad:
-                    raise TestFailure('sanitizer report in %s: %s' % (os.path.basename(p.argv[0]), bad))
-            passed += 1
-            ok = True
-            print('PASS %s (%.1fs)%s' % (name, time.time() - t0, (' ' + note) if isinstance(note, str) else ''), flush=True)
-        except TestSkip as ex:
-            skipped += 1
-            print('SKIP %s: %s' % (name, ex), flush=True)
-        except TestFailure as ex:
-            failed += 1
-            print('FAIL %s: %s%s%s' % (name, ' '.join(str(ex).split()), deaths(), sanitizer_notes()), flush=True)
-            if VERBOSE:
-                traceback.print_exc()
-        except Exception as ex:     # a broken test is a failed test
-            failed += 1
-            print('FAIL %s: %s: %s' % (name, type(ex).__name__, ' '.join(str(ex).split())), flush=True)
-            if VERBOSE:
-                traceback.print_exc()
-        finally:
-            while _live:
-                _live.pop().cleanup(keep=args.keep_failed and not ok)
+        runner.run_one(name, fn)
     log('total %.1fs' % (time.time() - t_all))
-    tail = '%d passed, %d failed' % (passed, failed)
-    if skipped:
-        tail += ', %d skipped' % skipped
-    print(tail)
-    return 1 if failed else 0
+    return runner.finish()
 
+
+class CoreRunner(harness.Runner):
+    """A sanitizer report in a program's stderr fails a test that passed; a failure says what
+    the programs died of; each test's programs are cleaned up (--keep-failed keeps what did not
+    pass)."""
+
+    def after_pass(self, name):
+        for p in _live:
+            bad = sanitizer_report(p.stderr_text())
+            if bad:
+                raise TestFailure('sanitizer report in %s: %s' % (os.path.basename(p.argv[0]), bad))
+
+    def failure_extra(self, name):
+        return deaths() + sanitizer_notes()
+
+    def cleanup(self, name, ok):
+        while _live:
+            _live.pop().cleanup(keep=self.keep_failed and self.outcome != 'PASS')
 
 if __name__ == '__main__':
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
