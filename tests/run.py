@@ -9,7 +9,7 @@ colon-separated list is passed to LD_PRELOAD as is (a sanitizer runtime first, e
 CLOSEWAIT_LIB=/usr/lib/gcc/x86_64-linux-gnu/12/libasan.so:build/asan/libclosewait.so).
 Standard library only. Every wait is a bounded poll; the programs end by themselves.
 
-The programs (tests/progs, built by `make -C tests`, which this script runs first):
+The programs (tests/progs, built by tests/harness (as `make -C tests` does) before the tests):
   tserver       configurable server: read call, how the socket is disposed of after EOF,
                 sleeps, threads (see the comment at its top)
   tclient       the client end of a leak (socket + connect)
@@ -2340,9 +2340,10 @@ def main():
 
     selected = TESTS.select(args.k)
 
-    r = subprocess.run(['make', '-s', '-C', TESTS_DIR], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        print('FAIL build: make -C tests: %s' % r.stdout.decode('utf-8', 'replace').strip()[-800:])
+    try:
+        harness.build_programs('progs')       # what make -C tests does
+    except (TestFailure, OSError, subprocess.SubprocessError) as ex:
+        print('FAIL build: tests/progs: %s' % str(ex).strip()[-800:])
         print('0 passed, %d failed' % (len(selected) + 1))
         return 1
     missing = harness.missing_library(LIB)

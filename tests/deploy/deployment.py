@@ -86,25 +86,8 @@ CFLAGS = harness.CFLAGS['deploy']
 
 def build_programs():
     """Builds every progs/*.c into build/ (when the source is newer); returns {name: path}.
-    Raises Fail with gcc's words if one does not build."""
-    os.makedirs(BUILD, exist_ok=True)
-    os.chmod(BUILD, 0o755)     # programs that become nobody still exec from here
-    out = {}
-    header = os.path.join(PROGS, 'common.h')
-    for src in sorted(os.listdir(PROGS)):
-        if not src.endswith('.c'):
-            continue
-        name = src[:-2]
-        path = os.path.join(BUILD, name)
-        srcp = os.path.join(PROGS, src)
-        newest = max(os.path.getmtime(srcp), os.path.getmtime(header))
-        if not os.path.exists(path) or os.path.getmtime(path) < newest:
-            # built aside, then renamed into place: a concurrent run never executes half a file
-            r = harness.compile_c([srcp], path, CFLAGS, cc='gcc', timeout=120, atomic=True)
-            if r.returncode != 0:
-                raise Fail('gcc %s: %s' % (src, one_line(r.stdout.decode('utf-8', 'replace'), 800)))
-        out[name] = path
-    return out
+    Raises Fail with gcc's words if one does not build (the shared build, tests/harness)."""
+    return harness.build_programs('deploy')
 
 
 # ---------------------------------------------------------------- /proc

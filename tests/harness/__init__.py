@@ -346,11 +346,9 @@ def watchers_of(pid):
 
 # The flags each kind of test program is built with (the same as before they were shared):
 CFLAGS = {
-    # tests/progs/*.c (tests/Makefile, for tests/run.py)
+    # tests/progs/*.c (for tests/run.py; tests/hostile/*.c: see PROGRAM_SETS)
     'progs': ['-O1', '-g', '-Wall', '-Wextra', '-Werror', '-pthread',
               '-I' + os.path.join(ROOT, 'src'), '-I' + os.path.join(ROOT, 'include')],
-    # tests/hostile/*.c (tests/hostile/Makefile, for tests/real/run.py)
-    'hostile': ['-O1', '-g', '-Wall', '-Wextra', '-Werror', '-pthread', '-fno-omit-frame-pointer'],
     # tests/deploy/progs/*.c
     'deploy': ['-O1', '-g', '-Wall', '-Wextra', '-Werror', '-fno-omit-frame-pointer'],
     # tests/symbols/progs/*.c (plus -O2 -g and per-program flags)
@@ -378,29 +376,74 @@ def compile_c(sources, out, flags=(), libs=(), cc=None, timeout=120, env=None, a
     return r
 
 
-def build_prog(src, out_dir, kind=None, extra=(), libs=(), cc=None, deps=(), check_rc=True):
-    """Builds one tests/**/progs/*.c (or tests/hostile/*.c) into out_dir (when it is missing or
-    older than the source or `deps`), with the flags of its kind (guessed from its directory);
-    returns the binary's path.  A build that fails raises TestFailure with the compiler's words
-    (or, without check_rc, returns None)."""
-    if kind is None:
-        rel = os.path.relpath(os.path.abspath(src), TESTS_DIR).split(os.sep)
-        kind = {'progs': 'progs', 'hostile': 'hostile', 'deploy': 'deploy',
-                'symbols': 'symbols'}.get(rel[0], 'progs')
-    name = os.path.splitext(os.path.basename(src))[0]
-    out = os.path.join(out_dir, name)
+def _hostile_cflags():
+    # tests/hostile/Makefile had CFLAGS ?= -O1 -g: a CFLAGS of the environment replaces it
+    return os.environ.get('CFLAGS', '-O1 -g').split()
+
+
+_HOSTILE_FLAGS = ['-Wall', '-Wextra', '-Werror', '-pthread', '-fno-omit-frame-pointer']
+
+# Each directory of C test programs: where its sources are, which of them, where they are built,
+# with which flags, libraries, compiler, and which headers they depend on.
+PROGRAM_SETS = {
+    'progs': dict(src=os.path.join(TESTS_DIR, 'progs'), match=lambda n: n.endswith('.c'),
+                  out=os.path.join(TESTS_DIR, 'build'), flags=lambda: CFLAGS['progs'],
+                  libs=[], cc=None, deps=[], mode=None),
+    'hostile': dict(src=os.path.join(TESTS_DIR, 'hostile'),
+                    match=lambda n: (n.startswith('h_') and n.endswith('.c')) or n == 'soak.c',
+                    out=os.path.join(TESTS_DIR, 'hostile', 'build'),
+                    flags=lambda: _hostile_cflags() + _HOSTILE_FLAGS,
+                    libs=['-ldl'], cc=None, deps=['common.h'], mode=None),
+    'deploy': dict(src=os.path.join(TESTS_DIR, 'deploy', 'progs'), match=lambda n: n.endswith('.c'),
+                   out=os.path.join(TESTS_DIR, 'deploy', 'build'), flags=lambda: CFLAGS['deploy'],
+                   libs=[], cc='gcc', deps=['common.h'],
+                   mode=0o755),     # programs that become nobody still exec from there
+}
+
+# Shared libraries among the test programs: (set, source, output name, flags).
+# The dlopen'ed library of tests/hostile: its accept caller must keep a frame of its own (no
+# tail call).
+SHARED_LIBS = [
+    ('hostile', 'libleaky.c', 'libleaky.so',
+     lambda: ['-O1', '-g'] + _HOSTILE_FLAGS + ['-fPIC', '-shared', '-fno-optimize-sibling-calls']),
+]
+
+
+def build_prog(src, out, flags, libs=(), cc=None, deps=()):
+    """Builds one C program `src` into `out` when `out` is missing or older than the source or
+    `deps`, built aside and renamed into place.  A build that fails raises TestFailure with the
+    compiler's words.  Returns `out`."""
     newest = max([os.path.getmtime(src)] + [os.path.getmtime(d) for d in deps])
     if os.path.exists(out) and os.path.getmtime(out) >= newest:
         return out
-    os.makedirs(out_dir, exist_ok=True)
-    r = compile_c([src], out, CFLAGS[kind] + list(extra), libs=libs, cc=cc, atomic=True)
+    r = compile_c([src], out, flags, libs=libs, cc=cc, atomic=True)
     if r.returncode != 0:
-        if not check_rc:
-            return None
         text = ' | '.join(l for l in r.stdout.decode('utf-8', 'replace').splitlines() if l.strip())
         raise TestFailure('%s %s: %s' % (cc or os.environ.get('CC') or 'cc', os.path.basename(src),
-                                         text[:800] + ('...' if len(text) > 800 else '')))
+                                         text if len(text) <= 800 else text[:800] + '...'))
     return out
+
+
+def build_programs(kind):
+    """Builds every C program of one set of PROGRAM_SETS (the way tests/Makefile,
+    tests/hostile/Makefile and every suite build them); returns {name: path}."""
+    spec = PROGRAM_SETS[kind]
+    os.makedirs(spec['out'], exist_ok=True)
+    if spec['mode'] is not None:
+        os.chmod(spec['out'], spec['mode'])
+    deps = [os.path.join(spec['src'], d) for d in spec['deps']]
+    built = {}
+    for src in sorted(os.listdir(spec['src'])):
+        if not spec['match'](src):
+            continue
+        name = src[:-2]
+        built[name] = build_prog(os.path.join(spec['src'], src), os.path.join(spec['out'], name),
+                                 spec['flags'](), libs=spec['libs'], cc=spec['cc'], deps=deps)
+    for set_name, src, name, flags in SHARED_LIBS:
+        if set_name == kind:
+            built[name] = build_prog(os.path.join(spec['src'], src), os.path.join(spec['out'], name),
+                                     flags(), cc=spec['cc'], deps=deps)
+    return built
 
 
 def log_to_stderr(msg):
