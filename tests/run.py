@@ -74,19 +74,10 @@ class Prog:
         self.dir = tempfile.mkdtemp(prefix='cwtest-')
         self.log = os.path.join(self.dir, log_name)
         self.argv = argv
-        e = {k: v for k, v in os.environ.items()
-             if not k.startswith('CLOSEWAIT_') and k != 'LD_PRELOAD'}
         if lib:
-            e['LD_PRELOAD'] = LIB
-            e['CLOSEWAIT_LOG'] = self.log
-            e['CLOSEWAIT_FORMAT'] = fmt
-            if grace is not None:
-                e['CLOSEWAIT_GRACE_MS'] = str(grace)
-        for k, v in (env or {}).items():
-            if v is None:
-                e.pop(k, None)
-            else:
-                e[k] = v
+            e = harness.lib_env(self.log, LIB, fmt, grace, env)
+        else:
+            e = harness.overridden(harness.clean_env(), env)
         self.stderr_path = os.path.join(self.dir, 'stderr')
         self._stderr = open(self.stderr_path, 'wb')
         self.lines = []             # (arrival time, text)
@@ -153,18 +144,8 @@ class Prog:
                 text = f.read().decode('utf-8', 'replace')
         else:
             text = self.raw_log()
-        out = []
-        for line in text.split('\n')[:-1]:      # a last line without '\n' is still being written
-            if not line.strip():
-                raise TestFailure('empty line in the JSON log')
-            try:
-                ev = json.loads(line)
-            except ValueError as ex:
-                raise TestFailure('log line is not JSON (%s): %r' % (ex, line[:300]))
-            if not isinstance(ev, dict):
-                raise TestFailure('log line is not a JSON object: %r' % line[:300])
-            out.append(ev)
-        return out
+        # a last line without '\n' is still being written; an empty line fails
+        return harness.parse_events(text, blank_lines_fail=True)
 
     def leaks(self):
         return [e for e in self.events() if e.get('event') == 'leak']

@@ -50,10 +50,7 @@ class Run:
 
     def __init__(self, argv, env=None):
         self.dir = tempfile.mkdtemp(dir=WORK)
-        e = {k: v for k, v in os.environ.items() if not k.startswith('CLOSEWAIT_') and k != 'LD_PRELOAD'}
-        e.update({'LD_PRELOAD': LIB, 'CLOSEWAIT_FORMAT': 'json', 'CLOSEWAIT_GRACE_MS': str(GRACE),
-                  'CLOSEWAIT_LOG': os.path.join(self.dir, 'cw.%p.log')})
-        e.update(env or {})
+        e = harness.lib_env(os.path.join(self.dir, 'cw.%p.log'), LIB, 'json', GRACE, env)
         self.p = subprocess.Popen(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.out = []
         self.cond = threading.Condition()

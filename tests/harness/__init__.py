@@ -67,6 +67,29 @@ def clean_env(base=None):
             if not k.startswith('CLOSEWAIT_') and k != 'LD_PRELOAD'}
 
 
+def lib_env(log, preload, fmt='json', grace_ms=None, env=None):
+    """The environment of a program under the library: clean_env(), then LD_PRELOAD=`preload`,
+    CLOSEWAIT_LOG=`log`, CLOSEWAIT_FORMAT=`fmt` and (unless None) CLOSEWAIT_GRACE_MS, then
+    `env` (a value None removes the variable)."""
+    e = clean_env()
+    e['LD_PRELOAD'] = preload
+    e['CLOSEWAIT_LOG'] = log
+    e['CLOSEWAIT_FORMAT'] = fmt
+    if grace_ms is not None:
+        e['CLOSEWAIT_GRACE_MS'] = str(grace_ms)
+    return overridden(e, env)
+
+
+def overridden(e, env):
+    """e with the variables of `env` set (a value None removes the variable)."""
+    for k, v in (env or {}).items():
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = v
+    return e
+
+
 # ---------------------------------------------------------------- outcomes
 
 class TestFailure(Exception):

@@ -132,12 +132,7 @@ def plain_env():
 
 
 def cw_env(log, grace_ms=GRACE_MS):
-    env = plain_env()
-    env["LD_PRELOAD"] = harness.preload_value(LIB, PRELOAD_EXTRA)
-    env["CLOSEWAIT_FORMAT"] = "json"
-    env["CLOSEWAIT_LOG"] = log
-    env["CLOSEWAIT_GRACE_MS"] = str(grace_ms)
-    return env
+    return harness.lib_env(log, harness.preload_value(LIB, PRELOAD_EXTRA), "json", grace_ms)
 
 
 class LogDir:

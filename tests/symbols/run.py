@@ -193,17 +193,7 @@ class Prog:
     def __init__(self, argv, env=None, log_path=None, fmt='json', cwd=None):
         self.dir = tempfile.mkdtemp(prefix='run-', dir=WORK)
         self.log = log_path or os.path.join(self.dir, 'closewait.log')
-        e = {k: v for k, v in os.environ.items()
-             if not k.startswith('CLOSEWAIT_') and k != 'LD_PRELOAD'}
-        e['LD_PRELOAD'] = preload_value()
-        e['CLOSEWAIT_LOG'] = self.log
-        e['CLOSEWAIT_FORMAT'] = fmt
-        e['CLOSEWAIT_GRACE_MS'] = str(GRACE_MS)
-        for k, v in (env or {}).items():
-            if v is None:
-                e.pop(k, None)
-            else:
-                e[k] = v
+        e = harness.lib_env(self.log, preload_value(), fmt, GRACE_MS, env)
         self.argv = argv
         self.stderr_path = os.path.join(self.dir, 'stderr')
         self._stderr = open(self.stderr_path, 'wb')
