@@ -11,7 +11,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402  (tests/harness: what every suite shares)
+
+ROOT = harness.ROOT
 CLOSING = re.compile(r'^(?:\w+:\s*)?(\d+) passed, (\d+) failed(?:, (\d+) skipped)?\s*$')
 
 
@@ -97,7 +100,7 @@ def main():
             env['CLOSEWAIT_PRELOAD_EXTRA'] = rt
             for i, v in enumerate(run_suite(label, [py, 'tests/run.py'], env)):
                 totals[i] += v
-    print('%d passed, %d failed, %d skipped' % tuple(totals))
+    print(harness.closing_line(*totals))
     return 1 if totals[1] else 0
 
 
