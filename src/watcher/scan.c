@@ -133,6 +133,10 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
             return;
         }
         state = TCPS_CLOSE;
+    } else if (k == NULL && s->w_fin_ms != 0) {
+        /* Seen in CLOSE_WAIT, in no dump since, and still held: reset into CLOSE (an orphaned
+         * peer reset by its kernel, a reused 4-tuple), a dead connection kept all the same. */
+        state = TCPS_CLOSE;
     } else {
         /* Established, or being torn down on our side only (we sent our FIN first). */
         s->w_fin_ms = 0;
