@@ -75,22 +75,34 @@ static int parent_holds(uint64_t inode)
     return 0;
 }
 
-static void adopt(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, int64_t now)
+/* What a slot says of the socket, as a finding starts from it. */
+static struct observed observed_of(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, const char *local,
+                                   const char *peer)
 {
-    const struct cw_sock *k = cw_dump_find(&dump, inode);
-    char local[64], peer[64];
-    cw_sock_ends(k, local, peer, sizeof local);
-    struct observed o = {
+    return (struct observed){
         .local = local,
         .peer = peer,
         .fd = fd,
         .seq = seq,
         .inode = inode,
+        .flags = atomic_load_explicit(&s->flags, memory_order_acquire),
         .open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed),
+        .eof_stack = atomic_load_explicit(&s->eof_stack, memory_order_relaxed),
         .open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed),
-        .fin_ms = s->w_fin_ms != 0 ? s->w_fin_ms : now,
-        .state = k != NULL ? k->state : TCPS_CLOSE_WAIT,
+        .eof_ms = atomic_load_explicit(&s->eof_ms, memory_order_relaxed),
+        .opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed),
+        .eof_by = atomic_load_explicit(&s->eof_by, memory_order_relaxed),
     };
+}
+
+static void adopt(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, int64_t now)
+{
+    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    char local[64], peer[64];
+    cw_sock_ends(k, local, peer, sizeof local);
+    struct observed o = observed_of(fd, s, seq, inode, local, peer);
+    o.fin_ms = s->w_fin_ms != 0 ? s->w_fin_ms : now;
+    o.state = k != NULL ? k->state : TCPS_CLOSE_WAIT;
     silent = 1;
     cw_finding_leak(&o, now);
     silent = 0;
@@ -173,29 +185,17 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     char local[64], peer[64];
     cw_sock_ends(k, local, peer, sizeof local);
     if (k == NULL) cw_proc_cached_ends(fd, seq, local, peer, sizeof peer);
-    struct observed o = {
-        .local = local,
-        .peer = peer,
-        .fd = fd,
-        .seq = seq,
-        .inode = inode,
-        .flags = flags,
-        .open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed),
-        .eof_stack = atomic_load_explicit(&s->eof_stack, memory_order_relaxed),
-        .open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed),
-        .eof_ms = atomic_load_explicit(&s->eof_ms, memory_order_relaxed),
-        .fin_ms = fin,
-        .opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed),
-        .eof_by = atomic_load_explicit(&s->eof_by, memory_order_relaxed),
-        .state = state,
-        .reason = inherited            ? REASON_INHERITED
-                  : (flags & CW_SF_SHUT_WR) ? REASON_SHUTDOWN_NOT_CLOSED
-                  : (flags & CW_SF_EOF)     ? REASON_EOF_NOT_CLOSED
-                                         : REASON_PEER_CLOSED_UNREAD,
-        .holder = inherited ? cw_program_pid() : 0,
-        .spawn_stack = inherited ? atomic_load(&P->area->fork_stack) : 0,
-        .spawn_kind = CW_SPAWN_FORK,
-    };
+    struct observed o = observed_of(fd, s, seq, inode, local, peer);
+    o.flags = flags; /* as the verdict saw them */
+    o.fin_ms = fin;
+    o.state = state;
+    o.reason = inherited                   ? REASON_INHERITED
+               : (flags & CW_SF_SHUT_WR) ? REASON_SHUTDOWN_NOT_CLOSED
+               : (flags & CW_SF_EOF)     ? REASON_EOF_NOT_CLOSED
+                                         : REASON_PEER_CLOSED_UNREAD;
+    o.holder = inherited ? cw_program_pid() : 0;
+    o.spawn_stack = inherited ? atomic_load(&P->area->fork_stack) : 0;
+    o.spawn_kind = CW_SPAWN_FORK;
     if (o.open_ms > now || o.open_ms < 0) o.open_ms = now;
     struct proc *holder = P;
     if (parent != NULL) {
