@@ -30,6 +30,9 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <grp.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -270,56 +273,127 @@ int listen(int fd, int backlog)
 }
 
 /* ---- libunwind's memory-validation pipe ------------------------------------
- * libunwind opens a pipe on its first unwind and, to validate an address, reads and writes one
- * byte through it; when a read fails it closes both numbers and opens a new pipe.  Inside the
- * program those numbers are the program's to reuse (a daemon closes every fd at start), so
- * left alone libunwind would read a byte from, write a byte to, or close one of the program's
- * own sockets.  While cw_in_unwind is set the hooks put the pipe at high numbers, remember its
- * inodes, and refuse any read, write or close on a number that is not that pipe any more. */
-static struct { _Atomic int fd; _Atomic uint64_t ino; } unwinder_pipe[2] = {{-1, 0}, {-1, 0}};
+ * libunwind validates an address before it trusts a frame pointer: it writes one byte from that
+ * address into a pipe of its own (the kernel says EFAULT if it cannot be read) and reads the
+ * byte back; when a read fails it closes both numbers and opens a new pipe.  A real pipe would
+ * be two descriptors in the program: visible in /proc/self/fd, and, moved out of the program's
+ * way to a high number, a descriptor table grown to that size, which every fork() then copies.
+ * So libunwind is given two numbers no descriptor can have, and the hooks answer for them: the
+ * write asks the kernel whether the address can be read (unwinder_validate), the read says
+ * "empty".  Should the kernel refuse that question, a real pipe at high numbers stands behind
+ * the two numbers from then on.  Any other read, write
+ * or close from libunwind is refused: a number it kept may be the program's by now. */
+#define UNWINDER_PIPE_R (INT_MAX - 1)
+#define UNWINDER_PIPE_W INT_MAX
+static _Atomic int unwinder_backing[2] = {-1, -1}; /* the real pipe, once one is needed */
+static _Atomic uint64_t unwinder_backing_ino;
+static _Atomic int unwinder_futex_refused;
 
 /* The call comes from libunwind itself, not from a signal handler that interrupted it. */
 #define FROM_UNWINDER() \
     (CW_UNLIKELY(cw_in_unwind) && cw_pc_in_unwinder((uintptr_t)__builtin_return_address(0)))
 
-static int unwinder_owns(int fd)
-{
-    for (int i = 0; i < 2; i++)
-        if (fd >= 0 && atomic_load(&unwinder_pipe[i].fd) == fd) {
-            struct stat st;
-            return fstat(fd, &st) == 0 && (uint64_t)st.st_ino == atomic_load(&unwinder_pipe[i].ino);
-        }
-    return 0;
-}
-
-static int unwinder_pipe2(int fds[2], int flags)
+/* The real pipe behind the two numbers (once the kernel refused unwinder_validate), or -1. */
+static int unwinder_backing_fd(int end)
 {
     CW_REAL(pipe2);
-    int r = real_pipe2(fds, flags);
-    if (r != 0) return r;
-    int depth = cw_in_unwind;
-    cw_in_unwind = 0; /* our own close of the low numbers must go through */
-    for (int i = 0; i < 2; i++) {
-        int hi = cw_fd_move_high(fds[i]);
+    int fd = atomic_load(&unwinder_backing[end]);
+    if (fd < 0) {
+        int fds[2];
+        if (real_pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return -1;
+        int depth = cw_in_unwind;
+        cw_in_unwind = 0; /* our own close of the low numbers must go through */
+        int hi0 = cw_fd_move_high(fds[0]), hi1 = cw_fd_move_high(fds[1]);
+        cw_in_unwind = depth;
         struct stat st;
-        fds[i] = hi;
-        atomic_store(&unwinder_pipe[i].fd, hi);
-        atomic_store(&unwinder_pipe[i].ino, fstat(hi, &st) == 0 ? (uint64_t)st.st_ino : 0);
+        atomic_store(&unwinder_backing_ino, fstat(hi0, &st) == 0 ? (uint64_t)st.st_ino : 0);
+        atomic_store(&unwinder_backing[1], hi1);
+        atomic_store(&unwinder_backing[0], hi0);
+        fd = end == 0 ? hi0 : hi1;
     }
-    cw_in_unwind = depth;
+    /* The program may have closed or replaced it since (closefrom at a daemon's start). */
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_ino != atomic_load(&unwinder_backing_ino)) {
+        atomic_store(&unwinder_backing[0], -1);
+        atomic_store(&unwinder_backing[1], -1);
+        return -1;
+    }
+    return fd;
+}
+
+/* libunwind's write of one byte at addr: 1 if it can be read, -1 with EFAULT if not.  The
+ * kernel is asked to compare the aligned word there with a value, waiting for nothing (a
+ * private futex wait with a zero timeout): it reads the word first and says EFAULT where it
+ * cannot.  No descriptor, nothing changed, and a call no seccomp profile forbids (threads need
+ * it); process_vm_readv would do too, but containers' filters refuse it, some by killing. */
+static long unwinder_validate(const void *addr, long n)
+{
+    if (n <= 0) return 0;
+    if (!atomic_load_explicit(&unwinder_futex_refused, memory_order_relaxed)) {
+        int saved = errno;
+        const struct timespec now = {0, 0};
+        CW_REAL(syscall);
+        long r = real_syscall(SYS_futex, (long)((uintptr_t)addr & ~(uintptr_t)3), (long)FUTEX_WAIT_PRIVATE,
+                              (long)0x5a5a5a5a, (long)&now, 0L, 0L);
+        int err = errno;
+        errno = saved == EINTR ? 0 : saved; /* libunwind loops while errno says EINTR */
+        if (r == 0 || err == EAGAIN || err == ETIMEDOUT || err == EINTR) return 1;
+        if (err == EFAULT) {
+            errno = EFAULT;
+            return -1;
+        }
+        atomic_store(&unwinder_futex_refused, 1);
+    }
+    int fd = unwinder_backing_fd(1);
+    if (fd < 0) {
+        errno = EFAULT; /* nothing to check with: say unreadable, libunwind stops there */
+        return -1;
+    }
+    CW_REAL(write);
+    long r = real_write(fd, addr, 1);
+    if (r < 0 && errno == EAGAIN) { /* full of bytes nobody read back: read them, then again */
+        char drain[64];
+        int rfd = unwinder_backing_fd(0);
+        CW_REAL(read);
+        if (rfd >= 0)
+            while (real_read(rfd, drain, sizeof drain) > 0) {
+            }
+        r = real_write(fd, addr, 1);
+    }
+    if (r >= 0 && errno == EINTR) errno = 0;
+    return r;
+}
+
+static ssize_t unwinder_read(int fd, void *buf, size_t n)
+{
+    int real_fd = fd == UNWINDER_PIPE_R && atomic_load(&unwinder_futex_refused) ? unwinder_backing_fd(0) : -1;
+    if (real_fd >= 0) {
+        CW_REAL(read);
+        ssize_t r = real_read(real_fd, buf, n);
+        if (r < 0 && errno == EINTR) errno = EAGAIN;
+        return r;
+    }
+    errno = fd == UNWINDER_PIPE_R ? EAGAIN : EBADF;
+    return -1;
+}
+
+static int unwinder_pipe2(int fds[2])
+{
+    fds[0] = UNWINDER_PIPE_R;
+    fds[1] = UNWINDER_PIPE_W;
     return 0;
 }
 
 int pipe2(int fds[2], int flags)
 {
-    if (FROM_UNWINDER()) return unwinder_pipe2(fds, flags);
+    if (FROM_UNWINDER()) return unwinder_pipe2(fds);
     CW_REAL(pipe2);
     return real_pipe2(fds, flags);
 }
 
 int pipe(int fds[2])
 {
-    if (FROM_UNWINDER()) return unwinder_pipe2(fds, O_CLOEXEC);
+    if (FROM_UNWINDER()) return unwinder_pipe2(fds);
     CW_REAL(pipe);
     return real_pipe(fds);
 }
@@ -327,7 +401,8 @@ int pipe(int fds[2])
 ssize_t write(int fd, const void *buf, size_t n)
 {
     CW_REAL(write);
-    if (FROM_UNWINDER() && !unwinder_owns(fd)) {
+    if (FROM_UNWINDER()) {
+        if (fd == UNWINDER_PIPE_W) return unwinder_validate(buf, (long)n);
         errno = EBADF;
         return -1;
     }
@@ -377,10 +452,7 @@ static size_t iov_total(const struct iovec *iov, size_t n)
 ssize_t read(int fd, void *buf, size_t n)
 {
     CW_REAL(read);
-    if (FROM_UNWINDER() && !unwinder_owns(fd)) {
-        errno = EBADF;
-        return -1;
-    }
+    if (FROM_UNWINDER()) return unwinder_read(fd, buf, n);
     ssize_t r = real_read(fd, buf, n);
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_READ);
     return r;
@@ -496,7 +568,7 @@ int close(int fd)
 {
     CW_REAL(close);
     if (ON_WATCHER_TABLE()) return real_close(fd);
-    if (FROM_UNWINDER() && !unwinder_owns(fd)) return 0;
+    if (FROM_UNWINDER()) return 0; /* its own numbers are not descriptors; any other is not its */
     cw_slot_forget(fd);
     int r = real_close(fd);
     if (CW_UNLIKELY(fd == 2)) stderr_moved();
@@ -634,6 +706,11 @@ long syscall(long number, ...)
     long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
     va_end(ap);
     if (ON_WATCHER_TABLE()) return real_syscall(number, a1, a2, a3, a4, a5, a6);
+    if (number == SYS_write && FROM_UNWINDER()) {
+        if (a1 == UNWINDER_PIPE_W) return unwinder_validate((const void *)a2, a3); /* NOLINT(performance-no-int-to-ptr): syscall() passes pointers as long */
+        errno = EBADF;
+        return -1;
+    }
     switch (number) {
     case SYS_close:
         cw_slot_forget((int)a1);

@@ -7,8 +7,8 @@
  * (unw_backtrace, backtrace, _Unwind_Backtrace) then never enter the program's global scope, and
  * a program that carries its own unwinder (LLVM's libunwind, gperftools) keeps using its own.
  * Not RTLD_DEEPBIND: libunwind's own libc calls must reach our hooks, because it keeps a pipe to
- * validate memory, and cw_in_unwind lets the hooks keep that pipe away from the program's
- * descriptors (the unwinder-pipe guard in hooks/io.c).
+ * validate memory, and cw_in_unwind lets the hooks answer for that pipe without giving the
+ * program a descriptor (the unwinder-pipe guard in hooks/io.c).
  */
 #define _GNU_SOURCE
 #include "shared/region.h"
@@ -119,8 +119,11 @@ void cw_stacks_init(void)
      * Under ThreadSanitizer, libunwind's per-thread cache destructor runs after the sanitizer
      * has let go of the exiting thread and crashes it: no cache there (slower, same stacks). */
     int tsan = dlsym(RTLD_DEFAULT, "__tsan_init") != NULL;
+    /* Its first use opens the validation pipe (hooks/io.c answers for it). */
+    cw_in_unwind++;
     if (set_policy != NULL && local_as != NULL)
         set_policy(*local_as, tsan ? UNW_CACHE_NONE : UNW_CACHE_PER_THREAD);
+    cw_in_unwind--;
     unwind_getcontext = (int (*)(unw_context_t *))dlsym(h, "_Ux86_64_getcontext");
     unwind_init_local = (int (*)(unw_cursor_t *, unw_context_t *))dlsym(h, STR(unw_init_local));
     unwind_step = (int (*)(unw_cursor_t *))dlsym(h, STR(unw_step));

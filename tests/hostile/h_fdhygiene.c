@@ -1,10 +1,12 @@
 /*
  * The program's descriptor table after a report.  A leak is made and reported (the library
- * then symbolizes its stack); afterwards the program must see no descriptor it did not open
- * below the library's high range, and a program it executes must inherit none of the
- * library's descriptors.  All the program's own descriptors are CLOEXEC, so the child, a new
- * instance of this program, counts what it inherited besides 0, 1, 2 and what was already
- * open when the parent started.
+ * then symbolizes its stack); the program must see no descriptor it did not open, at any
+ * number, and a program it executes must inherit none.  What was open at the start and the
+ * size of the descriptor table (FDSize: a descriptor of ours at a high number would grow it,
+ * and every fork() copies it) are printed as compared lines: the run without the library says
+ * what they must be.  All the program's own descriptors are CLOEXEC, so the child, a new
+ * instance of this program, counts what it inherited besides what was open at the parent's
+ * start.
  *
  * usage: h_fdhygiene
  *        h_fdhygiene child BASELINE   (BASELINE: comma-separated fds open at the parent's start)
@@ -29,11 +31,54 @@ static int in_list(const char *list, int fd)
     return 0;
 }
 
-/* Open descriptors below 900 that are not in `baseline`, printed as "fd=target". */
+/* The descriptors open now, in increasing order, as "0,1,2"; returns how many. */
+static int open_fds(char *out, size_t cap)
+{
+    int fds[4096], n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL) fail_setup("opendir /proc/self/fd");
+    int own = dirfd(d);
+    for (struct dirent *e; (e = readdir(d)) != NULL && n < 4096;) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        int fd = atoi(e->d_name);
+        if (fd != own) fds[n++] = fd;
+    }
+    closedir(d);
+    for (int i = 1; i < n; i++) /* insertion sort: a handful of numbers */
+        for (int j = i; j > 0 && fds[j - 1] > fds[j]; j--) {
+            int t = fds[j];
+            fds[j] = fds[j - 1];
+            fds[j - 1] = t;
+        }
+    size_t len = 0;
+    out[0] = '\0';
+    for (int i = 0; i < n && len + 16 < cap; i++) len += (size_t)snprintf(out + len, cap - len, "%s%d", i ? "," : "", fds[i]);
+    return n;
+}
+
+/* FDSize from /proc/self/status: how many slots the kernel's descriptor table has. */
+static int fd_table_size(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    if (f == NULL) return -1;
+    char line[256];
+    int size = -1;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "FDSize:", 7) == 0) size = atoi(line + 7);
+    fclose(f);
+    return size;
+}
+
+/* Open descriptors, at any number, that are not in `baseline`, printed as "fd=target". */
 static int foreign_fds(const char *baseline, const char *who)
 {
     int n = 0;
-    for (int fd = 3; fd < 900; fd++) {
+    char now[8192];
+    open_fds(now, sizeof now);
+    for (char *p = now; *p != '\0';) {
+        int fd = atoi(p);
+        p = strchr(p, ',');
+        p = p == NULL ? (char *)"" : p + 1;
         if (fcntl(fd, F_GETFD) < 0 || in_list(baseline, fd)) continue;
         char path[64], target[256];
         snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
@@ -52,11 +97,11 @@ int main(int argc, char **argv)
         printf("child_inherited=%d\n", foreign_fds(argv[2], "inherited by the exec'd child"));
         return 0;
     }
-    /* What was open before this program did anything (the caller's, the library's). */
-    char baseline[4096] = "";
-    size_t bl = 0;
-    for (int fd = 0; fd < 900 && bl < sizeof baseline - 16; fd++)
-        if (fcntl(fd, F_GETFD) >= 0) bl += (size_t)snprintf(baseline + bl, sizeof baseline - bl, "%s%d", bl ? "," : "", fd);
+    /* What was open before this program did anything: the caller's, and nothing of the
+     * library's (the run without it says what the caller's are). */
+    char baseline[8192];
+    open_fds(baseline, sizeof baseline);
+    printf("open_at_start=%s\n", baseline);
 
     int port;
     int l = listen_local(16, &port);
@@ -73,9 +118,10 @@ int main(int argc, char **argv)
     wait_for_leaks(1, 6000);
 
     /* The program's own: l and s. */
-    char mine[4200];
+    char mine[8256];
     snprintf(mine, sizeof mine, "%s,%d,%d", baseline, l, s);
     printf("foreign_after_report=%d\n", foreign_fds(mine, "in the program after the report"));
+    printf("fd_table_size=%d\n", fd_table_size());
 
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
