@@ -45,22 +45,26 @@ void cw_format_endpoint(int family, const void *addr_bytes, uint16_t port_be, ch
 
 static int diag_fd = -1;
 
+/* Only a caller on the watcher's own table may use the socket kept there: the same number in
+ * the program's table (the program's exit, writing its summary itself) is one of its own. */
+#define ON_OWN_TABLE() (cw_in_watcher_process || cw_on_private_table)
+
 static int diag_socket(void)
 {
-    if (diag_fd >= 0) return diag_fd;
+    if (ON_OWN_TABLE() && diag_fd >= 0) return diag_fd;
     int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
     if (fd < 0) return -1;
     struct timeval tv = {2, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     /* Kept only where the table is ours (the watcher process, a watcher thread on a table of its
      * own): in the program's table the number would be the program's to close and reuse. */
-    if (cw_in_watcher_process || cw_on_private_table) diag_fd = fd;
+    if (ON_OWN_TABLE() && diag_fd < 0) diag_fd = fd;
     return fd;
 }
 
 static void diag_done(int fd, int failed)
 {
-    if (fd != diag_fd) {
+    if (!ON_OWN_TABLE() || fd != diag_fd) {
         close(fd);
     } else if (failed) {
         /* desynchronised: start over with a new socket next time */
