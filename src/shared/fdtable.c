@@ -36,7 +36,8 @@ struct cw_slot *cw_slot_get(int fd)
         if (CW_UNLIKELY(fd >= atomic_load_explicit(&me->fd_high, memory_order_relaxed))) note_high(me, fd);
         return s;
     }
-    if (fd < 0 || me == NULL) return NULL;
+    if (fd < 0) return NULL;
+    if (CW_UNLIKELY(me == NULL) && (me = cw_region_late_area()) == NULL) return NULL;
     unsigned c = (unsigned)fd / CW_CHUNK_SLOTS;
     if (c >= CW_MAX_CHUNKS) return NULL;
     uint32_t k = cw_pool_take();
@@ -58,6 +59,17 @@ void cw_table_repoint(void)
     if (chunks > CW_MAX_CHUNKS) chunks = CW_MAX_CHUNKS;
     for (unsigned c = 0; c < chunks; c++)
         atomic_store(&cw_chunks[c], me != NULL ? cw_pool_slots(atomic_load(&me->chunk[c])) : NULL);
+}
+
+void cw_table_forget(void)
+{
+    struct cw_area *me = cw_me;
+    int high = me != NULL ? atomic_load(&me->fd_high) : 0;
+    unsigned chunks = high <= 0 ? 0 : (unsigned)(high - 1) / CW_CHUNK_SLOTS + 1;
+    if (chunks > CW_MAX_CHUNKS || me == NULL) chunks = CW_MAX_CHUNKS;
+    cw_me = NULL;
+    for (unsigned c = 0; c < chunks; c++)
+        if (atomic_load_explicit(&cw_chunks[c], memory_order_relaxed) != NULL) atomic_store(&cw_chunks[c], NULL);
 }
 
 int cw_table_limit(void)

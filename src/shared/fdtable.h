@@ -75,6 +75,9 @@ struct cw_private {
     struct cw_area *fork_area;                      /* made for the child of a fork under way */
     int fork_hooked;                                /* that fork is our fork(), which says how it went */
     unsigned fork_nchunks;
+    struct cw_area *orphan_of;                      /* a forked child without an area: its parent's */
+    pid_t orphan_of_pid;
+    _Atomic int64_t late_retry_ms;                  /* cw_region_late_area: not before then */
     struct cw_slot *fork_chunks[CW_FORK_CHUNKS];    /* the child's first chunks, computed before the fork */
     _Atomic(struct cw_slot *) chunks[CW_MAX_CHUNKS]; /* the hot path reads only this */
 };

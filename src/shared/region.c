@@ -146,6 +146,10 @@ void cw_pool_give(uint32_t c)
 static struct cw_area *area_take(void)
 {
     uint32_t n = bit_take(cw_sh->area_map, CW_MAX_AREAS / 64);
+    /* Taken lowest first: a high number means few are left.  The areas of processes that died
+     * are given back at the watcher's next look, which a fork-per-connection server's burst of
+     * short-lived children should not wait for. */
+    if (n == 0 || n > CW_MAX_AREAS * 3 / 4) cw_doorbell();
     if (n == 0) return NULL;
     struct cw_area *a = cw_area_at(n - 1);
     /* The fields, not the big arrays: those are written before they are read, and the chunk
@@ -358,6 +362,24 @@ int cw_region_leave(void)
 
 #define fork_area (cw_private.fork_area)
 
+/* What a forked child's area takes from its parent's, the table aside. */
+static void inherit(struct cw_area *a, struct cw_area *parent, pid_t parent_pid)
+{
+    atomic_store(&a->any_tcp, atomic_load(&parent->any_tcp));
+    atomic_store(&a->any_inet6, atomic_load(&parent->any_inet6));
+    atomic_store(&a->fork_gen, (uint16_t)(atomic_load(&parent->fork_gen) + 1));
+    atomic_store(&a->parent, cw_area_index(parent) + 1);
+    atomic_store(&a->fork_parent_pid, (int32_t)parent_pid);
+    atomic_store(&a->forked_ms, cw_now_ms());
+    memcpy(&a->err, &parent->err, sizeof a->err);
+    memcpy(a->exe, parent->exe, sizeof a->exe);
+    uint32_t mlen = atomic_load(&parent->modules_len);
+    if (mlen > sizeof a->modules) mlen = 0;
+    memcpy(a->modules, parent->modules, mlen);
+    atomic_store(&a->modules_len, mlen);
+    atomic_store(&a->modules_gen, atomic_load(&parent->modules_gen) & ~1u);
+}
+
 void cw_region_fork_prepare(void)
 {
     fork_area = NULL;
@@ -382,19 +404,7 @@ void cw_region_fork_prepare(void)
         atomic_store(&a->chunk[c], to);
     }
     atomic_store(&a->fd_high, high);
-    atomic_store(&a->any_tcp, atomic_load(&me->any_tcp));
-    atomic_store(&a->any_inet6, atomic_load(&me->any_inet6));
-    atomic_store(&a->fork_gen, (uint16_t)(atomic_load(&me->fork_gen) + 1));
-    atomic_store(&a->parent, cw_area_index(me) + 1);
-    atomic_store(&a->fork_parent_pid, (int32_t)getpid());
-    atomic_store(&a->forked_ms, cw_now_ms());
-    memcpy(&a->err, &me->err, sizeof a->err);
-    memcpy(a->exe, me->exe, sizeof a->exe);
-    uint32_t mlen = atomic_load(&me->modules_len);
-    if (mlen > sizeof a->modules) mlen = 0;
-    memcpy(a->modules, me->modules, mlen);
-    atomic_store(&a->modules_len, mlen);
-    atomic_store(&a->modules_gen, atomic_load(&me->modules_gen) & ~1u);
+    inherit(a, me, getpid());
     /* The child's first chunk pointers, here, where it finds them without reading the region. */
     unsigned n = high > 0 ? last + 1 : 0;
     cw_private.fork_nchunks = n <= CW_FORK_CHUNKS ? n : 0;
@@ -428,9 +438,12 @@ void cw_region_fork_child(void)
     fork_area = NULL;
     if (cw_sh == NULL) return;
     if (a == NULL) {
-        /* No area could be made: drop the table rather than write the parent's. */
-        cw_me = NULL;
-        cw_table_repoint();
+        /* No area could be made: drop the table rather than write the parent's (only the
+         * pointers the parent had: each page of them written is a page copied).  One is taken
+         * at the first socket instead (cw_region_late_area). */
+        cw_private.orphan_of = cw_me;
+        cw_private.orphan_of_pid = getppid();
+        cw_table_forget();
         return;
     }
     /* Through our fork() the parent says the pid and the state (a page of the region the child
@@ -447,6 +460,36 @@ void cw_region_fork_child(void)
     } else {
         cw_table_repoint();
     }
+}
+
+/* A forked child that got no area at the fork: every area was taken, by a burst of children the
+ * watcher had not yet seen go (it was rung then).  It takes one at its first socket instead;
+ * what it inherited goes untracked, what it makes does not.  Tried again at most every 20 ms. */
+struct cw_area *cw_region_late_area(void)
+{
+    static _Atomic int taking;
+    struct cw_area *parent = cw_private.orphan_of;
+    if (parent == NULL || cw_sh == NULL || cw_in_watcher_process) return NULL;
+    int64_t now = cw_now_ms();
+    if (now < atomic_load_explicit(&cw_private.late_retry_ms, memory_order_relaxed)) return NULL;
+    if (atomic_exchange(&taking, 1)) return NULL; /* another thread is at it */
+    struct cw_area *me = cw_me;
+    if (me == NULL) {
+        struct cw_area *a = area_take();
+        if (a == NULL) {
+            atomic_store(&cw_private.late_retry_ms, now + 20);
+        } else {
+            inherit(a, parent, cw_private.orphan_of_pid);
+            atomic_store(&a->pid, (int32_t)getpid());
+            atomic_store(&a->state, AREA_LIVE);
+            cw_private.orphan_of = NULL;
+            cw_me = a;
+            me = a;
+            cw_doorbell();
+        }
+    }
+    atomic_store(&taking, 0);
+    return me;
 }
 
 /* ---- the watcher's side ---------------------------------------------------- */

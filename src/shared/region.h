@@ -118,6 +118,10 @@ CW_HIDDEN void cw_doorbell(void);
 
 /* The chunk pointers of this process point into cw_me (fdtable.c, kernel.c). */
 CW_HIDDEN void cw_table_repoint(void);
+/* No table any more (a forked child that got no area of its own). */
+CW_HIDDEN void cw_table_forget(void);
+/* This process's area, taken now if a fork left it without one (NULL: none to be had). */
+CW_HIDDEN struct cw_area *cw_region_late_area(void);
 
 /* The area being looked at: in the watcher, the process it is reporting on; elsewhere this
  * process's own. */
