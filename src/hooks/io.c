@@ -65,6 +65,14 @@ void *cw_resolve(const char *name)
     return p;
 }
 
+static void at_fork_prepare(void)
+{
+    /* Asked here, so that the child need not read the region's header (a page a child faults
+     * in: a fork does not copy the page tables of a shared mapping). */
+    cw_private.fork_watcher_alive = cw_watcher_process_alive();
+    cw_region_fork_prepare();
+}
+
 static void at_fork_child(void)
 {
     /* First of all: until the child has its own area, every write lands in the parent's. */
@@ -90,7 +98,7 @@ void cw_init(void)
     if (cw_sh != NULL) memcpy(&cw_sh->cfg, &cw_cfg, sizeof cw_cfg);
     cw_stacks_init();
     /* Registered first, so its prepare handler runs last, right before the fork. */
-    pthread_atfork(cw_region_fork_prepare, cw_region_fork_parent, at_fork_child);
+    pthread_atfork(at_fork_prepare, cw_region_fork_parent, at_fork_child);
     cw_watcher_start();
     cw_in_lib--;
     atomic_store(&init_state, 2);

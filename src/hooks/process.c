@@ -22,7 +22,7 @@
 
 #pragma GCC visibility push(default)
 
-static _Atomic unsigned spawn_next;
+#define spawn_next (cw_private.spawn_next)
 
 const char *cw_spawn_kind_name(int kind)
 {

@@ -78,6 +78,12 @@ struct cw_private {
     struct cw_area *orphan_of;                      /* a forked child without an area: its parent's */
     pid_t orphan_of_pid;
     _Atomic int64_t late_retry_ms;                  /* cw_region_late_area: not before then */
+    /* Written at every fork, by the parent or the child: here, so that after a fork each side
+     * breaks the copy-on-write of this one page of ours and no other. */
+    _Atomic int unwinds_running;                    /* unwind/stacks.c: unwinds under way */
+    _Atomic int fork_pending;                       /* a fork waits for them; new ones are skipped */
+    _Atomic unsigned spawn_next;                    /* hooks/process.c: the next spawn record */
+    int fork_watcher_alive;                         /* the watcher process was alive at the fork */
     struct cw_slot *fork_chunks[CW_FORK_CHUNKS];    /* the child's first chunks, computed before the fork */
     _Atomic(struct cw_slot *) chunks[CW_MAX_CHUNKS]; /* the hot path reads only this */
 };

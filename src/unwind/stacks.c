@@ -39,8 +39,8 @@ static int site_caching;  /* the step interface is there: births at a known site
 /* fork() while another thread unwinds would hand the child a lock (the loader's phdr lock
  * taken by dl_iterate_phdr, libunwind's pools) that nobody will ever release there: fork
  * waits for running unwinds to finish, and unwinds that would start meanwhile are skipped. */
-static _Atomic int unwinds_running;
-static _Atomic int fork_pending;
+#define unwinds_running (cw_private.unwinds_running)
+#define fork_pending (cw_private.fork_pending)
 static _Atomic int unwinder_state; /* 0: not tried, 1: trying, 2: ready, 3: unavailable */
 
 struct range { uintptr_t lo, hi; };

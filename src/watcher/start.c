@@ -138,7 +138,7 @@ void cw_watcher_after_fork_child(void)
     if (cw_me == NULL) return;
     /* A process watcher serves the child already, through its area. */
     if (!thread_mode) {
-        if (atomic_load(&watcher_pending) == 0 && !cw_watcher_process_alive()) atomic_store(&watcher_pending, 1);
+        if (atomic_load(&watcher_pending) == 0 && !cw_private.fork_watcher_alive) atomic_store(&watcher_pending, 1);
         return;
     }
     if (!atomic_load(&cw_me->any_tcp)) {
