@@ -22,6 +22,7 @@ installed by someone else) says SKIP and why.  Output: one line per test, then
 'N passed, N failed, N skipped'.  Exit status 1 if any test failed.
 """
 import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -268,15 +269,14 @@ def deb_files(deb):
     return files
 
 
-def the_deb():
-    if 'path' not in DEB:
-        raise Fail('no package: deb_build did not make one (%s)' % DEB.get('why', 'not run'))
-    return DEB['path']
-
-
-@test
-def deb_build():
-    need('dpkg-buildpackage', 'dpkg-architecture', 'dpkg-deb', 'lintian')
+def build_deb():
+    """`make deb`, once per run: (the .deb, seconds it took, the checkout's status before and
+    after).  A failed build fails every test that needs the package, with its reason."""
+    if 'why' in DEB:
+        raise Fail('no package: %s' % DEB['why'])
+    if 'path' in DEB:
+        return DEB['path'], DEB['took'], DEB['status']
+    need('dpkg-buildpackage', 'dpkg-architecture', 'dpkg-deb')
     v = version()
     arch = run(['dpkg-architecture', '-qDEB_HOST_ARCH'])[1].strip()
     deb = os.path.join(ROOT, 'build', 'deb', 'closewait_%s_%s.deb' % (v, arch))
@@ -286,16 +286,26 @@ def deb_build():
     t0 = time.monotonic()
     try:
         run(['make', '-s', 'deb'], timeout=600, what='make deb')
+        check(os.path.isfile(deb), 'make deb made no %s' % deb)
     except Fail as ex:
         DEB['why'] = str(ex)
         raise
-    took = time.monotonic() - t0
-    check(os.path.isfile(deb), 'make deb made no %s' % deb)
-    after = git_status()
+    DEB.update(path=deb, took=time.monotonic() - t0, status=(before, git_status()))
+    return DEB['path'], DEB['took'], DEB['status']
+
+
+def the_deb():
+    return build_deb()[0]
+
+
+@test
+def deb_build():
+    need('lintian')
+    deb, took, (before, after) = build_deb()
+    v = version()
     check(before == after, 'make deb changed the checkout: %r became %r' % (before, after))
     check(not os.path.exists(os.path.join(ROOT, 'build', 'deb', 'closewait-' + v)),
           'make deb left its copy of the tree behind')
-    DEB['path'] = deb
     # the fields and the files
     fields = {}
     for k in ('Package', 'Version', 'Architecture', 'Depends'):
@@ -363,12 +373,46 @@ def purge(why):
 
 
 def clean_up_killed_run():
-    """A run killed while the package was installed left MARKER: remove what it installed."""
-    if os.geteuid() == 0 and os.path.exists(MARKER):
-        if package_state() != 'not-installed':
-            purge('left by a run that was killed')
-        else:
-            os.unlink(MARKER)
+    """A run killed while the package was installed left MARKER (with its pid): remove what it
+    installed, unless that run is still going."""
+    if os.geteuid() != 0 or not os.path.exists(MARKER):
+        return
+    try:
+        with open(MARKER) as f:
+            pid = int(f.readline())
+        os.kill(pid, 0)
+        return                          # a run of this suite is still going: its package
+    except (OSError, ValueError):
+        pass
+    if package_state() != 'not-installed':
+        purge('left by a run that was killed')
+    elif os.path.exists(MARKER):
+        os.unlink(MARKER)
+
+
+def dpkg_excludes(paths):
+    """The paths that dpkg is configured to leave out (path-exclude in /etc/dpkg/dpkg.cfg.d/,
+    as minimal container images have), with path-include taken into account."""
+    rules = []
+    d = '/etc/dpkg/dpkg.cfg.d'
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        try:
+            with open(os.path.join(d, name)) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 2 and parts[0] in ('path-exclude', 'path-include'):
+                        rules.append((parts[0] == 'path-exclude', parts[1].lstrip('=')))
+        except OSError:
+            continue
+    out = set()
+    for p in paths:
+        excluded = False
+        for exclude, glob in rules:
+            if fnmatch.fnmatchcase(p, glob):
+                excluded = exclude
+        if excluded:
+            out.add(p)
+    return out
 
 
 def accept_line(source):
@@ -423,13 +467,17 @@ def deb_installed_demo_and_purge():
         raise Skip('%s is already on this machine (%s): the test would replace it' % (PACKAGE, state))
     lib = '/usr/lib/%s/libclosewait.so' % multiarch()
     listed = sorted(deb_files(deb))
+    excluded = dpkg_excludes(listed)
+    if excluded:
+        raise Skip('dpkg is configured to leave out %s (path-exclude in /etc/dpkg/dpkg.cfg.d): '
+                   'the package cannot be checked as installed here' % sorted(excluded)[:3])
     dirs_before = {d for f in listed for d in parents(os.path.dirname(f)) if os.path.isdir(d)}
     packages_before = installed_packages()
     work = tempfile.mkdtemp(prefix='installed-', dir=WORK)
     notes = []
     try:
         with open(MARKER, 'w') as f:
-            f.write(deb + '\n')
+            f.write('%d\n%s\n' % (os.getpid(), deb))
         env = dict(harness.clean_env(), DEBIAN_FRONTEND='noninteractive')
         run(['apt-get', 'install', '-y', '-q', '--no-install-recommends', '-o', 'DPkg::Lock::Timeout=120',
              deb], timeout=600, env=env, what='apt-get install ' + os.path.basename(deb))
