@@ -80,7 +80,7 @@ build/man/%: man/% src/watcher/internal.h
 	sed 's/@VERSION@/$(VERSION)/g' $< > $@
 
 # closewait_VERSION_ARCH.deb in build/deb/, built by dpkg-buildpackage from a copy of the tree.
-deb:
+deb: deps
 	sh tools/build-deb.sh build/deb
 
 lint:

@@ -326,6 +326,9 @@ def deb_build():
     run(['dpkg-deb', '-x', deb, x])
     with open(x + '/usr/bin/closewait') as f:
         check('\nCLOSEWAIT_DEFAULT_LIB=%s\n' % lib in f.read(), 'the wrapper does not preload %s' % lib)
+    with open(x + '/usr/bin/closewait-report') as f:
+        first = f.readline().strip()
+    check(first == '#!/usr/bin/python3', 'closewait-report starts %r, not #!/usr/bin/python3' % first)
     # lintian: not a tag, at any level (overrides carry their reasons in the package)
     changes = deb[:-len('.deb')] + '.changes'
     _, out = run(['lintian', '-I', '--pedantic', '--fail-on', 'none', deb] +
