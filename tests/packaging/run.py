@@ -22,6 +22,7 @@ installed by someone else) says SKIP and why.  Output: one line per test, then
 'N passed, N failed, N skipped'.  Exit status 1 if any test failed.
 """
 import argparse
+import errno
 import fnmatch
 import os
 import re
@@ -48,6 +49,10 @@ PACKAGE = 'closewait'
 MAN_PAGES = ('closewait.1', 'closewait-report.1', 'closewait.7')
 # A run killed midway leaves this behind with the package installed: the next run purges it.
 MARKER = '/var/tmp/closewait-packaging-test.installed'
+# Held while a run installs, uses and purges the package (two runs at once would purge each
+# other's): an abstract unix socket name, which leaves no file and dies with its process.
+LOCK = '\0closewait-packaging-test'
+LOCK_WAIT = 120
 # What the package holds that `make install` does not: Debian's own files about the package.
 DEBIAN_ONLY = {
     '/usr/share/doc/closewait/copyright',
@@ -460,11 +465,36 @@ def run_demo_through(wrapper, work):
     return harness.read_events(log_file), maps, held or [], log_file
 
 
+def locked(fn):
+    """Runs fn holding LOCK; SKIP when another run holds it for LOCK_WAIT seconds."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                lock.bind(LOCK)
+                break
+            except OSError as ex:
+                if ex.errno != errno.EADDRINUSE:
+                    raise
+                if time.monotonic() > deadline:
+                    raise Skip('another run of this suite has been using the package for %d s' % LOCK_WAIT)
+                time.sleep(0.5)
+        clean_up_killed_run()
+        return fn()
+    finally:
+        lock.close()
+
+
 @test
 def deb_installed_demo_and_purge():
     need_root()
     need('apt-get', 'dpkg', 'man', 'ss', os.environ.get('CC') or 'cc')
     deb = the_deb()
+    return locked(lambda: installed_demo_and_purge(deb))
+
+
+def installed_demo_and_purge(deb):
     state = package_state()
     if state != 'not-installed':
         raise Skip('%s is already on this machine (%s): the test would replace it' % (PACKAGE, state))
