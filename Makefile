@@ -1,7 +1,17 @@
-# closewait: `make` builds libclosewait.so here; `make test`, `make demo`, `make install`.
+# closewait: `make` builds libclosewait.so here; `make test`, `make demo`, `make install`, `make man`,
+# `make deb`.
 CC ?= cc
 PREFIX ?= /usr/local
 CFLAGS ?= -O2 -g
+# The version is said once, in src/watcher/internal.h (closewait_version() returns it); the man
+# pages and the Debian package (debian/changelog is written by tools/build-deb.sh) take it there.
+VERSION := $(shell sed -n 's/^.define CLOSEWAIT_VERSION "\(.*\)"$$/\1/p' src/watcher/internal.h)
+# As GNUInstallDirs does on Debian: the multiarch directory when PREFIX is /usr, so that
+# `make install PREFIX=/usr` installs what the package does; PREFIX/lib elsewhere (/usr/local/lib).
+MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null)
+LIBDIR ?= $(if $(and $(filter /usr /usr/,$(PREFIX)),$(MULTIARCH)),$(PREFIX)/lib/$(MULTIARCH),$(PREFIX)/lib)
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/closewait
 WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral
 CW_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden -pthread $(WARN) -Iinclude -Isrc \
              -fno-omit-frame-pointer -D_FORTIFY_SOURCE=2
@@ -16,7 +26,7 @@ BUILD ?= build/release
 OBJS := $(SRCS:src/%.c=$(BUILD)/%.o)
 LIB ?= libclosewait.so
 
-.PHONY: all deps test demo install clean asan tsan check-syms lint bench fuzz
+.PHONY: all deps test demo install clean asan tsan check-syms lint bench fuzz man deb
 
 all: deps $(LIB)
 
@@ -25,13 +35,13 @@ deps:
 
 $(BUILD)/%.o: src/%.c $(HDRS) | $(BUILD)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(CW_CFLAGS) -c -o $@ $<
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(CW_CFLAGS) -c -o $@ $<
 
 $(BUILD):
 	mkdir -p $@
 
 $(LIB): $(OBJS) src/exports.map
-	$(CC) $(CFLAGS) -o $@ $(OBJS) $(CW_LDFLAGS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(OBJS) $(CW_LDFLAGS)
 
 # Sanitizer builds of the library, for running the suite under ASan+UBSan and TSan.
 asan:
@@ -61,20 +71,36 @@ bench: all
 fuzz:
 	sh fuzz/run.sh
 
+# The man pages are mdoc(7) sources in man/; only the version is filled in.
+MANS := build/man/closewait.1 build/man/closewait-report.1 build/man/closewait.7
+man: $(MANS)
+
+build/man/%: man/% src/watcher/internal.h
+	@mkdir -p build/man
+	sed 's/@VERSION@/$(VERSION)/g' $< > $@
+
+# closewait_VERSION_ARCH.deb in build/deb/, built by dpkg-buildpackage from a copy of the tree.
+deb: deps
+	sh tools/build-deb.sh build/deb
+
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 	  --suppress=missingIncludeSystem --inline-suppr -Iinclude -Isrc src/
 	clang-tidy --quiet $(SRCS) -- -std=gnu11 -Iinclude -Isrc
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/libclosewait.so
+install: all man
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(LIB) $(DESTDIR)$(LIBDIR)/libclosewait.so
 	install -m 0644 include/closewait.h $(DESTDIR)$(PREFIX)/include/closewait.h
-	sed 's|^CLOSEWAIT_DEFAULT_LIB=.*|CLOSEWAIT_DEFAULT_LIB=$(PREFIX)/lib/libclosewait.so|' tools/closewait \
+	sed 's|^CLOSEWAIT_DEFAULT_LIB=.*|CLOSEWAIT_DEFAULT_LIB=$(LIBDIR)/libclosewait.so|' tools/closewait \
 	  > $(DESTDIR)$(PREFIX)/bin/closewait && chmod 0755 $(DESTDIR)$(PREFIX)/bin/closewait
 	install -m 0755 tools/closewait-report $(DESTDIR)$(PREFIX)/bin/closewait-report
 	install -d $(DESTDIR)$(PREFIX)/lib/closewait/closewait_report
 	install -m 0644 tools/closewait_report/*.py $(DESTDIR)$(PREFIX)/lib/closewait/closewait_report/
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(DOCDIR)
+	install -m 0644 build/man/closewait.1 build/man/closewait-report.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 build/man/closewait.7 $(DESTDIR)$(MANDIR)/man7/
+	install -m 0644 README.md docs/CONTRACT.md docs/report.md $(DESTDIR)$(DOCDIR)/
 
 clean:
 	rm -rf build $(LIB)

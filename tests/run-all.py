@@ -65,6 +65,7 @@ def main():
         ('report tool', [py, 'tests/report/test_report.py']),
         ('symbols and summaries', [py, 'tests/symbols/run.py']),
         ('real and hostile programs', [py, 'tests/real/run.py']),
+        ('packaging', [py, 'tests/packaging/run.py']),
         ('fuzzing (bounded)', ['sh', 'fuzz/run.sh']),
     ]
     totals = [0, 0, 0]
