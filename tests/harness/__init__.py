@@ -10,6 +10,7 @@ A suite puts tests/ on sys.path and imports it:
 
 Standard library only.  Every wait is bounded.
 """
+import argparse
 import json
 import os
 import re
@@ -25,6 +26,14 @@ HOST = '127.0.0.1'
 
 
 # ---------------------------------------------------------------- the library
+
+def suite_arguments(doc, verbose_help='show tracebacks of failures'):
+    """The options every suite takes: -k SUBSTRING (only the tests whose name contains it), -v."""
+    ap = argparse.ArgumentParser(description=doc.split('\n')[0])
+    ap.add_argument('-k', dest='k', default=None, help='run only tests whose name contains this')
+    ap.add_argument('-v', action='store_true', help=verbose_help)
+    return ap.parse_args()
+
 
 def library(explicit=None, absolute=True):
     """The library to preload: `explicit` (a --lib option), else $CLOSEWAIT_LIB, else the

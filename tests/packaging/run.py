@@ -21,7 +21,6 @@ A test that cannot run here (not root, no dpkg-buildpackage, no mandoc, the pack
 installed by someone else) says SKIP and why.  Output: one line per test, then
 'N passed, N failed, N skipped'.  Exit status 1 if any test failed.
 """
-import argparse
 import errno
 import fnmatch
 import os
@@ -588,10 +587,7 @@ def parents(d):
 
 def main():
     global VERBOSE, WORK
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('-k', dest='k', default=None, help='run only tests whose name contains this')
-    ap.add_argument('-v', action='store_true', help='say what is done, show tracebacks')
-    args = ap.parse_args()
+    args = harness.suite_arguments(__doc__, 'say what is done, show tracebacks')
     VERBOSE = args.v
 
     # SIGTERM and SIGHUP unwind like ^C, so that the package is purged by the finally blocks

@@ -16,7 +16,6 @@ CLOSEWAIT_PRELOAD_EXTRA (put in LD_PRELOAD before the library, e.g. a sanitizer 
 Standard library only.  Every wait is bounded.  Prints PASS/FAIL/SKIP per test and ends with
 'N passed, N failed, N skipped'; the exit status is 1 when a test failed.
 """
-import argparse
 import glob
 import json
 import os
@@ -1040,10 +1039,7 @@ TESTS = [
 
 def main():
     global WORK, VERBOSE
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('-k', dest='k', default=None, help='run only tests whose name contains this')
-    ap.add_argument('-v', action='store_true', help='show tracebacks of failures')
-    args = ap.parse_args()
+    args = harness.suite_arguments(__doc__, 'show tracebacks of failures')
     VERBOSE = args.v
     selected = [(n, t) for n, t in TESTS if args.k is None or args.k in n]
     lib_file = harness.library_file(LIB)
