@@ -65,6 +65,9 @@ void *cw_resolve(const char *name)
     return p;
 }
 
+/* The two numbers libunwind gets for its validation pipe (see unwinder_validate). */
+static int unwinder_pipe_r = INT_MAX - 1, unwinder_pipe_w = INT_MAX;
+
 static void at_fork_prepare(void)
 {
     /* Asked here, so that the child need not read the region's header (a page a child faults
@@ -96,6 +99,13 @@ void cw_init(void)
     if (cw_region_create() != 0) cw_warn("cannot map the descriptor table; ", "nothing will be tracked", NULL);
     cw_config_load();
     if (cw_sh != NULL) memcpy(&cw_sh->cfg, &cw_cfg, sizeof cw_cfg);
+    /* ThreadSanitizer sees libunwind's pipe first and keeps a table of descriptors below 2^20:
+     * the two numbers go just under that there (a descriptor that high needs a raised
+     * RLIMIT_NOFILE, and the sanitizer's own table would not hold it either). */
+    if (dlsym(RTLD_DEFAULT, "__tsan_init") != NULL) {
+        unwinder_pipe_r = (1 << 20) - 2;
+        unwinder_pipe_w = (1 << 20) - 1;
+    }
     cw_stacks_init();
     /* Registered first, so its prepare handler runs last, right before the fork. */
     pthread_atfork(at_fork_prepare, cw_region_fork_parent, at_fork_child);
@@ -291,8 +301,8 @@ int listen(int fd, int backlog)
  * "empty".  Should the kernel refuse that question, a real pipe at high numbers stands behind
  * the two numbers from then on.  Any other read, write
  * or close from libunwind is refused: a number it kept may be the program's by now. */
-#define UNWINDER_PIPE_R (INT_MAX - 1)
-#define UNWINDER_PIPE_W INT_MAX
+#define UNWINDER_PIPE_R unwinder_pipe_r
+#define UNWINDER_PIPE_W unwinder_pipe_w
 static _Atomic int unwinder_backing[2] = {-1, -1}; /* the real pipe, once one is needed */
 static _Atomic uint64_t unwinder_backing_ino;
 static _Atomic int unwinder_futex_refused;
