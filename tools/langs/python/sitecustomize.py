@@ -1,0 +1,177 @@
+# closewait for Python programs: the program's own stack, in Python, for each TCP socket it
+# makes or accepts and for the read that hands it the peer's EOF, given to libclosewait.so (the
+# preloaded library) through closewait_note_stack().  The tools/closewait wrapper puts this
+# directory first on PYTHONPATH; then the sitecustomize this one hides is imported as before.
+#
+# Taken here, in Python, with the GIL held: CPython lets go of the GIL around accept() and
+# connect(), so the library's own hooks cannot read Python frames safely.  Frames are read from
+# sys._getframe() (file, function, line): no source line is read, nothing is formatted that is
+# not sent.  Whatever goes wrong here, the program runs on untouched.
+import sys
+
+_SUPPORTED = ((3, 9), (3, 13))
+
+
+def _install():
+    import os
+    import socket
+    if not (_SUPPORTED[0] <= sys.version_info[:2] <= _SUPPORTED[1]):
+        sys.stderr.write('closewait: Python %d.%d is not supported (3.9 to 3.13): reports show the '
+                         'interpreter\'s native frames only\n' % sys.version_info[:2])
+        return
+    try:
+        import ctypes
+        note = ctypes.CDLL(None).closewait_note_stack
+    except (ImportError, OSError, AttributeError):
+        return  # the library is not loaded in this process: nothing to tell
+    note.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+    note.restype = ctypes.c_int
+
+    import sysconfig
+    import site
+    OPEN, EOF = 0, 1
+    MAX_TEXT = 4000
+    depth = 32
+    try:
+        depth = max(1, min(64, int(os.environ.get('CLOSEWAIT_STACK_DEPTH', '32'))))
+    except ValueError:
+        pass
+    header = 'python %d.%d.%d' % sys.version_info[:3]
+    own = __file__
+    lib_dirs = set()
+    for key in ('stdlib', 'platstdlib', 'purelib', 'platlib'):
+        p = sysconfig.get_paths().get(key)
+        if p:
+            lib_dirs.add(os.path.realpath(p))
+    try:
+        lib_dirs.update(os.path.realpath(p) for p in site.getsitepackages())
+        lib_dirs.add(os.path.realpath(site.getusersitepackages()))
+    except (AttributeError, OSError):
+        pass
+    lib_dirs = tuple(d.rstrip('/') + '/' for d in lib_dirs if d and d != '/')
+    kinds = {}
+
+    def kind_of(filename):
+        k = kinds.get(filename)
+        if k is None:
+            if filename == own:
+                k = ''
+            elif filename.startswith('<'):
+                k = 'r'  # <frozen ...>, <string>: the runtime's
+            else:
+                real = os.path.realpath(filename) if filename.startswith('/') else filename
+                k = 'r' if real.startswith(lib_dirs) or '/site-packages/' in real or \
+                    '/dist-packages/' in real else 'p'
+            if len(kinds) < 4096:
+                kinds[filename] = k
+        return k
+
+    def stack():
+        f = sys._getframe(2)
+        out = [header]
+        size = len(header)
+        n = 0
+        while f is not None and n < depth:
+            co = f.f_code
+            k = kind_of(co.co_filename)
+            if k:
+                name = getattr(co, 'co_qualname', co.co_name)
+                line = '%s\t%s\t%s\t%d' % (k, name, co.co_filename.replace('\t', ' ').replace('\n', ' '),
+                                          f.f_lineno or 0)
+                size += len(line) + 1
+                if size > MAX_TEXT:
+                    break
+                out.append(line)
+                n += 1
+            f = f.f_back
+        return '\n'.join(out).encode('utf-8', 'surrogateescape')
+
+    def tell(sock, what):
+        try:
+            fd = sock.fileno()
+            if fd >= 0:
+                text = stack()
+                note(fd, what, text, len(text))
+        except Exception:  # never the program's problem
+            pass
+
+    base = socket.socket
+    tcp_families = (socket.AF_INET, socket.AF_INET6)
+    stream = socket.SOCK_STREAM
+    init = base.__init__
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        try:
+            if self.family in tcp_families and self.type == stream:
+                tell(self, OPEN)
+        except Exception:
+            pass
+    __init__.__wrapped__ = init
+    base.__init__ = __init__
+
+    raw = socket._socket.socket
+    recv, recv_into = raw.recv, raw.recv_into
+    recvfrom, recvfrom_into = raw.recvfrom, raw.recvfrom_into
+
+    def wrap_recv(self, bufsize, *args):
+        data = recv(self, bufsize, *args)
+        if not data and bufsize:
+            tell(self, EOF)
+        return data
+
+    def wrap_recv_into(self, buffer, nbytes=0, *args):
+        n = recv_into(self, buffer, nbytes, *args)
+        if n == 0 and (nbytes or len(memoryview(buffer))):
+            tell(self, EOF)
+        return n
+
+    def wrap_recvfrom(self, bufsize, *args):
+        r = recvfrom(self, bufsize, *args)
+        if not r[0] and bufsize:
+            tell(self, EOF)
+        return r
+
+    def wrap_recvfrom_into(self, buffer, nbytes=0, *args):
+        r = recvfrom_into(self, buffer, nbytes, *args)
+        if r[0] == 0 and (nbytes or len(memoryview(buffer))):
+            tell(self, EOF)
+        return r
+
+    for name, fn, orig in (('recv', wrap_recv, recv), ('recv_into', wrap_recv_into, recv_into),
+                           ('recvfrom', wrap_recvfrom, recvfrom),
+                           ('recvfrom_into', wrap_recvfrom_into, recvfrom_into)):
+        fn.__name__ = fn.__qualname__ = name
+        fn.__doc__ = orig.__doc__
+        fn.__wrapped__ = orig
+        setattr(base, name, fn)
+
+
+def _chain():
+    """Import the sitecustomize this one hides (the system's, or the next on the path)."""
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    saved = list(sys.path)
+    mine = sys.modules.pop('sitecustomize', None)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != here]
+    try:
+        import importlib
+        importlib.import_module('sitecustomize')
+    except ImportError as ex:
+        if ex.name != 'sitecustomize':
+            raise
+        if mine is not None:
+            sys.modules['sitecustomize'] = mine
+    finally:
+        added = [p for p in sys.path if p not in saved]
+        sys.path[:] = saved + added
+
+
+try:
+    _install()
+except Exception as _ex:  # never the program's problem; one line says what went wrong
+    try:
+        sys.stderr.write('closewait: Python stacks unavailable (%s: %s)\n' % (type(_ex).__name__, _ex))
+    except Exception:
+        pass
+_chain()
