@@ -116,6 +116,15 @@ uint32_t cw_lang_store(const char *text, size_t len)
 int cw_lang_note(int fd, int kind, const char *text, size_t len)
 {
     if (fd < 0 || (kind != CW_LANG_OPEN && kind != CW_LANG_EOF)) return -1;
+    struct cw_slot *s = cw_slot_peek(fd);
+    if (s == NULL || CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) != CW_KIND_TCP) return -1;
+    uint32_t id = cw_lang_store(text, len);
+    return id != 0 ? cw_lang_note_id(fd, kind, id) : -1;
+}
+
+int cw_lang_note_id(int fd, int kind, uint32_t id)
+{
+    if (fd < 0 || id == 0 || (kind != CW_LANG_OPEN && kind != CW_LANG_EOF)) return -1;
     struct cw_area *me = cw_me;
     if (me == NULL) return -1;
     struct cw_slot *s = cw_slot_peek(fd);
@@ -125,8 +134,6 @@ int cw_lang_note(int fd, int kind, const char *text, size_t len)
     if (CW_SEQ_KIND(seq) != CW_KIND_TCP) return -1;
     struct cw_lang_ref *chunk = cw_lang_refs(atomic_load_explicit(&me->chunk[c], memory_order_acquire));
     if (chunk == NULL) return -1;
-    uint32_t id = cw_lang_store(text, len);
-    if (id == 0) return -1;
     struct cw_lang_ref *r = &chunk[(unsigned)fd % CW_CHUNK_SLOTS];
     if (atomic_load_explicit(&r->seq, memory_order_acquire) != seq) {
         /* A new life: what the last one noted goes.  The seq is 0 (no life) meanwhile, so that

@@ -45,6 +45,8 @@ CW_HIDDEN struct cw_lang_ref *cw_lang_refs(uint32_t chunk_plus_one);
 /* In the program: note `text` as fd's open or EOF stack, for the life the slot holds now.
  * 0 if noted, -1 if not (no such TCP socket, bad arguments, store full). */
 CW_HIDDEN int cw_lang_note(int fd, int kind, const char *text, size_t len);
+/* The same with a text already stored (its id). */
+CW_HIDDEN int cw_lang_note_id(int fd, int kind, uint32_t id);
 /* Store a text (deduplicated); its id, 0 on failure. */
 CW_HIDDEN uint32_t cw_lang_store(const char *text, size_t len);
 
