@@ -277,6 +277,33 @@ def test_python_through_the_wrapper_text():
 
 
 @test
+def test_sites_by_program_line():
+    """Two accept sites of one script share the interpreter's native stack: the library and
+    closewait-report keep them apart, each named by its line."""
+    log = os.path.join(_tmp, 'py-two.json')
+    p, port = start([sys.executable, 'two_sites.py'], lang_env(log))
+    try:
+        talk_and_close(port, 4)
+        evs = wait_leaks(log, 4)
+    finally:
+        stop(p)
+    ids = {e['lang_open_at']['line']: e['stack_id'] for e in evs}
+    a, b = mark_line('two_sites.py', 'site-a'), mark_line('two_sites.py', 'site-b')
+    check(set(ids) == {a, b} and ids[a] != ids[b], 'sites by line: %s' % ids)
+    check(len({e['site'] for e in evs}) == 2, 'two open sites: %s' % [e['site'] for e in evs])
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'closewait-report'), '--format', 'json', log],
+                       capture_output=True, text=True, timeout=60, env=harness.clean_env())
+    import json
+    findings = json.loads(r.stdout)['findings']
+    tops = sorted(f['top_frame'] for f in findings)
+    want = sorted(['accept_a (two_sites.py:%d)' % a, 'accept_b (two_sites.py:%d)' % b])
+    check(tops == want, 'closewait-report top frames %s, want %s' % (tops, want))
+    check(all(f['count_ever'] == 2 and f['lang_open_stack'] for f in findings), 'counts: %s' %
+          [(f['top_frame'], f['count_ever']) for f in findings])
+    return ', '.join(tops)
+
+
+@test
 def test_untrusted_texts():
     """What a program hands closewait_note_stack() is read warily: refused when malformed,
     cleaned of control bytes, cut to size, frames that do not parse dropped."""
