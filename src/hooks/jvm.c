@@ -243,7 +243,7 @@ uint32_t cw_jvm_stack(void)
                 size_t n = strlen(line);
                 if ((size_t)len + n + 2 > sizeof text) break;
                 text[len++] = '\n';
-                memcpy(text + len, line, n);
+                memcpy(text + len, line, n + 1); /* its NUL too: the next line goes over it */
                 len += (int)n;
             }
             id = cw_lang_store(text, (size_t)len);

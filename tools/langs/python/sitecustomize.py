@@ -66,25 +66,48 @@ def _install():
                 kinds[filename] = k
         return k
 
-    def stack():
-        f = sys._getframe(2)
+    # A stack is the same at a call site most of the time: the text is kept by its frames'
+    # (code object, instruction offset) pairs (f_lineno is computed, f_lasti is read); the code
+    # objects are kept alive with it, so that their ids stay theirs.
+    texts = {}
+
+    def build(frames):
         out = [header]
         size = len(header)
-        n = 0
-        while f is not None and n < depth:
-            co = f.f_code
+        for co, lineno in frames:
             k = kind_of(co.co_filename)
-            if k:
-                name = getattr(co, 'co_qualname', co.co_name)
-                line = '%s\t%s\t%s\t%d' % (k, name, co.co_filename.replace('\t', ' ').replace('\n', ' '),
-                                          f.f_lineno or 0)
-                size += len(line) + 1
-                if size > MAX_TEXT:
-                    break
-                out.append(line)
-                n += 1
-            f = f.f_back
+            if not k:
+                continue
+            name = getattr(co, 'co_qualname', co.co_name)
+            line = '%s\t%s\t%s\t%d' % (k, name, co.co_filename.replace('\t', ' ').replace('\n', ' '),
+                                      lineno or 0)
+            size += len(line) + 1
+            if size > MAX_TEXT or len(out) > depth:
+                break
+            out.append(line)
         return '\n'.join(out).encode('utf-8', 'surrogateescape')
+
+    def stack():
+        f = sys._getframe(2)
+        key = []
+        n = 0
+        while f is not None and n < depth + 2:  # + our own frames, left out of the text
+            key.append(id(f.f_code))
+            key.append(f.f_lasti)
+            f = f.f_back
+            n += 1
+        key = tuple(key)
+        got = texts.get(key)
+        if got is None:
+            f = sys._getframe(2)
+            frames = []
+            while f is not None and len(frames) < n:
+                frames.append((f.f_code, f.f_lineno))
+                f = f.f_back
+            got = (build(frames), frames)
+            if len(texts) < 4096:
+                texts[key] = got
+        return got[0]
 
     def tell(sock, what):
         try:
@@ -96,14 +119,17 @@ def _install():
             pass
 
     base = socket.socket
-    tcp_families = (socket.AF_INET, socket.AF_INET6)
-    stream = socket.SOCK_STREAM
+    tcp_families = (int(socket.AF_INET), int(socket.AF_INET6))
+    stream = int(socket.SOCK_STREAM)
     init = base.__init__
+
+    raw_family = socket._socket.socket.family.__get__  # ints: the enum properties cost more
+    raw_type = socket._socket.socket.type.__get__
 
     def __init__(self, *args, **kwargs):
         init(self, *args, **kwargs)
         try:
-            if self.family in tcp_families and self.type == stream:
+            if raw_family(self) in tcp_families and raw_type(self) == stream:
                 tell(self, OPEN)
         except Exception:
             pass
