@@ -168,6 +168,26 @@ def makefile_server(python):
         check('closewait' not in err, 'program stderr: %s' % err[-500:])
 
 
+@test
+def test_python_asyncio_streams_server():
+    """asyncio accepts and reads in its event loop: the report names the handler given to
+    start_server(), at its def line, first."""
+    log = os.path.join(_tmp, 'py-asyncio.json')
+    p, port = start([sys.executable, 'asyncio_server.py'], lang_env(log))
+    try:
+        talk_and_close(port)
+        e = wait_leaks(log, 1)[0]
+        check(len(held_in_close_wait(port, p.pid)) == 1, 'ss: no CLOSE-WAIT socket held by the server')
+        line = mark_line('asyncio_server.py', 'handler')
+        for key in ('lang_open_at', 'lang_eof_at'):
+            check(frame_is(e.get(key), 'asyncio_server.py', 'handle', line), '%s %s' % (key, describe(e.get(key))))
+        files = [os.path.basename(f['file']) for f in e['lang_open_stack']]
+        check('selector_events.py' in files, 'the event loop frames kept: %s' % files)
+        return 'open and EOF at asyncio_server.py:%d in handle' % line
+    finally:
+        stop(p)
+
+
 class IdleClosingServer:
     """An HTTP/1.1 server (in this process, not under the library) that answers each request
     and closes a connection idle for 200 ms: what a keep-alive pool meets."""

@@ -71,9 +71,42 @@ def _install():
     # objects are kept alive with it, so that their ids stay theirs.
     texts = {}
 
-    def build(frames):
+    # asyncio accepts and reads in its event loop, where the program's code is not on the stack:
+    # the code it hands the connection to (start_server's client_connected_cb, a Protocol's
+    # data_received) is named first, at its def line.
+    loop_frames = ('_accept_connection', '_read_ready__data_received', '_read_ready__get_buffer')
+
+    def program_code(fn):
+        co = getattr(fn, '__code__', None) or getattr(getattr(fn, '__func__', None), '__code__', None)
+        return co if co is not None and kind_of(co.co_filename) == 'p' else None
+
+    def handler_of(frame):
+        try:
+            loc = frame.f_locals
+            if frame.f_code.co_name == '_accept_connection':
+                pf = loc.get('protocol_factory')
+                if isinstance(pf, type):
+                    return program_code(getattr(pf, 'data_received', None)) or \
+                        program_code(getattr(pf, 'connection_made', None))
+                for cell in getattr(pf, '__closure__', None) or ():
+                    co = program_code(cell.cell_contents)
+                    if co is not None:
+                        return co
+                return program_code(pf)
+            proto = getattr(loc.get('self'), '_protocol', None)
+            cb = getattr(proto, '_client_connected_cb', None)
+            return program_code(cb) or program_code(getattr(type(proto), 'data_received', None)) or \
+                program_code(getattr(type(proto), 'buffer_updated', None))
+        except Exception:
+            return None
+
+    def build(frames, handler):
         out = [header]
         size = len(header)
+        if handler is not None:
+            out.append('p\t%s\t%s\t%d' % (getattr(handler, 'co_qualname', handler.co_name),
+                                           handler.co_filename.replace('\t', ' ').replace('\n', ' '),
+                                           handler.co_firstlineno))
         for co, lineno in frames:
             k = kind_of(co.co_filename)
             if not k:
@@ -91,8 +124,13 @@ def _install():
         f = sys._getframe(2)
         key = []
         n = 0
+        handler = None
         while f is not None and n < depth + 2:  # + our own frames, left out of the text
-            key.append(id(f.f_code))
+            co = f.f_code
+            if n < 5 and co.co_name in loop_frames and co.co_filename.endswith('selector_events.py'):
+                handler = handler_of(f)
+                key.append(id(handler))
+            key.append(id(co))
             key.append(f.f_lasti)
             f = f.f_back
             n += 1
@@ -104,7 +142,7 @@ def _install():
             while f is not None and len(frames) < n:
                 frames.append((f.f_code, f.f_lineno))
                 f = f.f_back
-            got = (build(frames), frames)
+            got = (build(frames, handler), frames, handler)
             if len(texts) < 4096:
                 texts[key] = got
         return got[0]
