@@ -38,12 +38,22 @@ void cw_watch_load_suppressions(void)
     cw_suppressions_load(cw_cfg.suppress_path);
 }
 
-int cw_watch_suppressed(uint32_t id)
+int cw_watch_suppressed(uint32_t id, uint32_t lang)
 {
     if (cw_suppressions_count() == 0) return 0;
     struct cw_frame f[CW_MAX_FRAMES];
     int n = cw_report_frames(id, f, CW_MAX_FRAMES);
-    return cw_suppressions_match(f, n);
+    if (cw_suppressions_match(f, n)) return 1;
+    /* The program's own frames in its language match as frames without a module. */
+    static struct cw_lang_stack ls;
+    if (lang == 0 || cw_lang_read(lang, &ls) != 0) return 0;
+    memset(f, 0, sizeof f);
+    for (int i = 0; i < ls.n && i < CW_MAX_FRAMES; i++) {
+        f[i].function = ls.f[i].function;
+        f[i].file = ls.f[i].file;
+        f[i].line = ls.f[i].line;
+    }
+    return cw_suppressions_match(f, ls.n < CW_MAX_FRAMES ? ls.n : CW_MAX_FRAMES);
 }
 
 /* The site's id: its language stack's when it has one (the interpreter's native stack is the

@@ -130,7 +130,7 @@ struct observed {
 CW_HIDDEN void cw_proc_load_identity(struct proc *p);
 CW_HIDDEN void cw_finding_announce(void);
 CW_HIDDEN void cw_watch_load_suppressions(void);
-CW_HIDDEN int cw_watch_suppressed(uint32_t id);
+CW_HIDDEN int cw_watch_suppressed(uint32_t id, uint32_t lang);
 CW_HIDDEN struct open_site *cw_open_site_for(uint32_t stack, uint32_t lang, int64_t now);
 CW_HIDDEN int cw_open_site_growing(const struct open_site *g, int64_t now);
 CW_HIDDEN long cw_proc_open_now(const struct proc *p);

@@ -205,7 +205,7 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
         cw_set_current_area(parent->area);
         o.spawn_kind = CW_SPAWN_FORK;
     }
-    if (cw_watch_suppressed(o.open_stack)) {
+    if (cw_watch_suppressed(o.open_stack, o.lang_open)) {
         s->w_flags |= WF_SUPPRESSED;
         P->total_suppressed++;
     } else {

@@ -324,6 +324,42 @@ def test_sites_by_program_line():
 
 
 @test
+def test_suppressions_match_language_frames():
+    """`src:server.py` and `fun:serve` match the language stack, in the library and in
+    closewait-report alike."""
+    supp = os.path.join(_tmp, 'supp.txt')
+    with open(supp, 'w') as f:
+        f.write('# the handler of tests/langs/progs/server.py\nsrc:server.py\n')
+    log = os.path.join(_tmp, 'py-supp.json')
+    p, port = start([sys.executable, 'server.py'], lang_env(log, {'CLOSEWAIT_SUPPRESSIONS': supp}))
+    try:
+        talk_and_close(port)
+        check(harness.poll_until(lambda: held_in_close_wait(port, p.pid), 10), 'ss: nothing held')
+        time.sleep(GRACE_MS * 3 / 1000.0)
+        check(not harness.leaks(harness.read_events(log)), 'a suppressed leak was reported')
+    finally:
+        stop(p)
+    # The report tool, on a log with the leak (no suppression in the library this time).
+    log2 = os.path.join(_tmp, 'py-supp2.json')
+    p, port = start([sys.executable, 'server.py'], lang_env(log2))
+    try:
+        talk_and_close(port)
+        wait_leaks(log2, 1)
+    finally:
+        stop(p)
+    with open(supp, 'w') as f:
+        f.write('fun:serve\n')
+    import json
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'closewait-report'), '--format', 'json',
+                        '--suppressions', supp, log2], capture_output=True, text=True, timeout=60,
+                       env=harness.clean_env())
+    rep = json.loads(r.stdout)
+    check(rep['summary']['findings'] == 0 and rep['summary']['suppressed_findings'] == 1,
+          'closewait-report: %s' % rep['summary'])
+    return 'the library and closewait-report both leave it out'
+
+
+@test
 def test_untrusted_texts():
     """What a program hands closewait_note_stack() is read warily: refused when malformed,
     cleaned of control bytes, cut to size, frames that do not parse dropped."""
