@@ -12,23 +12,66 @@ import sys
 _SUPPORTED = ((3, 9), (3, 13))
 
 
-def _install():
-    import os
-    import socket
-    if not (_SUPPORTED[0] <= sys.version_info[:2] <= _SUPPORTED[1]):
-        sys.stderr.write('closewait: Python %d.%d is not supported (3.9 to 3.13): reports show the '
-                         'interpreter\'s native frames only\n' % sys.version_info[:2])
-        return
+def _library_loaded():
+    """Is libclosewait.so in this process?  (Without it there is nothing to tell.)"""
+    if 'closewait' in __import__('os').environ.get('LD_PRELOAD', ''):
+        return True
     try:
-        import ctypes
-        note = ctypes.CDLL(None).closewait_note_stack
-    except (ImportError, OSError, AttributeError):
-        return  # the library is not loaded in this process: nothing to tell
-    note.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
-    note.restype = ctypes.c_int
+        with open('/proc/self/maps', 'rb') as f:
+            return b'libclosewait' in f.read()
+    except OSError:
+        return False
 
-    import sysconfig
+
+def _when_imported(name, then):
+    """then(module) once `name` is imported: now if it is, else right after its import (a
+    program that never imports it pays nothing more)."""
+    if name in sys.modules:
+        then(sys.modules[name])
+        return
+
+    class Hook:
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            from importlib.machinery import PathFinder
+            spec = PathFinder.find_spec(fullname, path)
+            if spec is None or spec.loader is None or not hasattr(spec.loader, 'exec_module'):
+                return spec
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                try:
+                    then(module)
+                except Exception as ex:  # never the program's problem
+                    _say_unavailable(ex)
+            spec.loader.exec_module = exec_module
+            return spec
+    sys.meta_path.insert(0, Hook())
+
+
+def _say_unavailable(ex):
+    try:
+        sys.stderr.write('closewait: Python stacks unavailable (%s: %s)\n' % (type(ex).__name__, ex))
+    except Exception:
+        pass
+
+
+def _install(socket):
+    import os
     import site
+    note = None
+
+    def resolve():
+        # ctypes only once a TCP socket is there: a program that makes none never loads it
+        import ctypes
+        fn = ctypes.CDLL(None).closewait_note_stack
+        fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+        fn.restype = ctypes.c_int
+        return fn
+
     OPEN, EOF = 0, 1
     MAX_TEXT = 4000
     depth = 32
@@ -38,11 +81,7 @@ def _install():
         pass
     header = 'python %d.%d.%d' % sys.version_info[:3]
     own = __file__
-    lib_dirs = set()
-    for key in ('stdlib', 'platstdlib', 'purelib', 'platlib'):
-        p = sysconfig.get_paths().get(key)
-        if p:
-            lib_dirs.add(os.path.realpath(p))
+    lib_dirs = {os.path.realpath(os.path.dirname(os.__file__))}  # the standard library
     try:
         lib_dirs.update(os.path.realpath(p) for p in site.getsitepackages())
         lib_dirs.add(os.path.realpath(site.getusersitepackages()))
@@ -148,10 +187,13 @@ def _install():
         return got[0]
 
     def tell(sock, what):
+        nonlocal note
         try:
             fd = sock.fileno()
             if fd >= 0:
                 text = stack()
+                if note is None:
+                    note = resolve()
                 note(fd, what, text, len(text))
         except Exception:  # never the program's problem
             pass
@@ -219,8 +261,7 @@ def _chain():
     mine = sys.modules.pop('sitecustomize', None)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != here]
     try:
-        import importlib
-        importlib.import_module('sitecustomize')
+        __import__('sitecustomize')
     except ImportError as ex:
         if ex.name != 'sitecustomize':
             raise
@@ -232,10 +273,11 @@ def _chain():
 
 
 try:
-    _install()
+    if not (_SUPPORTED[0] <= sys.version_info[:2] <= _SUPPORTED[1]):
+        sys.stderr.write('closewait: Python %d.%d is not supported (3.9 to 3.13): reports show the '
+                         'interpreter\'s native frames only\n' % sys.version_info[:2])
+    elif _library_loaded():
+        _when_imported('socket', _install)
 except Exception as _ex:  # never the program's problem; one line says what went wrong
-    try:
-        sys.stderr.write('closewait: Python stacks unavailable (%s: %s)\n' % (type(_ex).__name__, _ex))
-    except Exception:
-        pass
+    _say_unavailable(_ex)
 _chain()
