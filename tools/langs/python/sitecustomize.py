@@ -159,24 +159,33 @@ def _install(socket):
             out.append(line)
         return '\n'.join(out).encode('utf-8', 'surrogateescape')
 
+    getframe = sys._getframe
+    limit = depth + 2  # + our own frames, left out of the text
+
     def stack():
-        f = sys._getframe(2)
+        f = getframe(2)
         key = []
-        n = 0
+        add = key.append
         handler = None
-        while f is not None and n < depth + 2:  # + our own frames, left out of the text
+        n = 0
+        while f is not None and n < 5:
             co = f.f_code
-            if n < 5 and co.co_name in loop_frames and co.co_filename.endswith('selector_events.py'):
+            if co.co_name in loop_frames and co.co_filename.endswith('selector_events.py'):
                 handler = handler_of(f)
-                key.append(id(handler))
-            key.append(id(co))
-            key.append(f.f_lasti)
+                add(id(handler))
+            add(id(co))
+            add(f.f_lasti)
+            f = f.f_back
+            n += 1
+        while f is not None and n < limit:
+            add(id(f.f_code))
+            add(f.f_lasti)
             f = f.f_back
             n += 1
         key = tuple(key)
         got = texts.get(key)
         if got is None:
-            f = sys._getframe(2)
+            f = getframe(2)
             frames = []
             while f is not None and len(frames) < n:
                 frames.append((f.f_code, f.f_lineno))
