@@ -191,7 +191,8 @@ class IdleClosingServer:
     """An HTTP/1.1 server (in this process, not under the library) that answers each request
     and closes a connection idle for 200 ms: what a keep-alive pool meets."""
 
-    def __init__(self):
+    def __init__(self, headers=b''):
+        self.headers = headers
         self.srv = socket.socket()
         self.srv.bind((harness.HOST, 0))
         self.srv.listen(16)
@@ -222,7 +223,7 @@ class IdleClosingServer:
                 buf += data
                 while b'\r\n\r\n' in buf:
                     _, buf = buf.split(b'\r\n\r\n', 1)
-                    c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
+                    c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n' + self.headers + b'\r\nok')
         finally:
             c.close()
 
@@ -420,6 +421,59 @@ def test_node_half_open_server():
 
 
 @test
+def test_node_net_client_pool():
+    """Connections a Node program makes and keeps after the server's FIN: its connect() line
+    and its 'data' listener's."""
+    need('node')
+    log = os.path.join(_tmp, 'node-pool.json')
+    server = IdleClosingServer()
+    p = subprocess.Popen(['node', 'net_pool.js', str(server.port)], env=lang_env(log), cwd=PROGS,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    _started.append(p)
+    try:
+        evs = wait_leaks(log, 2)
+        held = [s for s in harness.close_wait_sockets() if s['peer'].endswith(':%d' % server.port) and p.pid in s['pids']]
+        check(len(held) == 2, 'ss: %d CLOSE-WAIT connections held by node, not 2' % len(held))
+        for e in evs:
+            check(e.get('role') == 'client', 'role %r' % e.get('role'))
+            check(frame_is(e.get('lang_open_at'), 'net_pool.js', 'dial', mark_line('net_pool.js', 'open')),
+                  'open at %s' % describe(e.get('lang_open_at')))
+            check(frame_is(e.get('lang_eof_at'), 'net_pool.js', 'dial', mark_line('net_pool.js', 'eof')),
+                  'EOF at %s' % describe(e.get('lang_eof_at')))
+        return '2 leaks, open at net_pool.js:%d in dial' % evs[0]['lang_open_at']['line']
+    finally:
+        stop(p)
+        server.close()
+
+
+@test
+def test_node_http_agent_pool_clean():
+    """An http.Agent keep-alive pool whose server closes idle connections: node drops them, and
+    nothing is reported (no false report from the client side)."""
+    need('node')
+    log = os.path.join(_tmp, 'node-agent.json')
+    server = IdleClosingServer()
+    p = subprocess.Popen(['node', 'agent_client.js', str(server.port)], env=lang_env(log), cwd=PROGS,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    _started.append(p)
+    try:
+        line = [None]
+        t = threading.Thread(target=lambda: line.__setitem__(0, p.stdout.readline()), daemon=True)
+        t.start()
+        t.join(30)
+        check(line[0] == b'fetched\n', 'the client did not fetch: %r' % line[0])
+        time.sleep(GRACE_MS * 3 / 1000.0)
+        held = [s for s in harness.close_wait_sockets() if s['peer'].endswith(':%d' % server.port)]
+        check(not held, 'ss: CLOSE-WAIT held: %s' % held)
+        check(not harness.leaks(harness.read_events(log)), 'a leak was reported')
+    finally:
+        err = stop(p)
+        server.close()
+    check(err == '', 'the program\'s stderr is not empty: %r' % err[-300:])
+    return '3 requests, idle connections closed by the server, no report'
+
+
+@test
 def test_node_clean_server():
     need('node')
     log = os.path.join(_tmp, 'node-clean.json')
@@ -479,6 +533,35 @@ def test_java_server_socket_list():
     finally:
         err = stop(p)
         check('closewait' not in err and 'JAVA_TOOL_OPTIONS' not in err, 'program stderr: %s' % err[-500:])
+
+
+@test
+def test_java_http_url_connection_pool():
+    """HttpURLConnection's keep-alive cache keeps a connection the server closed (it was told
+    `Keep-Alive: timeout=60`): the client's fetch() line, through the JDK's HTTP client frames."""
+    if harness.preload_extra():
+        raise Skip('a sanitizer runtime\'s interceptors stand between the JDK\'s natives and the library')
+    classes = java_classes()
+    log = os.path.join(_tmp, 'java-pool.json')
+    server = IdleClosingServer(b'Keep-Alive: timeout=60\r\n')
+    p = subprocess.Popen(['java', '-cp', classes, 'com.example.PoolClient', str(server.port)], env=lang_env(log),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    _started.append(p)
+    try:
+        e = wait_leaks(log, 1, timeout=30)[0]
+        check(harness.poll_until(lambda: [s for s in harness.close_wait_sockets()
+                                          if s['peer'].endswith(':%d' % server.port) and p.pid in s['pids']], 10),
+              'ss: no CLOSE-WAIT connection held by the client')
+        src = os.path.join('com', 'example', 'PoolClient.java')
+        check(e.get('role') == 'client', 'role %r' % e.get('role'))
+        check(frame_is(e.get('lang_open_at'), 'PoolClient.java', 'com.example.PoolClient.fetch', mark_line(src, 'open')),
+              'open at %s' % describe(e.get('lang_open_at')))
+        fns = [f['function'] for f in e['lang_open_stack']]
+        check(any(f.startswith('sun.net.www.protocol.http.') for f in fns), 'the JDK HTTP client frames: %s' % fns)
+        return 'com.example.PoolClient.fetch(PoolClient.java:%d)' % e['lang_open_at']['line']
+    finally:
+        stop(p)
+        server.close()
 
 
 @test

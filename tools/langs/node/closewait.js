@@ -87,7 +87,9 @@
 
   // The text closewait_note_stack() takes: innermost first, 'p' the program's, 'r' the runtime's
   // (node:*) or a package's (node_modules).
-  function stackText(skip) {
+  // byCode: only when called by code that is not node's own (node registers listeners of its
+  // own on every socket, from inside the program's calls).
+  function stackText(skip, byCode) {
     const sites = callSites(skip);
     if (!Array.isArray(sites)) return null;
     let text = header;
@@ -95,6 +97,7 @@
     for (const cs of sites) {
       const file = fileOf(cs);
       if (file === self) continue;
+      if (byCode && n === 0 && file.startsWith('node:')) return null;
       const lib = !file.startsWith('/') || file.includes('/node_modules/');
       const line = (lib ? 'r' : 'p') + '\t' + nameOf(cs).replace(/[\t\n]/g, ' ') + '\t' +
                    file.replace(/[\t\n]/g, ' ') + '\t' + (cs.getLineNumber() || 0);
@@ -124,13 +127,13 @@
           // Node's own listeners (its Socket constructor listens for 'end') are not the program's.
           if (event === 'connection' && this instanceof net.Server) {
             if (this[kListen] === undefined) {
-              const text = stackText(wrapped);
+              const text = stackText(wrapped, false);
               if (text !== null && text.includes(PROGRAM)) hide(this, kListen, text);
             }
           } else if ((event === 'end' || event === 'data' || event === 'readable') && this instanceof net.Socket) {
             const isEnd = event === 'end';
             if (this[kRead] === undefined || (isEnd && !this[kReadIsEnd])) {
-              const text = stackText(wrapped);
+              const text = stackText(wrapped, true);
               if (text !== null && text.includes(PROGRAM)) {
                 hide(this, kRead, text);
                 hide(this, kReadIsEnd, isEnd);
