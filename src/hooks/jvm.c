@@ -16,6 +16,7 @@
 #include "unwind/stacks.h"
 #include "options/options.h"
 #include "hooks/jvm.h"
+#include "shared/modules.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -77,11 +78,15 @@ static uint64_t key_of(jmethodID m, jlocation loc)
     return k < 2 ? k + 2 : k;
 }
 
-/* Is there a JVM?  Looked for again at most once a second until there is one. */
+/* Is there a JVM?  Once libjvm.so is loaded, looked for again at most once a second until
+ * one is created. */
 static JavaVMp the_jvm(void)
 {
     int st = atomic_load_explicit(&jvm_state, memory_order_acquire);
     if (CW_LIKELY(st == 2)) return jvm;
+    /* No libjvm.so among the loaded objects: no lookup at all (the loader's lock is not taken
+     * in a program that has no JVM). */
+    if (CW_LIKELY(!atomic_load_explicit(&cw_modules_jvm, memory_order_relaxed))) return NULL;
     int64_t now = cw_now_ms();
     if (st == 1 && now - atomic_load_explicit(&jvm_checked_ms, memory_order_relaxed) < 1000) return NULL;
     atomic_store_explicit(&jvm_checked_ms, now, memory_order_relaxed);
