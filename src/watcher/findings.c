@@ -48,12 +48,14 @@ int cw_watch_suppressed(uint32_t id, uint32_t lang)
     static struct cw_lang_stack ls;
     if (lang == 0 || cw_lang_read(lang, &ls) != 0) return 0;
     memset(f, 0, sizeof f);
-    for (int i = 0; i < ls.n && i < CW_MAX_FRAMES; i++) {
+    _Static_assert(CW_LANG_MAX_FRAMES <= CW_MAX_FRAMES, "a language stack fits the frames");
+    n = ls.n < CW_LANG_MAX_FRAMES ? ls.n : CW_LANG_MAX_FRAMES;
+    for (int i = 0; i < n; i++) {
         f[i].function = ls.f[i].function;
         f[i].file = ls.f[i].file;
         f[i].line = ls.f[i].line;
     }
-    return cw_suppressions_match(f, ls.n < CW_MAX_FRAMES ? ls.n : CW_MAX_FRAMES);
+    return cw_suppressions_match(f, n);
 }
 
 /* The site's id: its language stack's when it has one (the interpreter's native stack is the
