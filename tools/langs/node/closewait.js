@@ -155,7 +155,9 @@
 
   const serverEmit = Server.emit || EE.emit;
   hide(Server, 'emit', function emit(event, socket) {
-    if (event === 'connection' && this[kListen]) tell(socket, OPEN, this[kListen]);
+    try {
+      if (event === 'connection' && this[kListen]) tell(socket, OPEN, this[kListen]);
+    } catch (e) { /* never the program's problem */ }
     return serverEmit.apply(this, arguments);
   });
 
@@ -169,11 +171,13 @@
 
   const socketEmit = Socket.emit || EE.emit;
   hide(Socket, 'emit', function emit(event) {
-    if (event === 'connect') {
-      if (this[kOpen]) tell(this, OPEN, this[kOpen]);
-    } else if (event === 'end') {
-      tell(this, EOF, this[kRead] || stackText(emit));
-    }
+    try {
+      if (event === 'connect') {
+        if (this[kOpen]) tell(this, OPEN, this[kOpen]);
+      } else if (event === 'end') {
+        tell(this, EOF, this[kRead] || stackText(emit));
+      }
+    } catch (e) { /* never the program's problem */ }
     return socketEmit.apply(this, arguments);
   });
 })();
