@@ -101,6 +101,12 @@ install: all man
 	install -m 0644 build/man/closewait.1 build/man/closewait-report.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 build/man/closewait.7 $(DESTDIR)$(MANDIR)/man7/
 	install -m 0644 README.md docs/CONTRACT.md docs/report.md $(DESTDIR)$(DOCDIR)/
+	install -d $(DESTDIR)$(PREFIX)/lib/closewait/langs/python $(DESTDIR)$(PREFIX)/lib/closewait/langs/node
+	install -m 0644 tools/langs/python/sitecustomize.py $(DESTDIR)$(PREFIX)/lib/closewait/langs/python/
+	@# compiled now, when installing for this machine: a program that cannot write there would
+	@# compile it at each start (~6 ms); a package leaves it to its own post-install
+	$(if $(DESTDIR),,-python3 -m compileall -q $(PREFIX)/lib/closewait/langs/python)
+	install -m 0644 tools/langs/node/closewait.js $(DESTDIR)$(PREFIX)/lib/closewait/langs/node/
 
 clean:
 	rm -rf build $(LIB)

@@ -10,7 +10,7 @@ Every part prints its figures as it goes, and one table at the end.  Nothing her
 time: figures are printed, budgets are compared and said to be met or not.  A part whose tool is
 missing prints one "skipped" line.
 
-Environment: BENCH_QUICK=1 (short run), BENCH_ONLY=micro,fork,callgrind,macro,nginxcg,alt,scale,forks
+Environment: BENCH_QUICK=1 (short run), BENCH_ONLY=micro,fork,callgrind,macro,langs,nginxcg,alt,scale,forks
 (a subset), BENCH_OUT=FILE (also write the final table there); for the forks part only:
 BENCH_FORKS=postgres,python,apache,forkloop (a subset of its workloads), BENCH_CGROUP=0 (count
 CPU from /proc instead of a cgroup, to try the fallback).
@@ -539,6 +539,84 @@ def macro():
                 stop(p)
         res = alternate(P["macro_rounds"], once_epoll)
         report_ratio("macro", "epoll server, new conn/request", res)
+
+
+# 2b. language runtimes: the program's own stacks (tools/langs, hooks/jvm.c)
+
+LANGS_DIR = os.path.join(os.path.dirname(HERE), "tools", "langs")
+
+
+def langs():
+    """A Python, a Node.js and a Java server, a new connection per request (wrk, Connection:
+    close): without the library, with it alone (native stacks), and with the language stacks
+    too (the wrapper's PYTHONPATH and NODE_OPTIONS; Java needs nothing), rounds rotating."""
+    rounds, secs = P["macro_rounds"], P["macro_seconds"]
+    say("\n== 2b. language stacks: a Python, a Node.js and a Java server, new connection per request; "
+        "%d rounds of %d s per variant, rotating; load average now %.1f" % (rounds, secs, os.getloadavg()[0]))
+    if have("wrk"):
+        say("  langs: skipped: wrk not installed")
+        return
+    src = os.path.join(HERE, "langs")
+    servers = [("python", [sys.executable, os.path.join(src, "server.py")], [])]
+    if not have("node"):
+        servers.append(("node", ["node", os.path.join(src, "server.js")], []))
+    else:
+        say("  node: skipped: not installed")
+    if not have("java", "javac"):
+        classes = os.path.join(WORK, "langs-classes")
+        run(["javac", "-d", classes, os.path.join(src, "BenchServer.java")], env=env_with(None), timeout=180)
+        servers.append(("java", ["java", "-cp", classes, "BenchServer"], []))
+    else:
+        say("  java: skipped: java or javac not installed")
+    shims = {"PYTHONPATH": os.path.join(LANGS_DIR, "python"),
+             "NODE_OPTIONS": '--require "%s"' % os.path.join(LANGS_DIR, "node", "closewait.js")}
+    variants = [("without", None, None), ("library", LIB, {"CLOSEWAIT_LOG": "off"}),
+                ("library+langs", LIB, dict(shims, CLOSEWAIT_LOG="off"))]
+    for name, cmd, _ in servers:
+        portfile = os.path.join(WORK, "langs.%s.port" % name)
+        got = {v[0]: [] for v in variants}
+
+        def once(variant):
+            _, lib, extra = variant
+            if os.path.exists(portfile):
+                os.unlink(portfile)
+            p = subprocess.Popen(on_cpu(0) + cmd + [portfile], env=env_with(lib, extra),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                if not wait_file(portfile, 30, p):
+                    raise RuntimeError("%s server did not start" % name)
+                time.sleep(0.05)
+                port = int(open(portfile).read())
+                wrk(port, 1, True)  # warm-up (the JIT, the first stacks), not counted
+                return measured(p.pid, lambda: wrk(port, secs, True)[:2])
+            finally:
+                stop(p)
+        for k in range(rounds):
+            order = variants[k % 3:] + variants[:k % 3]
+            for v in order:
+                got[v[0]].append(once(v))
+        base = got["without"]
+        for label, key in (("library alone", "library"), ("library + language stacks", "library+langs")):
+            rr = [b[0] / a[0] for a, b in zip(base, got[key])]
+            cr = [b[1] / a[1] for a, b in zip(base, got[key])]
+            say("  %-7s %-27s req/s without %7.0f  with %7.0f  ratio %.3f (pairs %.3f-%.3f); "
+                "server CPU us/req %.1f -> %.1f (x%.3f)"
+                % (name, label, med([r for r, _ in base]), med([r for r, _ in got[key]]), med(rr), min(rr), max(rr),
+                   med([c for _, c in base]), med([c for _, c in got[key]]), med(cr)))
+            row("langs", "%s server, %s, req/s" % (name, label), "%.0f" % med([r for r, _ in base]),
+                "%.0f" % med([r for r, _ in got[key]]), "x%.3f" % med(rr),
+                "%d rounds, ratio spread %.3f-%.3f" % (len(rr), min(rr), max(rr)))
+            row("langs", "%s server, %s, server CPU us/req" % (name, label), "%.1f" % med([c for _, c in base]),
+                "%.1f" % med([c for _, c in got[key]]), "x%.3f" % med(cr),
+                "%d rounds, ratio spread %.3f-%.3f" % (len(cr), min(cr), max(cr)))
+        if name == "java":
+            continue  # nothing is set for Java: the two variants are the same program
+        cr = [b[1] / a[1] for a, b in zip(got["library"], got["library+langs"])]
+        say("  %-7s language stacks alone (library+langs / library): server CPU us/req ratio %.3f (pairs %.3f-%.3f)"
+            % (name, med(cr), min(cr), max(cr)))
+        row("langs", "%s server, the language stacks alone, CPU us/req" % name,
+            "%.1f" % med([c for _, c in got["library"]]), "%.1f" % med([c for _, c in got["library+langs"]]),
+            "x%.3f" % med(cr), "budget: x1.10 or better (a new connection per request, nothing else done)")
 
 
 def nginx_callgrind():
@@ -1549,7 +1627,7 @@ def main():
     say("closewait benchmarks%s: %s cores, kernel %s, %s" % (
         " (BENCH_QUICK)" if QUICK else "", os.cpu_count(), os.uname().release, cpu_model()))
     parts = [("micro", micro), ("fork", fork_cost), ("callgrind", micro_callgrind), ("macro", macro),
-             ("nginxcg", nginx_callgrind), ("alt", alternatives), ("scale", scale), ("forks", forks)]
+             ("langs", langs), ("nginxcg", nginx_callgrind), ("alt", alternatives), ("scale", scale), ("forks", forks)]
     for name, fn in parts:
         if not want(name):
             continue

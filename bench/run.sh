@@ -1,7 +1,7 @@
 #!/bin/sh
 # make bench: closewait's benchmark suite; see BENCHMARKS.md for what it measures and the figures.
 #   BENCH_QUICK=1   short run (under 2 minutes)
-#   BENCH_ONLY=micro,fork,callgrind,macro,nginxcg,alt,scale,forks   only those parts
+#   BENCH_ONLY=micro,fork,callgrind,macro,langs,nginxcg,alt,scale,forks   only those parts
 #                   (forks installs postgresql, apache2 and apache2-utils itself when root)
 #   BENCH_OUT=FILE  also write the final table to FILE
 #   BENCH_KEEP=1    keep the work directory (callgrind outputs, logs) and say where it is

@@ -7,6 +7,7 @@
  */
 #ifndef CLOSEWAIT_H
 #define CLOSEWAIT_H
+#include <stddef.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -21,6 +22,11 @@ void closewait_dump(void);
 
 /* Number of reported leaks still held open by this process. */
 long closewait_leaks_open(void);
+
+/* A runtime's own stack for descriptor fd, for the reports: kind 0 where it was opened, 1 where
+ * its EOF reached the program; text as docs/CONTRACT.md ("Language stacks") says, at most 4096
+ * bytes.  0 if noted, -1 if not (fd is not a TCP socket the library tracks, bad arguments). */
+int closewait_note_stack(int fd, int kind, const char *text, size_t len);
 
 #ifdef __cplusplus
 }

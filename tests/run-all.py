@@ -66,6 +66,7 @@ def main():
         ('symbols and summaries', [py, 'tests/symbols/run.py']),
         ('real and hostile programs', [py, 'tests/real/run.py']),
         ('packaging', [py, 'tests/packaging/run.py']),
+        ('language stacks (Python, Node.js, Java)', [py, 'tests/langs/run.py']),
         ('fuzzing (bounded)', ['sh', 'fuzz/run.sh']),
     ]
     totals = [0, 0, 0]

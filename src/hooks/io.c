@@ -15,6 +15,8 @@
 #include "watcher/process.h"
 #include "watcher/watcher.h"
 #include "unwind/stacks.h"
+#include "hooks/jvm.h"
+#include "shared/langstack.h"
 #include "shared/peers.h"
 #include "report/sink.h"
 
@@ -158,6 +160,10 @@ static void birth(int fd, enum cw_kind kind, int op)
     if (s == NULL) return;
     uint32_t stack = (kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && !cw_in_lib ? cw_stack_capture() : 0;
     cw_slot_birth(s, kind, op, stack, inode_of(fd));
+    if (kind == CW_KIND_TCP && !cw_in_lib) {
+        uint32_t java = cw_jvm_stack();
+        if (CW_UNLIKELY(java != 0)) cw_lang_note_id(fd, CW_LANG_OPEN, java);
+    }
 }
 
 /* A descriptor we did not see born: is it a TCP socket?  Asked once, the answer is kept. */
@@ -453,6 +459,10 @@ static void on_eof(int fd, int op)
     /* Both ends now, while the kernel still has them: a write to the half-closed peer can reset
      * the connection into CLOSE, where no dump lists it and getpeername() fails. */
     keep_ends(fd, seq);
+    if (!cw_in_lib) {
+        uint32_t java = cw_jvm_stack();
+        if (CW_UNLIKELY(java != 0)) cw_lang_note_id(fd, CW_LANG_EOF, java);
+    }
     atomic_store_explicit(&s->eof_stack, stack, memory_order_relaxed);
     atomic_store_explicit(&s->eof_by, (uint8_t)op, memory_order_relaxed);
     atomic_store_explicit(&s->eof_ms, cw_now_ms(), memory_order_relaxed);

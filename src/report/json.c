@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "report/report.h"
 #include "unwind/symbolize.h"
+#include "shared/langstack.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -51,6 +52,38 @@ static void frames(struct buf *b, const char *key, uint32_t id)
     buf_puts(b, "]");
 }
 
+static struct cw_lang_stack lang_stack; /* big: not on the watcher's stack */
+
+static void lang_frame(struct buf *b, const struct cw_lang_frame *f)
+{
+    buf_puts(b, "{\"function\":");
+    buf_json_str(b, f->function);
+    buf_puts(b, ",\"file\":");
+    buf_json_str(b, f->file);
+    buf_printf(b, ",\"line\":%d,\"program\":%s}", f->line, f->program ? "true" : "false");
+}
+
+/* ,"KEY_stack":[frames],"KEY_at":{first frame of the program's code}; with `lang`, "lang" too. */
+static void lang_frames(struct buf *b, const char *key, uint32_t id, int lang)
+{
+    if (id == 0 || cw_lang_read(id, &lang_stack) != 0) return;
+    const struct cw_lang_stack *ls = &lang_stack;
+    if (lang) {
+        buf_puts(b, ",\"lang\":");
+        buf_json_str(b, ls->lang);
+    }
+    buf_printf(b, ",\"%s_stack\":[", key);
+    for (int i = 0; i < ls->n; i++) {
+        if (i) buf_puts(b, ",");
+        lang_frame(b, &ls->f[i]);
+    }
+    buf_printf(b, "],\"%s_at\":", key);
+    if (ls->first_program >= 0)
+        lang_frame(b, &ls->f[ls->first_program]);
+    else
+        buf_puts(b, "null");
+}
+
 static void start(struct buf *b, const struct cw_start_event *e)
 {
     head(b, "start", e->pid);
@@ -68,9 +101,11 @@ static void leak(struct buf *b, const struct cw_leak_event *e)
     struct buf fr = {0};
     if (e->inherited) frames(&fr, "spawn_stack", e->spawn_stack);
     frames(&fr, "open_stack", e->open_stack);
+    lang_frames(&fr, "lang_open", e->lang_open, 1);
     if (e->eof_by != NULL) {
         buf_printf(&fr, ",\"eof_by\":\"%s\"", e->eof_by);
         frames(&fr, "eof_stack", e->eof_stack);
+        lang_frames(&fr, "lang_eof", e->lang_eof, e->lang_open == 0);
     }
     int64_t now = cw_now_ms();
     head(b, "leak", e->pid);
@@ -128,9 +163,14 @@ static void summary(struct buf *b, const struct cw_summary_event *e)
     buf_puts(b, ",\"findings\":[");
     for (size_t i = 0; i < e->nsites; i++) {
         const struct cw_site_line *s = &e->sites[i];
-        buf_printf(b, "%s{\"stack_id\":\"%016llx\",\"site\":%d,\"count_now\":%ld,\"count_ever\":%ld,\"growing\":%s}",
+        buf_printf(b, "%s{\"stack_id\":\"%016llx\",\"site\":%d,\"count_now\":%ld,\"count_ever\":%ld,\"growing\":%s",
                    i ? "," : "", (unsigned long long)s->stable_id, s->site, s->now, s->ever,
                    s->growing ? "true" : "false");
+        if (s->lang != 0 && cw_lang_read(s->lang, &lang_stack) == 0 && lang_stack.first_program >= 0) {
+            buf_puts(b, ",\"lang_open_at\":");
+            lang_frame(b, &lang_stack.f[lang_stack.first_program]);
+        }
+        buf_puts(b, "}");
     }
     buf_puts(b, "]}\n");
 }

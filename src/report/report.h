@@ -35,6 +35,7 @@ struct cw_leak_event {
     const char *spawned_by;
     int site_first;                   /* the open site's first report in this process */
     int eof_stack_shown;              /* this EOF stack was written in full before */
+    uint32_t lang_open, lang_eof;     /* the program's own stacks in its language (langstack.h), 0: none */
 };
 
 /* A reported descriptor closed at last. */
@@ -62,6 +63,7 @@ struct cw_site_line {
     int site, growing;
     long now, ever;
     uint32_t stack;
+    uint32_t lang;
 };
 
 /* The findings of a process so far (at exit, or on request). */

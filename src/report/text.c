@@ -3,22 +3,73 @@
 #define _GNU_SOURCE
 #include "report/report.h"
 #include "unwind/symbolize.h"
+#include "shared/langstack.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-static void frames(struct buf *b, uint32_t id)
+/* At most `max` frames (the rest counted), all with max < 0. */
+static void frames_upto(struct buf *b, uint32_t id, int max)
 {
     struct cw_frame f[CW_MAX_FRAMES];
     int n = cw_report_frames(id, f, CW_MAX_FRAMES);
     if (n == 0) buf_puts(b, "    (no backtrace: libunwind unavailable)\n");
     for (int i = 0; i < n; i++) {
+        if (max >= 0 && i >= max) {
+            buf_printf(b, "    ... %d more native frame(s) (CLOSEWAIT_FORMAT=json has them all)\n", n - i);
+            break;
+        }
         buf_printf(b, "    #%d 0x%lx in %s", i, (unsigned long)f[i].pc, f[i].function != NULL ? f[i].function : "??");
         if (f[i].file != NULL) buf_printf(b, " %s:%d", f[i].file, f[i].line);
         if (f[i].inlined) buf_puts(b, " (inlined)");
         if (f[i].tail_call) buf_puts(b, " (tail call, recovered)");
         buf_printf(b, " (%s+0x%lx)\n", f[i].module != NULL ? f[i].module : "?", (unsigned long)f[i].offset);
     }
+}
+
+static void frames(struct buf *b, uint32_t id)
+{
+    frames_upto(b, id, -1);
+}
+
+/* A language stack, read once per use (the watcher's stack is small: it lives here). */
+static struct cw_lang_stack lang_stack;
+
+static const struct cw_lang_stack *lang_of(uint32_t id)
+{
+    return id != 0 && cw_lang_read(id, &lang_stack) == 0 ? &lang_stack : NULL;
+}
+
+static const char *base_of(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s != NULL && s[1] != '\0' ? s + 1 : path;
+}
+
+/* " at server.py:42 in handle": the first frame of the program's own code. */
+static void lang_at(struct buf *b, const char *what, uint32_t id)
+{
+    const struct cw_lang_stack *ls = lang_of(id);
+    if (ls == NULL) return;
+    const struct cw_lang_frame *f = &ls->f[ls->first_program >= 0 ? ls->first_program : 0];
+    buf_printf(b, "%s %s:%d in %s", what, base_of(f->file), f->line, f->function);
+}
+
+/* The program's stack in its language, then the native one under it. */
+static void stack(struct buf *b, uint32_t native, uint32_t lang)
+{
+    const struct cw_lang_stack *ls = lang_of(lang);
+    if (ls == NULL) {
+        frames(b, native);
+        return;
+    }
+    buf_printf(b, "  in %s:\n", ls->lang);
+    for (int i = 0; i < ls->n; i++)
+        buf_printf(b, "    #%d in %s %s:%d%s\n", i, ls->f[i].function, ls->f[i].file, ls->f[i].line,
+                   ls->f[i].program ? "" : " (library)");
+    /* The interpreter's own frames under it: where it entered the C library is what helps. */
+    buf_puts(b, "  native:\n");
+    frames_upto(b, native, 6);
 }
 
 static void leak(struct buf *b, const struct cw_leak_event *e)
@@ -30,6 +81,8 @@ static void leak(struct buf *b, const struct cw_leak_event *e)
     buf_printf(b, "==%d==  %s connection %s %s %s, opened by %s %.1f s ago", pid, e->role, e->local,
                strcmp(e->role, "client") == 0 ? "->" : "<-", e->peer, e->opened_by,
                (double)(e->now_ms - e->open_ms) / 1000.0);
+    lang_at(b, ", at", e->lang_open);
+    if (e->eof_by != NULL) lang_at(b, "; EOF read at", e->lang_eof);
     if (e->ndups > 0) {
         buf_puts(b, "; also held as fd");
         for (int i = 0; i < e->ndups; i++) buf_printf(b, " %d", e->dups[i]);
@@ -37,14 +90,18 @@ static void leak(struct buf *b, const struct cw_leak_event *e)
     buf_puts(b, "\n");
     if (e->site_first) {
         buf_printf(b, "Socket opened at (open site #%d, stack %016llx):\n", e->site, (unsigned long long)e->stable_id);
-        frames(b, e->open_stack);
+        stack(b, e->open_stack, e->lang_open);
     } else {
         buf_printf(b, "Socket opened at open site #%d (stack %016llx), shown above: %ld open now, %ld in all%s\n",
                    e->site, (unsigned long long)e->stable_id, e->site_open, e->site_ever,
                    e->growing ? ", growing" : "");
     }
     if (e->eof_by != NULL) {
-        if (e->eof_stack_shown) {
+        if (e->eof_stack_shown && lang_of(e->lang_eof) != NULL) {
+            buf_printf(b, "EOF read by %s", e->eof_by);
+            lang_at(b, " at", e->lang_eof);
+            buf_puts(b, "\n");
+        } else if (e->eof_stack_shown) {
             struct cw_frame f[4];
             int nf = cw_report_frames(e->eof_stack, f, 4);
             buf_printf(b, "EOF read by %s in %s", e->eof_by, nf > 0 && f[0].function != NULL ? f[0].function : "??");
@@ -52,7 +109,7 @@ static void leak(struct buf *b, const struct cw_leak_event *e)
             buf_puts(b, ", the same stack as shown above\n");
         } else {
             buf_printf(b, "EOF read by %s at:\n", e->eof_by);
-            frames(b, e->eof_stack);
+            stack(b, e->eof_stack, e->lang_eof);
         }
     }
     if (e->inherited) {
@@ -109,7 +166,7 @@ static void summary(struct buf *b, const struct cw_summary_event *e)
             const struct cw_site_line *s = &e->sites[order[k]];
             buf_printf(b, "Open site #%d (stack %016llx): %ld socket(s) held now, %ld in all%s\n", s->site,
                        (unsigned long long)s->stable_id, s->now, s->ever, s->growing ? ", growing" : "");
-            frames(b, s->stack);
+            stack(b, s->stack, s->lang);
         }
     }
     free(order);

@@ -23,6 +23,7 @@ static struct {
 static _Atomic int nranges;
 static _Atomic int publishing;
 static char exe_path[256];
+CW_HIDDEN _Atomic int cw_modules_jvm;
 
 struct writer {
     char *out;
@@ -37,6 +38,8 @@ static int add_object(struct dl_phdr_info *info, size_t size, void *data)
     const char *name = info->dlpi_name;
     if (name == NULL || name[0] == '\0') name = exe_path; /* the main program */
     if (name[0] != '/') return 0;                         /* the vDSO */
+    size_t name_len = strlen(name);
+    if (name_len >= 10 && strcmp(name + name_len - 10, "/libjvm.so") == 0) atomic_store(&cw_modules_jvm, 1);
     struct stat st;
     unsigned long dev_major = 0, dev_minor = 0, ino = 1;
     if (stat(name, &st) == 0) {

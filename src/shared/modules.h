@@ -7,4 +7,6 @@
  * code the list does not cover: a dlopen since). */
 CW_HIDDEN void cw_modules_publish(void);
 CW_HIDDEN void cw_modules_cover(const uintptr_t *pcs, int n);
+/* A JVM (libjvm.so) was among the objects last published: hooks/jvm.c looks for it then only. */
+CW_HIDDEN extern _Atomic int cw_modules_jvm;
 #endif

@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include "base.h"
 #include "shared/region.h"
+#include "shared/langstack.h"
 #include "sys/procfs.h"
 
 #include <linux/futex.h>
@@ -45,7 +46,7 @@ static int region_shared; /* 1: a memfd mapping a watcher can share; 0: private 
 #define CHUNK_PEER_BYTES ((size_t)CW_CHUNK_SLOTS * sizeof(struct cw_peer))
 
 struct layout {
-    size_t index, arena, areas, area_size, slots, peers, size;
+    size_t index, arena, areas, area_size, slots, peers, lang, size;
 };
 
 static struct layout layout(void)
@@ -63,6 +64,8 @@ static struct layout layout(void)
     off += (size_t)CW_POOL_CHUNKS * CHUNK_SLOT_BYTES;
     l.peers = off;
     off += ROUND((size_t)CW_POOL_CHUNKS * CHUNK_PEER_BYTES);
+    l.lang = off;
+    off += ROUND(cw_lang_section_bytes());
     l.size = off;
     return l;
 }
@@ -135,6 +138,7 @@ static void pool_give_used(uint32_t c, size_t used)
     if (used > CW_CHUNK_SLOTS) used = CW_CHUNK_SLOTS;
     memset(s, 0, used * sizeof(struct cw_slot));
     memset(cw_pool_peers(c), 0, used * sizeof(struct cw_peer));
+    memset(cw_lang_refs(c), 0, used * sizeof(struct cw_lang_ref));
     bit_give(cw_sh->chunk_map, CW_POOL_CHUNKS / 64, c);
 }
 
@@ -187,6 +191,7 @@ static void point_into(void *base)
     region_base = b;
     cw_region_stack_index = (_Atomic uint64_t *)(void *)(b + l.index);
     cw_region_arena = b + l.arena;
+    cw_lang_point_into(b + l.lang);
     atomic_store_explicit((_Atomic(struct cw_shared *) *)&cw_sh, (struct cw_shared *)base, memory_order_release);
 }
 
@@ -295,6 +300,7 @@ static int take_own_copy(void)
          * its index entry, so every entry copied finds its frames. */
         rc = copy_written(fd, 0, l.arena, vec);
         if (rc == 0) rc = copy_written(fd, l.arena, used, vec);
+        if (rc == 0) rc = copy_written(fd, l.lang, cw_lang_store_used(), vec);
         if (rc == 0) rc = copy_written(fd, (size_t)((unsigned char *)me - region_base), sizeof *me, vec);
         int high = atomic_load(&me->fd_high);
         unsigned last = high > 0 ? (unsigned)(high - 1) / CW_CHUNK_SLOTS : 0;
@@ -303,6 +309,9 @@ static int take_own_copy(void)
             if (k == 0 || k > CW_POOL_CHUNKS) continue;
             rc = copy_written(fd, l.slots + (size_t)(k - 1) * CHUNK_SLOT_BYTES, CHUNK_SLOT_BYTES, vec);
             if (rc == 0) rc = copy_written(fd, l.peers + (size_t)(k - 1) * CHUNK_PEER_BYTES, CHUNK_PEER_BYTES, vec);
+            if (rc == 0)
+                rc = copy_written(fd, l.lang + (size_t)((unsigned char *)cw_lang_refs(k) - (region_base + l.lang)),
+                                  cw_lang_refs_per_chunk_bytes(), vec);
         }
         munmap(vec, vec_len);
     }
@@ -401,6 +410,7 @@ void cw_region_fork_prepare(void)
         size_t n = c == last ? (size_t)(high - (int)(c * CW_CHUNK_SLOTS)) : CW_CHUNK_SLOTS;
         memcpy(cw_pool_slots(to), cw_pool_slots(from), n * sizeof(struct cw_slot));
         memcpy(cw_pool_peers(to), cw_pool_peers(from), n * sizeof(struct cw_peer));
+        memcpy(cw_lang_refs(to), cw_lang_refs(from), n * sizeof(struct cw_lang_ref));
         atomic_store(&a->chunk[c], to);
     }
     atomic_store(&a->fd_high, high);

@@ -368,3 +368,9 @@ void cw_stacks_fork_done(void)
 {
     atomic_store(&fork_pending, 0);
 }
+
+int cw_stack_program_return(uintptr_t *ret)
+{
+    uintptr_t sp = 0;
+    return own_text.hi != 0 && program_caller(ret, &sp);
+}

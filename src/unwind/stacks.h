@@ -13,4 +13,7 @@ CW_HIDDEN int cw_pc_in_unwinder(uintptr_t pc);
 /* Around fork(): no thread inside libunwind while the process is copied. */
 CW_HIDDEN void cw_stacks_fork_prepare(void);
 CW_HIDDEN void cw_stacks_fork_done(void);
+/* The return address into the program of the hook running on this thread (our frames skipped):
+ * 1 if found. */
+CW_HIDDEN int cw_stack_program_return(uintptr_t *ret);
 #endif

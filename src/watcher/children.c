@@ -89,7 +89,7 @@ void cw_watch_children(int64_t now)
                 .spawn_stack = r->stack,
                 .spawn_kind = r->kind,
             };
-            if (cw_watch_suppressed(o.open_stack)) {
+            if (cw_watch_suppressed(o.open_stack, o.lang_open)) {
                 P->total_suppressed++;
                 continue;
             }

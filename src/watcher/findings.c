@@ -38,23 +38,45 @@ void cw_watch_load_suppressions(void)
     cw_suppressions_load(cw_cfg.suppress_path);
 }
 
-int cw_watch_suppressed(uint32_t id)
+int cw_watch_suppressed(uint32_t id, uint32_t lang)
 {
     if (cw_suppressions_count() == 0) return 0;
     struct cw_frame f[CW_MAX_FRAMES];
     int n = cw_report_frames(id, f, CW_MAX_FRAMES);
+    if (cw_suppressions_match(f, n)) return 1;
+    /* The program's own frames in its language match as frames without a module. */
+    static struct cw_lang_stack ls;
+    if (lang == 0 || cw_lang_read(lang, &ls) != 0) return 0;
+    memset(f, 0, sizeof f);
+    _Static_assert(CW_LANG_MAX_FRAMES <= CW_MAX_FRAMES, "a language stack fits the frames");
+    n = ls.n < CW_LANG_MAX_FRAMES ? ls.n : CW_LANG_MAX_FRAMES;
+    for (int i = 0; i < n; i++) {
+        f[i].function = ls.f[i].function;
+        f[i].file = ls.f[i].file;
+        f[i].line = ls.f[i].line;
+    }
     return cw_suppressions_match(f, n);
 }
 
-struct open_site *cw_open_site_for(uint32_t stack, int64_t now)
+/* The site's id: its language stack's when it has one (the interpreter's native stack is the
+ * same for every line of a script), else its native stack's. */
+static uint64_t site_stable_id(uint32_t stack, uint32_t lang)
+{
+    static struct cw_lang_stack ls; /* big: not on the watcher's stack */
+    if (lang != 0 && cw_lang_read(lang, &ls) == 0) return ls.stable_id;
+    return cw_report_stack_id(stack);
+}
+
+struct open_site *cw_open_site_for(uint32_t stack, uint32_t lang, int64_t now)
 {
     for (size_t i = 0; i < P->nsites; i++)
-        if (P->sites[i].stack == stack) return &P->sites[i];
+        if (P->sites[i].stack == stack && P->sites[i].lang == lang) return &P->sites[i];
     if (cw_grow(&P->sites, &P->sites_cap, P->nsites, sizeof *P->sites, 16) != 0) return NULL;
     struct open_site *g = &P->sites[P->nsites++];
     memset(g, 0, sizeof *g);
     g->stack = stack;
-    g->stable_id = cw_report_stack_id(stack);
+    g->lang = lang;
+    g->stable_id = site_stable_id(stack, lang);
     g->number = (int)P->nsites;
     g->first_ms = now;
     return g;
@@ -101,7 +123,7 @@ static int text_stack_shown(uint32_t stack)
 
 void cw_finding_leak(const struct observed *o, int64_t now)
 {
-    struct open_site *g = cw_open_site_for(o->open_stack, now);
+    struct open_site *g = cw_open_site_for(o->open_stack, o->lang_open, now);
     if (g == NULL) return;
     if (cw_grow(&P->leaks, &P->leaks_cap, P->nleaks, sizeof *P->leaks, 64) != 0) return;
     struct leak *l = &P->leaks[P->nleaks++];
@@ -161,6 +183,8 @@ void cw_finding_leak(const struct observed *o, int64_t now)
         .spawned_by = cw_spawn_kind_name(o->spawn_kind),
         .site_first = !g->printed,
         .eof_stack_shown = (o->flags & CW_SF_EOF) ? text_stack_shown(o->eof_stack) : 0,
+        .lang_open = o->lang_open,
+        .lang_eof = o->lang_eof,
     };
     g->printed = 1;
     cw_finding_announce();
@@ -207,7 +231,8 @@ void cw_finding_summary(const char *why)
     if (lines == NULL) return;
     for (size_t i = 0; i < P->nsites; i++) {
         const struct open_site *g = &P->sites[i];
-        lines[i] = (struct cw_site_line){g->stable_id, g->number, cw_open_site_growing(g, now), g->now, g->ever, g->stack};
+        lines[i] = (struct cw_site_line){g->stable_id, g->number, cw_open_site_growing(g, now), g->now, g->ever, g->stack,
+                                         g->lang};
         e.open += g->now;
         if (g->now > 0) e.sites_open++;
     }

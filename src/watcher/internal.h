@@ -4,6 +4,7 @@
 #include "report/buf.h"
 #include "report/report.h"
 #include "report/sink.h"
+#include "shared/langstack.h"
 #include "shared/modules.h"
 #include "shared/region.h"
 #include "unwind/stacks.h"
@@ -40,6 +41,7 @@ CW_HIDDEN extern const char *const reason_names[];
 /* Findings from one open site (one open stack). */
 struct open_site {
     uint32_t stack;
+    uint32_t lang;        /* its language stack's id (0: none): one native stack runs many sites of a script */
     uint64_t stable_id;
     int number;           /* 1, 2, ... in order of first report */
     long now, ever, peak;
@@ -121,14 +123,15 @@ struct observed {
     pid_t holder;               /* the process holding it, if not the one it was opened in */
     uint32_t spawn_stack;
     int spawn_kind;
+    uint32_t lang_open, lang_eof; /* language stacks (shared/langstack.h), 0: none */
 };
 
 
 CW_HIDDEN void cw_proc_load_identity(struct proc *p);
 CW_HIDDEN void cw_finding_announce(void);
 CW_HIDDEN void cw_watch_load_suppressions(void);
-CW_HIDDEN int cw_watch_suppressed(uint32_t id);
-CW_HIDDEN struct open_site *cw_open_site_for(uint32_t stack, int64_t now);
+CW_HIDDEN int cw_watch_suppressed(uint32_t id, uint32_t lang);
+CW_HIDDEN struct open_site *cw_open_site_for(uint32_t stack, uint32_t lang, int64_t now);
 CW_HIDDEN int cw_open_site_growing(const struct open_site *g, int64_t now);
 CW_HIDDEN long cw_proc_open_now(const struct proc *p);
 CW_HIDDEN int cw_reported_anywhere(uint64_t inode);
@@ -138,6 +141,7 @@ CW_HIDDEN void cw_finding_closed(const struct leak *l, int64_t now, const char *
 CW_HIDDEN void cw_finding_summary(const char *why);
 CW_HIDDEN struct cw_slot *cw_proc_slot(int fd);
 CW_HIDDEN struct cw_peer *cw_proc_peer(int fd);
+CW_HIDDEN struct cw_lang_ref *cw_proc_lang(int fd);
 CW_HIDDEN int cw_area_limit(const struct cw_area *a);
 CW_HIDDEN int cw_proc_next(int fd);
 CW_HIDDEN int cw_proc_fds_of_socket(uint64_t inode, int except, int *out, int max);

@@ -79,7 +79,7 @@ static int parent_holds(uint64_t inode)
 static struct observed observed_of(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, const char *local,
                                    const char *peer)
 {
-    return (struct observed){
+    struct observed o = {
         .local = local,
         .peer = peer,
         .fd = fd,
@@ -93,6 +93,8 @@ static struct observed observed_of(int fd, struct cw_slot *s, uint32_t seq, uint
         .opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed),
         .eof_by = atomic_load_explicit(&s->eof_by, memory_order_relaxed),
     };
+    cw_lang_of(cw_proc_lang(fd), seq, &o.lang_open, &o.lang_eof);
+    return o;
 }
 
 static void adopt(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, int64_t now)
@@ -203,7 +205,7 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
         cw_set_current_area(parent->area);
         o.spawn_kind = CW_SPAWN_FORK;
     }
-    if (cw_watch_suppressed(o.open_stack)) {
+    if (cw_watch_suppressed(o.open_stack, o.lang_open)) {
         s->w_flags |= WF_SUPPRESSED;
         P->total_suppressed++;
     } else {

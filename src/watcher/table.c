@@ -19,6 +19,14 @@ struct cw_peer *cw_proc_peer(int fd)
     return chunk != NULL ? &chunk[(unsigned)fd % CW_CHUNK_SLOTS] : NULL;
 }
 
+struct cw_lang_ref *cw_proc_lang(int fd)
+{
+    unsigned c = (unsigned)fd / CW_CHUNK_SLOTS;
+    if (fd < 0 || c >= CW_MAX_CHUNKS) return NULL;
+    struct cw_lang_ref *chunk = cw_lang_refs(atomic_load_explicit(&P->area->chunk[c], memory_order_acquire));
+    return chunk != NULL ? &chunk[(unsigned)fd % CW_CHUNK_SLOTS] : NULL;
+}
+
 int cw_area_limit(const struct cw_area *a)
 {
     int high = atomic_load_explicit(&a->fd_high, memory_order_acquire);

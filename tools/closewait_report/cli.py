@@ -72,7 +72,7 @@ def generate(args, col=None):
         for n in sym.notes[:5]:
             warn(n)
     for f in findings:
-        f.suppressed_by = supp.match(f.frames)
+        f.suppressed_by = supp.match(f.frames) or supp.match(f.lang_frames)
     report = build_report(findings, col, supp, tool_name)
     render = {"markdown": render_markdown, "json": render_json, "text": render_text}
     return report, render[args.format](report)

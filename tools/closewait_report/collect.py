@@ -11,7 +11,7 @@ import sys
 import zlib
 
 from .constants import KNOWN_EVENTS, MAX_LINE, MAX_PEERS, MAX_TS_MS
-from .values import as_int, as_stack_id, as_str, parse_frames, parse_time_str
+from .values import as_int, as_stack_id, as_str, parse_frames, parse_lang_frames, parse_time_str
 
 # Reading logs
 
@@ -245,6 +245,9 @@ class Finding:
         self.stack_id = sid
         self.frames = None
         self.eof_frames = None
+        self.lang = None            # the program's own stack in its language, when it has one
+        self.lang_frames = None
+        self.lang_eof_frames = None
         self.leak_events = 0
         self.reasons = collections.Counter()
         self.opened_by = collections.Counter()
@@ -293,6 +296,12 @@ class Finding:
             self.frames = frames
         if self.eof_frames is None:
             self.eof_frames = parse_frames(obj.get("eof_stack"))
+        if self.lang is None:
+            self.lang = as_str(obj.get("lang"), 64)
+        if self.lang_frames is None:
+            self.lang_frames = parse_lang_frames(obj.get("lang_open_stack"))
+        if self.lang_eof_frames is None:
+            self.lang_eof_frames = parse_lang_frames(obj.get("lang_eof_stack"))
         for key, counter in (("reason", self.reasons), ("opened_by", self.opened_by),
                              ("eof_by", self.eof_by), ("state", self.states)):
             v = as_str(obj.get(key), 64)

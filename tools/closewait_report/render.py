@@ -4,7 +4,7 @@ import json
 import re
 
 from .constants import MAX_LISTED
-from .report import frame_line, proc_label
+from .report import frame_line, lang_frame_line, proc_label
 
 # Renderers
 
@@ -136,6 +136,22 @@ def render_markdown(r):
         if f["example_peers"]:
             L.append("- example peers: %s" % ", ".join(md_code(p) for p in f["example_peers"]))
         L.append("")
+        if f.get("lang_open_stack"):
+            L.append("Opened at, in %s:" % (f.get("lang") or "the program's language"))
+            L.append("")
+            L.append("```text")
+            for fr in f["lang_open_stack"]:
+                L.append(lang_frame_line(fr, fr["index"]))
+            L.append("```")
+            L.append("")
+        if f.get("lang_eof_stack"):
+            L.append("EOF reached the program at, in %s:" % (f.get("lang") or "the program's language"))
+            L.append("")
+            L.append("```text")
+            for fr in f["lang_eof_stack"]:
+                L.append(lang_frame_line(fr, fr["index"]))
+            L.append("```")
+            L.append("")
         if f["open_stack"]:
             L.append("Opened at:")
             L.append("")
@@ -206,6 +222,16 @@ def render_text(r):
         L.append("Leak of %d socket(s) still open (%d ever%s) in CLOSE_WAIT, "
                  "stack_id %s, opened from:" % (f["count_open"], f["count_ever"], grow,
                                                 f["stack_id"]))
+        if f.get("lang_open_stack"):
+            L.append("  in %s:" % (f.get("lang") or "the program's language"))
+            for fr in f["lang_open_stack"]:
+                L.append("    " + lang_frame_line(fr, fr["index"]))
+            if f.get("lang_eof_stack"):
+                L.append("  EOF reached the program at:")
+                for fr in f["lang_eof_stack"]:
+                    L.append("    " + lang_frame_line(fr, fr["index"]))
+            if f["open_stack"]:
+                L.append("  native:")
         if f["open_stack"]:
             for fr in f["open_stack"]:
                 L.append("    " + frame_line(fr, fr["index"]))

@@ -31,6 +31,31 @@ def top_frame(frames):
     return frames[0]
 
 
+def lang_top_frame(frames):
+    """The first frame of the program's own code in a language stack, else its first."""
+    if not frames:
+        return None
+    for fr in frames:
+        if fr.get("program"):
+            return fr
+    return frames[0]
+
+
+def lang_frame_json(fr, index):
+    return {"index": index, "function": fr.get("function"), "file": fr.get("file"),
+            "line": fr.get("line"), "program": bool(fr.get("program"))}
+
+
+def lang_frame_line(fr, index):
+    """`#0 function at file:line` (and `(library)` for the runtime's or a library's code)."""
+    parts = ["#%d" % index, fr.get("function") or "??"]
+    if fr.get("file"):
+        parts.append("at %s%s" % (fr["file"], ":%d" % fr["line"] if fr.get("line") else ""))
+    if not fr.get("program"):
+        parts.append("(library)")
+    return " ".join(parts)
+
+
 def frame_json(fr, index):
     return {
         "index": index,
@@ -115,7 +140,7 @@ def build_report(findings, col, supp, symbolized_with):
     first, last = None, None
     for rank, f in enumerate(listed, 1):
         frames = f.frames or []
-        top = top_frame(frames)
+        top = lang_top_frame(f.lang_frames) or top_frame(frames)
         cmd, hint = reproduce_hint(f)
         procs_sorted = sorted(f.procs, key=lambda hp: (hp[0] or "", hp[1]))
         f_hosts = sorted({h for h, _ in f.procs if h})
@@ -148,13 +173,20 @@ def build_report(findings, col, supp, symbolized_with):
             "pids": sorted({p for _, p in f.procs}),
             "hosts": f_hosts,
             "programs": [e for e, _ in f.exes.most_common()],
-            "top_frame": short_frame(top) if frames else None,
+            "top_frame": short_frame(top) if top is not None else None,
             "open_stack": [frame_json(fr, i) for i, fr in enumerate(frames)],
             "eof_stack": [frame_json(fr, i) for i, fr in enumerate(f.eof_frames or [])],
             "stack_known": bool(frames),
             "reproduce": hint,
             "reproduce_command": cmd,
         })
+        if f.lang_frames or f.lang_eof_frames:
+            # the program's own stack in its language: only when there is one
+            out_findings[-1].update({
+                "lang": f.lang,
+                "lang_open_stack": [lang_frame_json(fr, i) for i, fr in enumerate(f.lang_frames or [])],
+                "lang_eof_stack": [lang_frame_json(fr, i) for i, fr in enumerate(f.lang_eof_frames or [])],
+            })
     used = collections.defaultdict(lambda: [0, 0, 0])
     for f in suppressed:
         u = used[f.suppressed_by]

@@ -122,3 +122,21 @@ def parse_frames(v):
             "symbolized": False,
         })
     return frames
+
+
+def parse_lang_frames(v):
+    """A list of language frame dicts from a lang_open_stack/lang_eof_stack value, or None."""
+    if not isinstance(v, list) or not v:
+        return None
+    frames = []
+    for f in v[:MAX_FRAMES]:
+        if not isinstance(f, dict):
+            continue
+        line = as_int(f.get("line"), 0, 10 ** 9)
+        frames.append({
+            "function": as_str(f.get("function"), 1024),
+            "file": as_str(f.get("file"), 1024),
+            "line": line if line else None,
+            "program": f.get("program") is True,
+        })
+    return frames or None
