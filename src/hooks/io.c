@@ -108,7 +108,9 @@ void cw_init(void)
         unwinder_pipe_r = (1 << 20) - 2;
         unwinder_pipe_w = (1 << 20) - 1;
     }
-    cw_stacks_init();
+    /* The unwinder (libunwind and liblzma: eleven mappings, which every fork copies and every
+     * exit tears down) is loaded with the first TCP socket: a process that never makes one pays
+     * for nothing but the loading of this library. */
     /* Registered first, so its prepare handler runs last, right before the fork. */
     pthread_atfork(at_fork_prepare, cw_region_fork_parent, at_fork_child);
     cw_watcher_start();
@@ -154,7 +156,10 @@ static void birth(int fd, enum cw_kind kind, int op)
         /* The first TCP socket of the process: the watcher starts now, before anything is
          * written (its start gives this process a region of its own, at the same address). */
         int expected = 0;
-        if (atomic_compare_exchange_strong(&me->any_tcp, &expected, 1)) cw_watcher_first_tcp();
+        if (atomic_compare_exchange_strong(&me->any_tcp, &expected, 1)) {
+            cw_stacks_init();
+            cw_watcher_first_tcp();
+        }
     }
     struct cw_slot *s = cw_slot_get(fd);
     if (s == NULL) return;

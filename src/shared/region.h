@@ -11,7 +11,7 @@
 #define CW_STACK_ARENA_BYTES (64u << 20)
 /* Processes of one tree watched at once (a fork-per-connection server's live backends), and
  * table chunks they share. */
-#define CW_MAX_AREAS 512
+#define CW_MAX_AREAS 2048 /* processes of one tree watched at once: a PostgreSQL with 2000 backends */
 #define CW_POOL_CHUNKS 8192
 
 enum { CW_WATCHER_NONE, CW_WATCHER_STARTING, CW_WATCHER_READY, CW_WATCHER_FAILED, CW_WATCHER_GONE };
