@@ -11,7 +11,6 @@ this interpreter; `promtool check metrics` too when it is installed.  Without a 
 tests say SKIP.  Programs: tests/build/tserver and tclient (the core suite's), and
 tests/metrics/progs/many_sites.c (client sockets from 1..40 call sites).
 """
-import argparse
 import json
 import os
 import re
@@ -306,6 +305,37 @@ def test_values_match_kernel_log_and_report():
         return '3 held = ss 3, stack %s, %s' % (labels['stack_id'], labels['top_frame'])
     finally:
         p.cleanup()
+
+
+@test
+def test_wrapper_option():
+    """tools/closewait -m PATH sets CLOSEWAIT_METRICS."""
+    if sanitized():
+        raise TestSkip('the wrapper preloads the library alone; a sanitizer runtime must come first')
+    work = tempfile.mkdtemp(prefix='cw-metrics-wrapper-')
+    metrics = os.path.join(work, 'w.prom')
+    env = harness.clean_env()
+    env['CLOSEWAIT_LIB'] = harness.library()
+    proc = subprocess.Popen([os.path.join(ROOT, 'tools', 'closewait'), '-m', metrics, '-g', '200', '-j',
+                             '-o', os.path.join(work, 'log'), '--', PROGS['tserver'], '-n', '1', '-c', 'leak',
+                             '-q', '-l', '30000'], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        connect(port, b'x')
+        fams = wait_metrics(metrics, lambda f: held_total(f) == 1, what='1 held')
+        return 'held %d' % held_total(fams)
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        STDERRS.append(('closewait', proc.stderr.read().decode('utf-8', 'replace')))
+        proc.stdout.close()
+        proc.stderr.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @test
@@ -763,10 +793,7 @@ def build():
 
 def main():
     global VERBOSE
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('-k', default=None)
-    ap.add_argument('-v', action='store_true')
-    args = ap.parse_args()
+    args = harness.suite_arguments(__doc__)
     VERBOSE = args.v
     selected = TESTS.select(args.k)
     missing = harness.missing_library()
