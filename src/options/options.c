@@ -28,6 +28,7 @@ CW_HIDDEN struct cw_config cw_cfg = {
     .site_cache = 1,
     .log_spec = "stderr",
     .suppress_path = "",
+    .metrics_path = "",
 };
 
 

@@ -20,6 +20,7 @@ struct cw_config {
     int report_signal;      /* 0: none */
     char log_spec[512];     /* "stderr", "syslog", "off" or a path with %p */
     char suppress_path[512];
+    char metrics_path[512];  /* "": none; an absolute path ending in .prom, with %p */
 };
 
 CW_HIDDEN extern struct cw_config cw_cfg;

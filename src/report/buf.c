@@ -11,7 +11,10 @@ static int grow(struct buf *b, size_t more)
     size_t ncap = b->cap ? b->cap : 1024;
     while (ncap < b->n + more + 1) ncap *= 2;
     char *np = realloc(b->p, ncap);
-    if (np == NULL) return -1;
+    if (np == NULL) {
+        b->failed = 1;
+        return -1;
+    }
     b->p = np;
     b->cap = ncap;
     return 0;
@@ -91,10 +94,38 @@ void buf_json_str(struct buf *b, const char *s)
     buf_put(b, "\"", 1);
 }
 
+void buf_prom_label(struct buf *b, const char *s, size_t max)
+{
+    if (s == NULL) return;
+    const unsigned char *p = (const unsigned char *)s, *end = p + strnlen(s, max);
+    while (p < end) {
+        if (*p == '"' || *p == '\\') {
+            char e[2] = {'\\', (char)*p};
+            buf_put(b, e, 2);
+            p++;
+        } else if (*p == '\n') {
+            buf_put(b, "\\n", 2);
+            p++;
+        } else if (*p < 0x20 || *p == 0x7f) {
+            buf_put(b, "?", 1);
+            p++;
+        } else {
+            size_t n = utf8_len(p);
+            if (n == 0 || n > (size_t)(end - p)) {
+                buf_put(b, "\xef\xbf\xbd", 3);
+                p++;
+            } else {
+                buf_put(b, (const char *)p, n);
+                p += n;
+            }
+        }
+    }
+}
 
 void buf_free(struct buf *b)
 {
     free(b->p);
     b->p = NULL;
     b->n = b->cap = 0;
+    b->failed = 0;
 }

@@ -73,6 +73,7 @@ struct cw_shared {
     _Atomic uint32_t doorbell;       /* bumped, then woken, by a process that wants the watcher */
     _Atomic uint32_t quit;           /* the watcher must leave (a pids limit needs its pid) */
     _Atomic int thread_only;         /* orphans come back to the program: no watcher process */
+    _Atomic uint32_t watcher_restarts; /* watchers started after one died (for the metrics) */
     _Atomic size_t arena_used;
     char watcher_error[200];
     _Atomic uint64_t area_map[CW_MAX_AREAS / 64];

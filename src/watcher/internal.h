@@ -72,6 +72,10 @@ struct listener {
     int64_t last_report_ms;
     int64_t full_since;
     int full_reported;
+    /* for the metrics */
+    uint32_t dead_now, queued_now;
+    long full_events;
+    int64_t seen_ms;
 };
 
 /* One watched process: everything the watcher knows of it, in one place. */
@@ -161,6 +165,12 @@ CW_HIDDEN void cw_watch_thread_stop(void);
 /* The interval in force: CLOSEWAIT_INTERVAL_MS, or longer where a look costs the kernel much. */
 CW_HIDDEN extern int64_t cw_watch_interval_ms;
 CW_HIDDEN int cw_watch_any_inet6(void);
+/* CLOSEWAIT_METRICS (metrics.c): the file, after a look (at most once a second) or now; the
+ * counts of a process that is gone; the exit of a process. */
+CW_HIDDEN void cw_metrics_write(int64_t now, int now_or_never);
+CW_HIDDEN void cw_metrics_retire(const struct proc *p);
+CW_HIDDEN void cw_metrics_at_exit_of(const struct proc *p);
+CW_HIDDEN void cw_metrics_after_fork_child(void);
 /* "ip:port" of both ends of a dumped socket, "?" when k is NULL. */
 CW_HIDDEN void cw_sock_ends(const struct cw_sock *k, char *local, char *peer, size_t cap);
 #endif

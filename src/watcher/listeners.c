@@ -84,6 +84,9 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
     else
         atomic_fetch_and_explicit(&s->flags, ~CW_SF_BACKLOGGED, memory_order_relaxed);
     uint32_t dead = atomic_load_explicit(&s->dead_accepts, memory_order_relaxed);
+    l->dead_now = dead;
+    l->queued_now = queued;
+    l->seen_ms = now;
 
     /* One finding per listener, its counts updated at most once per grace period. */
     if ((dead > l->dead_reported || queued > l->queued_reported) &&
@@ -100,6 +103,7 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
         if (!l->full_reported && now - l->full_since >= hold) {
             report_backlog(l, s, "accept_queue_full", dead, queued, qlen, qlimit);
             l->full_reported = 1;
+            l->full_events++;
         }
     } else {
         l->full_since = 0;

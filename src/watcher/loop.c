@@ -101,6 +101,7 @@ static void sync_procs(int64_t now)
             continue;
         }
         if (!thread_mode) cw_area_release(p->area);
+        cw_metrics_retire(p);
         cw_proc_free(p);
         procs[k] = procs[--nprocs];
     }
@@ -172,7 +173,10 @@ static void answer_requests(void)
         struct proc *p = &procs[k];
         if (p->untrusted) continue;
         answer(p, &p->area->dump_req, &p->area->dump_done, "on request");
-        if (answer(p, &p->area->exit_req, &p->area->exit_done, "exit")) atomic_store(&p->area->state, AREA_EXITED);
+        if (answer(p, &p->area->exit_req, &p->area->exit_done, "exit")) {
+            atomic_store(&p->area->state, AREA_EXITED);
+            cw_metrics_at_exit_of(p);
+        }
     }
 }
 
@@ -218,6 +222,7 @@ void cw_watch_loop(void)
         answer_requests();
         if (now >= next_tick) {
             cw_watch_tick();
+            cw_metrics_write(cw_now_ms(), 0);
             next_tick = cw_now_ms() + (cw_watch_interval_ms > 0 ? cw_watch_interval_ms : cw_cfg.interval_ms);
         }
         pthread_mutex_unlock(&tick_lock);
@@ -232,6 +237,11 @@ static void *watcher_main(void *arg)
     cw_watcher_private_table();
     cw_watch_load_suppressions();
     cw_watch_loop();
+    /* Stopped: the program is exiting.  The counts of the last look, written from this thread,
+     * on its own descriptor table (the program's exit runs on after a bounded wait for it). */
+    pthread_mutex_lock(&tick_lock);
+    cw_metrics_write(cw_now_ms(), 1);
+    pthread_mutex_unlock(&tick_lock);
     atomic_store(&thread_done, 1);
     cw_futex_wake((_Atomic uint32_t *)&thread_done);
     return NULL;

@@ -477,6 +477,7 @@ void cw_watcher_process_main_if_asked(void)
     }
     close(memfd);
     if (logfd > 2) cw_sink_adopt_log(logfd, (pid_t)pid);
+    cw_metrics_set_owner((pid_t)pid);
     /* 0, 1 (and 2 if no stderr was handed over) were closed at the exec: fill them, so that no
      * descriptor of ours ever takes one of those numbers. */
     for (int i = 0; i < 3; i++)

@@ -85,6 +85,7 @@ void cw_watcher_check_slow(void)
     }
     /* The reports it made are made again by the new one: its findings died with it. */
     atomic_store(&sh->watcher_state, CW_WATCHER_NONE);
+    atomic_fetch_add(&sh->watcher_restarts, 1);
     start_watching(0);
     cw_in_lib--;
     errno = saved;
@@ -127,6 +128,7 @@ void cw_watcher_after_fork_child(void)
     /* The child's findings are the watcher's business; a watcher thread did not come along. */
     /* Written only where it was set: each page of ours written here is a copy-on-write fault
      * in every forked child (a fork-per-connection server pays it per connection). */
+    cw_metrics_after_fork_child();
     if (thread_mode || nprocs > 0) {
         pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
         memcpy(&tick_lock, &fresh, sizeof fresh);

@@ -24,4 +24,6 @@ static inline void cw_watcher_check(_Atomic uint32_t *alive_word)
 }
 /* In the watcher process: the loop over the region's processes. */
 CW_HIDDEN void cw_watcher_run_process(void);
+/* In the watcher process: the process that started it, whose pid `%p` in CLOSEWAIT_METRICS is. */
+CW_HIDDEN void cw_metrics_set_owner(pid_t pid);
 #endif

@@ -469,6 +469,244 @@ class MergeRules(unittest.TestCase):
 
 # --------------------------------------------------------------------------------------
 
+# -------------------------------------------------------------------------- growth charts
+
+def png_pixels(path):
+    """(width, height, rows of (r, g, b, a)) of an 8-bit RGB/RGBA non-interlaced PNG, as
+    rsvg-convert and Chromium write them (standard library only)."""
+    import struct
+    import zlib
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, ihdr = 8, b"", None
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            ihdr = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    w, h, depth, ctype, _c, _f, interlace = ihdr
+    assert depth == 8 and ctype in (2, 6) and not interlace, "PNG kind %s" % (ihdr,)
+    bpp = 4 if ctype == 6 else 3
+    raw = zlib.decompress(idat)
+    rows, prev, stride = [], bytearray(w * bpp), w * bpp
+    for y in range(h):
+        ft, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if ft == 1:
+                line[i] = (line[i] + a) & 255
+            elif ft == 2:
+                line[i] = (line[i] + b) & 255
+            elif ft == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif ft == 4:
+                pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append([tuple(line[x * bpp:x * bpp + bpp]) + ((255,) if bpp == 3 else ())
+                     for x in range(w)])
+        prev = line
+    return w, h, rows
+
+
+def ramp_events(start_ms=4 * 3600000 + 2 * 60000, step_ms=90000, n=41, sid="1111111111111111"):
+    """n leaks, one every step_ms from 14:02 (the fixtures' day): 1, 2, ... n held."""
+    return [leak_ev(start_ms + i * step_ms, 10 + i, sid=sid) for i in range(n)]
+
+
+def mermaid_blocks(md):
+    return re.findall(r"```mermaid\n(.*?)```", md, re.S)
+
+
+_mmdc = []
+
+
+def mermaid_cli():
+    """mermaid-cli (Mermaid's own renderer, in Chromium), installed by npm on first use into a
+    cache directory outside the checkout; SkipTest when it cannot be."""
+    if _mmdc:
+        if isinstance(_mmdc[0], str):
+            return _mmdc[0]
+        raise unittest.SkipTest(_mmdc[0][0])
+    why = None
+    chromium = next((shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome")
+                     if shutil.which(c)), None)
+    base = os.environ.get("CLOSEWAIT_MERMAID_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "closewait-tests", "mermaid-cli")
+    mmdc = os.path.join(base, "node_modules", ".bin", "mmdc")
+    if os.path.realpath(base).startswith(os.path.realpath(ROOT) + os.sep):
+        why = "CLOSEWAIT_MERMAID_DIR is inside the checkout; nothing is installed there"
+    elif chromium is None:
+        why = "no Chromium for mermaid-cli (Debian: apt-get install chromium)"
+    elif not os.path.exists(mmdc):
+        if not shutil.which("npm"):
+            why = "npm is not installed (Debian: apt-get install npm)"
+        else:
+            os.makedirs(base, exist_ok=True)
+            env = dict(os.environ, PUPPETEER_SKIP_DOWNLOAD="1")
+            try:
+                p = subprocess.run(["npm", "install", "--prefix", base, "--no-audit", "--no-fund",
+                                    "--loglevel=error", "@mermaid-js/mermaid-cli@11"],
+                                   capture_output=True, timeout=600, env=env)
+                if p.returncode != 0 or not os.path.exists(mmdc):
+                    tail = p.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+                    why = "npm install @mermaid-js/mermaid-cli failed (offline?): %s" % tail
+            except subprocess.TimeoutExpired:
+                why = "npm install @mermaid-js/mermaid-cli took over 10 minutes (offline?)"
+    if why:
+        _mmdc.append((why,))
+        raise unittest.SkipTest(why)
+    conf = os.path.join(base, "puppeteer.json")
+    with open(conf, "w") as f:
+        # root in a container: Chromium's sandbox needs user namespaces it may not have
+        json.dump({"executablePath": chromium, "args": ["--no-sandbox", "--disable-gpu"]}, f)
+    _mmdc.append("%s\0%s" % (mmdc, conf))
+    return _mmdc[0]
+
+
+def render_mermaid(text, out):
+    """Mermaid's renderer on one diagram; its SVG as text (AssertionError with its words if it
+    refuses the diagram)."""
+    mmdc, conf = mermaid_cli().split("\0")
+    d = os.path.dirname(out)
+    src = os.path.join(d, "chart.mmd")
+    with open(src, "w") as f:
+        f.write(text)
+    p = subprocess.run([mmdc, "-p", conf, "-q", "-i", src, "-o", out, "-b", "white"],
+                       capture_output=True, timeout=180)
+    if p.returncode != 0:
+        raise AssertionError("mermaid-cli refuses the chart: %s\n%s" % (
+            p.stderr.decode("utf-8", "replace")[:1500], text))
+    if out.endswith(".svg"):
+        with open(out, encoding="utf-8") as f:
+            return f.read()
+    return None
+
+
+class Charts(unittest.TestCase):
+    def test_rate_in_words(self):
+        r = report_of(ramp_events())
+        f = r["findings"][0]
+        self.assertTrue(f["growing"])
+        g = f["growth"]
+        self.assertEqual(g["text"], "+40 sockets/hour since 14:02 UTC")
+        self.assertEqual((g["from_held"], g["to_held"]), (1, 41))
+        self.assertEqual(g["rate_per_hour"], 40.0)
+        self.assertEqual(g["points"][-1][1], f["count_open"])
+        # faster ramps are said per minute and per second; the start is the last low point
+        evs = [leak_ev(i * 1000, 10 + i) for i in range(6)]
+        evs.insert(2, ev("closed_late", 1500, fd=10, stack_id="1111111111111111"))
+        g = report_of(evs)["findings"][0]["growth"]
+        self.assertEqual((g["from_held"], g["to_held"], g["text"]),
+                         (1, 5, "+1.1 sockets/second since 10:00:01 UTC"))
+        g = report_of(ramp_events(0, 20000, 7))["findings"][0]["growth"]
+        self.assertEqual(g["text"], "+3 sockets/minute since 10:00:00 UTC")
+
+    def test_no_chart_without_growth(self):
+        evs = []
+        for i in range(5):
+            evs.append(leak_ev(i * 1000, 10))
+            evs.append(ev("closed_late", i * 1000 + 500, fd=10, stack_id="1111111111111111"))
+        r = report_of(evs)
+        self.assertIsNone(r["findings"][0]["growth"])
+        data = "".join(json.dumps(e) + "\n" for e in evs).encode()
+        with tempfile.TemporaryDirectory() as d:
+            rc, md, _ = run("--no-symbolize", "--svg", os.path.join(d, "svg"), "-", stdin=data)
+            self.assertEqual(rc, 0)
+            self.assertEqual(mermaid_blocks(md), [])
+            self.assertEqual(os.listdir(os.path.join(d, "svg")), [])
+
+    def test_markdown_block_and_rate(self):
+        data = "".join(json.dumps(e) + "\n" for e in ramp_events()).encode()
+        rc, md, _ = run("--no-symbolize", "-", stdin=data)
+        self.assertEqual(rc, 0)
+        self.assertIn("**+40 sockets/hour since 14:02 UTC** (from 1 to 41 held)", md)
+        blocks = mermaid_blocks(md)
+        self.assertEqual(len(blocks), 1)
+        lines = blocks[0].splitlines()
+        self.assertEqual(lines[0], "xychart-beta")
+        values = [int(v) for v in re.search(r"^ *line \[(.*)\]$", blocks[0], re.M).group(1).split(",")]
+        labels = re.findall(r'"(\d\d:\d\d)"', re.search(r"x-axis .*", blocks[0]).group(0))
+        self.assertEqual(len(values), len(labels))
+        self.assertEqual((values[0], values[-1], labels[0], labels[-1]), (1, 41, "14:02", "15:02"))
+        self.assertEqual(values, sorted(values))
+
+    def test_mermaid_renders_with_mermaid_cli(self):
+        """The block through Mermaid's own parser and renderer (mermaid-cli, in Chromium): it
+        must accept it, and the line it draws must rise left to right, one point per value."""
+        text = mermaid_blocks(report_of_markdown(ramp_events()))[0]
+        # and a hostile function name: the title must not break the chart
+        hostile = ramp_events(sid="2222222222222222")
+        for e in hostile:
+            e["open_stack"][0]["function"] = 'f"]\nline [9]\n%%{init: {}}%% <b>`x`</b> \\'
+        text2 = mermaid_blocks(report_of_markdown(hostile))[0]
+        with tempfile.TemporaryDirectory() as d:
+            for t in (text, text2):
+                out = render_mermaid(t, os.path.join(d, "chart.svg"))
+                path = re.search(r'class="line-plot-0".*?<path d="([^"]+)"', out, re.S)
+                self.assertIsNotNone(path, "no line plot in Mermaid's SVG")
+                ys = [float(y) for y in re.findall(r"[ML][\d.]+,([\d.]+)", path.group(1))]
+                values = [int(v) for v in re.search(r"^ *line \[(.*)\]$", t, re.M).group(1).split(",")]
+                self.assertEqual(len(ys), len(values))
+                self.assertLess(ys[-1], ys[0])        # SVG y grows downwards: the line goes up
+                self.assertEqual(ys, sorted(ys, reverse=True))
+            render_mermaid(text, os.path.join(d, "chart.png"))
+            w, h, rows = png_pixels(os.path.join(d, "chart.png"))
+            inked = sum(1 for row in rows for px in row if px[3] > 0 and min(px[:3]) < 200)
+            self.assertGreater(inked, 500, "Mermaid's PNG is blank")
+
+    def test_svg_renders_with_rsvg(self):
+        """--svg: one file per growing finding, valid XML, drawn by rsvg-convert (librsvg): the
+        red line spans the plot and ends higher than it starts."""
+        rsvg = shutil.which("rsvg-convert")
+        if rsvg is None:
+            self.skipTest("rsvg-convert is not installed (Debian: apt-get install librsvg2-bin)")
+        import xml.etree.ElementTree as ET
+        evs = ramp_events() + [leak_ev(0, 99, sid="3333333333333333")]
+        for e in evs[:41]:
+            e["open_stack"][0]["function"] = 'f<script>alert("x")</script>&\x01'
+        data = "".join(json.dumps(e) + "\n" for e in evs).encode()
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "charts")
+            rc, _, err = run("--no-symbolize", "--svg", out, "-", stdin=data)
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(os.listdir(out), ["finding-1-1111111111111111.svg"])
+            svg_path = os.path.join(out, "finding-1-1111111111111111.svg")
+            root = ET.parse(svg_path).getroot()
+            self.assertNotIn("script", [el.tag.split("}")[-1] for el in root.iter()])
+            text = open(svg_path, encoding="utf-8").read()
+            self.assertIn("+40 sockets/hour since 14:02 UTC", text)
+            png = os.path.join(d, "chart.png")
+            p = subprocess.run([rsvg, "-o", png, svg_path], capture_output=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            w, h, rows = png_pixels(png)
+            top = 58            # the plot area: below the title and the rate (red text too)
+            red = [(x, y) for y, row in enumerate(rows) for x, px in enumerate(row)
+                   if y > top and px[0] > 180 and px[1] < 90 and px[2] < 90 and px[3] > 200]
+            self.assertGreater(len(red), 300, "the line is not drawn")
+            xs = [x for x, _ in red]
+            self.assertGreater(max(xs) - min(xs), w // 2, "the line does not span the chart")
+            left = min(y for x, y in red if x - min(xs) < 5)
+            right = min(y for x, y in red if max(xs) - x < 5)
+            self.assertLess(right, left - h // 4, "the line does not go up")
+            # an unwritable DIR is a usage error
+            rc, out_text, err = run("--no-symbolize", "--svg", os.path.join(svg_path, "x"), "-", stdin=data)
+            self.assertEqual((rc, out_text), (2, ""))
+
+
+def report_of_markdown(events):
+    data = "".join(json.dumps(e) + "\n" for e in events).encode()
+    rc, md, err = run("--no-symbolize", "-", stdin=data)
+    if rc != 0:
+        raise AssertionError(err)
+    return md
+
+
 class Hostile(unittest.TestCase):
     CTRL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

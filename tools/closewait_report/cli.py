@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import re
 import sys
 
 from .constants import FORMAT_VERSION, PROG
@@ -12,6 +13,7 @@ from .symbolize import Symbolizer
 from .suppress import Suppressions
 from .report import build_report
 from .render import render_json, render_markdown, render_text
+from .chart import svg
 
 # Command line
 
@@ -36,6 +38,9 @@ def parse_args(argv):
     p.add_argument("--suppressions", action="append", default=[], metavar="FILE",
                    help="patterns of findings to leave out (fun:GLOB, mod:GLOB, src:GLOB, "
                         "or a bare function GLOB); repeatable")
+    p.add_argument("--svg", metavar="DIR",
+                   help="also write, for each growing finding, an SVG chart of the sockets it "
+                        "holds over time: DIR/finding-RANK-STACKID.svg (DIR is created)")
     p.add_argument("--fail-on-leak", action="store_true",
                    help="exit 1 if any finding is not suppressed")
     p.add_argument("--version", action="version", version="%s %d" % (PROG, FORMAT_VERSION))
@@ -76,6 +81,21 @@ def generate(args, col=None):
     report = build_report(findings, col, supp, tool_name)
     render = {"markdown": render_markdown, "json": render_json, "text": render_text}
     return report, render[args.format](report)
+
+
+def svg_name(f):
+    return "finding-%d-%s.svg" % (f["rank"], re.sub(r"[^0-9A-Za-z]", "_", f["stack_id"])[:64])
+
+
+def write_svgs(report, directory):
+    """One SVG per growing finding with a growth to draw."""
+    os.makedirs(directory, exist_ok=True)
+    for f in report["findings"]:
+        g = f.get("growth")
+        if not g or len(g["points"]) < 2:
+            continue
+        with open(os.path.join(directory, svg_name(f)), "w", encoding="utf-8") as out:
+            out.write(svg(f["top_frame"] or f["stack_id"], g["points"], g))
 
 
 def main(argv=None):
@@ -122,6 +142,12 @@ def main(argv=None):
     except OSError as e:
         warn("%s" % e)
         return 2
+    if args.svg is not None:
+        try:
+            write_svgs(report, args.svg)
+        except OSError as e:
+            warn("%s: %s" % (args.svg, e.strerror or e))
+            return 2
     data = text.encode("utf-8", "replace")
     if args.output:
         try:

@@ -267,6 +267,7 @@ class Finding:
         self.max_held_ms = None
         self.instances = 0
         self.growing_procs = []
+        self.timeline = []          # [(ts_ms, sockets held over every process)]
         self.grace_ms = None
         self.suppressed_by = None
 

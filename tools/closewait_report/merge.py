@@ -57,6 +57,21 @@ def merge(col):
     ever_lib = {}                    # (inst, sid) -> count_ever / site_ever from the library
     lib_growing = {}                 # (inst, sid) -> the library's flag on the last event
     samples = collections.defaultdict(list)
+    # sid -> [(ts, sockets held over every process instance)]: the growth charts
+    held_now = collections.Counter()
+    timeline = collections.defaultdict(list)
+
+    def track(key, ts):
+        sid = key[1]
+        total = held_now[sid] + open_n[key] - track.last.get(key, 0)
+        track.last[key] = open_n[key]
+        held_now[sid] = total
+        tl = timeline[sid]
+        if tl and tl[-1][0] == ts:
+            tl[-1] = (ts, total)
+        else:
+            tl.append((ts, total))
+    track.last = {}
     closed = collections.Counter()
     held = {}
     procs = collections.defaultdict(set)
@@ -88,6 +103,7 @@ def merge(col):
                 ever_lib[key] = max(site_ever, ever_lib.get(key, 0))
             lib_growing[key] = flag
             samples[key].append(open_n[key])
+            track(key, ts)
             procs[sid].add(hp)
         elif kind == "closed_late":
             key = (inst, sid)
@@ -101,6 +117,7 @@ def merge(col):
                 continue
             open_n[key] = max(0, open_n[key] - 1)
             samples[key].append(open_n[key])
+            track(key, ts)
             lib_growing[key] = False
             closed[sid] += 1
             if payload is not None and (sid not in held or payload > held[sid]):
@@ -112,6 +129,7 @@ def merge(col):
                 if now is not None:
                     open_n[key] = now
                     samples[key].append(now)
+                    track(key, ts)
                 if ever is not None:
                     ever_lib[key] = max(ever, ever_lib.get(key, 0))
                 lib_growing[key] = flag
@@ -138,6 +156,8 @@ def merge(col):
             f.exes[inst_exe[inst]] += 1
     for sid, s in procs.items():
         col.finding(sid).procs |= s
+    for sid, tl in timeline.items():
+        col.finding(sid).timeline = tl
     for sid, n in closed.items():
         f = col.finding(sid)
         f.closed_late += n

@@ -3,6 +3,7 @@
 import json
 import re
 
+from .chart import mermaid
 from .constants import MAX_LISTED
 from .report import frame_line, lang_frame_line, proc_label
 
@@ -107,9 +108,11 @@ def render_markdown(r):
                 extra += ", longest held %s" % ms_text(f["longest_held_ms"])
             extra += ")"
         L.append("- open / ever: %d / %d%s" % (f["count_open"], f["count_ever"], extra))
+        g = f.get("growth")
         if f["growing"]:
-            L.append("- growing: **yes**, in %s" % ", ".join(
-                md_code(proc_label(g["host"], g["pid"])) for g in f["growing_in"][:MAX_LISTED]))
+            L.append("- growing: **yes**%s, in %s" % (
+                ", **%s** (from %d to %d held)" % (g["text"], g["from_held"], g["to_held"]) if g else "",
+                ", ".join(md_code(proc_label(p["host"], p["pid"])) for p in f["growing_in"][:MAX_LISTED])))
         else:
             L.append("- growing: no")
         if f["reasons"]:
@@ -136,6 +139,11 @@ def render_markdown(r):
         if f["example_peers"]:
             L.append("- example peers: %s" % ", ".join(md_code(p) for p in f["example_peers"]))
         L.append("")
+        if g and len(g["points"]) >= 2:
+            L.append("Sockets held over time, every process together (%s):" % g["text"])
+            L.append("")
+            L.extend(mermaid(f["top_frame"] or f["stack_id"], g["points"], g))
+            L.append("")
         if f.get("lang_open_stack"):
             L.append("Opened at, in %s:" % (f.get("lang") or "the program's language"))
             L.append("")
@@ -249,6 +257,9 @@ def render_text(r):
         if f["closed_late"]:
             details.append("closed late: %d" % f["closed_late"])
         details.append("oldest since FIN: " + ms_text(f["oldest_since_fin_ms"]))
+        if f.get("growth"):
+            g = f["growth"]
+            details.append("growth: %s (from %d to %d held)" % (g["text"], g["from_held"], g["to_held"]))
         for d in details:
             L.append("  " + d)
         L.append("  process(es): " + (procs_text(f, str) or "unknown"))

@@ -7,6 +7,7 @@ import os
 import shlex
 
 from .constants import FORMAT_VERSION, KNOWN_EVENTS, MAX_TS_MS, PROG, REASON_HINTS, SYSTEM_MODULE_GLOBS
+from .chart import growth
 from .values import fmt_time
 
 # The report model (the JSON output; Markdown and text are rendered from it)
@@ -158,6 +159,7 @@ def build_report(findings, col, supp, symbolized_with):
             "closed_late": f.closed_late,
             "longest_held_ms": f.max_held_ms,
             "growing": bool(f.growing_procs),
+            "growth": growth(f.timeline) if f.growing_procs else None,
             "growing_in": [{"host": h, "pid": p} for h, p in
                            sorted(set(f.growing_procs), key=lambda hp: (hp[0] or "", hp[1]))],
             "reasons": dict(f.reasons.most_common()),
