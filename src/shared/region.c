@@ -150,10 +150,12 @@ void cw_pool_give(uint32_t c)
 static struct cw_area *area_take(void)
 {
     uint32_t n = bit_take(cw_sh->area_map, CW_MAX_AREAS / 64);
-    /* Taken lowest first: a high number means few are left.  The areas of processes that died
-     * are given back at the watcher's next look, which a fork-per-connection server's burst of
-     * short-lived children should not wait for. */
-    if (n == 0 || n > CW_MAX_AREAS * 3 / 4) cw_doorbell();
+    /* Taken lowest first: a high number means many are in use.  The areas of processes that
+     * died are given back at the watcher's next look, which a fork-per-connection server's burst
+     * of short-lived children should not wait for: past 128, every 32nd number rings it.  Areas
+     * given back soon are taken again, in pages the region has already (a fresh one is a few
+     * pages for the kernel to find and zero). */
+    if (n == 0 || (n > 128 && (n & 31) == 0)) cw_doorbell();
     if (n == 0) return NULL;
     struct cw_area *a = cw_area_at(n - 1);
     /* The fields, not the big arrays: those are written before they are read, and the chunk
