@@ -69,6 +69,8 @@ void *cw_resolve(const char *name)
 
 /* The two numbers libunwind gets for its validation pipe (see unwinder_validate). */
 static int unwinder_pipe_r = INT_MAX - 1, unwinder_pipe_w = INT_MAX;
+/* A sanitizer's interceptors stand between libunwind and these hooks. */
+static int unwinder_calls_intercepted;
 
 static void at_fork_prepare(void)
 {
@@ -108,6 +110,7 @@ void cw_init(void)
         unwinder_pipe_r = (1 << 20) - 2;
         unwinder_pipe_w = (1 << 20) - 1;
     }
+    unwinder_calls_intercepted = dlsym(RTLD_DEFAULT, "__tsan_init") != NULL || dlsym(RTLD_DEFAULT, "__asan_init") != NULL;
     /* The unwinder (libunwind and liblzma: eleven mappings, which every fork copies and every
      * exit tears down) is loaded with the first TCP socket: a process that never makes one pays
      * for nothing but the loading of this library. */
@@ -318,9 +321,11 @@ static _Atomic int unwinder_backing[2] = {-1, -1}; /* the real pipe, once one is
 static _Atomic uint64_t unwinder_backing_ino;
 static _Atomic int unwinder_futex_refused;
 
-/* The call comes from libunwind itself, not from a signal handler that interrupted it. */
+/* The call comes from libunwind itself, not from a signal handler that interrupted it.  Under
+ * a sanitizer the caller is the sanitizer's interceptor, which defers signals itself. */
 #define FROM_UNWINDER() \
-    (CW_UNLIKELY(cw_in_unwind) && cw_pc_in_unwinder((uintptr_t)__builtin_return_address(0)))
+    (CW_UNLIKELY(cw_in_unwind) && \
+     (unwinder_calls_intercepted || cw_pc_in_unwinder((uintptr_t)__builtin_return_address(0))))
 
 /* The real pipe behind the two numbers (once the kernel refused unwinder_validate), or -1. */
 static int unwinder_backing_fd(int end)
