@@ -1578,16 +1578,17 @@ def forks_forkloop(meter, d, lib, rounds):
             if p.returncode != 0:
                 raise RuntimeError("forkloop: exit %d: %s" % (p.returncode, err.strip()[-300:]))
             f = out.split()
-            return float(f[1]), float(f[2])
-        (mean, median), cpu, procs = measure_load(meter, None, load, lambda g: n)
+            return float(f[1]), float(f[2]), float(f[4]) if len(f) > 4 else float("nan")
+        (mean, median, faults), cpu, procs = measure_load(meter, None, load, lambda g: n)
         meter.empty()
-        res[w].append((mean, median, cpu, procs))
+        res[w].append((mean, median, cpu, procs, faults))
         return None
     alternate(rounds, once)
     mean = {w: med([x[0] for x in res[w]]) for w in res}
     median = {w: med([x[1] for x in res[w]]) for w in res}
     cpu = {w: med([x[2] for x in res[w]]) for w in res}
     procs = {w: med([x[3] for x in res[w]]) for w in res}
+    faults = {w: med([x[4] for x in res[w]]) for w in res}
     added = [b[0] - a[0] for a, b in zip(res[False], res[True])]
     ratio = [b[0] / a[0] for a, b in zip(res[False], res[True])]
     cr = [b[2] / a[2] for a, b in zip(res[False], res[True])]
@@ -1597,6 +1598,8 @@ def forks_forkloop(meter, d, lib, rounds):
         % ("fork()+_exit+waitpid", n, mean[False], mean[True], med(added), min(added), max(added),
            med(ratio), verdict))
     say("  %-40s single forks' median: without %.1f  with %.1f us" % ("", median[False], median[True]))
+    say("  %-40s page faults per fork and exit (program and child): without %.1f  with %.1f"
+        % ("", faults[False], faults[True]))
     say("  %-40s all processes' CPU, us/fork: without %.1f  with %.1f  ratio %.3f (pairs %.3f-%.3f); "
         "processes created per fork (whole machine) %.2f / %.2f"
         % ("", cpu[False], cpu[True], med(cr), min(cr), max(cr), procs[False], procs[True]))
@@ -1606,6 +1609,8 @@ def forks_forkloop(meter, d, lib, rounds):
                                                                           median[True]))
     row("forks", "fork()+_exit+waitpid (CPU us/fork, all processes)", "%.1f" % cpu[False], "%.1f" % cpu[True],
         "x%.3f" % med(cr), "processes per fork %.2f / %.2f" % (procs[False], procs[True]))
+    row("forks", "fork()+_exit+waitpid (page faults per fork)", "%.1f" % faults[False], "%.1f" % faults[True],
+        "%+.1f" % (faults[True] - faults[False]), "the program and its child")
 
 
 # ---------------------------------------------------------------------------------------------
