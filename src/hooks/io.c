@@ -82,6 +82,7 @@ static void at_fork_child(void)
 {
     /* First of all: until the child has its own area, every write lands in the parent's. */
     cw_region_fork_child();
+    cw_threads_after_fork_child();
     cw_watcher_after_fork_child();
 }
 
@@ -94,6 +95,8 @@ void cw_init(void)
         /* The watcher process (watcher/process.c): its constructor takes over; its calls are its own. */
         cw_in_lib = 1;
         cw_on_private_table = 1;
+        cw_self_rec = CW_OWN_THREAD;
+        cw_self_tid_cache = -1;
         errno = saved;
         return;
     }
@@ -111,6 +114,7 @@ void cw_init(void)
     /* The unwinder (libunwind and liblzma: eleven mappings, which every fork copies and every
      * exit tears down) is loaded with the first TCP socket: a process that never makes one pays
      * for nothing but the loading of this library. */
+    cw_threads_init();
     /* Registered first, so its prepare handler runs last, right before the fork. */
     pthread_atfork(at_fork_prepare, cw_region_fork_parent, at_fork_child);
     cw_watcher_start();
@@ -129,6 +133,18 @@ __attribute__((destructor)) static void closewait_destructor(void)
 {
     if (atomic_load(&init_state) == 2) cw_watcher_at_exit();
 }
+
+/* ---- what a thread is blocked in, who owns a descriptor ----------------- */
+
+/* Around a call that may block: its record says what the thread waits for, and a call that
+ * succeeded makes the thread the descriptor's owner.  No system call: stores, the start time is
+ * the watcher's last tick (shared/owners.h). */
+/* Declares `blocking`, for BLOCK_LEAVE(the call succeeded) after the call; `nowait`: the call
+ * cannot block (MSG_DONTWAIT). */
+#define BLOCK_ENTER(call, fd, nowait) \
+    struct cw_blocking blocking;      \
+    cw_block_enter(&blocking, (call), (fd), (nowait), (uintptr_t)__builtin_return_address(0))
+#define BLOCK_LEAVE(ok) cw_block_leave(&blocking, (ok))
 
 /* ---- births ---------------------------------------------------------- */
 
@@ -239,6 +255,7 @@ int socket(int domain, int type, int protocol)
         int saved = errno;
         if (is_tcp_request(domain, type, protocol)) {
             birth(fd, CW_KIND_TCP, CW_OP_SOCKET);
+            if (type & SOCK_NONBLOCK) cw_owner_set_nonblock(fd, 1);
             if (domain == AF_INET6 && cw_me != NULL) atomic_store_explicit(&cw_me->any_inet6, 1, memory_order_relaxed);
         } else {
             cw_slot_forget(fd);
@@ -252,7 +269,9 @@ int accept(int fd, struct sockaddr *addr, socklen_t *len)
 {
     CW_REAL(accept);
     if (ON_WATCHER_TABLE()) return real_accept(fd, addr, len);
+    BLOCK_ENTER(CW_CALL_ACCEPT, fd, 0);
     int r = real_accept(fd, addr, len);
+    BLOCK_LEAVE(0);
     if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT);
     return r;
 }
@@ -261,8 +280,13 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 {
     CW_REAL(accept4);
     if (ON_WATCHER_TABLE()) return real_accept4(fd, addr, len, flags);
+    BLOCK_ENTER(CW_CALL_ACCEPT4, fd, 0);
     int r = real_accept4(fd, addr, len, flags);
-    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT4);
+    BLOCK_LEAVE(0);
+    if (r >= 0) {
+        on_accept(fd, r, CW_OP_ACCEPT4);
+        if (flags & SOCK_NONBLOCK) cw_owner_set_nonblock(r, 1);
+    }
     return r;
 }
 
@@ -270,7 +294,9 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     CW_REAL(connect);
     if (ON_WATCHER_TABLE()) return real_connect(fd, addr, len);
+    BLOCK_ENTER(CW_CALL_CONNECT, fd, 0);
     int r = real_connect(fd, addr, len);
+    BLOCK_LEAVE(1);
     struct cw_slot *s = cw_slot_peek(fd);
     if (s != NULL && CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == CW_KIND_TCP)
         atomic_fetch_or_explicit(&s->flags, CW_SF_CLIENT, memory_order_relaxed);
@@ -435,7 +461,37 @@ ssize_t write(int fd, const void *buf, size_t n)
         errno = EBADF;
         return -1;
     }
-    return real_write(fd, buf, n);
+    BLOCK_ENTER(CW_CALL_WRITE, fd, 0);
+    ssize_t r = real_write(fd, buf, n);
+    BLOCK_LEAVE(r >= 0);
+    return r;
+}
+
+ssize_t send(int fd, const void *buf, size_t n, int flags)
+{
+    CW_REAL(send);
+    BLOCK_ENTER(CW_CALL_SEND, fd, (flags & MSG_DONTWAIT) != 0);
+    ssize_t r = real_send(fd, buf, n, flags);
+    BLOCK_LEAVE(r >= 0);
+    return r;
+}
+
+ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t len)
+{
+    CW_REAL(sendto);
+    BLOCK_ENTER(CW_CALL_SENDTO, fd, (flags & MSG_DONTWAIT) != 0);
+    ssize_t r = real_sendto(fd, buf, n, flags, addr, len);
+    BLOCK_LEAVE(r >= 0);
+    return r;
+}
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    CW_REAL(sendmsg);
+    BLOCK_ENTER(CW_CALL_SENDMSG, fd, (flags & MSG_DONTWAIT) != 0);
+    ssize_t r = real_sendmsg(fd, msg, flags);
+    BLOCK_LEAVE(r >= 0);
+    return r;
 }
 
 /* ---- reads: only a return of 0 for a non-empty buffer is worth a look -- */
@@ -486,7 +542,9 @@ ssize_t read(int fd, void *buf, size_t n)
 {
     CW_REAL(read);
     if (FROM_UNWINDER()) return unwinder_read(fd, buf, n);
+    BLOCK_ENTER(CW_CALL_READ, fd, 0);
     ssize_t r = real_read(fd, buf, n);
+    BLOCK_LEAVE(r >= 0);
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_READ);
     return r;
 }
@@ -494,7 +552,9 @@ ssize_t read(int fd, void *buf, size_t n)
 ssize_t readv(int fd, const struct iovec *iov, int cnt)
 {
     CW_REAL(readv);
+    BLOCK_ENTER(CW_CALL_READV, fd, 0);
     ssize_t r = real_readv(fd, iov, cnt);
+    BLOCK_LEAVE(r >= 0);
     if (CW_UNLIKELY(r == 0) && cnt > 0 && iov_total(iov, (size_t)cnt) != 0) on_eof(fd, CW_OP_READV);
     return r;
 }
@@ -502,7 +562,9 @@ ssize_t readv(int fd, const struct iovec *iov, int cnt)
 ssize_t recv(int fd, void *buf, size_t n, int flags)
 {
     CW_REAL(recv);
+    BLOCK_ENTER(CW_CALL_RECV, fd, (flags & MSG_DONTWAIT) != 0);
     ssize_t r = real_recv(fd, buf, n, flags);
+    BLOCK_LEAVE(r >= 0);
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECV);
     return r;
 }
@@ -510,7 +572,9 @@ ssize_t recv(int fd, void *buf, size_t n, int flags)
 ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, socklen_t *len)
 {
     CW_REAL(recvfrom);
+    BLOCK_ENTER(CW_CALL_RECVFROM, fd, (flags & MSG_DONTWAIT) != 0);
     ssize_t r = real_recvfrom(fd, buf, n, flags, addr, len);
+    BLOCK_LEAVE(r >= 0);
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECVFROM);
     return r;
 }
@@ -518,7 +582,9 @@ ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, 
 ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
     CW_REAL(recvmsg);
+    BLOCK_ENTER(CW_CALL_RECVMSG, fd, (flags & MSG_DONTWAIT) != 0);
     ssize_t r = real_recvmsg(fd, msg, flags);
+    BLOCK_LEAVE(r >= 0);
     if (CW_UNLIKELY(r == 0) && msg != NULL && msg->msg_iovlen > 0 &&
         iov_total(msg->msg_iov, msg->msg_iovlen) != 0)
         on_eof(fd, CW_OP_RECVMSG);
@@ -528,7 +594,9 @@ ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct timespec *timeout)
 {
     CW_REAL(recvmmsg);
+    BLOCK_ENTER(CW_CALL_RECVMMSG, fd, (flags & MSG_DONTWAIT) != 0);
     int r = real_recvmmsg(fd, vec, vlen, flags, timeout);
+    BLOCK_LEAVE(r >= 0);
     /* On a stream socket the kernel ends the batch at EOF with an empty last message. */
     if (CW_UNLIKELY(r > 0) && vec[r - 1].msg_len == 0 && vec[r - 1].msg_hdr.msg_iovlen > 0 &&
         iov_total(vec[r - 1].msg_hdr.msg_iov, vec[r - 1].msg_hdr.msg_iovlen) != 0)
@@ -541,7 +609,9 @@ ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen);
 ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen)
 {
     CW_REAL(__read_chk);
+    BLOCK_ENTER(CW_CALL_READ, fd, 0);
     ssize_t r = real___read_chk(fd, buf, n, buflen);
+    BLOCK_LEAVE(r >= 0);
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_READ_CHK);
     return r;
 }
@@ -550,7 +620,9 @@ ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags);
 ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags)
 {
     CW_REAL(__recv_chk);
+    BLOCK_ENTER(CW_CALL_RECV, fd, (flags & MSG_DONTWAIT) != 0);
     ssize_t r = real___recv_chk(fd, buf, n, buflen, flags);
+    BLOCK_LEAVE(r >= 0);
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECV_CHK);
     return r;
 }
@@ -561,7 +633,9 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, st
                        socklen_t *len)
 {
     CW_REAL(__recvfrom_chk);
+    BLOCK_ENTER(CW_CALL_RECVFROM, fd, (flags & MSG_DONTWAIT) != 0);
     ssize_t r = real___recvfrom_chk(fd, buf, n, buflen, flags, addr, len);
+    BLOCK_LEAVE(r >= 0);
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECVFROM_CHK);
     return r;
 }
@@ -669,6 +743,8 @@ static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg)
 {
     int r = real(fd, cmd, arg);
     if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && !ON_WATCHER_TABLE()) on_dup(fd, r);
+    /* A non-blocking socket's calls never wait: the hot path skips their record. */
+    if (r == 0 && cmd == F_SETFL && !ON_WATCHER_TABLE()) cw_owner_set_nonblock(fd, ((long)arg & O_NONBLOCK) != 0);
     return r;
 }
 
