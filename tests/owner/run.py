@@ -10,7 +10,6 @@ sockets on 127.0.0.1, the kernel's view (ss, /proc/PID/task) as ground truth.
 A program whose library is not installed (libuv1-dev, libevent-dev, libev-dev) is a SKIP with
 the reason.  The closing line is 'N passed, N failed, N skipped'.
 """
-import argparse
 import os
 import re
 import shutil
@@ -521,18 +520,14 @@ def test_loop_entry_points_without_the_libraries():
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('-k', default=None)
-    ap.add_argument('-v', action='store_true')
-    ap.add_argument('--build', action='store_true', help='build the programs whose libraries are installed, and stop')
-    args = ap.parse_args()
-    if args.build:
+    if sys.argv[1:] == ['--build']:
         for name in PROGRAMS:
             try:
                 program(name)
             except TestSkip as ex:
                 print('owner: %s not built: %s' % (name, ex))
         return 0
+    args = harness.suite_arguments(__doc__)
     selected = registry.select(args.k)
     missing = harness.missing_library()
     if missing:
