@@ -128,6 +128,7 @@ void cw_slot_forget(int fd)
     uint32_t old = atomic_load_explicit(&s->seq, memory_order_relaxed);
     if (CW_SEQ_KIND(old) == CW_KIND_FREE) return;
     atomic_store_explicit(&s->seq, next_seq(old, CW_KIND_FREE), memory_order_release);
+    cw_owner_forget(s);
 }
 
 void cw_slot_forget_range(unsigned first, unsigned last)

@@ -14,7 +14,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-CW_HIDDEN uintptr_t cw_owner_slots_base, cw_owner_base;
+CW_HIDDEN uintptr_t cw_owner_bias;
 static const _Atomic int64_t no_tick;
 CW_HIDDEN const _Atomic int64_t *cw_tick_word = &no_tick;
 CW_HIDDEN __thread int32_t cw_self_tid_cache __attribute__((tls_model("initial-exec")));
@@ -90,33 +90,38 @@ void cw_threads_after_fork_child(void)
     if (atomic_load(&release_key_made) == 1) pthread_setspecific(release_key, NULL);
 }
 
-void cw_owner_birth(struct cw_slot *s, unsigned kind)
-{
-    struct cw_owner *o = cw_owner_of(s);
-    atomic_store_explicit(&o->seq, 0, memory_order_relaxed);
-    atomic_store_explicit(&o->reg_stack, 0, memory_order_relaxed);
-    atomic_store_explicit(&o->reg_cbs, 0, memory_order_relaxed);
-    int32_t tid = cw_self_tid();
-    uint32_t flags = kind == CW_KIND_TCP || kind == CW_KIND_LISTEN ? CW_OWNER_FLAGS : 0;
-    atomic_store_explicit(&o->tid, (tid > 0 ? (uint32_t)tid : 0) | flags, memory_order_relaxed);
-}
-
 void cw_owner_set_nonblock(int fd, int on)
 {
     struct cw_owner *o = cw_owner_peek(fd);
     if (o == NULL || !(atomic_load_explicit(&o->tid, memory_order_relaxed) & CW_OWNER_TRACKED)) return;
-    if (on) atomic_fetch_and_explicit(&o->tid, ~CW_OWNER_MAYBLOCK, memory_order_relaxed);
-    else atomic_fetch_or_explicit(&o->tid, CW_OWNER_MAYBLOCK, memory_order_relaxed);
+    /* A plain store: a racing call of another thread at worst names itself owner again. */
+    uint32_t w = atomic_load_explicit(&o->tid, memory_order_relaxed);
+    atomic_store_explicit(&o->tid, on ? w & ~CW_OWNER_MAYBLOCK : w | CW_OWNER_MAYBLOCK, memory_order_relaxed);
 }
 
-struct cw_thread_rec *cw_block_record(unsigned call, int fd, uintptr_t caller)
+void cw_block_record(unsigned call, int fd, uintptr_t caller)
 {
     struct cw_thread_rec *t = cw_self_rec;
-    if (CW_UNLIKELY((uintptr_t)t <= 2) && (t != NULL || (t = cw_thread_claim()) == NULL)) return NULL;
+    if (CW_UNLIKELY((uintptr_t)t <= 2) && (t != NULL || (t = cw_thread_claim()) == NULL)) return;
     uint32_t since = (uint32_t)atomic_load_explicit(cw_tick_word, memory_order_relaxed);
     atomic_store_explicit(&t->caller, caller, memory_order_relaxed);
     atomic_store_explicit(&t->now, cw_thread_pack(call, fd, since), memory_order_release);
-    return t;
+}
+
+void cw_owner_claim(struct cw_owner *o)
+{
+    int32_t tid = cw_self_tid();
+    if (o == NULL || tid <= 0) return; /* the library's own thread names no owner */
+    uint32_t w = atomic_load_explicit(&o->tid, memory_order_relaxed);
+    if ((w & ~CW_OWNER_FLAGS) != (uint32_t)tid)
+        atomic_store_explicit(&o->tid, (uint32_t)tid | (w & CW_OWNER_FLAGS), memory_order_relaxed);
+}
+
+void cw_block_record_end(struct cw_owner *o)
+{
+    struct cw_thread_rec *t = cw_self_rec;
+    if ((uintptr_t)t > 2) atomic_store_explicit(&t->now, 0, memory_order_release);
+    cw_owner_claim(o);
 }
 
 void cw_owner_copy(const struct cw_slot *from, struct cw_slot *to, uint32_t to_seq)
@@ -173,9 +178,12 @@ void cw_owner_register(int fd, unsigned call, const uintptr_t cbs[CW_CB_COUNT], 
     uint32_t id = cw_stack_store_values(list, CW_CB_COUNT);
     cw_modules_cover(list + 1, CW_CB_COUNT - 1);
     struct cw_owner *o = cw_owner_of(s);
+    cw_owner_claim(o);
+    int same_life = atomic_load_explicit(&o->seq, memory_order_relaxed) == seq;
     atomic_store_explicit(&o->seq, 0, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
-    if (stack != 0) atomic_store_explicit(&o->reg_stack, stack, memory_order_relaxed);
+    /* A registration without a stack keeps the one before it, of this life only. */
+    if (stack != 0 || !same_life) atomic_store_explicit(&o->reg_stack, stack, memory_order_relaxed);
     atomic_store_explicit(&o->reg_cbs, id, memory_order_relaxed);
     atomic_store_explicit(&o->seq, seq, memory_order_release);
 }

@@ -71,12 +71,14 @@ static inline uint64_t cw_thread_pack(unsigned call, int fd, uint32_t since)
     return (uint64_t)(call & 0xffu) << 56 | (uint64_t)((unsigned)fd & CW_THREAD_FD_NONE) << 32 | since;
 }
 
-/* The owner record of a slot (same chunk, same index, in the owner pool). */
-CW_HIDDEN extern uintptr_t cw_owner_slots_base, cw_owner_base;
+/* The owner record of a slot (same chunk, same index, in the owner pool): a quarter of the slot's
+ * offset in the slot pool, from the owner pool.  cw_owner_bias is owner pool - slot pool / 4
+ * (modulo 2^64: the pools are page-aligned). */
+#define CW_OWNER_SCALE (sizeof(struct cw_slot) / sizeof(struct cw_owner))
+CW_HIDDEN extern uintptr_t cw_owner_bias;
 static inline struct cw_owner *cw_owner_of(const struct cw_slot *s)
 {
-    return (struct cw_owner *)(cw_owner_base + ((uintptr_t)s - cw_owner_slots_base) / (sizeof(struct cw_slot) /
-                                                                                        sizeof(struct cw_owner)));
+    return (struct cw_owner *)(cw_owner_bias + (uintptr_t)s / CW_OWNER_SCALE);
 }
 
 /* This thread's id (gettid once per thread) and its record (claimed on first use; NULL: none,
@@ -102,17 +104,17 @@ static inline struct cw_owner *cw_owner_peek(int fd)
 }
 
 /*
- * Around a call on a descriptor: for a TCP socket of the table that may block, what the thread
- * is blocked in, stored before the call (out of line) and cleared after it (a signal handler's
- * call inside a blocked one clears the outer's too: the thread then reads as not blocked until
- * its next call); after a call that succeeded, the thread as the socket's owner.  A file or a
- * pipe costs a load; a non-blocking socket, a load, a compare and, when another thread owned
- * it, a store.  No system call: a blocking call's start time is the watcher's last tick.
+ * Around a call on a descriptor.  On a TCP socket of the table whose calls may block: what the
+ * thread is blocked in, stored before the call and cleared after it (a signal handler's call
+ * inside a blocked one clears the outer's too: the thread then reads as not blocked until its
+ * next call), and the thread as the socket's owner after it; both out of line.  A non-blocking
+ * socket (an event loop's: its owner is the thread that accepted it, registered it with the loop,
+ * or read its EOF) costs the load of its owner word and a test; a file or a pipe the same, and
+ * nothing after the call.  No system call: a blocking call's start time is the watcher's last tick.
  */
 struct cw_blocking {
     struct cw_owner *owner;      /* NULL: no slot */
     uint32_t word;               /* the owner word before the call */
-    struct cw_thread_rec *rec;   /* NULL: no record written */
 };
 /* cw_self_rec when the thread has no record: all were taken (its calls go unrecorded, it can
  * still own descriptors), or it is the library's own thread (nothing of it is recorded; its
@@ -121,38 +123,54 @@ struct cw_blocking {
 #define CW_OWN_THREAD ((struct cw_thread_rec *)2)
 /* The watcher's tick word (a zero until there is a region): the hooks' clock. */
 CW_HIDDEN extern const _Atomic int64_t *cw_tick_word;
-/* The record of a call that may block, written; NULL if there is none to write. */
-CW_HIDDEN struct cw_thread_rec *cw_block_record(unsigned call, int fd, uintptr_t caller);
+/* A call that may block: its record written / cleared and the thread made the owner. */
+CW_HIDDEN void cw_block_record(unsigned call, int fd, uintptr_t caller);
+CW_HIDDEN void cw_block_record_end(struct cw_owner *o);
+/* This thread is the socket's owner now (the flags of the word kept). */
+CW_HIDDEN void cw_owner_claim(struct cw_owner *o);
 
 static inline void cw_block_enter(struct cw_blocking *b, unsigned call, int fd, int nowait, uintptr_t caller)
 {
     struct cw_owner *o = cw_owner_peek(fd);
     uint32_t w = o != NULL ? atomic_load_explicit(&o->tid, memory_order_relaxed) : 0;
+    if (CW_UNLIKELY(w & CW_OWNER_MAYBLOCK)) {
+        if (nowait) w &= ~CW_OWNER_MAYBLOCK;
+        else cw_block_record(call, fd, caller);
+    }
     b->owner = o;
     b->word = w;
-    b->rec = CW_UNLIKELY((w & CW_OWNER_MAYBLOCK) && !nowait) ? cw_block_record(call, fd, caller) : NULL;
 }
 
-/* After the call (ok: it succeeded). */
-static inline void cw_block_leave(const struct cw_blocking *b, int ok)
+static inline void cw_block_leave(const struct cw_blocking *b)
 {
-    if (CW_UNLIKELY(b->rec != NULL)) atomic_store_explicit(&b->rec->now, 0, memory_order_release);
-    if (!(b->word & CW_OWNER_TRACKED) || !ok) return;
-    int32_t tid = cw_self_tid_cache;
-    if (CW_UNLIKELY(tid <= 0)) {
-        if (tid < 0) return; /* the library's own thread */
-        tid = cw_self_tid_slow();
-    }
-    /* Compared with the word read before the call: a store at most. */
-    if ((b->word & ~CW_OWNER_FLAGS) != (uint32_t)tid)
-        atomic_store_explicit(&b->owner->tid, (uint32_t)tid | (b->word & CW_OWNER_FLAGS), memory_order_relaxed);
+    if (CW_UNLIKELY(b->word & CW_OWNER_MAYBLOCK)) cw_block_record_end(b->owner);
 }
 
 /* The socket's O_NONBLOCK, as its birth or fcntl(F_SETFL) set it. */
 CW_HIDDEN void cw_owner_set_nonblock(int fd, int on);
 
-/* A new life of the slot, of that kind: owned by this thread, no registration. */
-CW_HIDDEN void cw_owner_birth(struct cw_slot *s, unsigned kind);
+/* A new life of the slot, of that kind: owned by this thread, no registration (the one there
+ * is of another life: its seq says so). */
+static inline void cw_owner_birth(struct cw_slot *s, unsigned kind)
+{
+    struct cw_owner *o = cw_owner_of(s);
+    int32_t tid = cw_self_tid();
+    uint32_t flags = kind == CW_KIND_TCP || kind == CW_KIND_LISTEN ? CW_OWNER_FLAGS : 0;
+    atomic_store_explicit(&o->seq, 0, memory_order_relaxed);
+    atomic_store_explicit(&o->tid, (tid > 0 ? (uint32_t)tid : 0) | flags, memory_order_relaxed);
+}
+/* Born non-blocking (SOCK_NONBLOCK): its calls never wait. */
+static inline void cw_owner_born_nonblocking(struct cw_slot *s)
+{
+    struct cw_owner *o = cw_owner_of(s);
+    atomic_store_explicit(&o->tid, atomic_load_explicit(&o->tid, memory_order_relaxed) & ~CW_OWNER_MAYBLOCK,
+                          memory_order_relaxed);
+}
+/* The descriptor is closed: its number's calls cost a load again. */
+static inline void cw_owner_forget(struct cw_slot *s)
+{
+    atomic_store_explicit(&cw_owner_of(s)->tid, 0, memory_order_relaxed);
+}
 /* dup family: the copy keeps the original's owner and registration. */
 CW_HIDDEN void cw_owner_copy(const struct cw_slot *from, struct cw_slot *to, uint32_t to_seq);
 /* Record an event-loop registration on fd (its current life): the callbacks given (0: keep

@@ -207,8 +207,7 @@ static void point_into(void *base)
     cw_region_stack_index = (_Atomic uint64_t *)(void *)(b + l.index);
     cw_region_arena = b + l.arena;
     cw_lang_point_into(b + l.lang);
-    cw_owner_slots_base = (uintptr_t)(b + l.slots);
-    cw_owner_base = (uintptr_t)(b + l.owners);
+    cw_owner_bias = (uintptr_t)(b + l.owners) - (uintptr_t)(b + l.slots) / CW_OWNER_SCALE;
     cw_tick_word = &((struct cw_shared *)base)->watcher_tick_ms;
     atomic_store_explicit((_Atomic(struct cw_shared *) *)&cw_sh, (struct cw_shared *)base, memory_order_release);
 }
