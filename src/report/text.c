@@ -128,7 +128,7 @@ static void owner(struct buf *b, int pid, const struct cw_owner_event *o)
         return;
     }
     if (o->call == NULL) {
-        buf_puts(b, ", is alive, not blocked in a read, write, accept or connect\n");
+        buf_puts(b, ", is alive, not waiting on a blocking socket\n");
         return;
     }
     buf_puts(b, ", has been blocked");
