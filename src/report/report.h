@@ -16,8 +16,8 @@ struct cw_start_event {
     int64_t grace_ms;
 };
 
-/* Who owned a leaked descriptor (watcher/owner.c): the thread that last accepted, connected,
- * read or wrote it, and what that thread is blocked in now, with that descriptor's own story. */
+/* Who owned a leaked descriptor (watcher/owner.c): the thread that last used it (shared/owners.h),
+ * and what that thread is blocked in now, with that descriptor's own story. */
 struct cw_owner_event {
     pid_t tid;
     int alive;                        /* 1 its task exists, 0 gone */

@@ -11,14 +11,14 @@
 #include "shared/fdtable.h"
 
 /*
- * Per descriptor, 16 bytes (the slot is one full cache line).  `tid` is any life's: every
- * accept, connect, read or write that succeeds stores the calling thread's id; a birth resets
+ * Per descriptor, 16 bytes (the slot is one full cache line).  `tid` is the thread that owns
+ * it: the one that made it, registered it with an event loop or read its EOF, and for a socket
+ * whose calls may block, the last to connect, read or write it; a birth sets it, a close clears
  * it.  The registration (`reg_*`) belongs to the slot's life whose seq is in `seq`: a reader
  * ignores it when the slot's seq differs.
  */
 struct cw_owner {
-    _Atomic uint32_t tid;        /* the thread that last accepted, connected, read or wrote it, and
-                                    the CW_OWNER_ flags */
+    _Atomic uint32_t tid;        /* its owner thread, and the CW_OWNER_ flags */
     _Atomic uint32_t seq;        /* the slot's seq when the registration below was made */
     _Atomic uint32_t reg_stack;  /* stack of the event-loop call that registered callbacks */
     _Atomic uint32_t reg_cbs;    /* stack store id of the callback list (CW_CB_*), 0: none */
