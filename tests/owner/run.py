@@ -40,6 +40,8 @@ PROGRAMS = {
     'tuv': (['-luv'], 'uv.h', 'libuv1-dev'),
     'tevent': (['-levent'], 'event2/bufferevent.h', 'libevent-dev'),
     'tlibev': (['-lev'], 'ev.h', 'libev-dev'),
+    'tdlopen': (['-ldl'], None, None),
+    'tplugin.so': (['-fPIC', '-shared', '-luv'], 'uv.h', 'libuv1-dev'),
 }
 FLAGS = ['-O1', '-g', '-Wall', '-Wextra', '-Werror', '-fno-omit-frame-pointer']
 
@@ -56,7 +58,8 @@ def program(name):
     if header is not None and not has_header(header):
         raise TestSkip('%s is not installed (no <%s>): .ci/run installs it' % (package, header))
     os.makedirs(BUILD, exist_ok=True)
-    return harness.build_prog(os.path.join(SRC, name + '.c'), os.path.join(BUILD, name), FLAGS, libs=libs)
+    src = os.path.join(SRC, (name[:-3] if name.endswith('.so') else name) + '.c')
+    return harness.build_prog(src, os.path.join(BUILD, name), FLAGS, libs=libs)
 
 
 def marker_line(name, mark):
@@ -517,6 +520,20 @@ def test_loop_entry_points_without_the_libraries():
             'ev_io_start returned']
     check(r.returncode == 0 and r.stdout.splitlines() == want, 'under the library: rc %d, %r (stderr %r)' % (
         r.returncode, r.stdout, r.stderr[-300:]))
+
+
+@test
+def test_libuv_in_a_plugin_loaded_rtld_local():
+    """A plugin linked with libuv, loaded with RTLD_LOCAL: libuv is outside the global scope, and
+    the plugin's uv_listen (which reaches the library first) still gets the real one."""
+    plugin, exe = program('tplugin.so'), program('tdlopen')
+    plain = subprocess.run([exe, plugin], capture_output=True, text=True, timeout=20, env=harness.clean_env())
+    check(plain.stdout.strip() == 'plugin_listen 0', 'without the library: %r %r' % (plain.stdout, plain.stderr[-200:]))
+    env = harness.clean_env()
+    env['LD_PRELOAD'] = harness.preload_value()
+    r = subprocess.run([exe, plugin], capture_output=True, text=True, timeout=20, env=env)
+    check(r.returncode == 0 and r.stdout.strip() == 'plugin_listen 0',
+          'under the library the plugin\'s uv_listen returned %r (rc %d, stderr %r)' % (r.stdout, r.returncode, r.stderr[-300:]))
 
 
 def main():
