@@ -5,6 +5,8 @@
  *   micro read   ROUNDS CALLS        read(fd, buf, 1) on a regular file (page cache)
  *   micro recv   ROUNDS CALLS        recv(fd, buf, 1, 0) on an accepted loopback TCP socket
  *                                    that has data waiting (a tracked socket under the library)
+ *   micro recvnb ROUNDS CALLS        the same on a socket accepted with SOCK_NONBLOCK (an event
+ *                                    loop's: the library keeps no record of its calls)
  *   micro accept ROUNDS CALLS DEPTH  accept() + close() of a loopback connection that is already
  *                                    queued, called DEPTH frames deep (the library takes a
  *                                    backtrace at each accept)
@@ -133,12 +135,12 @@ static NOINLINE long loop_recv(int fd, int n)
     return got;
 }
 
-static void bench_recv(void)
+static void bench_recv(int nonblocking)
 {
     struct sockaddr_in a;
     int lfd = listener(&a);
     int cfd = client(&a);
-    int sfd = accept(lfd, NULL, NULL);
+    int sfd = accept4(lfd, NULL, NULL, nonblocking ? SOCK_NONBLOCK : 0);
     if (sfd < 0) die("accept");
     char *block = malloc((size_t)calls);
     memset(block, 'y', (size_t)calls);
@@ -266,7 +268,7 @@ static void bench_accept(void)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: micro read|recv ROUNDS CALLS | micro accept ROUNDS CALLS DEPTH\n");
+        fprintf(stderr, "usage: micro read|recv|recvnb ROUNDS CALLS | micro accept ROUNDS CALLS DEPTH\n");
         return 2;
     }
     rounds = atoi(argv[2]);
@@ -275,7 +277,8 @@ int main(int argc, char **argv)
     if (rounds < 1 || calls < 1) return 2;
     results = calloc((size_t)rounds, sizeof *results);
     if (strcmp(argv[1], "read") == 0) bench_read();
-    else if (strcmp(argv[1], "recv") == 0) bench_recv();
+    else if (strcmp(argv[1], "recv") == 0) bench_recv(0);
+    else if (strcmp(argv[1], "recvnb") == 0) bench_recv(1);
     else if (strcmp(argv[1], "accept") == 0) bench_accept();
     else if (strcmp(argv[1], "fork") == 0) bench_fork();
     else return 2;

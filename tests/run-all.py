@@ -64,6 +64,7 @@ def main():
         ('backlog, children, scale', [py, 'tests/backlog_children_scale/run.py']),
         ('report tool', [py, 'tests/report/test_report.py']),
         ('metrics', [py, 'tests/metrics/run.py']),
+        ('owners and event loops', [py, 'tests/owner/run.py']),
         ('symbols and summaries', [py, 'tests/symbols/run.py']),
         ('real and hostile programs', [py, 'tests/real/run.py']),
         ('packaging', [py, 'tests/packaging/run.py']),

@@ -84,6 +84,7 @@ static void at_fork_child(void)
 {
     /* First of all: until the child has its own area, every write lands in the parent's. */
     cw_region_fork_child();
+    cw_threads_after_fork_child();
     cw_watcher_after_fork_child();
 }
 
@@ -96,6 +97,8 @@ void cw_init(void)
         /* The watcher process (watcher/process.c): its constructor takes over; its calls are its own. */
         cw_in_lib = 1;
         cw_on_private_table = 1;
+        cw_self_rec = CW_OWN_THREAD;
+        cw_self_tid_cache = -1;
         errno = saved;
         return;
     }
@@ -114,6 +117,7 @@ void cw_init(void)
     /* The unwinder (libunwind and liblzma: eleven mappings, which every fork copies and every
      * exit tears down) is loaded with the first TCP socket: a process that never makes one pays
      * for nothing but the loading of this library. */
+    cw_threads_init();
     /* Registered first, so its prepare handler runs last, right before the fork. */
     pthread_atfork(at_fork_prepare, cw_region_fork_parent, at_fork_child);
     cw_watcher_start();
@@ -133,6 +137,24 @@ __attribute__((destructor)) static void closewait_destructor(void)
     if (atomic_load(&init_state) == 2) cw_watcher_at_exit();
 }
 
+/* ---- what a thread is blocked in, who owns a descriptor ----------------- */
+
+/* Around a call that may block: its record says what the thread waits for, and a call that
+ * succeeded makes the thread the descriptor's owner.  No system call: stores, the start time is
+ * the watcher's last tick (shared/owners.h). */
+/* Declares `blocking`, for BLOCK_LEAVE after the call; `nowait`: the call cannot block
+ * (MSG_DONTWAIT). */
+#define BLOCK_ENTER(call, fd, nowait) \
+    struct cw_blocking blocking;      \
+    cw_block_enter(&blocking, (call), (fd), (nowait), (uintptr_t)__builtin_return_address(0))
+#define BLOCK_LEAVE() cw_block_leave(&blocking)
+/* Not a TCP socket of the table: nothing to do after the call (no owner, no EOF to note), so the
+ * real function is called last and nothing waits for it. */
+#define UNTRACKED_CALL(call)                                                  \
+    do {                                                                      \
+        if (!(blocking.word & CW_OWNER_TRACKED)) return call;                 \
+    } while (0)
+
 /* ---- births ---------------------------------------------------------- */
 
 static int is_tcp_request(int domain, int type, int protocol)
@@ -147,7 +169,7 @@ static uint64_t inode_of(int fd)
     return fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
 }
 
-static void birth(int fd, enum cw_kind kind, int op)
+static void birth(int fd, enum cw_kind kind, int op, int nonblocking)
 {
     if (CW_UNLIKELY(atomic_load_explicit(&init_state, memory_order_acquire) != 2)) cw_init();
     /* Is the watcher still there?  One word; a new one if it died. */
@@ -168,6 +190,7 @@ static void birth(int fd, enum cw_kind kind, int op)
     if (s == NULL) return;
     uint32_t stack = (kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && !cw_in_lib ? cw_stack_capture() : 0;
     cw_slot_birth(s, kind, op, stack, inode_of(fd));
+    if (nonblocking) cw_owner_born_nonblocking(s);
     if (kind == CW_KIND_TCP && !cw_in_lib) {
         uint32_t java = cw_jvm_stack();
         if (CW_UNLIKELY(java != 0)) cw_lang_note_id(fd, CW_LANG_OPEN, java);
@@ -195,10 +218,12 @@ static enum cw_kind classify(int fd)
     return CW_KIND_OTHER;
 }
 
-static void on_accept(int lfd, int fd, int op)
+static void on_accept(int lfd, int fd, int op, int nonblocking)
 {
     int saved = errno;
-    struct cw_slot *ls = cw_slot_get(lfd);
+    /* The listener's slot is there already unless it was inherited: no chunk to make then. */
+    struct cw_slot *ls = cw_slot_peek(lfd);
+    if (CW_UNLIKELY(ls == NULL)) ls = cw_slot_get(lfd);
     enum cw_kind lkind = CW_KIND_OTHER;
     if (ls != NULL) {
         lkind = (enum cw_kind)CW_SEQ_KIND(atomic_load_explicit(&ls->seq, memory_order_acquire));
@@ -209,7 +234,7 @@ static void on_accept(int lfd, int fd, int op)
         }
     }
     if (lkind == CW_KIND_TCP || lkind == CW_KIND_LISTEN) {
-        birth(fd, CW_KIND_TCP, op);
+        birth(fd, CW_KIND_TCP, op, nonblocking);
         struct cw_slot *s = cw_slot_peek(fd);
         if (s != NULL) atomic_store_explicit(&s->origin_fd, lfd, memory_order_relaxed);
         /* Only while the watcher sees a queue on this listener: did the client give up
@@ -241,7 +266,7 @@ int socket(int domain, int type, int protocol)
     if (fd >= 0) {
         int saved = errno;
         if (is_tcp_request(domain, type, protocol)) {
-            birth(fd, CW_KIND_TCP, CW_OP_SOCKET);
+            birth(fd, CW_KIND_TCP, CW_OP_SOCKET, (type & SOCK_NONBLOCK) != 0);
             if (domain == AF_INET6 && cw_me != NULL) atomic_store_explicit(&cw_me->any_inet6, 1, memory_order_relaxed);
         } else {
             cw_slot_forget(fd);
@@ -256,7 +281,7 @@ int accept(int fd, struct sockaddr *addr, socklen_t *len)
     CW_REAL(accept);
     if (ON_WATCHER_TABLE()) return real_accept(fd, addr, len);
     int r = real_accept(fd, addr, len);
-    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT);
+    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT, 0);
     return r;
 }
 
@@ -265,7 +290,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
     CW_REAL(accept4);
     if (ON_WATCHER_TABLE()) return real_accept4(fd, addr, len, flags);
     int r = real_accept4(fd, addr, len, flags);
-    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT4);
+    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT4, (flags & SOCK_NONBLOCK) != 0);
     return r;
 }
 
@@ -273,7 +298,10 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     CW_REAL(connect);
     if (ON_WATCHER_TABLE()) return real_connect(fd, addr, len);
+    BLOCK_ENTER(CW_CALL_CONNECT, fd, 0);
+    UNTRACKED_CALL(real_connect(fd, addr, len));
     int r = real_connect(fd, addr, len);
+    BLOCK_LEAVE();
     struct cw_slot *s = cw_slot_peek(fd);
     if (s != NULL && CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_relaxed)) == CW_KIND_TCP)
         atomic_fetch_or_explicit(&s->flags, CW_SF_CLIENT, memory_order_relaxed);
@@ -293,7 +321,7 @@ int listen(int fd, int backlog)
             if (k == CW_KIND_FREE) k = classify(fd);
             if (k == CW_KIND_TCP || k == CW_KIND_LISTEN) {
                 /* The listen() site is what a backlog finding points at. */
-                birth(fd, CW_KIND_LISTEN, CW_OP_SOCKET);
+                birth(fd, CW_KIND_LISTEN, CW_OP_SOCKET, 0);
                 atomic_store_explicit(&s->backlog, backlog, memory_order_relaxed);
             } else if (k == CW_KIND_OTHER) {
                 cw_slot_birth(s, CW_KIND_OTHER, CW_OP_NONE, 0, 0);
@@ -440,7 +468,41 @@ ssize_t write(int fd, const void *buf, size_t n)
         errno = EBADF;
         return -1;
     }
-    return real_write(fd, buf, n);
+    BLOCK_ENTER(CW_CALL_WRITE, fd, 0);
+    UNTRACKED_CALL(real_write(fd, buf, n));
+    ssize_t r = real_write(fd, buf, n);
+    BLOCK_LEAVE();
+    return r;
+}
+
+ssize_t send(int fd, const void *buf, size_t n, int flags)
+{
+    CW_REAL(send);
+    BLOCK_ENTER(CW_CALL_SEND, fd, (flags & MSG_DONTWAIT) != 0);
+    UNTRACKED_CALL(real_send(fd, buf, n, flags));
+    ssize_t r = real_send(fd, buf, n, flags);
+    BLOCK_LEAVE();
+    return r;
+}
+
+ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t len)
+{
+    CW_REAL(sendto);
+    BLOCK_ENTER(CW_CALL_SENDTO, fd, (flags & MSG_DONTWAIT) != 0);
+    UNTRACKED_CALL(real_sendto(fd, buf, n, flags, addr, len));
+    ssize_t r = real_sendto(fd, buf, n, flags, addr, len);
+    BLOCK_LEAVE();
+    return r;
+}
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    CW_REAL(sendmsg);
+    BLOCK_ENTER(CW_CALL_SENDMSG, fd, (flags & MSG_DONTWAIT) != 0);
+    UNTRACKED_CALL(real_sendmsg(fd, msg, flags));
+    ssize_t r = real_sendmsg(fd, msg, flags);
+    BLOCK_LEAVE();
+    return r;
 }
 
 /* ---- reads: only a return of 0 for a non-empty buffer is worth a look -- */
@@ -477,6 +539,8 @@ static void on_eof(int fd, int op)
     atomic_store_explicit(&s->eof_by, (uint8_t)op, memory_order_relaxed);
     atomic_store_explicit(&s->eof_ms, cw_now_ms(), memory_order_relaxed);
     atomic_fetch_or_explicit(&s->flags, CW_SF_EOF, memory_order_release);
+    /* The thread that read the EOF is the one that should close it. */
+    cw_owner_claim(cw_owner_peek(fd));
     errno = saved;
 }
 
@@ -491,7 +555,10 @@ ssize_t read(int fd, void *buf, size_t n)
 {
     CW_REAL(read);
     if (FROM_UNWINDER()) return unwinder_read(fd, buf, n);
+    BLOCK_ENTER(CW_CALL_READ, fd, 0);
+    UNTRACKED_CALL(real_read(fd, buf, n));
     ssize_t r = real_read(fd, buf, n);
+    BLOCK_LEAVE();
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_READ);
     return r;
 }
@@ -499,7 +566,10 @@ ssize_t read(int fd, void *buf, size_t n)
 ssize_t readv(int fd, const struct iovec *iov, int cnt)
 {
     CW_REAL(readv);
+    BLOCK_ENTER(CW_CALL_READV, fd, 0);
+    UNTRACKED_CALL(real_readv(fd, iov, cnt));
     ssize_t r = real_readv(fd, iov, cnt);
+    BLOCK_LEAVE();
     if (CW_UNLIKELY(r == 0) && cnt > 0 && iov_total(iov, (size_t)cnt) != 0) on_eof(fd, CW_OP_READV);
     return r;
 }
@@ -507,7 +577,10 @@ ssize_t readv(int fd, const struct iovec *iov, int cnt)
 ssize_t recv(int fd, void *buf, size_t n, int flags)
 {
     CW_REAL(recv);
+    BLOCK_ENTER(CW_CALL_RECV, fd, (flags & MSG_DONTWAIT) != 0);
+    UNTRACKED_CALL(real_recv(fd, buf, n, flags));
     ssize_t r = real_recv(fd, buf, n, flags);
+    BLOCK_LEAVE();
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECV);
     return r;
 }
@@ -515,7 +588,10 @@ ssize_t recv(int fd, void *buf, size_t n, int flags)
 ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, socklen_t *len)
 {
     CW_REAL(recvfrom);
+    BLOCK_ENTER(CW_CALL_RECVFROM, fd, (flags & MSG_DONTWAIT) != 0);
+    UNTRACKED_CALL(real_recvfrom(fd, buf, n, flags, addr, len));
     ssize_t r = real_recvfrom(fd, buf, n, flags, addr, len);
+    BLOCK_LEAVE();
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECVFROM);
     return r;
 }
@@ -523,7 +599,10 @@ ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, 
 ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
     CW_REAL(recvmsg);
+    BLOCK_ENTER(CW_CALL_RECVMSG, fd, (flags & MSG_DONTWAIT) != 0);
+    UNTRACKED_CALL(real_recvmsg(fd, msg, flags));
     ssize_t r = real_recvmsg(fd, msg, flags);
+    BLOCK_LEAVE();
     if (CW_UNLIKELY(r == 0) && msg != NULL && msg->msg_iovlen > 0 &&
         iov_total(msg->msg_iov, msg->msg_iovlen) != 0)
         on_eof(fd, CW_OP_RECVMSG);
@@ -533,7 +612,10 @@ ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct timespec *timeout)
 {
     CW_REAL(recvmmsg);
+    BLOCK_ENTER(CW_CALL_RECVMMSG, fd, (flags & MSG_DONTWAIT) != 0);
+    UNTRACKED_CALL(real_recvmmsg(fd, vec, vlen, flags, timeout));
     int r = real_recvmmsg(fd, vec, vlen, flags, timeout);
+    BLOCK_LEAVE();
     /* On a stream socket the kernel ends the batch at EOF with an empty last message. */
     if (CW_UNLIKELY(r > 0) && vec[r - 1].msg_len == 0 && vec[r - 1].msg_hdr.msg_iovlen > 0 &&
         iov_total(vec[r - 1].msg_hdr.msg_iov, vec[r - 1].msg_hdr.msg_iovlen) != 0)
@@ -546,7 +628,10 @@ ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen);
 ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen)
 {
     CW_REAL(__read_chk);
+    BLOCK_ENTER(CW_CALL_READ, fd, 0);
+    UNTRACKED_CALL(real___read_chk(fd, buf, n, buflen));
     ssize_t r = real___read_chk(fd, buf, n, buflen);
+    BLOCK_LEAVE();
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_READ_CHK);
     return r;
 }
@@ -555,7 +640,10 @@ ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags);
 ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags)
 {
     CW_REAL(__recv_chk);
+    BLOCK_ENTER(CW_CALL_RECV, fd, (flags & MSG_DONTWAIT) != 0);
+    UNTRACKED_CALL(real___recv_chk(fd, buf, n, buflen, flags));
     ssize_t r = real___recv_chk(fd, buf, n, buflen, flags);
+    BLOCK_LEAVE();
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECV_CHK);
     return r;
 }
@@ -566,7 +654,10 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, st
                        socklen_t *len)
 {
     CW_REAL(__recvfrom_chk);
+    BLOCK_ENTER(CW_CALL_RECVFROM, fd, (flags & MSG_DONTWAIT) != 0);
+    UNTRACKED_CALL(real___recvfrom_chk(fd, buf, n, buflen, flags, addr, len));
     ssize_t r = real___recvfrom_chk(fd, buf, n, buflen, flags, addr, len);
+    BLOCK_LEAVE();
     if (CW_UNLIKELY(r == 0) && n != 0) on_eof(fd, CW_OP_RECVFROM_CHK);
     return r;
 }
@@ -674,6 +765,8 @@ static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg)
 {
     int r = real(fd, cmd, arg);
     if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && !ON_WATCHER_TABLE()) on_dup(fd, r);
+    /* A non-blocking socket's calls never wait: the hot path skips their record. */
+    if (r == 0 && cmd == F_SETFL && !ON_WATCHER_TABLE()) cw_owner_set_nonblock(fd, ((long)arg & O_NONBLOCK) != 0);
     return r;
 }
 
@@ -789,10 +882,10 @@ long syscall(long number, ...)
             on_dup((int)a1, (int)r);
             break;
         case SYS_accept:
-            on_accept((int)a1, (int)r, CW_OP_ACCEPT);
+            on_accept((int)a1, (int)r, CW_OP_ACCEPT, 0);
             break;
         case SYS_accept4:
-            on_accept((int)a1, (int)r, CW_OP_ACCEPT4);
+            on_accept((int)a1, (int)r, CW_OP_ACCEPT4, ((unsigned long)a4 & SOCK_NONBLOCK) != 0);
             break;
         default:
             break;

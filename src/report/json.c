@@ -26,28 +26,34 @@ static void head(struct buf *b, const char *event, pid_t pid)
                (long long)wall);
 }
 
+static void frame_obj(struct buf *b, const struct cw_frame *f)
+{
+    buf_printf(b, "{\"pc\":\"0x%lx\",\"module\":", (unsigned long)f->pc);
+    buf_json_str(b, f->module);
+    buf_printf(b, ",\"offset\":\"0x%lx\"", (unsigned long)f->offset);
+    if (f->build_id != NULL) buf_printf(b, ",\"build_id\":\"%s\"", f->build_id);
+    if (f->function != NULL) {
+        buf_puts(b, ",\"function\":");
+        buf_json_str(b, f->function);
+    }
+    if (f->file != NULL) {
+        buf_puts(b, ",\"file\":");
+        buf_json_str(b, f->file);
+        buf_printf(b, ",\"line\":%d", f->line);
+    }
+    if (f->inlined) buf_puts(b, ",\"inlined\":true");
+    if (f->tail_call) buf_puts(b, ",\"tail_call\":true");
+    buf_puts(b, "}");
+}
+
 static void frames(struct buf *b, const char *key, uint32_t id)
 {
     struct cw_frame f[CW_MAX_FRAMES];
     int n = cw_report_frames(id, f, CW_MAX_FRAMES);
     buf_printf(b, ",\"%s\":[", key);
     for (int i = 0; i < n; i++) {
-        buf_printf(b, "%s{\"pc\":\"0x%lx\",\"module\":", i ? "," : "", (unsigned long)f[i].pc);
-        buf_json_str(b, f[i].module);
-        buf_printf(b, ",\"offset\":\"0x%lx\"", (unsigned long)f[i].offset);
-        if (f[i].build_id != NULL) buf_printf(b, ",\"build_id\":\"%s\"", f[i].build_id);
-        if (f[i].function != NULL) {
-            buf_puts(b, ",\"function\":");
-            buf_json_str(b, f[i].function);
-        }
-        if (f[i].file != NULL) {
-            buf_puts(b, ",\"file\":");
-            buf_json_str(b, f[i].file);
-            buf_printf(b, ",\"line\":%d", f[i].line);
-        }
-        if (f[i].inlined) buf_puts(b, ",\"inlined\":true");
-        if (f[i].tail_call) buf_puts(b, ",\"tail_call\":true");
-        buf_puts(b, "}");
+        if (i) buf_puts(b, ",");
+        frame_obj(b, &f[i]);
     }
     buf_puts(b, "]");
 }
@@ -84,6 +90,57 @@ static void lang_frames(struct buf *b, const char *key, uint32_t id, int lang)
         buf_puts(b, "null");
 }
 
+/* One code address as a frame: exact (a callback's entry) or a return address. */
+static void pc_frame(struct buf *b, const char *key, uintptr_t pc, int exact)
+{
+    struct cw_frame f[CW_MAX_FRAMES];
+    int n = cw_symbolize(pc, exact, f, CW_MAX_FRAMES);
+    buf_printf(b, ",\"%s\":", key);
+    if (n > 0) {
+        frame_obj(b, &f[0]);
+    } else {
+        struct cw_frame none = {.pc = pc};
+        frame_obj(b, &none);
+    }
+}
+
+static void owner(struct buf *b, const struct cw_owner_event *o)
+{
+    buf_printf(b, ",\"owner\":{\"tid\":%ld,\"alive\":%s", (long)o->tid, o->alive ? "true" : "false");
+    if (o->name[0] != '\0') {
+        buf_puts(b, ",\"name\":");
+        buf_json_str(b, o->name);
+    }
+    if (o->unrecorded) buf_puts(b, ",\"calls_recorded\":false");
+    if (o->call != NULL) {
+        buf_printf(b, ",\"blocked_in\":\"%s\"", o->call);
+        if (o->fd >= 0) buf_printf(b, ",\"blocked_fd\":%d", o->fd);
+        if (o->blocked_ms >= 0) buf_printf(b, ",\"blocked_ms\":%lld", (long long)o->blocked_ms);
+        if (o->caller != 0) pc_frame(b, "blocked_caller", o->caller, 0);
+        if (o->fd_tracked) {
+            buf_puts(b, ",\"blocked_fd_socket\":{\"local\":");
+            buf_json_str(b, o->local);
+            buf_puts(b, ",\"peer\":");
+            buf_json_str(b, o->peer);
+            buf_printf(b, ",\"state\":\"%s\",\"opened_by\":\"%s\",\"role\":\"%s\"", o->state, o->opened_by, o->role);
+            frames(b, "open_stack", o->open_stack);
+            buf_puts(b, "}");
+        }
+    }
+    buf_puts(b, "}");
+}
+
+static void callbacks(struct buf *b, const struct cw_callbacks_event *c)
+{
+    buf_printf(b, ",\"callbacks\":{\"registered_by\":\"%s\"", c->registered_by);
+    if (c->connection != 0) pc_frame(b, "connection", c->connection, 1);
+    if (c->read != 0) pc_frame(b, "read", c->read, 1);
+    if (c->write != 0) pc_frame(b, "write", c->write, 1);
+    if (c->event != 0) pc_frame(b, "event", c->event, 1);
+    if (c->stack != 0) frames(b, "registration_stack", c->stack);
+    buf_puts(b, "}");
+}
+
 static void start(struct buf *b, const struct cw_start_event *e)
 {
     head(b, "start", e->pid);
@@ -107,6 +164,8 @@ static void leak(struct buf *b, const struct cw_leak_event *e)
         frames(&fr, "eof_stack", e->eof_stack);
         lang_frames(&fr, "lang_eof", e->lang_eof, e->lang_open == 0);
     }
+    if (e->owner != NULL) owner(&fr, e->owner);
+    if (e->callbacks != NULL) callbacks(&fr, e->callbacks);
     int64_t now = cw_now_ms();
     head(b, "leak", e->pid);
     buf_printf(b, ",\"fd\":%d,\"reason\":\"%s\",\"state\":\"%s\",\"local\":", e->fd, e->reason, e->state);

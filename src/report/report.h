@@ -16,6 +16,30 @@ struct cw_start_event {
     int64_t grace_ms;
 };
 
+/* Who owned a leaked descriptor (watcher/owner.c): the thread that last used it (shared/owners.h),
+ * and what that thread is blocked in now, with that descriptor's own story. */
+struct cw_owner_event {
+    pid_t tid;
+    int alive;                        /* 1 its task exists, 0 gone */
+    char name[32];                    /* its comm, "" unknown */
+    int unrecorded;                   /* alive, but its calls are not recorded (no record left) */
+    const char *call;                 /* blocked in this call; NULL: in none closewait watches */
+    int fd;                           /* on this descriptor, -1 unknown */
+    int64_t blocked_ms;               /* -1 unknown; at most one watcher interval long */
+    uintptr_t caller;                 /* the program's return address out of the call, 0 unknown */
+    int fd_tracked;                   /* the descriptor below is a TCP socket of the table */
+    char local[64], peer[64];
+    const char *state, *opened_by, *role;
+    uint32_t open_stack;
+};
+
+/* Callbacks an event loop was given for the descriptor (hooks/loops.c), code addresses, 0: none. */
+struct cw_callbacks_event {
+    const char *registered_by;        /* the registering call */
+    uint32_t stack;                   /* its stack */
+    uintptr_t connection, read, write, event;
+};
+
 /* A descriptor held past the grace period after the peer's FIN. */
 struct cw_leak_event {
     pid_t pid;
@@ -36,6 +60,9 @@ struct cw_leak_event {
     int site_first;                   /* the open site's first report in this process */
     int eof_stack_shown;              /* this EOF stack was written in full before */
     uint32_t lang_open, lang_eof;     /* the program's own stacks in its language (langstack.h), 0: none */
+    const struct cw_owner_event *owner;         /* NULL: unknown */
+    const struct cw_callbacks_event *callbacks; /* NULL: none registered */
+    int reg_stack_shown;              /* the registration stack was written in full before */
 };
 
 /* A reported descriptor closed at last. */

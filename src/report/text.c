@@ -4,6 +4,7 @@
 #include "report/report.h"
 #include "unwind/symbolize.h"
 #include "shared/langstack.h"
+#include "shared/owners.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +73,106 @@ static void stack(struct buf *b, uint32_t native, uint32_t lang)
     frames_upto(b, native, 6);
 }
 
+/* "function file:line" of a frame. */
+static void frame_name(struct buf *b, const struct cw_frame *f)
+{
+    buf_puts(b, f->function != NULL ? f->function : "??");
+    if (f->file != NULL) {
+        const char *base = strrchr(f->file, '/');
+        buf_printf(b, " %s:%d", base != NULL ? base + 1 : f->file, f->line);
+    }
+}
+
+/* Frames of the C library, the loader, the unwinder, sanitizer runtimes and ours: not where a
+ * person looks (closewait-report's top frame skips the same). */
+static int system_frame(const struct cw_frame *f)
+{
+    static const char *const prefixes[] = {"libclosewait", "libc.so", "libc-", "libpthread", "ld-", "ld.so",
+                                            "libunwind", "libdl.so", "libasan.so", "libtsan.so", "libubsan.so",
+                                            "liblsan.so", "libhwasan.so"};
+    if (f->module == NULL) return 0;
+    const char *base = strrchr(f->module, '/');
+    base = base != NULL ? base + 1 : f->module;
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+        if (strncmp(base, prefixes[i], strlen(prefixes[i])) == 0) return 1;
+    return 0;
+}
+
+/* The innermost frame of a stored stack in the program's own code, by name. */
+static void stack_top(struct buf *b, uint32_t id)
+{
+    struct cw_frame f[8];
+    int n = cw_report_frames(id, f, 8), i = 0;
+    while (i < n - 1 && system_frame(&f[i])) i++;
+    if (n > 0) frame_name(b, &f[i]);
+    else buf_puts(b, "??");
+}
+
+static void pc_name(struct buf *b, uintptr_t pc, int exact)
+{
+    struct cw_frame f[CW_MAX_FRAMES];
+    if (cw_symbolize(pc, exact, f, CW_MAX_FRAMES) > 0) frame_name(b, &f[0]);
+    else buf_printf(b, "0x%lx", (unsigned long)pc);
+}
+
+static void owner(struct buf *b, int pid, const struct cw_owner_event *o)
+{
+    buf_printf(b, "==%d==  its owner, thread %ld", pid, (long)o->tid);
+    if (o->name[0] != '\0') buf_printf(b, " (%s)", o->name);
+    if (!o->alive) {
+        buf_puts(b, ", has exited\n");
+        return;
+    }
+    if (o->unrecorded) {
+        buf_printf(b, ", is alive; its calls are not recorded (more than %d threads)\n", CW_MAX_THREADS);
+        return;
+    }
+    if (o->call == NULL) {
+        buf_puts(b, ", is alive, not waiting on a blocking socket\n");
+        return;
+    }
+    buf_puts(b, ", has been blocked");
+    if (o->blocked_ms >= 0) buf_printf(b, " %.1f s", (double)o->blocked_ms / 1000.0);
+    buf_printf(b, " in %s()", o->call);
+    if (o->fd >= 0) buf_printf(b, " on fd %d", o->fd);
+    if (o->caller != 0) {
+        buf_puts(b, " called from ");
+        pc_name(b, o->caller, 0);
+    }
+    buf_puts(b, "\n");
+    if (o->fd_tracked) {
+        int client = strcmp(o->role, "client") == 0;
+        buf_printf(b, "==%d==  fd %d: %s %s %s %s (%s), opened by %s at ", pid, o->fd, o->role, o->local,
+                   client ? "->" : "<-", o->peer, o->state, o->opened_by);
+        stack_top(b, o->open_stack);
+        buf_puts(b, "\n");
+    }
+}
+
+static void callbacks(struct buf *b, int pid, const struct cw_callbacks_event *c, int stack_shown)
+{
+    buf_printf(b, "==%d==  event-loop callbacks:", pid);
+    const char *sep = " ";
+    const struct { const char *role; uintptr_t pc; } cbs[] = {
+        {"read", c->read}, {"event", c->event}, {"write", c->write}, {"connection", c->connection}};
+    for (size_t i = 0; i < sizeof cbs / sizeof cbs[0]; i++) {
+        if (cbs[i].pc == 0) continue;
+        buf_printf(b, "%s%s ", sep, cbs[i].role);
+        pc_name(b, cbs[i].pc, 1);
+        sep = ", ";
+    }
+    if (c->stack == 0) {
+        buf_printf(b, "; registered by %s\n", c->registered_by);
+    } else if (stack_shown) {
+        buf_printf(b, "; registered by %s in ", c->registered_by);
+        stack_top(b, c->stack);
+        buf_puts(b, ", the same stack as shown above\n");
+    } else {
+        buf_printf(b, "; registered by %s at:\n", c->registered_by);
+        frames(b, c->stack);
+    }
+}
+
 static void leak(struct buf *b, const struct cw_leak_event *e)
 {
     int pid = (int)e->pid;
@@ -112,6 +213,8 @@ static void leak(struct buf *b, const struct cw_leak_event *e)
             stack(b, e->eof_stack, e->lang_eof);
         }
     }
+    if (e->callbacks != NULL) callbacks(b, pid, e->callbacks, e->reg_stack_shown);
+    if (e->owner != NULL) owner(b, pid, e->owner);
     if (e->inherited) {
         buf_printf(b, "Held by process %ld, which inherited it through %s at:\n", (long)e->holder, e->spawned_by);
         frames(b, e->spawn_stack);

@@ -115,6 +115,7 @@ void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack,
     atomic_store_explicit(&s->fork_gen, atomic_load_explicit(&me->fork_gen, memory_order_relaxed),
                           memory_order_relaxed);
     atomic_store_explicit(&s->origin_fd, -1, memory_order_relaxed);
+    cw_owner_birth(s, kind);
     atomic_store_explicit(&s->seq, next_seq(old + 4, kind), memory_order_release);
     if ((kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && !atomic_load_explicit(&me->any_tcp, memory_order_relaxed))
         atomic_store_explicit(&me->any_tcp, 1, memory_order_relaxed);
@@ -127,6 +128,7 @@ void cw_slot_forget(int fd)
     uint32_t old = atomic_load_explicit(&s->seq, memory_order_relaxed);
     if (CW_SEQ_KIND(old) == CW_KIND_FREE) return;
     atomic_store_explicit(&s->seq, next_seq(old, CW_KIND_FREE), memory_order_release);
+    cw_owner_forget(s);
 }
 
 void cw_slot_forget_range(unsigned first, unsigned last)
@@ -164,6 +166,7 @@ void cw_slot_copy(int from, int to)
     COPY(fork_gen);
 #undef COPY
     atomic_store_explicit(&dst->origin_fd, from, memory_order_relaxed);
+    cw_owner_copy(src, dst, next_seq(old + 4, kind));
     atomic_store_explicit(&dst->seq, next_seq(old + 4, kind), memory_order_release);
     atomic_store_explicit(&cw_me->any_tcp, 1, memory_order_relaxed);
 }

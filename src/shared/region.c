@@ -3,6 +3,7 @@
  * a memfd, shared by a program, the processes it forks, and one watcher process for all of them.
  *
  *   [control block][stack index][stack arena][areas: one per process][chunk pool: slots][peers]
+ *   [owners]
  *
  * The stack store is the tree's: a child keeps adding to it.  Each process has an area (its
  * counters, its spawn records, its module list, its chunk index) and its descriptor table in
@@ -44,9 +45,10 @@ static int region_shared; /* 1: a memfd mapping a watcher can share; 0: private 
 #define ROUND(x) (((x) + PAGE - 1) & ~(size_t)(PAGE - 1))
 #define CHUNK_SLOT_BYTES ((size_t)CW_CHUNK_SLOTS * sizeof(struct cw_slot))
 #define CHUNK_PEER_BYTES ((size_t)CW_CHUNK_SLOTS * sizeof(struct cw_peer))
+#define CHUNK_OWNER_BYTES ((size_t)CW_CHUNK_SLOTS * sizeof(struct cw_owner))
 
 struct layout {
-    size_t index, arena, areas, area_size, slots, peers, lang, size;
+    size_t index, arena, areas, area_size, slots, peers, lang, owners, size;
 };
 
 static struct layout layout(void)
@@ -66,6 +68,8 @@ static struct layout layout(void)
     off += ROUND((size_t)CW_POOL_CHUNKS * CHUNK_PEER_BYTES);
     l.lang = off;
     off += ROUND(cw_lang_section_bytes());
+    l.owners = off;
+    off += ROUND((size_t)CW_POOL_CHUNKS * CHUNK_OWNER_BYTES);
     l.size = off;
     return l;
 }
@@ -95,6 +99,12 @@ struct cw_peer *cw_pool_peers(uint32_t chunk_plus_one)
 {
     if (region_base == NULL || chunk_plus_one == 0 || chunk_plus_one > CW_POOL_CHUNKS) return NULL;
     return (struct cw_peer *)(void *)(region_base + layout().peers + (size_t)(chunk_plus_one - 1) * CHUNK_PEER_BYTES);
+}
+
+struct cw_owner *cw_pool_owners(uint32_t chunk_plus_one)
+{
+    if (region_base == NULL || chunk_plus_one == 0 || chunk_plus_one > CW_POOL_CHUNKS) return NULL;
+    return (struct cw_owner *)(void *)(region_base + layout().owners + (size_t)(chunk_plus_one - 1) * CHUNK_OWNER_BYTES);
 }
 
 /* A free bit of the map, set; its number + 1, or 0 if none is left.  Lock-free, so that a hook
@@ -127,7 +137,8 @@ uint32_t cw_pool_take(void)
     return bit_take(sh->chunk_map, CW_POOL_CHUNKS / 64);
 }
 
-_Static_assert(CHUNK_SLOT_BYTES % PAGE == 0 && CHUNK_PEER_BYTES % PAGE == 0, "chunks are whole pages");
+_Static_assert(CHUNK_SLOT_BYTES % PAGE == 0 && CHUNK_PEER_BYTES % PAGE == 0 && CHUNK_OWNER_BYTES % PAGE == 0,
+               "chunks are whole pages");
 
 /* used: how many of its slots were ever written (from the start).  Zeroed here, so that the next
  * taker starts empty without touching it. */
@@ -139,6 +150,7 @@ static void pool_give_used(uint32_t c, size_t used)
     memset(s, 0, used * sizeof(struct cw_slot));
     memset(cw_pool_peers(c), 0, used * sizeof(struct cw_peer));
     memset(cw_lang_refs(c), 0, used * sizeof(struct cw_lang_ref));
+    memset(cw_pool_owners(c), 0, used * sizeof(struct cw_owner));
     bit_give(cw_sh->chunk_map, CW_POOL_CHUNKS / 64, c);
 }
 
@@ -165,6 +177,7 @@ static struct cw_area *area_take(void)
         atomic_store(&a->spawns[i].state, 0);
         a->spawns[i].nsocks = 0;
     }
+    atomic_store(&a->thread_epoch, atomic_fetch_add(&cw_sh->thread_epochs, 1) + 1);
     atomic_store(&a->state, AREA_FORKING);
     return a;
 }
@@ -194,6 +207,8 @@ static void point_into(void *base)
     cw_region_stack_index = (_Atomic uint64_t *)(void *)(b + l.index);
     cw_region_arena = b + l.arena;
     cw_lang_point_into(b + l.lang);
+    cw_owner_bias = (uintptr_t)(b + l.owners) - (uintptr_t)(b + l.slots) / CW_OWNER_SCALE;
+    cw_tick_word = &((struct cw_shared *)base)->watcher_tick_ms;
     atomic_store_explicit((_Atomic(struct cw_shared *) *)&cw_sh, (struct cw_shared *)base, memory_order_release);
 }
 
@@ -314,6 +329,7 @@ static int take_own_copy(void)
             if (rc == 0)
                 rc = copy_written(fd, l.lang + (size_t)((unsigned char *)cw_lang_refs(k) - (region_base + l.lang)),
                                   cw_lang_refs_per_chunk_bytes(), vec);
+            if (rc == 0) rc = copy_written(fd, l.owners + (size_t)(k - 1) * CHUNK_OWNER_BYTES, CHUNK_OWNER_BYTES, vec);
         }
         munmap(vec, vec_len);
     }
@@ -413,6 +429,7 @@ void cw_region_fork_prepare(void)
         memcpy(cw_pool_slots(to), cw_pool_slots(from), n * sizeof(struct cw_slot));
         memcpy(cw_pool_peers(to), cw_pool_peers(from), n * sizeof(struct cw_peer));
         memcpy(cw_lang_refs(to), cw_lang_refs(from), n * sizeof(struct cw_lang_ref));
+        memcpy(cw_pool_owners(to), cw_pool_owners(from), n * sizeof(struct cw_owner));
         atomic_store(&a->chunk[c], to);
     }
     atomic_store(&a->fd_high, high);

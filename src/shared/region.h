@@ -4,6 +4,7 @@
 #include "base.h"
 #include "options/options.h"
 #include "shared/fdtable.h"
+#include "shared/owners.h"
 #include "shared/peers.h"
 #include "shared/spawns.h"
 
@@ -48,6 +49,7 @@ struct cw_area {
     /* written by the watcher */
     _Atomic int64_t open_now;        /* sockets held in CLOSE_WAIT now, after the last look */
     _Atomic int64_t reported;        /* leaks reported in all */
+    _Atomic uint32_t thread_epoch;   /* its thread records below hold it (shared/owners.h) */
     struct cw_stderr_id err;
     _Atomic uint32_t modules_gen;    /* the module list below: odd while being written */
     _Atomic uint32_t modules_len;
@@ -56,6 +58,7 @@ struct cw_area {
     _Atomic uint32_t chunk[CW_MAX_CHUNKS]; /* pool chunk + 1 holding fds [c*CHUNK, (c+1)*CHUNK) */
     struct cw_spawn spawns[CW_MAX_SPAWNS];
     struct cw_crossed crossed[CW_MAX_SPAWNS][CW_SPAWN_SOCKS];
+    struct cw_thread_rec threads[CW_MAX_THREADS]; /* never zeroed: free unless of thread_epoch */
 };
 
 /* The control block at the start of the region.  Words that processes wait on are 32-bit
@@ -75,6 +78,7 @@ struct cw_shared {
     _Atomic int thread_only;         /* orphans come back to the program: no watcher process */
     _Atomic uint32_t watcher_restarts; /* watchers started after one died (for the metrics) */
     _Atomic size_t arena_used;
+    _Atomic uint32_t thread_epochs;  /* the last area thread epoch given */
     char watcher_error[200];
     _Atomic uint64_t area_map[CW_MAX_AREAS / 64];
     _Atomic uint64_t chunk_map[CW_POOL_CHUNKS / 64];
@@ -90,6 +94,7 @@ CW_HIDDEN struct cw_area *cw_area_at(unsigned i);
 CW_HIDDEN int cw_area_index(const struct cw_area *a);
 CW_HIDDEN struct cw_slot *cw_pool_slots(uint32_t chunk_plus_one);
 CW_HIDDEN struct cw_peer *cw_pool_peers(uint32_t chunk_plus_one);
+CW_HIDDEN struct cw_owner *cw_pool_owners(uint32_t chunk_plus_one);
 /* A chunk from the pool (its number + 1), 0 if none is left. */
 CW_HIDDEN uint32_t cw_pool_take(void);
 CW_HIDDEN void cw_pool_give(uint32_t chunk_plus_one);

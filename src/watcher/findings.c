@@ -154,6 +154,15 @@ void cw_finding_leak(const struct observed *o, int64_t now)
     if (silent) return;
     int dups[8], ndups = 0;
     if (!l->foreign) ndups = cw_proc_fds_of_socket(o->inode, o->fd, dups, 8);
+    /* Its owner and callbacks: of the process that holds it (not a parent answering for an
+     * inherited one). */
+    struct cw_owner_event owner;
+    struct cw_callbacks_event callbacks;
+    int has_owner = 0, has_callbacks = 0;
+    if (o->reason != REASON_INHERITED && !l->foreign) {
+        has_owner = cw_owner_story(o->fd, now, &owner);
+        has_callbacks = cw_owner_callbacks(o->fd, o->seq, &callbacks);
+    }
     struct cw_leak_event e = {
         .pid = cw_program_pid(),
         .fd = o->fd,
@@ -185,6 +194,9 @@ void cw_finding_leak(const struct observed *o, int64_t now)
         .eof_stack_shown = (o->flags & CW_SF_EOF) ? text_stack_shown(o->eof_stack) : 0,
         .lang_open = o->lang_open,
         .lang_eof = o->lang_eof,
+        .owner = has_owner ? &owner : NULL,
+        .callbacks = has_callbacks ? &callbacks : NULL,
+        .reg_stack_shown = has_callbacks && callbacks.stack != 0 ? text_stack_shown(callbacks.stack) : 0,
     };
     g->printed = 1;
     cw_finding_announce();

@@ -146,6 +146,11 @@ CW_HIDDEN void cw_finding_summary(const char *why);
 CW_HIDDEN struct cw_slot *cw_proc_slot(int fd);
 CW_HIDDEN struct cw_peer *cw_proc_peer(int fd);
 CW_HIDDEN struct cw_lang_ref *cw_proc_lang(int fd);
+CW_HIDDEN struct cw_owner *cw_proc_owner(int fd);
+/* The owner story and the registered callbacks of a leaked descriptor of the current process
+ * (watcher/owner.c): 1 for each that is known. */
+CW_HIDDEN int cw_owner_story(int fd, int64_t now, struct cw_owner_event *out);
+CW_HIDDEN int cw_owner_callbacks(int fd, uint32_t seq, struct cw_callbacks_event *out);
 CW_HIDDEN int cw_area_limit(const struct cw_area *a);
 CW_HIDDEN int cw_proc_next(int fd);
 CW_HIDDEN int cw_proc_fds_of_socket(uint64_t inode, int except, int *out, int max);
@@ -160,6 +165,8 @@ CW_HIDDEN void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_
 CW_HIDDEN void cw_proc_free(struct proc *p);
 CW_HIDDEN struct proc *cw_proc_add(struct cw_area *a, pid_t pid);
 CW_HIDDEN void cw_watch_loop(void);
+/* When the loop started (CLOCK_MONOTONIC ms): a call that began before it is timed from then. */
+CW_HIDDEN extern int64_t cw_watch_started_ms;
 CW_HIDDEN void cw_watch_thread_start(void);
 CW_HIDDEN void cw_watch_thread_stop(void);
 /* The interval in force: CLOSEWAIT_INTERVAL_MS, or longer where a look costs the kernel much. */

@@ -201,8 +201,13 @@ static void hold_stderr_if_needed(void)
 }
 
 /* The loop: thread or process, one way. */
+int64_t cw_watch_started_ms;
+
 void cw_watch_loop(void)
 {
+    /* At once: the hooks time blocking calls from this word (shared/owners.h). */
+    cw_watch_started_ms = cw_now_ms();
+    atomic_store(&cw_sh->watcher_tick_ms, cw_watch_started_ms);
     int64_t next_tick = cw_now_ms() + (cw_watch_interval_ms > 0 ? cw_watch_interval_ms : cw_cfg.interval_ms);
     for (;;) {
         uint32_t bell = atomic_load(&cw_sh->doorbell);
@@ -234,6 +239,8 @@ static void *watcher_main(void *arg)
 {
     (void)arg;
     cw_in_lib = 1;
+    cw_self_rec = CW_OWN_THREAD; /* none of its calls is the program's */
+    cw_self_tid_cache = -1;
     cw_watcher_private_table();
     cw_watch_load_suppressions();
     cw_watch_loop();

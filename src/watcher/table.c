@@ -27,6 +27,14 @@ struct cw_lang_ref *cw_proc_lang(int fd)
     return chunk != NULL ? &chunk[(unsigned)fd % CW_CHUNK_SLOTS] : NULL;
 }
 
+struct cw_owner *cw_proc_owner(int fd)
+{
+    unsigned c = (unsigned)fd / CW_CHUNK_SLOTS;
+    if (fd < 0 || c >= CW_MAX_CHUNKS) return NULL;
+    struct cw_owner *chunk = cw_pool_owners(atomic_load_explicit(&P->area->chunk[c], memory_order_acquire));
+    return chunk != NULL ? &chunk[(unsigned)fd % CW_CHUNK_SLOTS] : NULL;
+}
+
 int cw_area_limit(const struct cw_area *a)
 {
     int high = atomic_load_explicit(&a->fd_high, memory_order_acquire);

@@ -11,6 +11,7 @@ import sys
 import zlib
 
 from .constants import KNOWN_EVENTS, MAX_LINE, MAX_PEERS, MAX_TS_MS
+from .report import short_frame, top_frame
 from .values import as_int, as_stack_id, as_str, parse_frames, parse_lang_frames, parse_time_str
 
 # Reading logs
@@ -259,6 +260,12 @@ class Finding:
         self.max_since_fin = None
         self.min_since_fin = None
         self.exes = collections.Counter()
+        # the owner's story (issue 12): what the owner thread was doing, the event loop's callbacks
+        self.owners = collections.Counter()       # "blocked in read() on ... opened at f (x.c:1)", ...
+        self.callbacks = collections.Counter()    # "read on_read (x.c:18), connection ..." per leak
+        self.registered_by = collections.Counter()
+        self.reg_frames = None
+        self.blocked_open_frames = None
         # filled by merge()
         self.procs = set()          # (host, pid)
         self.count_open = 0
@@ -324,3 +331,44 @@ class Finding:
         exe = as_str(obj.get("exe"), 1024)
         if exe:
             self.exes[exe] += 1
+        self.add_owner(obj.get("owner"))
+        self.add_callbacks(obj.get("callbacks"))
+
+    def add_owner(self, o):
+        """Leaks grouped by what their owner thread was doing: blocked in a call on a socket
+        opened at some site (the site a person fixes), not blocked, or gone."""
+        if not isinstance(o, dict):
+            return
+        call = as_str(o.get("blocked_in"), 32)
+        if o.get("alive") is False:
+            self.owners["thread gone"] += 1
+        elif call is None:
+            self.owners["not blocked"] += 1
+        else:
+            sock = o.get("blocked_fd_socket") if isinstance(o.get("blocked_fd_socket"), dict) else {}
+            frames = parse_frames(sock.get("open_stack"))
+            where = " on a %s socket" % (as_str(sock.get("role"), 16) or "") if sock else ""
+            if frames:
+                where += " opened at %s" % short_frame(top_frame(frames))
+                if self.blocked_open_frames is None:
+                    self.blocked_open_frames = frames
+            caller = parse_frames([o.get("blocked_caller")]) if isinstance(o.get("blocked_caller"), dict) else None
+            at = " called from %s" % short_frame(caller[0]) if caller else ""
+            self.owners["blocked in %s()%s%s" % (call, at, where)] += 1
+
+    def add_callbacks(self, c):
+        if not isinstance(c, dict):
+            return
+        parts = []
+        for role in ("read", "event", "write", "connection"):
+            if isinstance(c.get(role), dict):
+                fr = parse_frames([c[role]])
+                if fr:
+                    parts.append("%s %s" % (role, short_frame(fr[0])))
+        if parts:
+            self.callbacks[", ".join(parts)] += 1
+        reg = as_str(c.get("registered_by"), 64)
+        if reg:
+            self.registered_by[reg] += 1
+        if self.reg_frames is None:
+            self.reg_frames = parse_frames(c.get("registration_stack"))

@@ -22,4 +22,5 @@ REASON_HINTS = {
 }
 # Modules whose frames are not "the program's code" when picking a finding's top frame.
 SYSTEM_MODULE_GLOBS = ("libclosewait*", "libc.so*", "libc-*", "libpthread*", "ld-linux*",
-                       "ld-*.so*", "ld.so*", "libunwind*", "libdl.so*")
+                       "ld-*.so*", "ld.so*", "libunwind*", "libdl.so*",
+                       "libasan.so*", "libtsan.so*", "libubsan.so*", "liblsan.so*", "libhwasan.so*")

@@ -124,6 +124,11 @@ def render_markdown(r):
         if f["eof_by"]:
             L.append("- EOF read by: %s" % ", ".join(
                 "%s x%d" % (md_code(k), v) for k, v in f["eof_by"].items()))
+        for what, label in (("owners", "owner"), ("callbacks", "event-loop callbacks"),
+                             ("registered_by", "registered by")):
+            if f.get(what):
+                L.append("- %s: %s" % (label, ", ".join(
+                    "%s x%d" % (md_code(k), v) for k, v in f[what].items())))
         if f["states"]:
             L.append("- TCP state(s): %s" % ", ".join(
                 "%s x%d" % (md_code(k), v) for k, v in f["states"].items()))
@@ -178,6 +183,16 @@ def render_markdown(r):
                 L.append(frame_line(fr, fr["index"]))
             L.append("```")
             L.append("")
+        for key, title in (("registration_stack", "Callbacks registered at:"),
+                           ("blocked_fd_open_stack", "The owner waits on a socket opened at:")):
+            if f.get(key):
+                L.append(title)
+                L.append("")
+                L.append("```text")
+                for fr in f[key]:
+                    L.append(frame_line(fr, fr["index"]))
+                L.append("```")
+                L.append("")
         L.append("How to reproduce: %s" % md_code(f["reproduce_command"]) + ", then "
                  + f["reproduce"].split(", then ", 1)[1])
         L.append("")
@@ -249,7 +264,15 @@ def render_text(r):
             L.append("  EOF read at:")
             for fr in f["eof_stack"]:
                 L.append("    " + frame_line(fr, fr["index"]))
+        if f.get("registration_stack"):
+            L.append("  Callbacks registered at:")
+            for fr in f["registration_stack"]:
+                L.append("    " + frame_line(fr, fr["index"]))
         details = []
+        for what, label in (("callbacks", "event-loop callbacks"), ("registered_by", "registered by"),
+                            ("owners", "owner")):
+            if f.get(what):
+                details.append("%s: %s" % (label, counts_text(f[what])))
         if f["reasons"]:
             details.append("reason(s): " + counts_text(f["reasons"]))
         if f["opened_by"]:

@@ -179,6 +179,11 @@ def build_report(findings, col, supp, symbolized_with):
             "open_stack": [frame_json(fr, i) for i, fr in enumerate(frames)],
             "eof_stack": [frame_json(fr, i) for i, fr in enumerate(f.eof_frames or [])],
             "stack_known": bool(frames),
+            "owners": dict(f.owners.most_common()),
+            "callbacks": dict(f.callbacks.most_common()),
+            "registered_by": dict(f.registered_by.most_common()),
+            "registration_stack": [frame_json(fr, i) for i, fr in enumerate(f.reg_frames or [])],
+            "blocked_fd_open_stack": [frame_json(fr, i) for i, fr in enumerate(f.blocked_open_frames or [])],
             "reproduce": hint,
             "reproduce_command": cmd,
         })
