@@ -300,6 +300,13 @@ static int take_own_copy(void)
     struct cw_shared *old = cw_sh;
     struct cw_area *me = cw_me;
     if (old == NULL || me == NULL || !region_shared) return -1;
+    /* A forked child can get here (its first TCP socket) before its parent's fork() has written
+     * its pid and state into its area: the copy must carry them, or the new watcher finds no
+     * process in its region and leaves at once, and this one is never watched. */
+    int32_t no_pid = 0;
+    atomic_compare_exchange_strong(&me->pid, &no_pid, (int32_t)getpid());
+    uint32_t forking = AREA_FORKING;
+    atomic_compare_exchange_strong(&me->state, &forking, AREA_LIVE);
     struct layout l = layout();
     int fd = (int)syscall(SYS_memfd_create, "closewait", MFD_CLOEXEC);
     if (fd < 0) return -1;

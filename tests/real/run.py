@@ -1216,6 +1216,15 @@ def t_forkburst_beyond():
     return fork_burst(2100, 600)
 
 
+@test("hostile-children-before-first-socket", "hostile")
+def t_forkfirst():
+    # Six children forked before any TCP socket, each leaking at once: each starts a watcher of
+    # its own, possibly before its parent's fork() has written its pid into the table.
+    matched, evs, out, _ = hostile("forkfirst", ["h_forkfirst", "6"])
+    return "6 children forked before the first TCP socket, each leaking one at once: %d reported, by %d processes" % (
+        len(matched), len({e.get("pid") for _, e in matched}))
+
+
 @test("hostile-reset-after-eof", "hostile")
 def t_reset():
     # The program read EOF and kept the descriptor; the peer's later RST moves the socket to
