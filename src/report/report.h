@@ -36,6 +36,7 @@ struct cw_leak_event {
     int site_first;                   /* the open site's first report in this process */
     int eof_stack_shown;              /* this EOF stack was written in full before */
     uint32_t lang_open, lang_eof;     /* the program's own stacks in its language (langstack.h), 0: none */
+    int before_attach;                /* in CLOSE_WAIT already when the eBPF front-end attached */
 };
 
 /* A reported descriptor closed at last. */

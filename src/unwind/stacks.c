@@ -175,7 +175,7 @@ static const struct stored_stack *stored_at(uint64_t e)
     return st;
 }
 
-static uint32_t store(const uintptr_t *pcs, int n)
+static uint32_t store_stack(const uintptr_t *pcs, int n, int cover)
 {
     if (cw_sh == NULL) return 0;
     uint32_t hash = hash_pcs(pcs, n);
@@ -198,7 +198,7 @@ static uint32_t store(const uintptr_t *pcs, int n)
                                                         memory_order_release,
                                                         memory_order_acquire)) {
                 /* A stack never seen: the watcher must know every module it runs through. */
-                cw_modules_cover(pcs, n);
+                if (cover) cw_modules_cover(pcs, n);
                 return i + 1;
             }
             /* Lost the race for this entry: fall through and look at what won. */
@@ -210,6 +210,17 @@ static uint32_t store(const uintptr_t *pcs, int n)
             return i + 1; /* the arena space reserved above, if any, is simply not used */
     }
     return 0;
+}
+
+static uint32_t store(const uintptr_t *pcs, int n)
+{
+    return store_stack(pcs, n, 1);
+}
+
+uint32_t cw_stack_store(const uintptr_t *pcs, int n)
+{
+    if (n <= 0) return 0;
+    return store_stack(pcs, n > CW_MAX_DEPTH ? CW_MAX_DEPTH : n, 0);
 }
 
 /*

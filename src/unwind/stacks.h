@@ -6,6 +6,9 @@
 CW_HIDDEN void cw_stacks_init(void);
 /* Capture the caller's stack (our own frames removed) and return its id, 0 on failure. */
 CW_HIDDEN uint32_t cw_stack_capture(void);
+/* Store a stack captured elsewhere (another process's, by the eBPF front-end, which publishes
+ * that process's modules itself); its id, 0 on failure. */
+CW_HIDDEN uint32_t cw_stack_store(const uintptr_t *pcs, int n);
 /* Frames of stack id; returns depth (0 if unknown). */
 CW_HIDDEN int cw_stack_frames(uint32_t id, const uintptr_t **pcs);
 /* Is pc inside libunwind?  (A signal handler that interrupts an unwind is not.) */

@@ -185,6 +185,7 @@ void cw_finding_leak(const struct observed *o, int64_t now)
         .eof_stack_shown = (o->flags & CW_SF_EOF) ? text_stack_shown(o->eof_stack) : 0,
         .lang_open = o->lang_open,
         .lang_eof = o->lang_eof,
+        .before_attach = o->before_attach,
     };
     g->printed = 1;
     cw_finding_announce();

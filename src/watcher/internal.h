@@ -125,6 +125,7 @@ struct observed {
     enum reason reason;
     const char *local, *peer;
     pid_t holder;               /* the process holding it, if not the one it was opened in */
+    int before_attach;          /* held in CLOSE_WAIT already when the eBPF front-end attached */
     uint32_t spawn_stack;
     int spawn_kind;
     uint32_t lang_open, lang_eof; /* language stacks (shared/langstack.h), 0: none */

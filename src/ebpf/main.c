@@ -1,0 +1,607 @@
+/*
+ * closewait-ebpf: the eBPF front-end.  `closewait-ebpf --attach PID` follows a running process,
+ * `closewait-ebpf -- program args` starts one (stopped until the kernel side is in place, so
+ * nothing is missed); neither needs the program to go through libc or to have been started with
+ * the library.
+ *
+ * It is a producer of the region, like the libc hooks: it makes a region holding one area, the
+ * traced process's, and writes there what the kernel side tells it (births with their stacks,
+ * reads of EOF, closes, dups) in the same slots the hooks write.  The watcher's own code then
+ * looks at it (cw_watch_tick: the sock_diag dump, the grace, the kernel's word, the verdict) and
+ * reports through the same printers and sink; this file decides only when to look.  It runs as
+ * the traced process's watcher (cw_in_watcher_process): reports go to its own stderr or to
+ * CLOSEWAIT_LOG, and pcs are named from the module list it publishes from /proc/PID/maps.
+ */
+#define _GNU_SOURCE
+#include "watcher/internal.h"
+#include "sys/sockets.h"
+#include "ebpf/events.h"
+#include "ebpf/remote_unwind.h"
+#include "closewait.skel.h"
+
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include <fcntl.h>
+#include <gelf.h>
+#include <libelf.h>
+#include <linux/capability.h>
+#include <sys/mount.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#ifndef CAP_PERFMON
+#define CAP_PERFMON 38
+#endif
+#ifndef CAP_BPF
+#define CAP_BPF 39
+#endif
+
+static pid_t target;
+static int spawned;              /* we started it: its exit status is ours */
+static int reaped;               /* and waited for it */
+static int traced_is_go;
+static struct cw_area *area;
+static struct proc *traced;
+static struct closewait_bpf *skel;
+static volatile sig_atomic_t stop_signal;
+static int exit_seen;
+static int64_t fin_until;        /* a FIN was seen: look until this time */
+static int listening;            /* a listener is held: look every interval (its backlog) */
+
+static void say(const char *a, const char *b, const char *c)
+{
+    cw_warn(a, b, c);
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: closewait-ebpf --attach PID\n"
+                    "       closewait-ebpf [--] program [args...]\n"
+                    "Options are the CLOSEWAIT_* variables (see closewait --help).\n");
+}
+
+/* ---- permission ------------------------------------------------------------ */
+
+static int has_cap(const struct __user_cap_data_struct *d, int cap)
+{
+    return (d[cap / 32].effective >> (cap % 32)) & 1u;
+}
+
+/* One line naming what is missing and how to get it; 0 when everything is there. */
+static int check_permission(void)
+{
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2];
+    memset(d, 0, sizeof d);
+    if (syscall(SYS_capget, &h, d) != 0) return 0; /* cannot tell: let the kernel say */
+    int admin = has_cap(d, CAP_SYS_ADMIN);
+    const char *missing = NULL;
+    if (!admin && !has_cap(d, CAP_BPF) && !has_cap(d, CAP_PERFMON)) missing = "CAP_BPF and CAP_PERFMON";
+    else if (!admin && !has_cap(d, CAP_BPF)) missing = "CAP_BPF";
+    else if (!admin && !has_cap(d, CAP_PERFMON)) missing = "CAP_PERFMON";
+    if (missing != NULL) {
+        char why[300];
+        snprintf(why, sizeof why,
+                 " (not root, and missing %s): run it as root (sudo closewait ...), or give the binary "
+                 "the capabilities: sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep closewait-ebpf",
+                 missing);
+        say("eBPF tracing needs root or CAP_BPF+CAP_PERFMON", why, NULL);
+        return -1;
+    }
+    if (access("/sys/kernel/tracing/events/syscalls", F_OK) == 0) return 0;
+    /* Not mounted: mount it if we may. */
+    if (has_cap(d, CAP_SYS_ADMIN) && mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, NULL) == 0 &&
+        access("/sys/kernel/tracing/events/syscalls", F_OK) == 0)
+        return 0;
+    if (access("/sys/kernel/tracing/events", F_OK) == 0) {
+        say("the kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS): ", "eBPF tracing cannot follow system calls here", NULL);
+        return -1;
+    }
+    say("tracefs is not mounted and could not be: ", "run sudo mount -t tracefs tracefs /sys/kernel/tracing", NULL);
+    return -1;
+}
+
+static int quiet_libbpf(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+    if (level == LIBBPF_WARN && getenv("CLOSEWAIT_EBPF_DEBUG") != NULL) return vfprintf(stderr, fmt, ap);
+    return 0;
+}
+
+/* ---- the traced program ------------------------------------------------------ */
+
+/* Go binaries keep frame pointers, which bpf_get_stack follows: no stack copy for them. */
+static int elf_is_go(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    elf_version(EV_CURRENT);
+    Elf *elf = elf_begin(fd, ELF_C_READ, NULL);
+    int go = 0;
+    size_t shstrndx;
+    if (elf != NULL && elf_getshdrstrndx(elf, &shstrndx) == 0) {
+        for (Elf_Scn *scn = elf_nextscn(elf, NULL); scn != NULL && !go; scn = elf_nextscn(elf, scn)) {
+            GElf_Shdr sh;
+            if (gelf_getshdr(scn, &sh) == NULL) continue;
+            const char *name = elf_strptr(elf, shstrndx, sh.sh_name);
+            go = name != NULL && (strcmp(name, ".go.buildinfo") == 0 || strcmp(name, ".gopclntab") == 0 ||
+                                  strcmp(name, ".note.go.buildid") == 0);
+        }
+    }
+    if (elf != NULL) elf_end(elf);
+    close(fd);
+    return go;
+}
+
+/* The program as execvp would find it. */
+static int resolve_program(const char *name, char *out, size_t cap)
+{
+    if (strchr(name, '/') != NULL) {
+        snprintf(out, cap, "%s", name);
+        return access(out, X_OK);
+    }
+    const char *path = getenv("PATH");
+    if (path == NULL) path = "/usr/local/bin:/usr/bin:/bin";
+    while (*path != '\0') {
+        const char *colon = strchr(path, ':');
+        size_t len = colon != NULL ? (size_t)(colon - path) : strlen(path);
+        snprintf(out, cap, "%.*s/%s", (int)len, len ? path : ".", name);
+        if (access(out, X_OK) == 0) return 0;
+        path += len + (colon != NULL);
+    }
+    return -1;
+}
+
+/* Fork the program, stopped before its exec until `go` is written. */
+static int go_pipe[2] = {-1, -1}, exec_pipe[2] = {-1, -1};
+static pid_t spawn_stopped(char **argv)
+{
+    if (pipe2(go_pipe, O_CLOEXEC) != 0 || pipe2(exec_pipe, O_CLOEXEC) != 0) return -1;
+    pid_t pid = fork();
+    if (pid != 0) {
+        close(go_pipe[0]);
+        close(exec_pipe[1]);
+        return pid;
+    }
+    close(go_pipe[1]);
+    close(exec_pipe[0]);
+    char c;
+    if (read(go_pipe[0], &c, 1) != 1) _exit(127);
+    close(go_pipe[0]);
+    execvp(argv[0], argv);
+    int err = errno;
+    if (write(exec_pipe[1], &err, sizeof err) < 0) {
+    }
+    _exit(127);
+}
+
+/* Let it run; 0 once its exec went through. */
+static int release_spawned(void)
+{
+    if (write(go_pipe[1], "g", 1) != 1) return -1;
+    close(go_pipe[1]);
+    int err = 0;
+    ssize_t n = read(exec_pipe[0], &err, sizeof err);
+    close(exec_pipe[0]);
+    if (n == (ssize_t)sizeof err) {
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- its modules ------------------------------------------------------------- */
+
+#define MAX_EXEC_RANGES 512
+static struct {
+    uintptr_t lo, hi;
+} exec_ranges[MAX_EXEC_RANGES];
+static int nexec_ranges;
+
+/* /proc/PID/maps lines of its file-backed mappings, published in its area, as the hooks publish
+ * the program's own (modules.c): the watcher's symbolizer reads them there. */
+static void publish_modules(void)
+{
+    char path[64], line[1024];
+    snprintf(path, sizeof path, "/proc/%ld/maps", (long)target);
+    FILE *f = fopen(path, "re");
+    if (f == NULL) return;
+    uint32_t gen = atomic_load(&area->modules_gen);
+    atomic_store(&area->modules_gen, gen | 1u);
+    size_t n = 0, cap = sizeof area->modules;
+    nexec_ranges = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        unsigned long lo, hi;
+        char perms[8];
+        int name_at = 0;
+        if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %n", &lo, &hi, perms, &name_at) < 3 || name_at == 0) continue;
+        if (line[name_at] != '/' || strstr(line, " (deleted)") != NULL) continue;
+        size_t len = strlen(line);
+        if (n + len < cap) {
+            memcpy(area->modules + n, line, len);
+            n += len;
+        }
+        if (perms[2] == 'x' && nexec_ranges < MAX_EXEC_RANGES) {
+            exec_ranges[nexec_ranges].lo = lo;
+            exec_ranges[nexec_ranges].hi = hi;
+            nexec_ranges++;
+        }
+    }
+    fclose(f);
+    area->modules[n < cap ? n : cap - 1] = '\0';
+    atomic_store(&area->modules_len, (uint32_t)n);
+    atomic_store(&area->modules_gen, (gen | 1u) + 1u);
+    char exe_link[64];
+    snprintf(exe_link, sizeof exe_link, "/proc/%ld/exe", (long)target);
+    ssize_t len = readlink(exe_link, area->exe, sizeof area->exe - 1);
+    area->exe[len > 0 ? len : 0] = '\0';
+    cw_remote_unwind_reset();
+}
+
+/* A pc in no known module: something was mapped since (a dlopen). */
+static void cover(const uintptr_t *pcs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int known = 0;
+        for (int k = 0; k < nexec_ranges && !known; k++) known = pcs[i] >= exec_ranges[k].lo && pcs[i] < exec_ranges[k].hi;
+        if (!known) {
+            publish_modules();
+            return;
+        }
+    }
+}
+
+/* ---- events ---------------------------------------------------------------------- */
+
+static int64_t ts_ms(const struct cw_ev *e)
+{
+    return (int64_t)(e->ts_ns / 1000000u);
+}
+
+/* The event's stack in the store: DWARF from the stack copy, else the frame pointers.  A stack of
+ * one frame (the system call's own) says nothing of where the socket came from: none. */
+static uint32_t stack_of(const struct cw_ev *e)
+{
+    uintptr_t pcs[CW_MAX_DEPTH];
+    int depth = (int)cw_cfg.stack_depth, n = 0;
+    if (depth > CW_MAX_DEPTH) depth = CW_MAX_DEPTH;
+    if (!traced_is_go && e->stack_bytes > 0) {
+        uintptr_t ip = (uintptr_t)e->regs.ip;
+        cover(&ip, 1);
+        n = cw_remote_unwind(target, e, pcs, depth);
+    }
+    if (n < 2 && e->fp_bytes > 0) {
+        n = e->fp_bytes / (int)sizeof(uint64_t);
+        if (n > depth) n = depth;
+        for (int i = 0; i < n; i++) pcs[i] = (uintptr_t)e->fp_frames[i];
+    }
+    if (n < 2) return 0;
+    cover(pcs, n);
+    return cw_stack_store(pcs, n);
+}
+
+static struct cw_slot *tcp_slot(int fd)
+{
+    struct cw_slot *s = cw_slot_peek(fd);
+    if (s == NULL) return NULL;
+    uint32_t kind = CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire));
+    return kind == CW_KIND_TCP || kind == CW_KIND_LISTEN ? s : NULL;
+}
+
+static void on_birth(const struct cw_ev *e)
+{
+    struct cw_slot *s = cw_slot_get(e->fd);
+    if (s == NULL) return;
+    cw_slot_birth(s, CW_KIND_TCP, (int)e->op, stack_of(e), e->inode);
+    atomic_store_explicit(&s->open_ms, ts_ms(e), memory_order_relaxed);
+    if (e->fd2 >= 0 && tcp_slot(e->fd2) != NULL) atomic_store_explicit(&s->origin_fd, e->fd2, memory_order_relaxed);
+    if (e->family == AF_INET6) atomic_store_explicit(&area->any_inet6, 1, memory_order_relaxed);
+}
+
+static void on_listen(const struct cw_ev *e)
+{
+    struct cw_slot *s = tcp_slot(e->fd);
+    if (s == NULL) return;
+    uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    cw_slot_birth(s, CW_KIND_LISTEN, CW_OP_SOCKET, stack_of(e), inode);
+    atomic_store_explicit(&s->backlog, e->fd2, memory_order_relaxed);
+    listening = 1;
+}
+
+static void on_eof(const struct cw_ev *e)
+{
+    struct cw_slot *s = tcp_slot(e->fd);
+    if (s == NULL || (atomic_load_explicit(&s->flags, memory_order_relaxed) & CW_SF_EOF)) return;
+    atomic_store_explicit(&s->eof_stack, stack_of(e), memory_order_relaxed);
+    atomic_store_explicit(&s->eof_by, (uint8_t)e->op, memory_order_relaxed);
+    atomic_store_explicit(&s->eof_ms, ts_ms(e), memory_order_relaxed);
+    atomic_fetch_or_explicit(&s->flags, CW_SF_EOF, memory_order_release);
+    int64_t until = ts_ms(e) + cw_cfg.grace_ms + 4 * cw_cfg.interval_ms;
+    if (until > fin_until) fin_until = until;
+}
+
+static int on_event(void *ctx, void *data, size_t size)
+{
+    (void)ctx;
+    const struct cw_ev *e = data;
+    if (size < CW_EV_HEAD_BYTES) return 0;
+    if ((e->kind == CW_EV_BIRTH || e->kind == CW_EV_LISTEN || e->kind == CW_EV_EOF) && size < sizeof *e) return 0;
+    switch (e->kind) {
+    case CW_EV_BIRTH:
+        on_birth(e);
+        break;
+    case CW_EV_CONNECT: {
+        struct cw_slot *s = tcp_slot(e->fd);
+        if (s != NULL) atomic_fetch_or_explicit(&s->flags, CW_SF_CLIENT, memory_order_relaxed);
+        break;
+    }
+    case CW_EV_LISTEN:
+        on_listen(e);
+        break;
+    case CW_EV_EOF:
+        on_eof(e);
+        break;
+    case CW_EV_CLOSE:
+        cw_slot_forget(e->fd);
+        break;
+    case CW_EV_DUP:
+        cw_slot_copy(e->fd2, e->fd);
+        break;
+    case CW_EV_CLOSE_RANGE:
+        if (e->fd >= 0 && e->fd2 >= e->fd) cw_slot_forget_range((unsigned)e->fd, (unsigned)e->fd2);
+        break;
+    case CW_EV_FIN: {
+        int64_t until = ts_ms(e) + cw_cfg.grace_ms + 4 * cw_cfg.interval_ms;
+        if (until > fin_until) fin_until = until;
+        break;
+    }
+    case CW_EV_EXIT:
+        exit_seen = 1;
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+/* ---- what it held before the attach --------------------------------------------- */
+
+/* Its TCP sockets now, from /proc/PID/fd and the kernel's list of every TCP socket: tracked from
+ * now on (no stack: their birth is not known), and those already in CLOSE_WAIT listed at the
+ * first look. */
+static int adopt_existing(void)
+{
+    struct cw_dump all;
+    memset(&all, 0, sizeof all);
+    if (cw_dump_take(&all, 0xfffu, 1) != 0) return -1;
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%ld/fd", (long)target);
+    DIR *d = opendir(dir);
+    if (d == NULL) return -1;
+    int fds_map = bpf_map__fd(skel->maps.fds), inodes_map = bpf_map__fd(skel->maps.inodes), held = 0;
+    int64_t now = cw_now_ms();
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        char *end;
+        long fd = strtol(de->d_name, &end, 10);
+        if (*end != '\0' || fd < 0 || fd > INT32_MAX) continue;
+        char link[128], path[64 + 256];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n <= 0) continue;
+        link[n] = '\0';
+        unsigned long long inode = 0;
+        if (sscanf(link, "socket:[%llu]", &inode) != 1) continue;
+        const struct cw_sock *k = cw_dump_find(&all, inode);
+        if (k == NULL) continue;
+        struct cw_slot *s = cw_slot_get((int)fd);
+        if (s == NULL) continue;
+        enum cw_kind kind = k->state == TCPS_LISTEN ? CW_KIND_LISTEN : CW_KIND_TCP;
+        cw_slot_birth(s, kind, CW_OP_BEFORE_ATTACH, 0, inode);
+        atomic_store_explicit(&s->open_ms, now, memory_order_relaxed);
+        atomic_fetch_or_explicit(&s->flags, CW_SF_BEFORE_ATTACH, memory_order_relaxed);
+        if (k->family == AF_INET6) atomic_store_explicit(&area->any_inet6, 1, memory_order_relaxed);
+        if (kind == CW_KIND_LISTEN) listening = 1;
+        if (k->state == TCPS_CLOSE_WAIT) held++;
+        uint32_t key = (uint32_t)fd;
+        uint64_t value = inode;
+        uint8_t one = 1;
+        bpf_map_update_elem(fds_map, &key, &value, BPF_ANY);
+        bpf_map_update_elem(inodes_map, &value, &one, BPF_ANY);
+    }
+    closedir(d);
+    free(all.socks);
+    free(all.index);
+    return held;
+}
+
+/* ---- the loop ---------------------------------------------------------------------- */
+
+static void on_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+static void look(void)
+{
+    cw_watch_tick();
+    P = traced;
+    cw_set_current_area(area);
+}
+
+static void summary(const char *why)
+{
+    P = traced;
+    cw_set_current_area(area);
+    cw_finding_summary(why);
+}
+
+static int traced_gone(int *status)
+{
+    if (spawned) {
+        int st = 0;
+        pid_t r = waitpid(target, &st, WNOHANG);
+        if (r == target) {
+            *status = st;
+            reaped = 1;
+            return 1;
+        }
+        return r < 0 && errno == ECHILD;
+    }
+    if (traced->pidfd >= 0) {
+        struct pollfd pfd = {traced->pidfd, POLLIN, 0};
+        return poll(&pfd, 1, 0) > 0;
+    }
+    return kill(target, 0) != 0 && errno == ESRCH;
+}
+
+int main(int argc, char **argv)
+{
+    int argi = 1;
+    long attach_pid = 0;
+    if (argi < argc && strcmp(argv[argi], "--attach") == 0) {
+        if (argi + 1 >= argc) {
+            usage();
+            return 2;
+        }
+        char *end;
+        attach_pid = strtol(argv[argi + 1], &end, 10);
+        if (*end != '\0' || attach_pid <= 0 || attach_pid > INT32_MAX) {
+            say("--attach needs a process id, not ", argv[argi + 1], NULL);
+            return 2;
+        }
+        argi += 2;
+    } else {
+        if (argi < argc && strcmp(argv[argi], "--") == 0) argi++;
+        if (argi >= argc) {
+            usage();
+            return 2;
+        }
+    }
+    cw_config_load();
+    /* Not the library in a program: this process is the watcher, and may say so. */
+    cw_in_lib = 1;
+    if (check_permission() != 0) return 2;
+
+    char exe[PATH_MAX];
+    if (attach_pid != 0) {
+        target = (pid_t)attach_pid;
+        char link[64];
+        snprintf(link, sizeof link, "/proc/%ld/exe", attach_pid);
+        ssize_t n = readlink(link, exe, sizeof exe - 1);
+        if (n <= 0) {
+            say("cannot attach to process ", argv[argi - 1], errno == ENOENT ? ": no such process" : ": cannot read its /proc/PID/exe");
+            return 2;
+        }
+        exe[n] = '\0';
+    } else {
+        if (resolve_program(argv[argi], exe, sizeof exe) != 0) {
+            say("cannot run ", argv[argi], ": not found or not executable");
+            return 127;
+        }
+        target = spawn_stopped(&argv[argi]);
+        if (target < 0) {
+            say("cannot start ", argv[argi], NULL);
+            return 127;
+        }
+        spawned = 1;
+    }
+    traced_is_go = elf_is_go(exe);
+
+    libbpf_set_print(quiet_libbpf);
+    skel = closewait_bpf__open();
+    int err = skel == NULL ? -errno : 0;
+    if (err == 0) {
+        skel->rodata->target_tgid = (uint32_t)target;
+        skel->rodata->copy_stack = traced_is_go ? 0 : 1;
+        err = closewait_bpf__load(skel);
+    }
+    if (err == 0) err = closewait_bpf__attach(skel);
+    if (err != 0) {
+        char why[200];
+        snprintf(why, sizeof why, "%s (set CLOSEWAIT_EBPF_DEBUG=1 for the kernel's words)", strerror(-err));
+        say("cannot load the eBPF programs: ", why, NULL);
+        if (spawned) kill(target, SIGKILL);
+        return 2;
+    }
+    if (cw_region_create() != 0) {
+        say("cannot make the shared table", NULL, NULL);
+        if (spawned) kill(target, SIGKILL);
+        return 2;
+    }
+    area = cw_me;
+    atomic_store(&area->pid, (int32_t)target);
+    atomic_store(&area->any_tcp, 1);
+    /* Reports go to our stderr: published as the area's, and held, as a watcher process does. */
+    cw_sink_publish_stderr();
+    cw_in_watcher_process = 1;
+    cw_sink_stderr_hold(1);
+
+    struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.events), on_event, NULL, NULL);
+    if (rb == NULL) {
+        say("cannot read the eBPF ring buffer", NULL, NULL);
+        if (spawned) kill(target, SIGKILL);
+        return 2;
+    }
+    if (spawned && release_spawned() != 0) {
+        int e = errno;
+        waitpid(target, NULL, 0);
+        say("cannot run ", argv[argi], e == ENOENT ? ": not found" : ": exec failed");
+        return 127;
+    }
+    publish_modules();
+    traced = cw_proc_add(area, target);
+    if (traced == NULL) return 2;
+    P = traced;
+    cw_set_current_area(area);
+    cw_watch_load_suppressions();
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int held_before = spawned ? 0 : adopt_existing();
+    if (held_before != 0) look(); /* at once: what it held in CLOSE_WAIT before the attach */
+    if (attach_pid != 0) {
+        char line[160];
+        snprintf(line, sizeof line, "attached to process %ld (%s); Ctrl-C to detach", attach_pid,
+                 traced_is_go ? "Go: frame-pointer stacks" : "DWARF stacks");
+        say(line, NULL, NULL);
+    }
+
+    int status = 0, gone = 0;
+    int64_t next_look = cw_now_ms() + cw_cfg.interval_ms;
+    while (!gone) {
+        int64_t now = cw_now_ms();
+        int wait = next_look > now ? (int)(next_look - now) : 0;
+        int rc = ring_buffer__poll(rb, wait > 100 ? 100 : wait);
+        if (rc < 0 && rc != -EINTR) break;
+        if (stop_signal != 0) {
+            if (!spawned) break;
+            kill(target, stop_signal);
+            stop_signal = 0;
+        }
+        gone = exit_seen || traced_gone(&status);
+        now = cw_now_ms();
+        if (now < next_look && !gone) continue;
+        /* Only when something can be found: a FIN or an EOF within the grace period, a leak held
+         * (its close is reported), a listener (its backlog).  A client that never meets a FIN
+         * costs the kernel no dump. */
+        if (gone || listening || traced->nleaks > 0 || now < fin_until) look();
+        next_look = cw_now_ms() + (cw_watch_interval_ms > 0 ? cw_watch_interval_ms : cw_cfg.interval_ms);
+    }
+    ring_buffer__consume(rb);
+    summary(gone ? "exit" : "detach");
+    long open = cw_proc_open_now(traced);
+    ring_buffer__free(rb);
+    closewait_bpf__destroy(skel);
+    if (spawned) {
+        if (!reaped) waitpid(target, &status, 0);
+        if (open > 0 && cw_cfg.exitcode >= 0) return (int)cw_cfg.exitcode;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    return open > 0 && cw_cfg.exitcode >= 0 ? (int)cw_cfg.exitcode : 0;
+}
