@@ -134,6 +134,10 @@ install: all man
 	sed 's|^CLOSEWAIT_DEFAULT_LIB=.*|CLOSEWAIT_DEFAULT_LIB=$(LIBDIR)/libclosewait.so|' tools/closewait \
 	  > $(DESTDIR)$(PREFIX)/bin/closewait && chmod 0755 $(DESTDIR)$(PREFIX)/bin/closewait
 	install -m 0755 tools/closewait-report $(DESTDIR)$(PREFIX)/bin/closewait-report
+	if [ -f $(EBPF_BIN) ]; then install -d $(DESTDIR)$(PREFIX)/lib/closewait && \
+	  install -m 0755 $(EBPF_BIN) $(DESTDIR)$(PREFIX)/lib/closewait/closewait-ebpf && \
+	  sed -i 's|^CLOSEWAIT_DEFAULT_EBPF=.*|CLOSEWAIT_DEFAULT_EBPF=$(PREFIX)/lib/closewait/closewait-ebpf|' \
+	    $(DESTDIR)$(PREFIX)/bin/closewait; fi
 	install -d $(DESTDIR)$(PREFIX)/lib/closewait/closewait_report
 	install -m 0644 tools/closewait_report/*.py $(DESTDIR)$(PREFIX)/lib/closewait/closewait_report/
 	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(DOCDIR)

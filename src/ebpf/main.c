@@ -80,12 +80,10 @@ static int check_permission(void)
     else if (!admin && !has_cap(d, CAP_BPF)) missing = "CAP_BPF";
     else if (!admin && !has_cap(d, CAP_PERFMON)) missing = "CAP_PERFMON";
     if (missing != NULL) {
-        char why[300];
-        snprintf(why, sizeof why,
-                 " (not root, and missing %s): run it as root (sudo closewait ...), or give the binary "
-                 "the capabilities: sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep closewait-ebpf",
-                 missing);
-        say("eBPF tracing needs root or CAP_BPF+CAP_PERFMON", why, NULL);
+        char why[200];
+        snprintf(why, sizeof why, " (not root, and %s missing): run it as root (sudo closewait ...), ", missing);
+        say("eBPF tracing needs root or CAP_BPF+CAP_PERFMON", why,
+            "or give it them: sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep closewait-ebpf");
         return -1;
     }
     if (access("/sys/kernel/tracing/events/syscalls", F_OK) == 0) return 0;
@@ -563,14 +561,15 @@ int main(int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    int held_before = spawned ? 0 : adopt_existing();
-    if (held_before != 0) look(); /* at once: what it held in CLOSE_WAIT before the attach */
     if (attach_pid != 0) {
         char line[160];
         snprintf(line, sizeof line, "attached to process %ld (%s); Ctrl-C to detach", attach_pid,
                  traced_is_go ? "Go: frame-pointer stacks" : "DWARF stacks");
         say(line, NULL, NULL);
     }
+    int held_before = spawned ? 0 : adopt_existing();
+    if (held_before < 0) say("cannot list the sockets it holds already (/proc/PID/fd)", NULL, NULL);
+    if (held_before > 0) look(); /* at once: what it held in CLOSE_WAIT before the attach */
 
     int status = 0, gone = 0;
     int64_t next_look = cw_now_ms() + cw_cfg.interval_ms;
@@ -585,12 +584,15 @@ int main(int argc, char **argv)
             stop_signal = 0;
         }
         gone = exit_seen || traced_gone(&status);
+        /* Gone, or going: its descriptors are being closed by its exit, not by it; the summary
+         * says what it held at the end, as the library's at exit does. */
+        if (gone) break;
         now = cw_now_ms();
-        if (now < next_look && !gone) continue;
+        if (now < next_look) continue;
         /* Only when something can be found: a FIN or an EOF within the grace period, a leak held
          * (its close is reported), a listener (its backlog).  A client that never meets a FIN
          * costs the kernel no dump. */
-        if (gone || listening || traced->nleaks > 0 || now < fin_until) look();
+        if (listening || traced->nleaks > 0 || now < fin_until) look();
         next_look = cw_now_ms() + (cw_watch_interval_ms > 0 ? cw_watch_interval_ms : cw_cfg.interval_ms);
     }
     ring_buffer__consume(rb);

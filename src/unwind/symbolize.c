@@ -45,6 +45,13 @@ DW(dwarf_formudata);
 DW(dwarf_formstring);
 DW(dwarf_getsrcfiles);
 DW(dwarf_filesrc);
+DW(dwfl_module_getdwarf);
+DW(dwarf_nextcu);
+DW(dwarf_offdie);
+DW(dwarf_haspc);
+DW(dwarf_getsrc_die);
+DW(dwarf_linesrc);
+DW(dwarf_lineno);
 #undef DW
 
 static int dw_state; /* 0 untried, 1 ready, -1 unavailable */
@@ -91,6 +98,13 @@ static int load_libdw(void)
     LOAD(dwarf_formstring);
     LOAD(dwarf_getsrcfiles);
     LOAD(dwarf_filesrc);
+    LOAD(dwfl_module_getdwarf);
+    LOAD(dwarf_nextcu);
+    LOAD(dwarf_offdie);
+    LOAD(dwarf_haspc);
+    LOAD(dwarf_getsrc_die);
+    LOAD(dwarf_linesrc);
+    LOAD(dwarf_lineno);
 #undef LOAD
     callbacks.find_elf = p_dwfl_linux_proc_find_elf;
     callbacks.find_debuginfo = p_dwfl_standard_find_debuginfo;
@@ -287,6 +301,21 @@ static const char *hex_build_id(Dwfl_Module *mod)
     return intern(hex);
 }
 
+/* The compilation unit holding addr, by each unit's own ranges: for objects without
+ * .debug_aranges (Go's), where libdw before 0.189 finds no unit at all. */
+static int cu_by_ranges(Dwfl_Module *mod, uintptr_t lookup, Dwarf_Die *cu, Dwarf_Addr *bias)
+{
+    Dwarf *dw = p_dwfl_module_getdwarf(mod, bias);
+    if (dw == NULL) return 0;
+    Dwarf_Off off = 0, next;
+    size_t header = 0;
+    for (int units = 0; units < 100000 && p_dwarf_nextcu(dw, off, &next, &header, NULL, NULL, NULL) == 0; units++) {
+        if (p_dwarf_offdie(dw, off + header, cu) != NULL && p_dwarf_haspc(cu, lookup - *bias) > 0) return 1;
+        off = next;
+    }
+    return 0;
+}
+
 /* With libdw: ELF symbol (static functions too), line table and inline chain. */
 static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, int max)
 {
@@ -331,11 +360,26 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
         base.file = intern(file);
         base.line = lineno;
     }
+    Dwarf_Die ranged_cu;
+    Dwarf_Addr ranged_bias = 0;
+    int ranged = line == NULL && cu_by_ranges(mod, lookup, &ranged_cu, &ranged_bias);
+    if (ranged) {
+        Dwarf_Line *l = p_dwarf_getsrc_die(&ranged_cu, lookup - ranged_bias);
+        int lineno = 0;
+        if (l != NULL && p_dwarf_lineno(l, &lineno) == 0) {
+            base.file = intern(p_dwarf_linesrc(l, NULL, NULL));
+            base.line = lineno;
+        }
+    }
 
     /* Inlined calls: each DW_TAG_inlined_subroutine scope is a frame whose caller's location is
      * its DW_AT_call_file:DW_AT_call_line. */
     Dwarf_Addr cubias = 0;
     Dwarf_Die *cudie = p_dwfl_module_addrdie(mod, lookup, &cubias);
+    if (cudie == NULL && ranged) {
+        cudie = &ranged_cu;
+        cubias = ranged_bias;
+    }
     Dwarf_Die *scopes = NULL;
     int nscopes = cudie != NULL ? p_dwarf_getscopes(cudie, lookup - cubias, &scopes) : 0;
     if (nscopes > 0) {
