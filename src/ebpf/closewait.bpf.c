@@ -48,6 +48,10 @@
 const volatile __u32 target_tgid = 0;
 /* Copy the top of the user stack for a DWARF unwind in user space (not for Go: frame pointers). */
 const volatile __u32 copy_stack = 1;
+/* Go: offset of runtime.g's `ancestors` (0: not followed), and runtime.ancestorInfo's size and
+ * its `pcs` slice's offset, from the binary's DWARF.  The g is in r14 at a system call. */
+const volatile __u32 go_ancestors_off = 0;
+const volatile __u32 go_ancestor_pcs_off = 0;
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -173,6 +177,22 @@ static __always_inline void send_with_stack(void *ctx, __u32 kind, __u32 op, int
     e->regs.r13 = r->r13;
     e->regs.r14 = r->r14;
     e->regs.r15 = r->r15;
+    e->ancestor_n = 0;
+    e->pad = 0;
+    if (go_ancestors_off != 0) {
+        /* g.ancestors: *[]ancestorInfo; its first: the goroutine that started this one. */
+        void *anc = NULL;
+        struct {
+            __u64 ptr, len;
+        } slice = {0, 0}, pcs = {0, 0};
+        if (bpf_probe_read_user(&anc, sizeof anc, (void *)(r->r14 + go_ancestors_off)) == 0 && anc != NULL &&
+            bpf_probe_read_user(&slice, sizeof slice, anc) == 0 && slice.ptr != 0 && slice.len > 0 &&
+            bpf_probe_read_user(&pcs, sizeof pcs, (void *)(slice.ptr + go_ancestor_pcs_off)) == 0 && pcs.ptr != 0) {
+            __u64 n = pcs.len < CW_EV_ANCESTOR_FRAMES ? pcs.len : CW_EV_ANCESTOR_FRAMES;
+            if (n > 0 && bpf_probe_read_user(e->ancestor_pcs, n * sizeof(__u64), (void *)pcs.ptr) == 0)
+                e->ancestor_n = (__u32)n;
+        }
+    }
     e->stack_bytes = 0;
     if (copy_stack) {
         __u64 sp = e->regs.sp;

@@ -21,6 +21,10 @@ enum cw_ev_kind {
  * user stack. */
 #define CW_EV_FP_FRAMES 64
 #define CW_EV_STACK_BYTES 8192
+/* Go: the stack of the goroutine that started this one, as the runtime saved it at the `go`
+ * statement (GODEBUG=tracebackancestors): a dial made in a goroutine of net/http's own still
+ * leads back to the program's function that asked for the connection. */
+#define CW_EV_ANCESTOR_FRAMES 32
 
 struct cw_ev_regs {
     __u64 ip, sp, bp, bx, r12, r13, r14, r15;
@@ -38,6 +42,9 @@ struct cw_ev {
     __u32 stack_bytes;  /* bytes of stack filled (from regs.sp up) */
     struct cw_ev_regs regs;
     __u64 fp_frames[CW_EV_FP_FRAMES];
+    __u32 ancestor_n;   /* frames in ancestor_pcs */
+    __u32 pad;
+    __u64 ancestor_pcs[CW_EV_ANCESTOR_FRAMES];
     __u8 stack[CW_EV_STACK_BYTES];
 };
 

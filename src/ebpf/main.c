@@ -20,6 +20,8 @@
 #include "closewait.skel.h"
 
 #include <bpf/libbpf.h>
+#include <dwarf.h>
+#include <elfutils/libdw.h>
 #include <bpf/bpf.h>
 #include <fcntl.h>
 #include <gelf.h>
@@ -130,6 +132,53 @@ static int elf_is_go(const char *path)
     return go;
 }
 
+/* Where runtime.g keeps `ancestors` and where runtime.ancestorInfo keeps `pcs`, from the Go
+ * binary's DWARF; 0 when it does not say. */
+static int member_offset(Dwarf_Die *type, const char *name, uint32_t *out)
+{
+    Dwarf_Die m;
+    if (dwarf_child(type, &m) != 0) return 0;
+    do {
+        const char *n = dwarf_diename(&m);
+        Dwarf_Attribute attr;
+        Dwarf_Word off;
+        if (dwarf_tag(&m) == DW_TAG_member && n != NULL && strcmp(n, name) == 0 &&
+            dwarf_attr(&m, DW_AT_data_member_location, &attr) != NULL && dwarf_formudata(&attr, &off) == 0 &&
+            off < 4096) {
+            *out = (uint32_t)off;
+            return 1;
+        }
+    } while (dwarf_siblingof(&m, &m) == 0);
+    return 0;
+}
+
+static void go_ancestor_offsets(const char *path, uint32_t *ancestors, uint32_t *pcs)
+{
+    *ancestors = *pcs = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    Dwarf *dw = dwarf_begin(fd, DWARF_C_READ);
+    int found_g = 0, found_info = 0;
+    Dwarf_Off off = 0, next;
+    size_t header;
+    while (dw != NULL && !(found_g && found_info) && dwarf_nextcu(dw, off, &next, &header, NULL, NULL, NULL) == 0) {
+        Dwarf_Die cu, d;
+        if (dwarf_offdie(dw, off + header, &cu) != NULL && dwarf_child(&cu, &d) == 0) {
+            do {
+                if (dwarf_tag(&d) != DW_TAG_structure_type) continue;
+                const char *n = dwarf_diename(&d);
+                if (n == NULL) continue;
+                if (!found_g && strcmp(n, "runtime.g") == 0) found_g = member_offset(&d, "ancestors", ancestors);
+                else if (!found_info && strcmp(n, "runtime.ancestorInfo") == 0) found_info = member_offset(&d, "pcs", pcs) || 1;
+            } while (!(found_g && found_info) && dwarf_siblingof(&d, &d) == 0);
+        }
+        off = next;
+    }
+    if (!found_g || !found_info) *ancestors = 0;
+    if (dw != NULL) dwarf_end(dw);
+    close(fd);
+}
+
 /* The program as execvp would find it. */
 static int resolve_program(const char *name, char *out, size_t cap)
 {
@@ -164,6 +213,15 @@ static pid_t spawn_stopped(char **argv)
     close(exec_pipe[0]);
     char c;
     if (read(go_pipe[0], &c, 1) != 1) _exit(127);
+    if (traced_is_go && cw_cfg.go_ancestors) {
+        /* The runtime keeps each goroutine's creator's stack: what started a dial in a
+         * goroutine of net/http's own. */
+        const char *old = getenv("GODEBUG");
+        char godebug[1024];
+        snprintf(godebug, sizeof godebug, "%s%stracebackancestors=1", old != NULL ? old : "",
+                 old != NULL && old[0] != '\0' ? "," : "");
+        setenv("GODEBUG", godebug, 1);
+    }
     close(go_pipe[0]);
     execvp(argv[0], argv);
     int err = errno;
@@ -273,6 +331,14 @@ static uint32_t stack_of(const struct cw_ev *e)
         for (int i = 0; i < n; i++) pcs[i] = (uintptr_t)e->fp_frames[i];
     }
     if (n < 2) return 0;
+    /* Go: then the stack of the goroutine that started this one, from its `go` statement. */
+    for (uint32_t i = 0; i < e->ancestor_n && i < CW_EV_ANCESTOR_FRAMES && n < CW_MAX_DEPTH; i++) {
+        uintptr_t pc = (uintptr_t)e->ancestor_pcs[i];
+        /* The runtime writes an inlined call's pc and the same pc + 1 for the function it is
+         * in; the symbolizer expands inlined calls itself. */
+        if (pc == 0 || (i > 0 && (pc == pcs[n - 1] || pc == pcs[n - 1] + 1))) continue;
+        pcs[n++] = pc;
+    }
     cover(pcs, n);
     return cw_stack_store(pcs, n);
 }
@@ -496,6 +562,7 @@ int main(int argc, char **argv)
             say("cannot run ", argv[argi], ": not found or not executable");
             return 127;
         }
+        traced_is_go = elf_is_go(exe);
         target = spawn_stopped(&argv[argi]);
         if (target < 0) {
             say("cannot start ", argv[argi], NULL);
@@ -504,6 +571,8 @@ int main(int argc, char **argv)
         spawned = 1;
     }
     traced_is_go = elf_is_go(exe);
+    uint32_t ancestors_off = 0, ancestor_pcs_off = 0;
+    if (traced_is_go) go_ancestor_offsets(exe, &ancestors_off, &ancestor_pcs_off);
 
     libbpf_set_print(quiet_libbpf);
     skel = closewait_bpf__open();
@@ -511,6 +580,8 @@ int main(int argc, char **argv)
     if (err == 0) {
         skel->rodata->target_tgid = (uint32_t)target;
         skel->rodata->copy_stack = traced_is_go ? 0 : 1;
+        skel->rodata->go_ancestors_off = ancestors_off;
+        skel->rodata->go_ancestor_pcs_off = ancestor_pcs_off;
         err = closewait_bpf__load(skel);
     }
     if (err == 0) err = closewait_bpf__attach(skel);
