@@ -49,6 +49,7 @@ static volatile sig_atomic_t stop_signal;
 static int exit_seen;
 static int64_t fin_until;        /* a FIN was seen: look until this time */
 static int listening;            /* a listener is held: look every interval (its backlog) */
+static long counted[CW_EV_EXIT + 1]; /* records of each kind, for CLOSEWAIT_EBPF_DEBUG */
 
 static void say(const char *a, const char *b, const char *c)
 {
@@ -59,6 +60,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: closewait-ebpf --attach PID\n"
                     "       closewait-ebpf [--] program [args...]\n"
+                    "       closewait-ebpf --check   (can eBPF tracing run here?  One line if not)\n"
                     "Options are the CLOSEWAIT_* variables (see closewait --help).\n");
 }
 
@@ -388,6 +390,7 @@ static int on_event(void *ctx, void *data, size_t size)
     (void)ctx;
     const struct cw_ev *e = data;
     if (size < CW_EV_HEAD_BYTES) return 0;
+    if (e->kind <= CW_EV_EXIT) counted[e->kind]++;
     if ((e->kind == CW_EV_BIRTH || e->kind == CW_EV_LISTEN || e->kind == CW_EV_EOF) && size < sizeof *e) return 0;
     switch (e->kind) {
     case CW_EV_BIRTH:
@@ -522,6 +525,16 @@ int main(int argc, char **argv)
 {
     int argi = 1;
     long attach_pid = 0;
+    if (argi < argc && strcmp(argv[argi], "--check") == 0) {
+        cw_config_load();
+        if (check_permission() != 0) return 2;
+        libbpf_set_print(quiet_libbpf);
+        skel = closewait_bpf__open_and_load();
+        int err = skel == NULL ? -errno : closewait_bpf__attach(skel);
+        if (err != 0) say("cannot load the eBPF programs: ", strerror(-err), NULL);
+        if (skel != NULL) closewait_bpf__destroy(skel);
+        return err != 0 ? 2 : 0;
+    }
     if (argi < argc && strcmp(argv[argi], "--attach") == 0) {
         if (argi + 1 >= argc) {
             usage();
@@ -668,6 +681,14 @@ int main(int argc, char **argv)
     }
     ring_buffer__consume(rb);
     summary(gone ? "exit" : "detach");
+    if (getenv("CLOSEWAIT_EBPF_DEBUG") != NULL) {
+        uint32_t zero = 0;
+        uint64_t lost = 0;
+        bpf_map_lookup_elem(bpf_map__fd(skel->maps.lost), &zero, &lost);
+        fprintf(stderr, "closewait-ebpf: births %ld, listens %ld, eofs %ld, closes %ld, dups %ld, fins %ld, lost %llu\n",
+                counted[CW_EV_BIRTH], counted[CW_EV_LISTEN], counted[CW_EV_EOF], counted[CW_EV_CLOSE] + counted[CW_EV_CLOSE_RANGE],
+                counted[CW_EV_DUP], counted[CW_EV_FIN], (unsigned long long)lost);
+    }
     long open = cw_proc_open_now(traced);
     ring_buffer__free(rb);
     closewait_bpf__destroy(skel);

@@ -52,6 +52,8 @@ DW(dwarf_haspc);
 DW(dwarf_getsrc_die);
 DW(dwarf_linesrc);
 DW(dwarf_lineno);
+DW(dwarf_child);
+DW(dwarf_siblingof);
 #undef DW
 
 static int dw_state; /* 0 untried, 1 ready, -1 unavailable */
@@ -105,6 +107,8 @@ static int load_libdw(void)
     LOAD(dwarf_getsrc_die);
     LOAD(dwarf_linesrc);
     LOAD(dwarf_lineno);
+    LOAD(dwarf_child);
+    LOAD(dwarf_siblingof);
 #undef LOAD
     callbacks.find_elf = p_dwfl_linux_proc_find_elf;
     callbacks.find_debuginfo = p_dwfl_standard_find_debuginfo;
@@ -316,6 +320,31 @@ static int cu_by_ranges(Dwfl_Module *mod, uintptr_t lookup, Dwarf_Die *cu, Dwarf
     return 0;
 }
 
+/* The function at addr and the calls inlined into it that hold addr, innermost first, found by
+ * walking the unit's tree: dwarf_getscopes() gives up on units it cannot take a base address
+ * from (Go's: "no address value").  A malloc'ed array and its length, 0 if none. */
+static int scopes_by_hand(Dwarf_Die *cu, Dwarf_Addr addr, Dwarf_Die **out)
+{
+    Dwarf_Die chain[32], cur = *cu, child;
+    int n = 0;
+    for (int depth = 0; depth < 64 && n < 32 && p_dwarf_child(&cur, &child) == 0; depth++) {
+        int found = 0;
+        do {
+            int tag = p_dwarf_tag(&child);
+            if ((tag == DW_TAG_subprogram || tag == DW_TAG_inlined_subroutine || tag == DW_TAG_lexical_block) &&
+                p_dwarf_haspc(&child, addr) > 0) {
+                if (tag != DW_TAG_lexical_block) chain[n++] = child;
+                cur = child;
+                found = 1;
+            }
+        } while (!found && p_dwarf_siblingof(&child, &child) == 0);
+        if (!found) break;
+    }
+    if (n == 0 || (*out = malloc((size_t)n * sizeof **out)) == NULL) return 0;
+    for (int i = 0; i < n; i++) (*out)[i] = chain[n - 1 - i];
+    return n;
+}
+
 /* With libdw: ELF symbol (static functions too), line table and inline chain. */
 static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, int max)
 {
@@ -396,6 +425,7 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
             nscopes = nchain;
         }
     }
+    if (nscopes <= 0 && cudie != NULL) nscopes = scopes_by_hand(cudie, lookup - cubias, &scopes);
     int n = 0;
     if (nscopes > 0) {
         Dwarf_Files *files = NULL;
