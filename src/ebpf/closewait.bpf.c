@@ -95,6 +95,13 @@ static __always_inline struct pt_regs *user_regs(void)
     return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
+/* No wakeup per record: the loader drains the buffer every few milliseconds by itself (a
+ * report waits for the grace period anyway); a buffer a quarter full wakes it at once. */
+static __always_inline __u64 submit_flags(void)
+{
+    return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > (4 << 20) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void count_lost(void)
 {
     __u32 zero = 0;
@@ -148,7 +155,7 @@ static __always_inline void send_small(__u32 kind, int fd, int fd2, __u64 inode)
     e->ts_ns = bpf_ktime_get_ns();
     e->fp_bytes = 0;
     e->stack_bytes = 0;
-    bpf_ringbuf_submit(e, 0);
+    bpf_ringbuf_submit(e, submit_flags());
 }
 
 /* A record with the stack of the call. */
@@ -204,7 +211,7 @@ static __always_inline void send_with_stack(void *ctx, __u32 kind, __u32 op, int
             if (n > 0 && n <= sizeof e->stack && bpf_probe_read_user(e->stack, n, (void *)sp) == 0) e->stack_bytes = n;
         }
     }
-    bpf_ringbuf_submit(e, 0);
+    bpf_ringbuf_submit(e, submit_flags());
 }
 
 static __always_inline void birth(void *ctx, long ret, __u32 op, int listener)

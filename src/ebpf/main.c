@@ -660,7 +660,10 @@ int main(int argc, char **argv)
     while (!gone) {
         int64_t now = cw_now_ms();
         int wait = next_look > now ? (int)(next_look - now) : 0;
-        int rc = ring_buffer__poll(rb, wait > 100 ? 100 : wait);
+        /* Records come without a wakeup (submit_flags): drain every 20 ms, or at once when the
+         * kernel side says the buffer is filling. */
+        int rc = ring_buffer__poll(rb, wait > 20 ? 20 : wait);
+        if (rc >= 0) rc = ring_buffer__consume(rb);
         if (rc < 0 && rc != -EINTR) break;
         if (stop_signal != 0) {
             if (!spawned) break;

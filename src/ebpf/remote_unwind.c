@@ -4,6 +4,11 @@
  * CFI (.eh_frame, .debug_frame) of the process's modules, reading memory through us: from the
  * copy, nothing else (a frame whose CFA lies above the copy ends the walk).  For code built
  * without frame pointers, which bpf_get_stack cannot follow.
+ *
+ * The call-site cache, as the library's (unwind/stacks.c): a server's sockets are born at a few
+ * places, each time through the same chain.  After an unwind, where each return address lies in
+ * the copy is noted; the next event at the same pc and stack pointer whose copy holds the same
+ * return addresses at the same places has the same chain, and costs a few compares.
  */
 #define _GNU_SOURCE
 #include "ebpf/remote_unwind.h"
@@ -16,6 +21,61 @@ static Dwfl *dwfl;
 static pid_t unwound_pid;
 static int attached;
 static const struct cw_ev *current; /* the event being unwound */
+
+#define SITES 256
+#define SITE_DEPTH 64
+static struct site {
+    uint64_t ip, sp;
+    int n;
+    uint32_t slot[SITE_DEPTH]; /* offset in the copy of frame i's return address (i >= 1) */
+    uintptr_t pc[SITE_DEPTH];
+} sites[SITES];
+
+static struct site *site_of(const struct cw_ev *e)
+{
+    uint64_t h = (e->regs.ip * 0x9e3779b97f4a7c15ull) ^ (e->regs.sp * 0xc2b2ae3d27d4eb4full);
+    return &sites[(h >> 32) % SITES];
+}
+
+static int site_lookup(const struct cw_ev *e, uintptr_t *pcs, int max)
+{
+    const struct site *s = site_of(e);
+    if (s->n == 0 || s->ip != e->regs.ip || s->sp != e->regs.sp || s->n > max) return 0;
+    for (int i = 1; i < s->n; i++) {
+        uint64_t w;
+        if ((uint64_t)s->slot[i] + sizeof w > e->stack_bytes) return 0;
+        memcpy(&w, e->stack + s->slot[i], sizeof w);
+        if (w != s->pc[i]) return 0;
+    }
+    memcpy(pcs, s->pc, (size_t)s->n * sizeof *pcs);
+    return s->n;
+}
+
+/* Remember the chain when each return address is found in the copy, higher than the last. */
+static void site_keep(const struct cw_ev *e, const uintptr_t *pcs, int n)
+{
+    if (n < 2 || n > SITE_DEPTH) return;
+    struct site *s = site_of(e);
+    uint32_t at = 0;
+    uint32_t slots[SITE_DEPTH] = {0};
+    for (int i = 1; i < n; i++) {
+        uint32_t off = at;
+        for (; (uint64_t)off + 8 <= e->stack_bytes; off += 8) {
+            uint64_t w;
+            memcpy(&w, e->stack + off, sizeof w);
+            if (w == pcs[i]) break;
+        }
+        if ((uint64_t)off + 8 > e->stack_bytes) return;
+        slots[i] = off;
+        at = off + 8;
+    }
+    s->n = 0;
+    s->ip = e->regs.ip;
+    s->sp = e->regs.sp;
+    memcpy(s->slot, slots, sizeof slots);
+    memcpy(s->pc, pcs, (size_t)n * sizeof *pcs);
+    s->n = n;
+}
 
 struct collect {
     uintptr_t *pcs;
@@ -71,6 +131,7 @@ static const Dwfl_Callbacks callbacks = {
 
 void cw_remote_unwind_reset(void)
 {
+    memset(sites, 0, sizeof sites);
     if (dwfl != NULL) dwfl_end(dwfl);
     dwfl = NULL;
     attached = 0;
@@ -88,7 +149,9 @@ static int frame_cb(Dwfl_Frame *state, void *arg)
 
 int cw_remote_unwind(pid_t pid, const struct cw_ev *e, uintptr_t *pcs, int max)
 {
-    if (e->stack_bytes == 0 || max <= 0) return 0;
+    if (e->stack_bytes == 0 || max <= 0 || (e->regs.sp & 7) != 0) return 0;
+    int cached = site_lookup(e, pcs, max);
+    if (cached > 0) return cached;
     if (dwfl != NULL && unwound_pid != pid) cw_remote_unwind_reset();
     if (dwfl == NULL) {
         dwfl = dwfl_begin(&callbacks);
@@ -107,5 +170,6 @@ int cw_remote_unwind(pid_t pid, const struct cw_ev *e, uintptr_t *pcs, int max)
     current = e;
     dwfl_getthread_frames(dwfl, (pid_t)e->tid, frame_cb, &c);
     current = NULL;
+    site_keep(e, pcs, c.n);
     return c.n;
 }
