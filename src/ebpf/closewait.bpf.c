@@ -174,7 +174,10 @@ static __always_inline void send_with_stack(void *ctx, __u32 kind, __u32 op, int
     e->family = family;
     e->inode = inode;
     e->ts_ns = bpf_ktime_get_ns();
-    e->fp_bytes = bpf_get_stack(ctx, e->fp_frames, sizeof e->fp_frames, BPF_F_USER_STACK);
+    /* Frame pointers: Go's; code without them would have the kernel follow garbage, so there the
+     * stack is copied and unwound with DWARF in user space instead (which walks frame pointers
+     * itself where DWARF says nothing). */
+    e->fp_bytes = copy_stack ? 0 : bpf_get_stack(ctx, e->fp_frames, sizeof e->fp_frames, BPF_F_USER_STACK);
     struct pt_regs *r = user_regs();
     e->regs.ip = r->ip;
     e->regs.sp = r->sp;

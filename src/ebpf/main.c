@@ -315,6 +315,23 @@ static int64_t ts_ms(const struct cw_ev *e)
     return (int64_t)(e->ts_ns / 1000000u);
 }
 
+/* The frame-pointer chain through the stack copy, for code with no CFI the unwinder knows. */
+static int frame_pointer_walk(const struct cw_ev *e, uintptr_t *pcs, int max)
+{
+    int n = 0;
+    pcs[n++] = (uintptr_t)e->regs.ip;
+    uint64_t bp = e->regs.bp, lo = e->regs.sp, hi = e->regs.sp + e->stack_bytes;
+    while (n < max && bp >= lo && bp + 16 <= hi && bp % 8 == 0) {
+        uint64_t frame[2];
+        memcpy(frame, e->stack + (bp - lo), sizeof frame);
+        if (frame[1] == 0) break;
+        pcs[n++] = (uintptr_t)frame[1];
+        if (frame[0] <= bp) break;
+        bp = frame[0];
+    }
+    return n;
+}
+
 /* The event's stack in the store: DWARF from the stack copy, else the frame pointers.  A stack of
  * one frame (the system call's own) says nothing of where the socket came from: none. */
 static uint32_t stack_of(const struct cw_ev *e)
@@ -327,6 +344,7 @@ static uint32_t stack_of(const struct cw_ev *e)
         cover(&ip, 1);
         n = cw_remote_unwind(target, e, pcs, depth);
     }
+    if (n < 2 && e->stack_bytes > 0) n = frame_pointer_walk(e, pcs, depth);
     if (n < 2 && e->fp_bytes > 0) {
         n = e->fp_bytes / (int)sizeof(uint64_t);
         if (n > depth) n = depth;
