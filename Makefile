@@ -48,8 +48,9 @@ $(LIB): $(OBJS) src/exports.map
 # Built only where clang, bpftool, libbpf's headers and the kernel's BTF are there.
 EBPF_BIN := closewait-ebpf
 EBPF_BUILD := build/ebpf
+BPFTOOL ?= $(firstword $(shell command -v bpftool 2>/dev/null) $(wildcard /usr/sbin/bpftool /sbin/bpftool))
 EBPF_MISSING := $(strip $(if $(shell command -v clang 2>/dev/null),,clang) \
-  $(if $(shell command -v bpftool 2>/dev/null),,bpftool) \
+  $(if $(BPFTOOL),,bpftool) \
   $(if $(wildcard /usr/include/bpf/libbpf.h),,libbpf-dev) \
   $(if $(wildcard /sys/kernel/btf/vmlinux),,/sys/kernel/btf/vmlinux))
 EBPF_CORE := $(filter-out src/hooks/% src/watcher/start.c src/watcher/process.c,$(SRCS))
@@ -64,13 +65,13 @@ endif
 
 $(EBPF_BUILD)/vmlinux.h:
 	@mkdir -p $(dir $@)
-	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
 $(EBPF_BUILD)/closewait.bpf.o: src/ebpf/closewait.bpf.c src/ebpf/events.h $(EBPF_BUILD)/vmlinux.h
 	clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I$(EBPF_BUILD) -Isrc/ebpf -c -o $@ $<
 
 $(EBPF_BUILD)/closewait.skel.h: $(EBPF_BUILD)/closewait.bpf.o
-	bpftool gen skeleton $< name closewait_bpf > $@.tmp && mv $@.tmp $@
+	$(BPFTOOL) gen skeleton $< name closewait_bpf > $@.tmp && mv $@.tmp $@
 
 $(EBPF_BUILD)/core/%.o: src/%.c $(HDRS)
 	@mkdir -p $(dir $@)

@@ -634,6 +634,7 @@ int main(int argc, char **argv)
     /* Reports go to our stderr: published as the area's, and held, as a watcher process does. */
     cw_sink_publish_stderr();
     cw_in_watcher_process = 1;
+    ebpf_front_end = 1;
     cw_sink_stderr_hold(1);
 
     struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.events), on_event, NULL, NULL);

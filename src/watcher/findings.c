@@ -21,7 +21,7 @@ void cw_finding_announce(void)
         .ppid = cw_program_ppid(),
         .exe = P->exe,
         .host = hostname,
-        .watcher = thread_mode ? "thread" : "process",
+        .watcher = thread_mode ? "thread" : ebpf_front_end ? "ebpf" : "process",
         .version = CLOSEWAIT_VERSION,
         .grace_ms = cw_cfg.grace_ms,
     };

@@ -113,6 +113,7 @@ CW_HIDDEN extern struct cw_dump dump, established;
 CW_HIDDEN extern int listeners_seen;
 CW_HIDDEN extern char hostname[256];
 CW_HIDDEN extern int thread_mode; /* this process watches itself, from a thread */
+CW_HIDDEN extern int ebpf_front_end; /* closewait-ebpf: the slots are written from the kernel's records */
 CW_HIDDEN extern int suppressions_loaded;
 
 struct observed {
