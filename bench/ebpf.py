@@ -6,7 +6,12 @@ medians of the with/without ratios of requests/s and of the server's CPU per req
 programs run inside the server's own system calls, so their cost is in the server's CPU time;
 closewait-ebpf's own CPU (unwinding, symbolizing, the sock_diag looks) is shown beside.
 
-    python3 bench/ebpf.py [--rounds N] [--seconds S] [--only nginx,go]
+    python3 bench/ebpf.py [--rounds N] [--seconds S] [--only micro,nginx,go]
+
+micro: bench/micro.c's loops (read of a file, recv of 1 byte on a tracked TCP socket, accept+close
+8 frames deep) run alternately alone and under `closewait-ebpf --`: ns per call, the best of each
+process's 31 rounds, then the median over processes; what a call pays for the tracepoints and the
+records, measured where no other load's noise goes into a ratio of throughputs.
 
 Needs root (or CAP_BPF+CAP_PERFMON), nginx, wrk and go; a part whose tool is missing says so.
 Figures are printed, never judged by the exit status.
@@ -150,6 +155,25 @@ def measure(label, pid, url, rounds, seconds, close):
         med([r[2] for r in res[True]])), flush=True)
 
 
+def micro(rounds):
+    exe = os.path.join(WORK, "micro")
+    subprocess.run(["cc", "-O2", "-g", "-o", exe, os.path.join(HERE, "micro.c")], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOSEWAIT_")}
+    env["CLOSEWAIT_LOG"] = "off"
+    for mode, args in (("read", ["31", "2048"]), ("recv", ["31", "2048"]), ("accept", ["31", "64", "8"])):
+        res = {False: [], True: []}
+        for k in range(rounds):
+            for traced in ((False, True) if k % 2 == 0 else (True, False)):
+                cmd = pinned(0) + ([EBPF, "--"] if traced else []) + [exe, mode] + args
+                out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, timeout=120).stdout
+                line = [l for l in out.splitlines() if l.startswith("ns ")]
+                # the best round of the process: on a shared machine, the one least disturbed
+                res[traced].append(min(float(x) for x in line[0].split()[2:]))
+        a, b = statistics.median(res[False]), statistics.median(res[True])
+        print("micro %-8s ns/call %8.1f -> %8.1f  +%.1f ns (x%.3f; processes %s -> %s)" % (
+            mode, a, b, b - a, b / a, ["%.0f" % x for x in res[False]], ["%.0f" % x for x in res[True]]), flush=True)
+
+
 def nginx(rounds, seconds):
     if shutil.which("nginx") is None:
         print("nginx: skipped (apt-get install nginx-light)")
@@ -198,7 +222,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=3)
-    ap.add_argument("--only", default="nginx,go")
+    ap.add_argument("--only", default="micro,nginx,go")
     a = ap.parse_args()
     if not os.path.exists(EBPF):
         print("closewait-ebpf is not built; run make")
@@ -212,6 +236,8 @@ def main():
         return 1
     print("%d pairs of %d s rounds, ABBA; load %s" % (a.rounds, a.seconds, os.getloadavg()[0]))
     try:
+        if "micro" in a.only:
+            micro(a.rounds)
         if "nginx" in a.only:
             nginx(a.rounds, a.seconds)
         if "go" in a.only:

@@ -9,8 +9,7 @@
  * stream socket of protocol TCP or MPTCP, as the kernel says (not as the call's arguments say),
  * and its descriptor goes into `fds`; every other event looks its descriptor up there first, so
  * that reads of files, pipes and UDP sockets cost one lookup and send nothing.  A read that
- * returns data costs one comparison.  The registers of the call are read from the task's saved
- * user registers (bpf_task_pt_regs), so no sys_enter program is needed to remember arguments.
+ * returns data costs two comparisons.
  *
  * The peer's FIN comes from sock:inet_sock_set_state, which runs in the softirq of whatever task
  * the packet interrupted: the socket is tied to the traced process by its inode (`inodes`),
@@ -158,9 +157,13 @@ static __always_inline void send_small(__u32 kind, int fd, int fd2, __u64 inode)
     bpf_ringbuf_submit(e, submit_flags());
 }
 
-/* A record with the stack of the call. */
-static __always_inline void send_with_stack(void *ctx, __u32 kind, __u32 op, int fd, int fd2, __u64 inode, __u32 family)
+#define KIND_OP(kind, op, family) ((kind) | (op) << 8 | (family) << 16)
+
+/* A record with the stack of the call (a BPF call takes five arguments: kind, op and family
+ * travel in one, KIND_OP). */
+static __noinline void send_with_stack(void *ctx, __u32 kind_op, int fd, int fd2, __u64 inode)
 {
+    __u32 kind = kind_op & 0xff, op = (kind_op >> 8) & 0xff, family = kind_op >> 16;
     struct cw_ev *e = bpf_ringbuf_reserve(&events, sizeof(struct cw_ev), 0);
     if (e == NULL) {
         count_lost();
@@ -179,6 +182,10 @@ static __always_inline void send_with_stack(void *ctx, __u32 kind, __u32 op, int
      * itself where DWARF says nothing). */
     e->fp_bytes = copy_stack ? 0 : bpf_get_stack(ctx, e->fp_frames, sizeof e->fp_frames, BPF_F_USER_STACK);
     struct pt_regs *r = user_regs();
+    if (r == NULL) {
+        bpf_ringbuf_discard(e, 0);
+        return;
+    }
     e->regs.ip = r->ip;
     e->regs.sp = r->sp;
     e->regs.bp = r->bp;
@@ -217,116 +224,33 @@ static __always_inline void send_with_stack(void *ctx, __u32 kind, __u32 op, int
     bpf_ringbuf_submit(e, submit_flags());
 }
 
-static __always_inline void birth(void *ctx, long ret, __u32 op, int listener)
+static __noinline void birth(void *ctx, long ret, __u32 op, int listener)
 {
-    if (ret < 0 || !traced()) return;
+    if (ret < 0) return;
     int fd = (int)ret;
     __u32 family = 0;
     __u64 ino = tcp_inode(fd, &family);
+    __u32 key = (__u32)fd;
     if (ino == 0) {
         /* Not TCP: a tracked number that is something else now (closed behind our back). */
-        __u32 key = (__u32)fd;
         if (bpf_map_delete_elem(&fds, &key) == 0) send_small(CW_EV_CLOSE, fd, -1, 0);
         return;
     }
-    __u32 key = (__u32)fd;
     bpf_map_update_elem(&fds, &key, &ino, BPF_ANY);
     __u8 one = 1;
     bpf_map_update_elem(&inodes, &ino, &one, BPF_ANY);
-    send_with_stack(ctx, CW_EV_BIRTH, op, fd, listener, ino, family);
+    send_with_stack(ctx, KIND_OP(CW_EV_BIRTH, op, family), fd, listener, ino);
 }
 
-SEC("tracepoint/syscalls/sys_exit_socket")
-int exit_socket(struct trace_event_raw_sys_exit *ctx)
+/* A read that returned 0 for a non-empty buffer (has_len: the third argument is the length, or
+ * the iovec count). */
+static __noinline void eof(void *ctx, int fd, __u64 len, __u32 op, int has_len)
 {
-    birth(ctx, ctx->ret, OP_SOCKET, -1);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept")
-int exit_accept(struct trace_event_raw_sys_exit *ctx)
-{
-    if (ctx->ret < 0 || !traced()) return 0;
-    birth(ctx, ctx->ret, OP_ACCEPT, (int)user_regs()->di);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int exit_accept4(struct trace_event_raw_sys_exit *ctx)
-{
-    if (ctx->ret < 0 || !traced()) return 0;
-    birth(ctx, ctx->ret, OP_ACCEPT4, (int)user_regs()->di);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_connect")
-int enter_connect(struct trace_event_raw_sys_enter *ctx)
-{
-    if (!traced()) return 0;
-    __u32 key = (__u32)ctx->args[0];
-    if (bpf_map_lookup_elem(&fds, &key)) send_small(CW_EV_CONNECT, (int)key, -1, 0);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_listen")
-int exit_listen(struct trace_event_raw_sys_exit *ctx)
-{
-    if (ctx->ret != 0 || !traced()) return 0;
-    struct pt_regs *r = user_regs();
-    __u32 key = (__u32)r->di;
-    if (bpf_map_lookup_elem(&fds, &key)) send_with_stack(ctx, CW_EV_LISTEN, OP_SOCKET, (int)key, (int)r->si, 0, 0);
-    return 0;
-}
-
-/* A read that returned 0 for a non-empty buffer (len_arg: the register holding the length, or
- * -1 when it is not one number). */
-static __always_inline void eof(void *ctx, long ret, __u32 op, int has_len)
-{
-    if (ret != 0 || !traced()) return;
-    struct pt_regs *r = user_regs();
-    if (has_len && r->dx == 0) return;
-    __u32 key = (__u32)r->di;
+    if (has_len && len == 0) return;
+    __u32 key = (__u32)fd;
     __u64 *ino = bpf_map_lookup_elem(&fds, &key);
     if (ino == NULL) return;
-    send_with_stack(ctx, CW_EV_EOF, op, (int)key, -1, *ino, 0);
-}
-
-SEC("tracepoint/syscalls/sys_exit_read")
-int exit_read(struct trace_event_raw_sys_exit *ctx)
-{
-    eof(ctx, ctx->ret, OP_READ, 1);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_readv")
-int exit_readv(struct trace_event_raw_sys_exit *ctx)
-{
-    eof(ctx, ctx->ret, OP_READV, 1); /* dx: the iovec count */
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
-{
-    eof(ctx, ctx->ret, OP_RECVFROM, 1);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int exit_recvmsg(struct trace_event_raw_sys_exit *ctx)
-{
-    eof(ctx, ctx->ret, OP_RECVMSG, 0);
-    return 0;
-}
-
-/* Before the descriptor is released, so that its number cannot be reused ahead of the record. */
-SEC("tracepoint/syscalls/sys_enter_close")
-int enter_close(struct trace_event_raw_sys_enter *ctx)
-{
-    if (!traced()) return 0;
-    __u32 key = (__u32)ctx->args[0];
-    if (bpf_map_delete_elem(&fds, &key) == 0) send_small(CW_EV_CLOSE, (int)key, -1, 0);
-    return 0;
+    send_with_stack(ctx, KIND_OP(CW_EV_EOF, op, 0), fd, -1, *ino);
 }
 
 struct range_ctx {
@@ -341,28 +265,24 @@ static long forget_one(__u64 i, void *data)
     return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_close_range")
-int enter_close_range(struct trace_event_raw_sys_enter *ctx)
+static __noinline void close_range_of(__u32 first, __u32 last, __u32 flags)
 {
-    if (!traced()) return 0;
-    __u32 first = (__u32)ctx->args[0], last = (__u32)ctx->args[1];
-    if ((__u32)ctx->args[2] & CLOSE_RANGE_CLOEXEC) return 0;
+    if (flags & CLOSE_RANGE_CLOEXEC) return;
     struct task_struct *t = (struct task_struct *)bpf_get_current_task();
     __u32 max = BPF_CORE_READ(t, files, fdt, max_fds);
-    if (max == 0 || first >= max) return 0;
+    if (max == 0 || first >= max) return;
     if (last >= max) last = max - 1;
-    if (last < first) return 0;
+    if (last < first) return;
     struct range_ctx c = {first};
     bpf_loop(last - first + 1, forget_one, &c, 0);
     send_small(CW_EV_CLOSE_RANGE, (int)first, (int)last, 0);
-    return 0;
 }
 
 /* dup, dup2, dup3, fcntl(F_DUPFD*): the copy is what the original is; a tracked number that is
  * replaced by something untracked ends its life. */
-static __always_inline void dup_done(long ret, int old)
+static __noinline void dup_done(long ret, int old)
 {
-    if (ret < 0 || !traced()) return;
+    if (ret < 0) return;
     __u32 from = (__u32)old, to = (__u32)ret;
     if (from == to) return;
     __u64 *ino = bpf_map_lookup_elem(&fds, &from);
@@ -375,45 +295,106 @@ static __always_inline void dup_done(long ret, int old)
     }
 }
 
-SEC("tracepoint/syscalls/sys_exit_dup")
-int exit_dup(struct trace_event_raw_sys_exit *ctx)
-{
-    if (ctx->ret < 0 || !traced()) return 0;
-    dup_done(ctx->ret, (int)user_regs()->di);
-    return 0;
-}
+/* x86_64 system call numbers */
+#define NR_read 0
+#define NR_close 3
+#define NR_readv 19
+#define NR_dup 32
+#define NR_dup2 33
+#define NR_socket 41
+#define NR_connect 42
+#define NR_accept 43
+#define NR_recvfrom 45
+#define NR_recvmsg 47
+#define NR_listen 50
+#define NR_fcntl 72
+#define NR_exit_group 231
+#define NR_accept4 288
+#define NR_dup3 292
+#define NR_close_range 436
 
-SEC("tracepoint/syscalls/sys_exit_dup2")
-int exit_dup2(struct trace_event_raw_sys_exit *ctx)
-{
-    if (ctx->ret < 0 || !traced()) return 0;
-    dup_done(ctx->ret, (int)user_regs()->di);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_dup3")
-int exit_dup3(struct trace_event_raw_sys_exit *ctx)
-{
-    if (ctx->ret < 0 || !traced()) return 0;
-    dup_done(ctx->ret, (int)user_regs()->di);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_fcntl")
-int exit_fcntl(struct trace_event_raw_sys_exit *ctx)
-{
-    if (ctx->ret < 0 || !traced()) return 0;
-    struct pt_regs *r = user_regs();
-    if (r->si != F_DUPFD && r->si != F_DUPFD_CLOEXEC) return 0;
-    dup_done(ctx->ret, (int)r->di);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_exit_group")
-int enter_exit_group(struct trace_event_raw_sys_enter *ctx)
+/*
+ * One program at the entry of every system call and one at its exit (the raw sys_enter and
+ * sys_exit tracepoints, BTF-typed: the saved user registers and the number or the result, with
+ * no record built for perf), rather than one per system call through the syscalls: events, each
+ * of which has the kernel build a perf record of the call before any program can look at it:
+ * that made every read of every process on the machine pay ~200 ns.  Here a call of another
+ * process costs the comparison of its tgid.
+ */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 {
     if (!traced()) return 0;
-    send_small(CW_EV_EXIT, -1, -1, 0);
+    switch (id) {
+    case NR_close: {
+        /* Before the descriptor is released: its number cannot be reused ahead of the record. */
+        __u32 key = (__u32)regs->di;
+        if (bpf_map_delete_elem(&fds, &key) == 0) send_small(CW_EV_CLOSE, (int)key, -1, 0);
+        break;
+    }
+    case NR_connect: {
+        __u32 key = (__u32)regs->di;
+        if (bpf_map_lookup_elem(&fds, &key)) send_small(CW_EV_CONNECT, (int)key, -1, 0);
+        break;
+    }
+    case NR_close_range:
+        close_range_of((__u32)regs->di, (__u32)regs->si, (__u32)regs->dx);
+        break;
+    case NR_exit_group:
+        send_small(CW_EV_EXIT, -1, -1, 0);
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
+{
+    /* A read that returned data: two comparisons and out. */
+    if (ret > 0 && regs->orig_ax <= NR_readv) return 0;
+    if (!traced()) return 0;
+    switch (regs->orig_ax) {
+    case NR_socket:
+        birth(ctx, ret, OP_SOCKET, -1);
+        break;
+    case NR_accept:
+        birth(ctx, ret, OP_ACCEPT, (int)regs->di);
+        break;
+    case NR_accept4:
+        birth(ctx, ret, OP_ACCEPT4, (int)regs->di);
+        break;
+    case NR_read:
+        if (ret == 0) eof(ctx, (int)regs->di, regs->dx, OP_READ, 1);
+        break;
+    case NR_readv:
+        if (ret == 0) eof(ctx, (int)regs->di, regs->dx, OP_READV, 1);
+        break;
+    case NR_recvfrom:
+        if (ret == 0) eof(ctx, (int)regs->di, regs->dx, OP_RECVFROM, 1);
+        break;
+    case NR_recvmsg:
+        if (ret == 0) eof(ctx, (int)regs->di, 0, OP_RECVMSG, 0);
+        break;
+    case NR_listen:
+        if (ret == 0) {
+            __u32 key = (__u32)regs->di;
+            if (bpf_map_lookup_elem(&fds, &key))
+                send_with_stack(ctx, KIND_OP(CW_EV_LISTEN, OP_SOCKET, 0), (int)key, (int)regs->si, 0);
+        }
+        break;
+    case NR_dup:
+    case NR_dup2:
+    case NR_dup3:
+        dup_done(ret, (int)regs->di);
+        break;
+    case NR_fcntl:
+        if (regs->si == F_DUPFD || regs->si == F_DUPFD_CLOEXEC) dup_done(ret, (int)regs->di);
+        break;
+    default:
+        break;
+    }
     return 0;
 }
 
