@@ -173,6 +173,27 @@ def micro(rounds):
         a, b = statistics.median(res[False]), statistics.median(res[True])
         print("micro %-8s ns/call %8.1f -> %8.1f  +%.1f ns (x%.3f; processes %s -> %s)" % (
             mode, a, b, b - a, b / a, ["%.0f" % x for x in res[False]], ["%.0f" % x for x in res[True]]), flush=True)
+    # A bystander: a process that is not traced, while closewait-ebpf follows another one (every
+    # system call on the machine then takes the kernel's syscall-tracepoint path).
+    res = {False: [], True: []}
+    for k in range(rounds):
+        for traced in ((False, True) if k % 2 == 0 else (True, False)):
+            other = subprocess.Popen(["sleep", "600"]) if traced else None
+            tracer = attach(other.pid) if traced else None
+            try:
+                out = subprocess.run(pinned(0) + [exe, "read", "31", "2048"], stdout=subprocess.PIPE, text=True,
+                                     env=env, timeout=120).stdout
+            finally:
+                if tracer:
+                    detach(tracer)
+                if other:
+                    other.kill()
+                    other.wait()
+            line = [l for l in out.splitlines() if l.startswith("ns ")]
+            res[traced].append(min(float(x) for x in line[0].split()[2:]))
+    a, b = statistics.median(res[False]), statistics.median(res[True])
+    print("micro read, another process traced: ns/call %8.1f -> %8.1f  +%.1f ns (x%.3f)" % (a, b, b - a, b / a),
+          flush=True)
 
 
 def nginx(rounds, seconds):
