@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "unwind/symbolize.h"
+#include "unwind/gopclntab.h"
 #include "unwind/stacks.h"
 #include "shared/region.h"
 
@@ -382,6 +383,16 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
     off = 0;
     base.function = demangled(p_dwfl_module_addrinfo(mod, lookup, &off, &sym, NULL, NULL, NULL));
     base.sym_off = base.function != NULL ? (uintptr_t)off : (uintptr_t)-1;
+    if (base.function == NULL && base.module != NULL && base.module[0] == '/') {
+        /* A Go binary without symbols nor DWARF: the runtime's own table names it. */
+        const char *fn = NULL, *fl = NULL;
+        int ln = 0;
+        if (cw_gopclntab_lookup(base.module, (uint64_t)(lookup - (uintptr_t)bias), &fn, &fl, &ln) == 0) {
+            base.function = intern(fn);
+            base.file = intern(fl);
+            base.line = ln;
+        }
+    }
     Dwfl_Line *line = p_dwfl_module_getsrc(mod, lookup);
     if (line != NULL) {
         int lineno = 0;

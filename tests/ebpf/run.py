@@ -54,9 +54,10 @@ def need_ebpf():
         raise TestSkip('eBPF not available: ' + _ready['ebpf'])
 
 
-def go_build(name):
-    """tests/ebpf/progs/name.go built here (standard library only, no network, a fresh GOCACHE)."""
-    key = 'go:' + name
+def go_build(name, stripped=False):
+    """tests/ebpf/progs/name.go built here (standard library only, no network, a fresh GOCACHE);
+    `stripped`: without symbols nor DWARF (-ldflags=-s -w), as container images ship them."""
+    key = 'go:%s:%s' % (name, stripped)
     if key not in _ready:
         go = shutil.which('go')
         if go is None:
@@ -66,8 +67,9 @@ def go_build(name):
             env.update({'GOCACHE': os.path.join(WORK, 'gocache'), 'GOPATH': os.path.join(WORK, 'gopath'),
                         'GOFLAGS': '-mod=mod', 'GOPROXY': 'off', 'GO111MODULE': 'on', 'CGO_ENABLED': '0',
                         'HOME': WORK})
-            out = os.path.join(WORK, name)
-            r = subprocess.run([go, 'build', '-o', out, os.path.join(PROGS, name + '.go')], cwd=WORK, env=env,
+            out = os.path.join(WORK, name + ('-stripped' if stripped else ''))
+            flags = ['-ldflags=-s -w'] if stripped else []
+            r = subprocess.run([go, 'build'] + flags + ['-o', out, os.path.join(PROGS, name + '.go')], cwd=WORK, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
             _ready[key] = (out, None) if r.returncode == 0 else (None, 'go build failed: ' + harness.one_line_text(r.stdout.decode()[-300:]))
     path, why = _ready[key]
@@ -272,6 +274,32 @@ def test_go_tcp_server_forgets_close():
     finally:
         tr.kill()
     return 'main.acceptLoop :%d, EOF in main.drain :%d' % (accept_line, drain_line)
+
+
+@tests.test
+def test_go_stripped_binary_named_from_gopclntab():
+    need_ebpf()
+    prog = go_build('go_tcp_forget', stripped=True)
+    r = subprocess.run(['readelf', '-S', '-W', prog], stdout=subprocess.PIPE, text=True, timeout=30)
+    check('.debug_info' not in r.stdout and '.symtab' not in r.stdout and '.gopclntab' in r.stdout,
+          'the stripped build still has symbols or DWARF, or no .gopclntab')
+    log, err = os.path.join(WORK, 'stripped.jsonl'), os.path.join(WORK, 'stripped.err')
+    tr = Traced([EBPF, '--', prog], env=ebpf_env(log), stderr_path=err)
+    try:
+        port = tr.port()
+        pid = traced_pid(tr)
+        client(port, 'x')
+        tr.wait_line('SERVED')
+        check(len(ss_held_by(port, pid)) == 1 or harness.poll_until(lambda: len(ss_held_by(port, pid)) == 1, 5),
+              'ss: %s' % ss_held_by(port, pid))
+        lk = wait_leaks(log, 1, reason='eof_not_closed')[0]
+        accept_line = source_line('go_tcp_forget.go', 'l.Accept()')
+        check(frame_at(lk['open_stack'], 'main.acceptLoop', 'go_tcp_forget.go', accept_line),
+              'no main.acceptLoop go_tcp_forget.go:%d from .gopclntab: %s' % (accept_line, describe(lk['open_stack'])))
+        tr.finish()
+    finally:
+        tr.kill()
+    return 'main.acceptLoop :%d without symbols or DWARF' % accept_line
 
 
 @tests.test
