@@ -14,6 +14,7 @@ enum cw_ev_kind {
     CW_EV_CLOSE_RANGE, /* fds [fd, fd2] closed */
     CW_EV_FIN,         /* the socket of inode `inode` went to CLOSE_WAIT (the peer's FIN) */
     CW_EV_EXIT,        /* the process is ending (exit_group) */
+    CW_EV_FORK,        /* it forked the process fd (not followed) */
 };
 
 /* The frame-pointer walk bpf_get_stack makes, and what the loader needs to unwind with DWARF
@@ -48,6 +49,8 @@ struct cw_ev {
     __u8 stack[CW_EV_STACK_BYTES];
 };
 
+/* A record with frames but no stack copy (Go's). */
+#define CW_EV_NO_STACK_BYTES ((unsigned long)&((struct cw_ev *)0)->stack)
 /* The head of a record without a stack (closes, dups, FINs): the ring buffer carries only that. */
 #define CW_EV_HEAD_BYTES ((unsigned long)&((struct cw_ev *)0)->regs)
 #endif

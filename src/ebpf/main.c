@@ -47,9 +47,10 @@ static struct proc *traced;
 static struct closewait_bpf *skel;
 static volatile sig_atomic_t stop_signal;
 static int exit_seen;
+static int fork_said;            /* a fork was said (once) */
 static int64_t fin_until;        /* a FIN was seen: look until this time */
 static int listening;            /* a listener is held: look every interval (its backlog) */
-static long counted[CW_EV_EXIT + 1]; /* records of each kind, for CLOSEWAIT_EBPF_DEBUG */
+static long counted[CW_EV_FORK + 1]; /* records of each kind, for CLOSEWAIT_EBPF_DEBUG */
 
 static void say(const char *a, const char *b, const char *c)
 {
@@ -408,8 +409,10 @@ static int on_event(void *ctx, void *data, size_t size)
     (void)ctx;
     const struct cw_ev *e = data;
     if (size < CW_EV_HEAD_BYTES) return 0;
-    if (e->kind <= CW_EV_EXIT) counted[e->kind]++;
-    if ((e->kind == CW_EV_BIRTH || e->kind == CW_EV_LISTEN || e->kind == CW_EV_EOF) && size < sizeof *e) return 0;
+    if (e->kind <= CW_EV_FORK) counted[e->kind]++;
+    if ((e->kind == CW_EV_BIRTH || e->kind == CW_EV_LISTEN || e->kind == CW_EV_EOF) &&
+        (size < CW_EV_NO_STACK_BYTES || e->stack_bytes > size - CW_EV_NO_STACK_BYTES))
+        return 0;
     switch (e->kind) {
     case CW_EV_BIRTH:
         on_birth(e);
@@ -441,6 +444,15 @@ static int on_event(void *ctx, void *data, size_t size)
     }
     case CW_EV_EXIT:
         exit_seen = 1;
+        break;
+    case CW_EV_FORK:
+        if (!fork_said) {
+            fork_said = 1;
+            char line[160];
+            snprintf(line, sizeof line, "process %ld forked process %d: what it holds is not followed (one process only)",
+                     (long)target, e->fd);
+            say(line, NULL, NULL);
+        }
         break;
     default:
         break;
