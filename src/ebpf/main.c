@@ -498,7 +498,10 @@ static int adopt_existing(void)
         atomic_fetch_or_explicit(&s->flags, CW_SF_BEFORE_ATTACH, memory_order_relaxed);
         if (k->family == AF_INET6) atomic_store_explicit(&area->any_inet6, 1, memory_order_relaxed);
         if (kind == CW_KIND_LISTEN) listening = 1;
-        if (k->state == TCPS_CLOSE_WAIT) held++;
+        if (k->state == TCPS_CLOSE_WAIT) {
+            atomic_fetch_or_explicit(&s->flags, CW_SF_HELD_AT_ATTACH, memory_order_relaxed);
+            held++;
+        }
         uint32_t key = (uint32_t)fd;
         uint64_t value = inode;
         uint8_t one = 1;

@@ -28,6 +28,7 @@ enum cw_kind {
 #define CW_SF_BACKLOGGED 0x20u   /* listener: its accept queue is not empty; check what accept returns */
 #define CW_SF_DEAD_ON_ACCEPT 0x40u /* accepted already in CLOSE_WAIT, after waiting in the queue */
 #define CW_SF_BEFORE_ATTACH 0x80u /* held before the eBPF front-end attached: birth unknown */
+#define CW_SF_HELD_AT_ATTACH 0x100u /* and in CLOSE_WAIT already then: listed at once */
 
 /*
  * One descriptor.  `seq` is (generation << 2 | kind): a birth or death stores a new value, so a

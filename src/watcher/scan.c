@@ -133,7 +133,7 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     if (k != NULL && (state == TCPS_CLOSE_WAIT || state == TCPS_LAST_ACK)) {
         /* In CLOSE_WAIT before an attach: since the peer's last segment at least (its FIN, or
          * an ACK of ours sent later), the best the kernel can say. */
-        if (s->w_fin_ms == 0 && (flags & CW_SF_BEFORE_ATTACH) && k->has_info && k->last_ack_recv < now)
+        if (s->w_fin_ms == 0 && (flags & CW_SF_HELD_AT_ATTACH) && k->has_info && k->last_ack_recv < now)
             s->w_fin_ms = now - (int64_t)k->last_ack_recv;
         if (s->w_fin_ms == 0) s->w_fin_ms = now;
     } else if (k == NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR)) && !(s->w_flags & WF_ESTABLISHED)) {
@@ -167,7 +167,7 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
         if (eof != 0 && (fin == 0 || eof < fin)) fin = eof;
     }
     /* Found in CLOSE_WAIT at an attach: listed at once, its grace spent before we came. */
-    int before_attach = (flags & CW_SF_BEFORE_ATTACH) && k != NULL && state == TCPS_CLOSE_WAIT;
+    int before_attach = (flags & CW_SF_HELD_AT_ATTACH) && k != NULL && state == TCPS_CLOSE_WAIT;
     if (fin == 0 || (now - fin < cw_cfg.grace_ms && !before_attach)) return;
     /* Data still going out, or sent after the FIN within the grace period: a reply to a
      * half-closing client, alive and not leaked. */

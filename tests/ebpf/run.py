@@ -393,6 +393,9 @@ def test_attach_running_c_server():
         server.wait_line('KEPT', count=2)
         before = harness.poll_until(lambda: len(ss_held_by(port, server.p.pid)) >= 2 and ss_held_by(port, server.p.pid), 10)
         check(before, 'ss shows %s in CLOSE_WAIT before the attach' % ss_held_by(port, server.p.pid))
+        # One more, born before the attach and still established: its peer closes after it.
+        open_before = socket.create_connection((harness.HOST, port), timeout=5)
+        open_before.sendall(b'LLLL')
         log, err = os.path.join(WORK, 'attach.jsonl'), os.path.join(WORK, 'attach.err')
         t0 = time.time()
         tr = Traced([WRAPPER, '--attach', str(server.p.pid)], env=ebpf_env(log), stderr_path=err)
@@ -407,19 +410,31 @@ def test_attach_running_c_server():
                 check(lk['since_fin_ms'] >= 0, 'its age: %s' % lk['since_fin_ms'])
             with open(err, 'rb') as f:
                 check(b'attached to process %d' % server.p.pid in f.read(), 'no "attached" line')
-            client(port, 'L')
+            # Born before, its FIN after the attach: reported after the grace period, not listed at
+            # once; where it was opened is not known, where it read the EOF is.
+            open_before.close()
             server.wait_line('KEPT', count=3)
-            new = wait_leaks(log, 1, reason='eof_not_closed')
+            late = wait_leaks(log, 1, reason='eof_not_closed')[0]
+            keep = source_line('leaky_c_server.c', 'while (read(fd, buf, sizeof buf) > 0)')
+            check(late['opened_by'] == 'before_attach' and not late.get('before_attach') and late['since_fin_ms'] >= GRACE_MS,
+                  'a socket born before the attach and closed by its peer after it: %s' % late)
+            check(frame_at(late.get('eof_stack'), 'keep_forever', 'leaky_c_server.c', keep),
+                  'its EOF stack: %s' % describe(late.get('eof_stack')))
+            client(port, 'L')
+            server.wait_line('KEPT', count=4)
+            new = wait_leaks(log, 2, reason='eof_not_closed')
+            new = [lk for lk in new if lk['opened_by'] != 'before_attach']
             take = source_line('leaky_c_server.c', 'accept(lfd, NULL, NULL)')
             check(frame_at(new[0]['open_stack'], 'take_connection', 'leaky_c_server.c', take),
                   'no take_connection :%d in the open stack of the leak after the attach: %s'
                   % (take, describe(new[0]['open_stack'])))
-            check(len(ss_held_by(port, server.p.pid)) == 3, 'ss: %s' % ss_held_by(port, server.p.pid))
+            check(new, 'no leak opened after the attach')
+            check(len(ss_held_by(port, server.p.pid)) == 4, 'ss: %s' % ss_held_by(port, server.p.pid))
             tr.p.send_signal(signal.SIGINT)
             tr.p.wait(10)
             check(tr.p.returncode == 0, 'closewait-ebpf exit status %s after Ctrl-C' % tr.p.returncode)
             summ = harness.of_kind(events(log), 'summary')
-            check(summ and summ[-1]['why'] == 'detach' and summ[-1]['leaks_open'] == 3, 'detach summary: %s' % summ)
+            check(summ and summ[-1]['why'] == 'detach' and summ[-1]['leaks_open'] == 4, 'detach summary: %s' % summ)
         finally:
             tr.kill()
         # Detached: the server was never stopped and still serves.
