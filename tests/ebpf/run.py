@@ -7,7 +7,6 @@ static libc is not there.
 
     python3 tests/ebpf/run.py [-k FILTER] [-v]
 """
-import argparse
 import os
 import re
 import shutil
@@ -488,10 +487,7 @@ def test_missing_permission_one_line():
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('-k', default=None)
-    ap.add_argument('-v', action='store_true')
-    a = ap.parse_args()
+    a = harness.suite_arguments(__doc__, 'show tracebacks of failures, keep the work directory')
     try:
         return harness.Runner(verbose=a.v).run(tests.select(a.k))
     finally:
