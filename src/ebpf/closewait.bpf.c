@@ -57,14 +57,29 @@ struct {
     __uint(max_entries, 16 << 20);
 } events SEC(".maps");
 
-/* The traced process's TCP descriptors: fd -> socket inode. */
+/* The traced processes' TCP descriptors: (tgid, fd) -> socket inode. */
+struct fd_key {
+    __u32 tgid;
+    __u32 fd;
+};
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(map_flags, BPF_F_NO_PREALLOC);
     __uint(max_entries, 1 << 20);
-    __type(key, __u32);
+    __type(key, struct fd_key);
     __type(value, __u64);
 } fds SEC(".maps");
+
+/* Processes followed besides target_tgid: the ones it forks (and the loader's, found at an
+ * attach).  Looked at only while `nfollowed` says there are some: a process not traced pays a
+ * comparison, not a lookup, until then. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);
+    __type(value, __u8);
+} followed SEC(".maps");
+__u32 nfollowed = 0;
 
 /* Sockets the traced process has held, by inode, for the FIN. */
 struct {
@@ -84,9 +99,13 @@ struct {
 
 char LICENSE[] SEC("license") = "GPL";
 
-static __always_inline int traced(void)
+/* The current process's tgid when it is traced, else 0. */
+static __always_inline __u32 traced(void)
 {
-    return (bpf_get_current_pid_tgid() >> 32) == target_tgid;
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (tgid == target_tgid) return tgid;
+    if (nfollowed == 0 || bpf_map_lookup_elem(&followed, &tgid) == NULL) return 0;
+    return tgid;
 }
 
 static __always_inline struct pt_regs *user_regs(void)
@@ -149,6 +168,8 @@ static __always_inline void send_small(__u32 kind, int fd, int fd2, __u64 inode)
     e->fd = fd;
     e->fd2 = fd2;
     e->tid = (__u32)bpf_get_current_pid_tgid();
+    e->tgid = (__u32)(bpf_get_current_pid_tgid() >> 32);
+    e->pad0 = 0;
     e->family = 0;
     e->inode = inode;
     e->ts_ns = bpf_ktime_get_ns();
@@ -176,6 +197,8 @@ static __noinline void send_with_stack(void *ctx, __u32 kind_op, int fd, int fd2
     e->fd = fd;
     e->fd2 = fd2;
     e->tid = (__u32)bpf_get_current_pid_tgid();
+    e->tgid = (__u32)(bpf_get_current_pid_tgid() >> 32);
+    e->pad0 = 0;
     e->family = family;
     e->inode = inode;
     e->ts_ns = bpf_ktime_get_ns();
@@ -226,13 +249,13 @@ static __noinline void send_with_stack(void *ctx, __u32 kind_op, int fd, int fd2
     bpf_ringbuf_submit(e, submit_flags());
 }
 
-static __noinline void birth(void *ctx, long ret, __u32 op, int listener)
+static __noinline void birth(void *ctx, __u32 tgid, long ret, __u32 op, int listener)
 {
     if (ret < 0) return;
     int fd = (int)ret;
     __u32 family = 0;
     __u64 ino = tcp_inode(fd, &family);
-    __u32 key = (__u32)fd;
+    struct fd_key key = {tgid, (__u32)fd};
     if (ino == 0) {
         /* Not TCP: a tracked number that is something else now (closed behind our back). */
         if (bpf_map_delete_elem(&fds, &key) == 0) send_small(CW_EV_CLOSE, fd, -1, 0);
@@ -244,30 +267,30 @@ static __noinline void birth(void *ctx, long ret, __u32 op, int listener)
     send_with_stack(ctx, KIND_OP(CW_EV_BIRTH, op, family), fd, listener, ino);
 }
 
-/* A read that returned 0 for a non-empty buffer (has_len: the third argument is the length, or
- * the iovec count). */
-static __noinline void eof(void *ctx, int fd, __u64 len, __u32 op, int has_len)
+/* A read that returned 0 for a non-empty buffer (len: the third argument, the length or the
+ * iovec count; 1 where there is no such number). */
+static __noinline void eof(void *ctx, __u32 tgid, int fd, __u64 len, __u32 op)
 {
-    if (has_len && len == 0) return;
-    __u32 key = (__u32)fd;
+    if (len == 0) return;
+    struct fd_key key = {tgid, (__u32)fd};
     __u64 *ino = bpf_map_lookup_elem(&fds, &key);
     if (ino == NULL) return;
     send_with_stack(ctx, KIND_OP(CW_EV_EOF, op, 0), fd, -1, *ino);
 }
 
 struct range_ctx {
-    __u32 first;
+    __u32 tgid, first;
 };
 
 static long forget_one(__u64 i, void *data)
 {
     struct range_ctx *c = data;
-    __u32 key = c->first + (__u32)i;
+    struct fd_key key = {c->tgid, c->first + (__u32)i};
     bpf_map_delete_elem(&fds, &key);
     return 0;
 }
 
-static __noinline void close_range_of(__u32 first, __u32 last, __u32 flags)
+static __noinline void close_range_of(__u32 tgid, __u32 first, __u32 last, __u32 flags)
 {
     if (flags & CLOSE_RANGE_CLOEXEC) return;
     struct task_struct *t = (struct task_struct *)bpf_get_current_task();
@@ -275,25 +298,24 @@ static __noinline void close_range_of(__u32 first, __u32 last, __u32 flags)
     if (max == 0 || first >= max) return;
     if (last >= max) last = max - 1;
     if (last < first) return;
-    struct range_ctx c = {first};
+    struct range_ctx c = {tgid, first};
     bpf_loop(last - first + 1, forget_one, &c, 0);
     send_small(CW_EV_CLOSE_RANGE, (int)first, (int)last, 0);
 }
 
 /* dup, dup2, dup3, fcntl(F_DUPFD*): the copy is what the original is; a tracked number that is
  * replaced by something untracked ends its life. */
-static __noinline void dup_done(long ret, int old)
+static __noinline void dup_done(__u32 tgid, long ret, int old)
 {
-    if (ret < 0) return;
-    __u32 from = (__u32)old, to = (__u32)ret;
-    if (from == to) return;
+    if (ret < 0 || old == (int)ret) return;
+    struct fd_key from = {tgid, (__u32)old}, to = {tgid, (__u32)ret};
     __u64 *ino = bpf_map_lookup_elem(&fds, &from);
     if (ino != NULL) {
         __u64 v = *ino;
         bpf_map_update_elem(&fds, &to, &v, BPF_ANY);
-        send_small(CW_EV_DUP, (int)to, (int)from, v);
+        send_small(CW_EV_DUP, (int)ret, old, v);
     } else if (bpf_map_delete_elem(&fds, &to) == 0) {
-        send_small(CW_EV_CLOSE, (int)to, -1, 0);
+        send_small(CW_EV_CLOSE, (int)ret, -1, 0);
     }
 }
 
@@ -326,21 +348,22 @@ static __noinline void dup_done(long ret, int old)
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 {
-    if (!traced()) return 0;
+    __u32 tgid = traced();
+    if (tgid == 0) return 0;
     switch (id) {
     case NR_close: {
         /* Before the descriptor is released: its number cannot be reused ahead of the record. */
-        __u32 key = (__u32)regs->di;
-        if (bpf_map_delete_elem(&fds, &key) == 0) send_small(CW_EV_CLOSE, (int)key, -1, 0);
+        struct fd_key key = {tgid, (__u32)regs->di};
+        if (bpf_map_delete_elem(&fds, &key) == 0) send_small(CW_EV_CLOSE, (int)key.fd, -1, 0);
         break;
     }
     case NR_connect: {
-        __u32 key = (__u32)regs->di;
-        if (bpf_map_lookup_elem(&fds, &key)) send_small(CW_EV_CONNECT, (int)key, -1, 0);
+        struct fd_key key = {tgid, (__u32)regs->di};
+        if (bpf_map_lookup_elem(&fds, &key)) send_small(CW_EV_CONNECT, (int)key.fd, -1, 0);
         break;
     }
     case NR_close_range:
-        close_range_of((__u32)regs->di, (__u32)regs->si, (__u32)regs->dx);
+        close_range_of(tgid, (__u32)regs->di, (__u32)regs->si, (__u32)regs->dx);
         break;
     case NR_exit_group:
         send_small(CW_EV_EXIT, -1, -1, 0);
@@ -356,43 +379,44 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 {
     /* A read that returned data: two comparisons and out. */
     if (ret > 0 && regs->orig_ax <= NR_readv) return 0;
-    if (!traced()) return 0;
+    __u32 tgid = traced();
+    if (tgid == 0) return 0;
     switch (regs->orig_ax) {
     case NR_socket:
-        birth(ctx, ret, OP_SOCKET, -1);
+        birth(ctx, tgid, ret, OP_SOCKET, -1);
         break;
     case NR_accept:
-        birth(ctx, ret, OP_ACCEPT, (int)regs->di);
+        birth(ctx, tgid, ret, OP_ACCEPT, (int)regs->di);
         break;
     case NR_accept4:
-        birth(ctx, ret, OP_ACCEPT4, (int)regs->di);
+        birth(ctx, tgid, ret, OP_ACCEPT4, (int)regs->di);
         break;
     case NR_read:
-        if (ret == 0) eof(ctx, (int)regs->di, regs->dx, OP_READ, 1);
+        if (ret == 0) eof(ctx, tgid, (int)regs->di, regs->dx, OP_READ);
         break;
     case NR_readv:
-        if (ret == 0) eof(ctx, (int)regs->di, regs->dx, OP_READV, 1);
+        if (ret == 0) eof(ctx, tgid, (int)regs->di, regs->dx, OP_READV);
         break;
     case NR_recvfrom:
-        if (ret == 0) eof(ctx, (int)regs->di, regs->dx, OP_RECVFROM, 1);
+        if (ret == 0) eof(ctx, tgid, (int)regs->di, regs->dx, OP_RECVFROM);
         break;
     case NR_recvmsg:
-        if (ret == 0) eof(ctx, (int)regs->di, 0, OP_RECVMSG, 0);
+        if (ret == 0) eof(ctx, tgid, (int)regs->di, 1, OP_RECVMSG);
         break;
     case NR_listen:
         if (ret == 0) {
-            __u32 key = (__u32)regs->di;
+            struct fd_key key = {tgid, (__u32)regs->di};
             if (bpf_map_lookup_elem(&fds, &key))
-                send_with_stack(ctx, KIND_OP(CW_EV_LISTEN, OP_SOCKET, 0), (int)key, (int)regs->si, 0);
+                send_with_stack(ctx, KIND_OP(CW_EV_LISTEN, OP_SOCKET, 0), (int)key.fd, (int)regs->si, 0);
         }
         break;
     case NR_dup:
     case NR_dup2:
     case NR_dup3:
-        dup_done(ret, (int)regs->di);
+        dup_done(tgid, ret, (int)regs->di);
         break;
     case NR_fcntl:
-        if (regs->si == F_DUPFD || regs->si == F_DUPFD_CLOEXEC) dup_done(ret, (int)regs->di);
+        if (regs->si == F_DUPFD || regs->si == F_DUPFD_CLOEXEC) dup_done(tgid, ret, (int)regs->di);
         break;
     default:
         break;
@@ -400,12 +424,18 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
     return 0;
 }
 
-/* The traced process forks: its children are not followed (one process); the loader says so. */
+/* A traced process forks: the child is followed from its first instruction (this runs in the
+ * parent, before the child can run, so its record comes before any of the child's).  Its
+ * inherited descriptors are copied by the loader, which knows them. */
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(process_fork, struct task_struct *parent, struct task_struct *child)
 {
-    if (parent->tgid != target_tgid || child->pid != child->tgid) return 0;
-    send_small(CW_EV_FORK, (int)child->tgid, -1, 0);
+    __u32 ptgid = parent->tgid, ctgid = child->tgid;
+    if (child->pid != ctgid) return 0; /* a thread */
+    if (ptgid != target_tgid && (nfollowed == 0 || bpf_map_lookup_elem(&followed, &ptgid) == NULL)) return 0;
+    __u8 one = 1;
+    if (bpf_map_update_elem(&followed, &ctgid, &one, BPF_NOEXIST) == 0) __sync_fetch_and_add(&nfollowed, 1);
+    send_small(CW_EV_FORK, (int)ctgid, (int)ptgid, 0);
     return 0;
 }
 

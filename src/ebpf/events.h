@@ -14,7 +14,7 @@ enum cw_ev_kind {
     CW_EV_CLOSE_RANGE, /* fds [fd, fd2] closed */
     CW_EV_FIN,         /* the socket of inode `inode` went to CLOSE_WAIT (the peer's FIN) */
     CW_EV_EXIT,        /* the process is ending (exit_group) */
-    CW_EV_FORK,        /* it forked the process fd (not followed) */
+    CW_EV_FORK,        /* process fd2 forked process fd, which is followed from now on */
 };
 
 /* The frame-pointer walk bpf_get_stack makes, and what the loader needs to unwind with DWARF
@@ -36,7 +36,9 @@ struct cw_ev {
     __u32 op;           /* enum cw_op of the call (fdtable.h) */
     __s32 fd, fd2;
     __u32 tid;
+    __u32 tgid;         /* the process */
     __u32 family;       /* AF_INET / AF_INET6 of a birth */
+    __u32 pad0;
     __u64 inode;        /* the socket's inode (births, FIN) */
     __u64 ts_ns;        /* CLOCK_MONOTONIC */
     __s32 fp_bytes;     /* bytes of fp_frames filled, <= 0: none */

@@ -4,8 +4,9 @@
  * nothing is missed); neither needs the program to go through libc or to have been started with
  * the library.
  *
- * It is a producer of the region, like the libc hooks: it makes a region holding one area, the
- * traced process's, and writes there what the kernel side tells it (births with their stacks,
+ * It is a producer of the region, like the libc hooks: it makes a region holding an area per
+ * traced process (the one named, and the processes it forks, each from its first instruction;
+ * at an attach, its children already running too), and writes there what the kernel side tells it (births with their stacks,
  * reads of EOF, closes, dups) in the same slots the hooks write.  The watcher's own code then
  * looks at it (cw_watch_tick: the sock_diag dump, the grace, the kernel's word, the verdict) and
  * reports through the same printers and sink; this file decides only when to look.  It runs as
@@ -15,6 +16,7 @@
 #define _GNU_SOURCE
 #include "watcher/internal.h"
 #include "sys/sockets.h"
+#include "sys/procfs.h"
 #include "ebpf/events.h"
 #include "ebpf/remote_unwind.h"
 #include "closewait.skel.h"
@@ -38,18 +40,29 @@
 #define CAP_BPF 39
 #endif
 
-static pid_t target;
+static pid_t target;             /* the process named (or started) */
 static int spawned;              /* we started it: its exit status is ours */
 static int reaped;               /* and waited for it */
 static int traced_is_go;
-static struct cw_area *area;
-static struct proc *traced;
+/* A process followed: its area in the region, and what this file keeps of it. */
+#define MAX_EXEC_RANGES 512
+struct followed {
+    pid_t pid;
+    struct cw_area *area;
+    int listening;               /* a listener is held: look every interval (its backlog) */
+    int exiting;                 /* it called exit_group */
+    int nexec;
+    struct {
+        uintptr_t lo, hi;
+    } exec[MAX_EXEC_RANGES];     /* its executable mappings, to notice a dlopen */
+};
+static struct followed *fl;
+static size_t nfl, fl_cap;
+static int areas_exhausted;
 static struct closewait_bpf *skel;
 static volatile sig_atomic_t stop_signal;
-static int exit_seen;
-static int fork_said;            /* a fork was said (once) */
+
 static int64_t fin_until;        /* a FIN was seen: look until this time */
-static int listening;            /* a listener is held: look every interval (its backlog) */
 static long counted[CW_EV_FORK + 1]; /* records of each kind, for CLOSEWAIT_EBPF_DEBUG */
 
 static void say(const char *a, const char *b, const char *c)
@@ -250,25 +263,20 @@ static int release_spawned(void)
 
 /* ---- its modules ------------------------------------------------------------- */
 
-#define MAX_EXEC_RANGES 512
-static struct {
-    uintptr_t lo, hi;
-} exec_ranges[MAX_EXEC_RANGES];
-static int nexec_ranges;
-
 /* /proc/PID/maps lines of its file-backed mappings, published in its area, as the hooks publish
  * the program's own (modules.c): the watcher's symbolizer reads them there. */
-static void publish_modules(void)
+static void publish_modules(struct followed *f)
 {
     char path[64], line[1024];
-    snprintf(path, sizeof path, "/proc/%ld/maps", (long)target);
-    FILE *f = fopen(path, "re");
-    if (f == NULL) return;
-    uint32_t gen = atomic_load(&area->modules_gen);
-    atomic_store(&area->modules_gen, gen | 1u);
-    size_t n = 0, cap = sizeof area->modules;
-    nexec_ranges = 0;
-    while (fgets(line, sizeof line, f) != NULL) {
+    snprintf(path, sizeof path, "/proc/%ld/maps", (long)f->pid);
+    FILE *maps = fopen(path, "re");
+    if (maps == NULL) return;
+    struct cw_area *a = f->area;
+    uint32_t gen = atomic_load(&a->modules_gen);
+    atomic_store(&a->modules_gen, gen | 1u);
+    size_t n = 0, cap = sizeof a->modules;
+    f->nexec = 0;
+    while (fgets(line, sizeof line, maps) != NULL) {
         unsigned long lo, hi;
         char perms[8];
         int name_at = 0;
@@ -276,37 +284,171 @@ static void publish_modules(void)
         if (line[name_at] != '/' || strstr(line, " (deleted)") != NULL) continue;
         size_t len = strlen(line);
         if (n + len < cap) {
-            memcpy(area->modules + n, line, len);
+            memcpy(a->modules + n, line, len);
             n += len;
         }
-        if (perms[2] == 'x' && nexec_ranges < MAX_EXEC_RANGES) {
-            exec_ranges[nexec_ranges].lo = lo;
-            exec_ranges[nexec_ranges].hi = hi;
-            nexec_ranges++;
+        if (perms[2] == 'x' && f->nexec < MAX_EXEC_RANGES) {
+            f->exec[f->nexec].lo = lo;
+            f->exec[f->nexec].hi = hi;
+            f->nexec++;
         }
     }
-    fclose(f);
-    area->modules[n < cap ? n : cap - 1] = '\0';
-    atomic_store(&area->modules_len, (uint32_t)n);
-    atomic_store(&area->modules_gen, (gen | 1u) + 1u);
+    fclose(maps);
+    a->modules[n < cap ? n : cap - 1] = '\0';
+    atomic_store(&a->modules_len, (uint32_t)n);
+    atomic_store(&a->modules_gen, (gen | 1u) + 1u);
     char exe_link[64];
-    snprintf(exe_link, sizeof exe_link, "/proc/%ld/exe", (long)target);
-    ssize_t len = readlink(exe_link, area->exe, sizeof area->exe - 1);
-    area->exe[len > 0 ? len : 0] = '\0';
-    cw_remote_unwind_reset();
+    snprintf(exe_link, sizeof exe_link, "/proc/%ld/exe", (long)f->pid);
+    ssize_t len = readlink(exe_link, a->exe, sizeof a->exe - 1);
+    a->exe[len > 0 ? len : 0] = '\0';
+    /* The unwinder reads the named process's modules; its forks have the same (an exec in one
+     * of them is unwound by its frame pointers). */
+    if (f->pid == target) cw_remote_unwind_reset();
 }
 
 /* A pc in no known module: something was mapped since (a dlopen). */
-static void cover(const uintptr_t *pcs, int n)
+static void cover(struct followed *f, const uintptr_t *pcs, int n)
 {
     for (int i = 0; i < n; i++) {
         int known = 0;
-        for (int k = 0; k < nexec_ranges && !known; k++) known = pcs[i] >= exec_ranges[k].lo && pcs[i] < exec_ranges[k].hi;
+        for (int k = 0; k < f->nexec && !known; k++) known = pcs[i] >= f->exec[k].lo && pcs[i] < f->exec[k].hi;
         if (!known) {
-            publish_modules();
+            publish_modules(f);
             return;
         }
     }
+}
+
+/* ---- the processes followed ------------------------------------------------------- */
+
+static struct followed *followed_of(pid_t pid)
+{
+    for (size_t i = 0; i < nfl; i++)
+        if (fl[i].pid == pid) return &fl[i];
+    return NULL;
+}
+
+static struct proc *proc_of(pid_t pid)
+{
+    for (size_t k = 0; k < nprocs; k++)
+        if (procs[k].pid == pid) return &procs[k];
+    return NULL;
+}
+
+/* The descriptor table that the slot functions (fdtable.c) write: this process's. */
+static void table_of(struct followed *f)
+{
+    struct cw_area *old = cw_me;
+    if (old == f->area) return;
+    /* cw_table_repoint() sets the chunks of the new table only (it is made for a process that
+     * had no other): the old one's go first. */
+    int high = old != NULL ? atomic_load(&old->fd_high) : 0;
+    unsigned chunks = high <= 0 ? 0 : (unsigned)(high - 1) / CW_CHUNK_SLOTS + 1;
+    for (unsigned c = 0; c < chunks && c < CW_MAX_CHUNKS; c++) atomic_store(&cw_chunks[c], NULL);
+    cw_me = f->area;
+    cw_table_repoint();
+}
+
+static struct followed *follow(pid_t pid, struct cw_area *a)
+{
+    if (cw_grow(&fl, &fl_cap, nfl, sizeof *fl, 8) != 0) return NULL;
+    struct followed *f = &fl[nfl++];
+    memset(f, 0, sizeof *f);
+    f->pid = pid;
+    f->area = a;
+    atomic_store(&a->any_tcp, 1);
+    /* Reports about it go where the first one's go (our stderr, as published there). */
+    if (nfl > 1 && a != fl[0].area) memcpy(&a->err, &fl[0].area->err, sizeof a->err);
+    return f;
+}
+
+/* The kernel side follows pid too (it follows the named process and what it forks by itself). */
+static void kernel_follows(pid_t pid, int yes)
+{
+    if (pid == target) return;
+    uint32_t key = (uint32_t)pid;
+    uint8_t one = 1;
+    if (yes) {
+        if (bpf_map_update_elem(bpf_map__fd(skel->maps.followed), &key, &one, BPF_NOEXIST) == 0)
+            __atomic_fetch_add(&skel->bss->nfollowed, 1, __ATOMIC_RELAXED);
+    } else if (bpf_map_delete_elem(bpf_map__fd(skel->maps.followed), &key) == 0) {
+        __atomic_fetch_sub(&skel->bss->nfollowed, 1, __ATOMIC_RELAXED);
+    }
+}
+
+/* The kernel side's (tgid, fd) entries of every tracked descriptor of f: added (a fork's
+ * inheritance) or removed (f is gone). */
+static void kernel_fds(struct followed *f, int add)
+{
+    table_of(f);
+    int map = bpf_map__fd(skel->maps.fds);
+    for (int fd = cw_table_next(0); fd >= 0; fd = cw_table_next(fd + 1)) {
+        struct cw_slot *s = cw_slot_peek(fd);
+        uint32_t kind = s != NULL ? CW_SEQ_KIND(atomic_load(&s->seq)) : CW_KIND_FREE;
+        if (kind != CW_KIND_TCP && kind != CW_KIND_LISTEN) continue;
+        struct {
+            uint32_t tgid, fd;
+        } key = {(uint32_t)f->pid, (uint32_t)fd};
+        uint64_t inode = atomic_load(&s->inode);
+        if (add) bpf_map_update_elem(map, &key, &inode, BPF_NOEXIST);
+        else bpf_map_delete_elem(map, &key);
+    }
+}
+
+/* parent forked child: the child gets an area made as the library makes one at a fork (a copy of
+ * the parent's table: what it inherited is reported as inherited, where the parent no longer
+ * holds it). */
+static void on_fork(pid_t child, pid_t parent)
+{
+    struct followed *p = followed_of(parent);
+    if (p == NULL || followed_of(child) != NULL) return;
+    table_of(p);
+    cw_region_fork_prepare();
+    struct cw_area *a = cw_private.fork_area;
+    cw_region_fork_result(child);
+    struct followed *f = a != NULL ? follow(child, a) : NULL;
+    if (f == NULL) {
+        if (a != NULL) cw_area_release(a);
+        kernel_follows(child, 0);
+        if (!areas_exhausted) {
+            areas_exhausted = 1;
+            say("too many processes to follow: the ones forked from now on are not", NULL, NULL);
+        }
+        return;
+    }
+    p = followed_of(parent); /* fl may have moved */
+    atomic_store(&a->fork_parent_pid, (int32_t)parent);
+    f->listening = p->listening;
+    f->nexec = p->nexec;
+    memcpy(f->exec, p->exec, sizeof f->exec);
+    cw_proc_add(a, child);
+    kernel_fds(f, 1);
+}
+
+/* f is gone: its summary (only if something was reported, as at the library's exit), then it
+ * is forgotten, by the kernel side too. */
+static void unfollow(struct followed *f, const char *why)
+{
+    struct proc *p = proc_of(f->pid);
+    if (p != NULL) {
+        P = p;
+        cw_set_current_area(f->area);
+        cw_finding_summary(why);
+        cw_set_current_area(NULL);
+        P = NULL;
+    }
+    kernel_fds(f, 0);
+    kernel_follows(f->pid, 0);
+    if (p != NULL) {
+        cw_proc_free(p);
+        *p = procs[--nprocs];
+    }
+    if (cw_me == f->area) {
+        cw_me = NULL;
+        cw_table_repoint();
+    }
+    cw_area_release(f->area);
+    *f = fl[--nfl];
 }
 
 /* ---- events ---------------------------------------------------------------------- */
@@ -335,14 +477,14 @@ static int frame_pointer_walk(const struct cw_ev *e, uintptr_t *pcs, int max)
 
 /* The event's stack in the store: DWARF from the stack copy, else the frame pointers.  A stack of
  * one frame (the system call's own) says nothing of where the socket came from: none. */
-static uint32_t stack_of(const struct cw_ev *e)
+static uint32_t stack_of(struct followed *f, const struct cw_ev *e)
 {
     uintptr_t pcs[CW_MAX_DEPTH];
     int depth = (int)cw_cfg.stack_depth, n = 0;
     if (depth > CW_MAX_DEPTH) depth = CW_MAX_DEPTH;
     if (!traced_is_go && e->stack_bytes > 0) {
         uintptr_t ip = (uintptr_t)e->regs.ip;
-        cover(&ip, 1);
+        cover(f, &ip, 1);
         n = cw_remote_unwind(target, e, pcs, depth);
     }
     if (n < 2 && e->stack_bytes > 0) n = frame_pointer_walk(e, pcs, depth);
@@ -360,7 +502,7 @@ static uint32_t stack_of(const struct cw_ev *e)
         if (pc == 0 || (i > 0 && (pc == pcs[n - 1] || pc == pcs[n - 1] + 1))) continue;
         pcs[n++] = pc;
     }
-    cover(pcs, n);
+    cover(f, pcs, n);
     return cw_stack_store(pcs, n);
 }
 
@@ -372,31 +514,31 @@ static struct cw_slot *tcp_slot(int fd)
     return kind == CW_KIND_TCP || kind == CW_KIND_LISTEN ? s : NULL;
 }
 
-static void on_birth(const struct cw_ev *e)
+static void on_birth(struct followed *f, const struct cw_ev *e)
 {
     struct cw_slot *s = cw_slot_get(e->fd);
     if (s == NULL) return;
-    cw_slot_birth(s, CW_KIND_TCP, (int)e->op, stack_of(e), e->inode);
+    cw_slot_birth(s, CW_KIND_TCP, (int)e->op, stack_of(f, e), e->inode);
     atomic_store_explicit(&s->open_ms, ts_ms(e), memory_order_relaxed);
     if (e->fd2 >= 0 && tcp_slot(e->fd2) != NULL) atomic_store_explicit(&s->origin_fd, e->fd2, memory_order_relaxed);
-    if (e->family == AF_INET6) atomic_store_explicit(&area->any_inet6, 1, memory_order_relaxed);
+    if (e->family == AF_INET6) atomic_store_explicit(&f->area->any_inet6, 1, memory_order_relaxed);
 }
 
-static void on_listen(const struct cw_ev *e)
+static void on_listen(struct followed *f, const struct cw_ev *e)
 {
     struct cw_slot *s = tcp_slot(e->fd);
     if (s == NULL) return;
     uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
-    cw_slot_birth(s, CW_KIND_LISTEN, CW_OP_SOCKET, stack_of(e), inode);
+    cw_slot_birth(s, CW_KIND_LISTEN, CW_OP_SOCKET, stack_of(f, e), inode);
     atomic_store_explicit(&s->backlog, e->fd2, memory_order_relaxed);
-    listening = 1;
+    f->listening = 1;
 }
 
-static void on_eof(const struct cw_ev *e)
+static void on_eof(struct followed *f, const struct cw_ev *e)
 {
     struct cw_slot *s = tcp_slot(e->fd);
     if (s == NULL || (atomic_load_explicit(&s->flags, memory_order_relaxed) & CW_SF_EOF)) return;
-    atomic_store_explicit(&s->eof_stack, stack_of(e), memory_order_relaxed);
+    atomic_store_explicit(&s->eof_stack, stack_of(f, e), memory_order_relaxed);
     atomic_store_explicit(&s->eof_by, (uint8_t)e->op, memory_order_relaxed);
     atomic_store_explicit(&s->eof_ms, ts_ms(e), memory_order_relaxed);
     atomic_fetch_or_explicit(&s->flags, CW_SF_EOF, memory_order_release);
@@ -413,9 +555,21 @@ static int on_event(void *ctx, void *data, size_t size)
     if ((e->kind == CW_EV_BIRTH || e->kind == CW_EV_LISTEN || e->kind == CW_EV_EOF) &&
         (size < CW_EV_NO_STACK_BYTES || e->stack_bytes > size - CW_EV_NO_STACK_BYTES))
         return 0;
+    if (e->kind == CW_EV_FORK) {
+        on_fork((pid_t)e->fd, (pid_t)e->fd2);
+        return 0;
+    }
+    if (e->kind == CW_EV_FIN) {
+        int64_t until = ts_ms(e) + cw_cfg.grace_ms + 4 * cw_cfg.interval_ms;
+        if (until > fin_until) fin_until = until;
+        return 0;
+    }
+    struct followed *f = followed_of((pid_t)e->tgid);
+    if (f == NULL) return 0;
+    table_of(f);
     switch (e->kind) {
     case CW_EV_BIRTH:
-        on_birth(e);
+        on_birth(f, e);
         break;
     case CW_EV_CONNECT: {
         struct cw_slot *s = tcp_slot(e->fd);
@@ -423,10 +577,10 @@ static int on_event(void *ctx, void *data, size_t size)
         break;
     }
     case CW_EV_LISTEN:
-        on_listen(e);
+        on_listen(f, e);
         break;
     case CW_EV_EOF:
-        on_eof(e);
+        on_eof(f, e);
         break;
     case CW_EV_CLOSE:
         cw_slot_forget(e->fd);
@@ -437,22 +591,10 @@ static int on_event(void *ctx, void *data, size_t size)
     case CW_EV_CLOSE_RANGE:
         if (e->fd >= 0 && e->fd2 >= e->fd) cw_slot_forget_range((unsigned)e->fd, (unsigned)e->fd2);
         break;
-    case CW_EV_FIN: {
-        int64_t until = ts_ms(e) + cw_cfg.grace_ms + 4 * cw_cfg.interval_ms;
-        if (until > fin_until) fin_until = until;
-        break;
-    }
     case CW_EV_EXIT:
-        exit_seen = 1;
-        break;
-    case CW_EV_FORK:
-        if (!fork_said) {
-            fork_said = 1;
-            char line[160];
-            snprintf(line, sizeof line, "process %ld forked process %d: what it holds is not followed (one process only)",
-                     (long)target, e->fd);
-            say(line, NULL, NULL);
-        }
+        /* Its descriptors are closed by its exit from now on, not by it: no more looks at it
+         * (unfollowed when its pidfd says it is gone). */
+        f->exiting = 1;
         break;
     default:
         break;
@@ -465,13 +607,11 @@ static int on_event(void *ctx, void *data, size_t size)
 /* Its TCP sockets now, from /proc/PID/fd and the kernel's list of every TCP socket: tracked from
  * now on (no stack: their birth is not known), and those already in CLOSE_WAIT listed at the
  * first look. */
-static int adopt_existing(void)
+static int adopt_existing(struct followed *f, const struct cw_dump *all)
 {
-    struct cw_dump all;
-    memset(&all, 0, sizeof all);
-    if (cw_dump_take(&all, 0xfffu, 1) != 0) return -1;
+    table_of(f);
     char dir[64];
-    snprintf(dir, sizeof dir, "/proc/%ld/fd", (long)target);
+    snprintf(dir, sizeof dir, "/proc/%ld/fd", (long)f->pid);
     DIR *d = opendir(dir);
     if (d == NULL) return -1;
     int fds_map = bpf_map__fd(skel->maps.fds), inodes_map = bpf_map__fd(skel->maps.inodes), held = 0;
@@ -488,7 +628,7 @@ static int adopt_existing(void)
         link[n] = '\0';
         unsigned long long inode = 0;
         if (sscanf(link, "socket:[%llu]", &inode) != 1) continue;
-        const struct cw_sock *k = cw_dump_find(&all, inode);
+        const struct cw_sock *k = cw_dump_find(all, inode);
         if (k == NULL) continue;
         struct cw_slot *s = cw_slot_get((int)fd);
         if (s == NULL) continue;
@@ -496,22 +636,60 @@ static int adopt_existing(void)
         cw_slot_birth(s, kind, CW_OP_BEFORE_ATTACH, 0, inode);
         atomic_store_explicit(&s->open_ms, now, memory_order_relaxed);
         atomic_fetch_or_explicit(&s->flags, CW_SF_BEFORE_ATTACH, memory_order_relaxed);
-        if (k->family == AF_INET6) atomic_store_explicit(&area->any_inet6, 1, memory_order_relaxed);
-        if (kind == CW_KIND_LISTEN) listening = 1;
+        if (k->family == AF_INET6) atomic_store_explicit(&f->area->any_inet6, 1, memory_order_relaxed);
+        if (kind == CW_KIND_LISTEN) f->listening = 1;
         if (k->state == TCPS_CLOSE_WAIT) {
             atomic_fetch_or_explicit(&s->flags, CW_SF_HELD_AT_ATTACH, memory_order_relaxed);
             held++;
         }
-        uint32_t key = (uint32_t)fd;
+        struct {
+            uint32_t tgid, fd;
+        } key = {(uint32_t)f->pid, (uint32_t)fd};
         uint64_t value = inode;
         uint8_t one = 1;
         bpf_map_update_elem(fds_map, &key, &value, BPF_ANY);
         bpf_map_update_elem(inodes_map, &value, &one, BPF_ANY);
     }
     closedir(d);
-    free(all.socks);
-    free(all.index);
     return held;
+}
+
+/* The processes pid's threads started and that run now, and theirs: followed too (an nginx
+ * master's workers, a prefork server's children). */
+static void follow_children(pid_t pid, const struct cw_dump *all, int *held, int depth)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%ld/task", (long)pid);
+    DIR *d = opendir(dir);
+    if (d == NULL || depth > 8) {
+        if (d != NULL) closedir(d);
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.') continue;
+        char path[64 + 256 + 16], buf[4096];
+        snprintf(path, sizeof path, "%s/%s/children", dir, de->d_name);
+        if (cw_read_small(path, buf, sizeof buf) < 0) continue;
+        for (char *p = buf, *end; *p != '\0'; p = end) {
+            long child = strtol(p, &end, 10);
+            if (end == p) break;
+            if (child <= 0 || followed_of((pid_t)child) != NULL) continue;
+            struct cw_area *a = cw_area_new_live((pid_t)child);
+            struct followed *f = a != NULL ? follow((pid_t)child, a) : NULL;
+            if (f == NULL) {
+                if (a != NULL) cw_area_release(a);
+                break;
+            }
+            kernel_follows((pid_t)child, 1);
+            publish_modules(f);
+            int h = adopt_existing(f, all);
+            if (h > 0) *held += h;
+            cw_proc_add(a, (pid_t)child);
+            follow_children((pid_t)child, all, held, depth + 1);
+        }
+    }
+    closedir(d);
 }
 
 /* ---- the loop ---------------------------------------------------------------------- */
@@ -524,20 +702,12 @@ static void on_signal(int sig)
 static void look(void)
 {
     cw_watch_tick();
-    P = traced;
-    cw_set_current_area(area);
 }
 
-static void summary(const char *why)
+/* f's process is gone (the one we started: its status in *status). */
+static int gone(struct followed *f, int *status)
 {
-    P = traced;
-    cw_set_current_area(area);
-    cw_finding_summary(why);
-}
-
-static int traced_gone(int *status)
-{
-    if (spawned) {
+    if (spawned && f->pid == target) {
         int st = 0;
         pid_t r = waitpid(target, &st, WNOHANG);
         if (r == target) {
@@ -547,11 +717,26 @@ static int traced_gone(int *status)
         }
         return r < 0 && errno == ECHILD;
     }
-    if (traced->pidfd >= 0) {
-        struct pollfd pfd = {traced->pidfd, POLLIN, 0};
+    struct proc *p = proc_of(f->pid);
+    if (p != NULL && p->pidfd >= 0) {
+        struct pollfd pfd = {p->pidfd, POLLIN, 0};
         return poll(&pfd, 1, 0) > 0;
     }
-    return kill(target, 0) != 0 && errno == ESRCH;
+    return kill(f->pid, 0) != 0 && errno == ESRCH;
+}
+
+static int any_listening(void)
+{
+    for (size_t i = 0; i < nfl; i++)
+        if (fl[i].listening && !fl[i].exiting) return 1;
+    return 0;
+}
+
+static int any_leak_held(void)
+{
+    for (size_t k = 0; k < nprocs; k++)
+        if (procs[k].nleaks > 0) return 1;
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -643,9 +828,9 @@ int main(int argc, char **argv)
         if (spawned) kill(target, SIGKILL);
         return 2;
     }
-    area = cw_me;
-    atomic_store(&area->pid, (int32_t)target);
-    atomic_store(&area->any_tcp, 1);
+    struct followed *root = follow(target, cw_me);
+    if (root == NULL) return 2;
+    atomic_store(&root->area->pid, (int32_t)target);
     /* Reports go to our stderr: published as the area's, and held, as a watcher process does. */
     cw_sink_publish_stderr();
     cw_in_watcher_process = 1;
@@ -664,11 +849,8 @@ int main(int argc, char **argv)
         say("cannot run ", argv[argi], e == ENOENT ? ": not found" : ": exec failed");
         return 127;
     }
-    publish_modules();
-    traced = cw_proc_add(area, target);
-    if (traced == NULL) return 2;
-    P = traced;
-    cw_set_current_area(area);
+    publish_modules(&fl[0]);
+    if (cw_proc_add(fl[0].area, target) == NULL) return 2;
     cw_watch_load_suppressions();
 
     struct sigaction sa;
@@ -685,13 +867,21 @@ int main(int argc, char **argv)
                  traced_is_go ? "Go: frame-pointer stacks" : "DWARF stacks");
         say(line, NULL, NULL);
     }
-    int held_before = spawned ? 0 : adopt_existing();
-    if (held_before < 0) say("cannot list the sockets it holds already (/proc/PID/fd)", NULL, NULL);
-    if (held_before > 0) look(); /* at once: what it held in CLOSE_WAIT before the attach */
+    if (!spawned) {
+        struct cw_dump all;
+        memset(&all, 0, sizeof all);
+        int held_before = cw_dump_take(&all, 0xfffu, 1) == 0 ? adopt_existing(&fl[0], &all) : -1;
+        if (held_before < 0) say("cannot list the sockets it holds already (/proc/PID/fd)", NULL, NULL);
+        else follow_children(target, &all, &held_before, 0);
+        free(all.socks);
+        free(all.index);
+        if (held_before > 0) look(); /* at once: what it held in CLOSE_WAIT before the attach */
+    }
 
-    int status = 0, gone = 0;
+    int status = 0, detached = 0;
     int64_t next_look = cw_now_ms() + cw_cfg.interval_ms;
-    while (!gone) {
+    long open = 0;
+    while (nfl > 0) {
         int64_t now = cw_now_ms();
         int wait = next_look > now ? (int)(next_look - now) : 0;
         /* Records come without a wakeup (submit_flags): drain every 20 ms, or at once when the
@@ -700,24 +890,39 @@ int main(int argc, char **argv)
         if (rc >= 0) rc = ring_buffer__consume(rb);
         if (rc < 0 && rc != -EINTR) break;
         if (stop_signal != 0) {
-            if (!spawned) break;
+            if (!spawned) {
+                detached = 1;
+                break;
+            }
             kill(target, stop_signal);
             stop_signal = 0;
         }
-        gone = exit_seen || traced_gone(&status);
-        /* Gone, or going: its descriptors are being closed by its exit, not by it; the summary
-         * says what it held at the end, as the library's at exit does. */
-        if (gone) break;
+        /* Gone, or going (exit_group): its descriptors are closed by its exit, not by it; its
+         * summary says what it held at the end, as the library's at exit does. */
+        for (size_t i = 0; i < nfl;) {
+            if (!fl[i].exiting && !gone(&fl[i], &status)) {
+                i++;
+                continue;
+            }
+            if (fl[i].pid == target) {
+                struct proc *p = proc_of(target);
+                open += p != NULL ? cw_proc_open_now(p) : 0;
+            }
+            unfollow(&fl[i], "exit");
+        }
         now = cw_now_ms();
-        if (now < next_look) continue;
+        if (now < next_look || nfl == 0) continue;
         /* Only when something can be found: a FIN or an EOF within the grace period, a leak held
          * (its close is reported), a listener (its backlog).  A client that never meets a FIN
          * costs the kernel no dump. */
-        if (listening || traced->nleaks > 0 || now < fin_until) look();
+        if (any_listening() || any_leak_held() || now < fin_until) look();
         next_look = cw_now_ms() + (cw_watch_interval_ms > 0 ? cw_watch_interval_ms : cw_cfg.interval_ms);
     }
     ring_buffer__consume(rb);
-    summary(gone ? "exit" : "detach");
+    if (detached) {
+        for (size_t k = 0; k < nprocs; k++) open += cw_proc_open_now(&procs[k]);
+        while (nfl > 0) unfollow(&fl[nfl - 1], "detach");
+    }
     if (getenv("CLOSEWAIT_EBPF_DEBUG") != NULL) {
         uint32_t zero = 0;
         uint64_t lost = 0;
@@ -726,7 +931,6 @@ int main(int argc, char **argv)
                 counted[CW_EV_BIRTH], counted[CW_EV_LISTEN], counted[CW_EV_EOF], counted[CW_EV_CLOSE] + counted[CW_EV_CLOSE_RANGE],
                 counted[CW_EV_DUP], counted[CW_EV_FIN], (unsigned long long)lost);
     }
-    long open = cw_proc_open_now(traced);
     ring_buffer__free(rb);
     closewait_bpf__destroy(skel);
     if (spawned) {

@@ -471,6 +471,73 @@ def test_attach_process_that_exits():
         server.kill()
 
 
+def workers_of(tr):
+    return [int(x) for x in tr.wait_line('WORKERS ')[0].split()[1:]]
+
+
+@tests.test
+def test_prefork_server_workers_followed():
+    """--ebpf: the processes the program forks are followed from their first instruction."""
+    need_ebpf()
+    prog = c_static_build()
+    log, err = os.path.join(WORK, 'prefork.jsonl'), os.path.join(WORK, 'prefork.err')
+    tr = Traced([EBPF, '--', prog, '-f', '2'], env=ebpf_env(log), stderr_path=err)
+    try:
+        port = tr.port()
+        workers = workers_of(tr)
+        for _ in range(4):
+            client(port, 'L')
+        tr.wait_line('KEPT', count=4)
+        held = harness.poll_until(lambda: sum(len(ss_held_by(port, w)) for w in workers) >= 4, 10)
+        check(held, 'ss: %s' % [ss_held_by(port, w) for w in workers])
+        found = wait_leaks(log, 4, reason='eof_not_closed')
+        take = source_line('leaky_c_server.c', 'accept(lfd, NULL, NULL)')
+        for lk in found:
+            check(lk['pid'] in workers, 'leak of pid %s, the workers are %s' % (lk['pid'], workers))
+            check(len(ss_held_by(port, lk['pid'])) > 0 and (lk['local'], lk['peer']) in ss_held_by(port, lk['pid']),
+                  'ss does not show %s held by %d' % ((lk['local'], lk['peer']), lk['pid']))
+            check(frame_at(lk['open_stack'], 'take_connection', 'leaky_c_server.c', take),
+                  'no take_connection :%d in a worker\'s open stack: %s' % (take, describe(lk['open_stack'])))
+        check(tr.finish() == 0, 'the server did not exit 0')
+        summ = harness.of_kind(events(log), 'summary')
+        check({e['pid'] for e in summ if e['why'] == 'exit'} == {lk['pid'] for lk in found},
+              'exit summaries of %s' % [(e['pid'], e['why']) for e in summ])
+    finally:
+        tr.kill()
+    return '4 leaks in workers %s' % workers
+
+
+@tests.test
+def test_attach_prefork_master_follows_workers():
+    """--attach to a prefork server's first process: its workers, running already, are followed."""
+    need_ebpf()
+    prog = c_static_build()
+    server = Traced([prog, '-f', '2'])
+    try:
+        port = server.port()
+        workers = workers_of(server)
+        client(port, 'L')
+        server.wait_line('KEPT')
+        log, err = os.path.join(WORK, 'attach_prefork.jsonl'), os.path.join(WORK, 'attach_prefork.err')
+        tr = Traced([EBPF, '--attach', str(server.p.pid)], env=ebpf_env(log), stderr_path=err)
+        try:
+            listed = wait_leaks(log, 1, timeout=10, before_attach=True)
+            check(listed[0]['pid'] in workers, 'listed in pid %s, workers %s' % (listed[0]['pid'], workers))
+            client(port, 'L')
+            server.wait_line('KEPT', count=2)
+            new = wait_leaks(log, 1, reason='eof_not_closed')
+            take = source_line('leaky_c_server.c', 'accept(lfd, NULL, NULL)')
+            check(new[0]['pid'] in workers and frame_at(new[0]['open_stack'], 'take_connection', 'leaky_c_server.c', take),
+                  'the leak after the attach: pid %s, %s' % (new[0]['pid'], describe(new[0]['open_stack'])))
+            tr.p.send_signal(signal.SIGINT)
+            tr.p.wait(10)
+        finally:
+            tr.kill()
+    finally:
+        server.finish()
+    return 'listed in %d, then a leak in %d' % (listed[0]['pid'], new[0]['pid'])
+
+
 @tests.test
 def test_missing_permission_one_line():
     if not os.path.exists(EBPF):

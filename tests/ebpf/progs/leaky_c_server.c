@@ -4,10 +4,15 @@
  * a DWARF unwind finds its functions.  It prints "PORT n", then accepts forever: a client whose
  * first byte is 'L' is kept in keep_forever() (read to EOF, never closed); any other is served in
  * serve_and_close() (read to EOF, closed).  It exits when stdin reaches EOF.
+ *
+ *   leaky_c_server [-f N]   -f: a prefork server: N worker processes accept, the first process
+ *                           only waits for stdin's EOF, then ends them
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,8 +51,9 @@ __attribute__((noinline)) static int take_connection(int lfd)
     return fd;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int workers = argc == 3 && strcmp(argv[1], "-f") == 0 ? atoi(argv[2]) : 0;
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -61,8 +67,32 @@ int main(void)
         return 1;
     printf("PORT %d\n", ntohs(a.sin_port));
     fflush(stdout);
+    pid_t pids[64];
+    int nworkers = 0, worker = 0;
+    for (int i = 0; i < workers && i < 64; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            worker = 1;
+            break;
+        }
+        if (pid > 0) pids[nworkers++] = pid;
+    }
+    if (workers > 0 && !worker) {
+        printf("WORKERS");
+        for (int i = 0; i < nworkers; i++) printf(" %d", (int)pids[i]);
+        printf("\n");
+        fflush(stdout);
+        char c;
+        while (read(0, &c, 1) > 0) {
+        }
+        for (int i = 0; i < nworkers; i++) kill(pids[i], SIGTERM);
+        for (int i = 0; i < nworkers; i++) waitpid(pids[i], NULL, 0);
+        printf("EXIT\n");
+        return 0;
+    }
     for (;;) {
-        struct pollfd p[2] = {{lfd, POLLIN, 0}, {0, POLLIN, 0}};
+        /* a worker leaves stdin to the first process */
+        struct pollfd p[2] = {{lfd, POLLIN, 0}, {worker ? -1 : 0, POLLIN, 0}};
         if (poll(p, 2, -1) < 0) continue;
         if (p[1].revents) {
             char c;
@@ -70,7 +100,7 @@ int main(void)
         }
         if (!(p[0].revents & POLLIN)) continue;
         int fd = take_connection(lfd);
-        if (fd < 0) continue;
+        if (fd < 0) continue; /* another worker took it */
         char first = 0;
         if (recv(fd, &first, 1, MSG_PEEK) == 1 && first == 'L') keep_forever(fd);
         else serve_and_close(fd);
