@@ -20,15 +20,15 @@ CW_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden -pthread $(WARN) -Iinclude -Is
 CW_LDFLAGS := -shared -pthread -ldl -Wl,--version-script=src/exports.map -Wl,-z,relro,-z,now \
               -Wl,--no-undefined
 
-SRCS := $(wildcard src/*.c src/*/*.c)
+SRCS := $(filter-out src/ebpf/%,$(wildcard src/*.c src/*/*.c))
 HDRS := $(wildcard src/*.h src/*/*.h src/*/*.def) include/closewait.h
 BUILD ?= build/release
 OBJS := $(SRCS:src/%.c=$(BUILD)/%.o)
 LIB ?= libclosewait.so
 
-.PHONY: all deps test demo install clean asan tsan check-syms lint bench fuzz man deb
+.PHONY: all deps test demo install clean asan tsan check-syms lint bench fuzz man deb ebpf
 
-all: deps $(LIB)
+all: deps $(LIB) ebpf
 
 deps:
 	@sh tools/ensure-deps.sh
@@ -42,6 +42,46 @@ $(BUILD):
 
 $(LIB): $(OBJS) src/exports.map
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(OBJS) $(CW_LDFLAGS)
+
+# The eBPF front-end (closewait-ebpf, src/ebpf/): the watcher, reports and symbolizer of the
+# library compiled into a program of its own (no hooks), with a BPF object and its skeleton.
+# Built only where clang, bpftool, libbpf's headers and the kernel's BTF are there.
+EBPF_BIN := closewait-ebpf
+EBPF_BUILD := build/ebpf
+BPFTOOL ?= $(firstword $(shell command -v bpftool 2>/dev/null) $(wildcard /usr/sbin/bpftool /sbin/bpftool))
+EBPF_MISSING := $(strip $(if $(shell command -v clang 2>/dev/null),,clang) \
+  $(if $(BPFTOOL),,bpftool) \
+  $(if $(wildcard /usr/include/bpf/libbpf.h),,libbpf-dev) \
+  $(if $(wildcard /sys/kernel/btf/vmlinux),,/sys/kernel/btf/vmlinux))
+EBPF_CORE := $(filter-out src/hooks/% src/watcher/start.c src/watcher/process.c,$(SRCS))
+EBPF_OBJS := $(EBPF_CORE:src/%.c=$(EBPF_BUILD)/core/%.o) $(EBPF_BUILD)/main.o $(EBPF_BUILD)/remote_unwind.o
+
+ifeq ($(EBPF_MISSING),)
+ebpf: $(EBPF_BIN)
+else
+ebpf:
+	@echo "closewait: not building closewait-ebpf (--attach, --ebpf): missing $(EBPF_MISSING)"
+endif
+
+$(EBPF_BUILD)/vmlinux.h:
+	@mkdir -p $(dir $@)
+	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(EBPF_BUILD)/closewait.bpf.o: src/ebpf/closewait.bpf.c src/ebpf/events.h $(EBPF_BUILD)/vmlinux.h
+	clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I$(EBPF_BUILD) -Isrc/ebpf -c -o $@ $<
+
+$(EBPF_BUILD)/closewait.skel.h: $(EBPF_BUILD)/closewait.bpf.o
+	$(BPFTOOL) gen skeleton $< name closewait_bpf > $@.tmp && mv $@.tmp $@
+
+$(EBPF_BUILD)/core/%.o: src/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(filter-out -fPIC,$(CW_CFLAGS)) -ffunction-sections -c -o $@ $<
+
+$(EBPF_BUILD)/%.o: src/ebpf/%.c src/ebpf/*.h $(EBPF_BUILD)/closewait.skel.h $(HDRS)
+	$(CC) $(CFLAGS) $(filter-out -fPIC,$(CW_CFLAGS)) -I$(EBPF_BUILD) -c -o $@ $<
+
+$(EBPF_BIN): $(EBPF_OBJS)
+	$(CC) $(CFLAGS) -o $@ $(EBPF_OBJS) -pthread -ldl -lbpf -ldw -lelf -Wl,--gc-sections -Wl,-z,relro,-z,now
 
 # Sanitizer builds of the library, for running the suite under ASan+UBSan and TSan.
 asan:
@@ -83,10 +123,13 @@ build/man/%: man/% src/watcher/internal.h
 deb: deps
 	sh tools/build-deb.sh build/deb
 
-lint:
+lint: $(if $(EBPF_MISSING),,$(EBPF_BUILD)/closewait.skel.h)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
-	  --suppress=missingIncludeSystem --inline-suppr -Iinclude -Isrc src/
+	  --suppress=missingIncludeSystem --inline-suppr -Iinclude -Isrc -i src/ebpf/closewait.bpf.c src/
 	clang-tidy --quiet $(SRCS) -- -std=gnu11 -Iinclude -Isrc
+	@# bpftool's generated skeleton leaks on a path of its own error handling: unix.Malloc is off here.
+	$(if $(EBPF_MISSING),,clang-tidy --quiet --checks=-clang-analyzer-unix.Malloc src/ebpf/main.c src/ebpf/remote_unwind.c \
+	  -- -std=gnu11 -Iinclude -Isrc -I$(EBPF_BUILD))
 
 install: all man
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
@@ -95,6 +138,10 @@ install: all man
 	sed 's|^CLOSEWAIT_DEFAULT_LIB=.*|CLOSEWAIT_DEFAULT_LIB=$(LIBDIR)/libclosewait.so|' tools/closewait \
 	  > $(DESTDIR)$(PREFIX)/bin/closewait && chmod 0755 $(DESTDIR)$(PREFIX)/bin/closewait
 	install -m 0755 tools/closewait-report $(DESTDIR)$(PREFIX)/bin/closewait-report
+	if [ -f $(EBPF_BIN) ]; then install -d $(DESTDIR)$(PREFIX)/lib/closewait && \
+	  install -m 0755 $(EBPF_BIN) $(DESTDIR)$(PREFIX)/lib/closewait/closewait-ebpf && \
+	  sed -i 's|^CLOSEWAIT_DEFAULT_EBPF=.*|CLOSEWAIT_DEFAULT_EBPF=$(PREFIX)/lib/closewait/closewait-ebpf|' \
+	    $(DESTDIR)$(PREFIX)/bin/closewait; fi
 	install -d $(DESTDIR)$(PREFIX)/lib/closewait/closewait_report
 	install -m 0644 tools/closewait_report/*.py $(DESTDIR)$(PREFIX)/lib/closewait/closewait_report/
 	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(DOCDIR)
@@ -109,5 +156,5 @@ install: all man
 	install -m 0644 tools/langs/node/closewait.js $(DESTDIR)$(PREFIX)/lib/closewait/langs/node/
 
 clean:
-	rm -rf build $(LIB)
+	rm -rf build $(LIB) $(EBPF_BIN)
 	-$(MAKE) -C tests clean 2>/dev/null

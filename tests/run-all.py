@@ -69,6 +69,7 @@ def main():
         ('real and hostile programs', [py, 'tests/real/run.py']),
         ('packaging', [py, 'tests/packaging/run.py']),
         ('language stacks (Python, Node.js, Java)', [py, 'tests/langs/run.py']),
+        ('eBPF front-end', [py, 'tests/ebpf/run.py']),
         ('fuzzing (bounded)', ['sh', 'fuzz/run.sh']),
     ]
     totals = [0, 0, 0]

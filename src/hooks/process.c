@@ -24,17 +24,6 @@
 
 #define spawn_next (cw_private.spawn_next)
 
-const char *cw_spawn_kind_name(int kind)
-{
-    switch (kind) {
-    case CW_SPAWN_FORK: return "fork";
-    case CW_SPAWN_POSIX_SPAWN: return "posix_spawn";
-    case CW_SPAWN_SYSTEM: return "system";
-    case CW_SPAWN_POPEN: return "popen";
-    default: return "spawn";
-    }
-}
-
 /* Snapshot of the tracked connections (not listeners: a prefork child inheriting the listener
  * is the design, not a leak).  In the region, not malloc'ed: fork may be called from a signal
  * handler; and the watcher process reads them there. */

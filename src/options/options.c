@@ -26,6 +26,7 @@ CW_HIDDEN struct cw_config cw_cfg = {
     .report_signal = 0,
     .format = CW_FORMAT_TEXT,
     .site_cache = 1,
+    .go_ancestors = 1,
     .log_spec = "stderr",
     .suppress_path = "",
     .metrics_path = "",

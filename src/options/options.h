@@ -18,6 +18,7 @@ struct cw_config {
     int watch;              /* CLOSEWAIT_WATCH: sock_diag only */
     int site_cache;
     int report_signal;      /* 0: none */
+    int go_ancestors;       /* closewait-ebpf, a Go program it starts: its goroutines' creators' stacks */
     char log_spec[512];     /* "stderr", "syslog", "off" or a path with %p */
     char suppress_path[512];
     char metrics_path[512];  /* "": none; an absolute path ending in .prom, with %p */

@@ -183,6 +183,7 @@ static void leak(struct buf *b, const struct cw_leak_event *e)
     }
     buf_puts(b, ",\"exe\":");
     buf_json_str(b, e->exe);
+    if (e->before_attach) buf_puts(b, ",\"before_attach\":true");
     if (e->inherited) buf_printf(b, ",\"holder_pid\":%ld,\"spawned_by\":\"%s\"", (long)e->holder, e->spawned_by);
     if (fr.p != NULL) buf_put(b, fr.p, fr.n);
     buf_free(&fr);

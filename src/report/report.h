@@ -63,6 +63,7 @@ struct cw_leak_event {
     const struct cw_owner_event *owner;         /* NULL: unknown */
     const struct cw_callbacks_event *callbacks; /* NULL: none registered */
     int reg_stack_shown;              /* the registration stack was written in full before */
+    int before_attach;                /* in CLOSE_WAIT already when the eBPF front-end attached */
 };
 
 /* A reported descriptor closed at last. */

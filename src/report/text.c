@@ -14,7 +14,7 @@ static void frames_upto(struct buf *b, uint32_t id, int max)
 {
     struct cw_frame f[CW_MAX_FRAMES];
     int n = cw_report_frames(id, f, CW_MAX_FRAMES);
-    if (n == 0) buf_puts(b, "    (no backtrace: libunwind unavailable)\n");
+    if (n == 0) buf_puts(b, "    (no backtrace: libunwind unavailable, or born before an eBPF attach)\n");
     for (int i = 0; i < n; i++) {
         if (max >= 0 && i >= max) {
             buf_printf(b, "    ... %d more native frame(s) (CLOSEWAIT_FORMAT=json has them all)\n", n - i);
@@ -177,6 +177,13 @@ static void leak(struct buf *b, const struct cw_leak_event *e)
 {
     int pid = (int)e->pid;
     double held = (double)(e->now_ms - e->fin_ms) / 1000.0;
+    if (e->before_attach) {
+        buf_printf(b,
+                   "==%d==closewait: fd %d held in %s since before the attach, the peer's last segment %.1f s ago (%s)\n"
+                   "==%d==  connection %s <-> %s; where it was opened is not known (born before the attach)\n\n",
+                   pid, e->fd, e->state, held, e->reason, pid, e->local, e->peer);
+        return;
+    }
     buf_printf(b, "==%d==closewait: fd %d held in %s %.1f s after the peer closed (%s)\n", pid, e->fd, e->state, held,
                e->reason);
     buf_printf(b, "==%d==  %s connection %s %s %s, opened by %s %.1f s ago", pid, e->role, e->local,

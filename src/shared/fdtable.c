@@ -179,7 +179,7 @@ const char *cw_op_name(int op)
         [CW_OP_INHERITED] = "inherited", [CW_OP_READ] = "read",       [CW_OP_READV] = "readv",
         [CW_OP_RECV] = "recv",         [CW_OP_RECVFROM] = "recvfrom", [CW_OP_RECVMSG] = "recvmsg",
         [CW_OP_RECVMMSG] = "recvmmsg", [CW_OP_READ_CHK] = "__read_chk", [CW_OP_RECV_CHK] = "__recv_chk",
-        [CW_OP_RECVFROM_CHK] = "__recvfrom_chk",
+        [CW_OP_RECVFROM_CHK] = "__recvfrom_chk", [CW_OP_BEFORE_ATTACH] = "before_attach",
     };
     if (op < 0 || op >= CW_OP_COUNT || names[op] == NULL) return "unknown";
     return names[op];

@@ -8,7 +8,7 @@
 enum cw_op {
     CW_OP_NONE = 0, CW_OP_SOCKET, CW_OP_ACCEPT, CW_OP_ACCEPT4, CW_OP_CONNECT, CW_OP_DUP, CW_OP_INHERITED,
     CW_OP_READ, CW_OP_READV, CW_OP_RECV, CW_OP_RECVFROM, CW_OP_RECVMSG, CW_OP_RECVMMSG,
-    CW_OP_READ_CHK, CW_OP_RECV_CHK, CW_OP_RECVFROM_CHK, CW_OP_COUNT
+    CW_OP_READ_CHK, CW_OP_RECV_CHK, CW_OP_RECVFROM_CHK, CW_OP_BEFORE_ATTACH, CW_OP_COUNT
 };
 CW_HIDDEN const char *cw_op_name(int op);
 
@@ -27,6 +27,8 @@ enum cw_kind {
 #define CW_SF_REPORTED   0x10u   /* the watcher reported it */
 #define CW_SF_BACKLOGGED 0x20u   /* listener: its accept queue is not empty; check what accept returns */
 #define CW_SF_DEAD_ON_ACCEPT 0x40u /* accepted already in CLOSE_WAIT, after waiting in the queue */
+#define CW_SF_BEFORE_ATTACH 0x80u /* held before the eBPF front-end attached: birth unknown */
+#define CW_SF_HELD_AT_ATTACH 0x100u /* and in CLOSE_WAIT already then: listed at once */
 
 /*
  * One descriptor.  `seq` is (generation << 2 | kind): a birth or death stores a new value, so a

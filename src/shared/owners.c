@@ -175,7 +175,7 @@ void cw_owner_register(int fd, unsigned call, const uintptr_t cbs[CW_CB_COUNT], 
         }
     }
     list[CW_CB_CALL] = call;
-    uint32_t id = cw_stack_store_values(list, CW_CB_COUNT);
+    uint32_t id = cw_stack_store(list, CW_CB_COUNT);
     cw_modules_cover(list + 1, CW_CB_COUNT - 1);
     struct cw_owner *o = cw_owner_of(s);
     cw_owner_claim(o);

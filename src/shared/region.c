@@ -182,6 +182,16 @@ static struct cw_area *area_take(void)
     return a;
 }
 
+struct cw_area *cw_area_new_live(pid_t pid)
+{
+    if (cw_sh == NULL) return NULL;
+    struct cw_area *a = area_take();
+    if (a == NULL) return NULL;
+    atomic_store(&a->pid, (int32_t)pid);
+    atomic_store(&a->state, AREA_LIVE);
+    return a;
+}
+
 void cw_area_release(struct cw_area *a)
 {
     int i = cw_area_index(a);

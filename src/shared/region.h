@@ -100,6 +100,9 @@ CW_HIDDEN uint32_t cw_pool_take(void);
 CW_HIDDEN void cw_pool_give(uint32_t chunk_plus_one);
 /* Give back an area and its chunks (the watcher, once its process is gone). */
 CW_HIDDEN void cw_area_release(struct cw_area *a);
+/* An empty area for a running process that another producer writes for (the eBPF front-end, for
+ * a process it finds already running); NULL when none is left. */
+CW_HIDDEN struct cw_area *cw_area_new_live(pid_t pid);
 
 /* In the program: make the region (shared memory if it can, else private) and its first area. */
 CW_HIDDEN int cw_region_create(void);

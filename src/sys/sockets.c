@@ -123,6 +123,7 @@ static void take_info(const struct nlmsghdr *h, const struct inet_diag_msg *m, s
         s->unacked = ti.tcpi_unacked;
         s->last_data_sent = ti.tcpi_last_data_sent;
         s->last_data_recv = ti.tcpi_last_data_recv;
+        s->last_ack_recv = ti.tcpi_last_ack_recv;
         return;
     }
 }

@@ -23,7 +23,7 @@ struct cw_sock {
     uint64_t inode;
     uint8_t state, family, has_info;
     uint32_t rqueue, wqueue;      /* a listener: accept queue length and its limit */
-    uint32_t notsent, unacked, last_data_sent, last_data_recv;
+    uint32_t notsent, unacked, last_data_sent, last_data_recv, last_ack_recv;
     uint16_t sport, dport;        /* network order */
     uint8_t src[16], dst[16];
 };

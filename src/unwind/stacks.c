@@ -217,9 +217,10 @@ static uint32_t store(const uintptr_t *pcs, int n)
     return store_cover(pcs, n, 1);
 }
 
-uint32_t cw_stack_store_values(const uintptr_t *values, int n)
+uint32_t cw_stack_store(const uintptr_t *values, int n)
 {
-    return n > 0 && n <= CW_MAX_DEPTH ? store_cover(values, n, 0) : 0;
+    if (n <= 0) return 0;
+    return store_cover(values, n > CW_MAX_DEPTH ? CW_MAX_DEPTH : n, 0);
 }
 
 /*

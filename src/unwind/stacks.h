@@ -6,10 +6,11 @@
 CW_HIDDEN void cw_stacks_init(void);
 /* Capture the caller's stack (our own frames removed) and return its id, 0 on failure. */
 CW_HIDDEN uint32_t cw_stack_capture(void);
-/* Keep a short list of words that are not a backtrace (a callback list) in the same deduplicated
- * store; its id, 0 on failure.  The caller makes sure the watcher knows the modules of any code
- * address in it. */
-CW_HIDDEN uint32_t cw_stack_store_values(const uintptr_t *values, int n);
+/* Keep a list of words in the same deduplicated store, not as a backtrace of this thread: a stack
+ * captured elsewhere (another process's, by the eBPF front-end, which publishes that process's
+ * modules itself) or a list of callbacks (the caller makes sure the watcher knows the modules of
+ * every code address in it).  At most CW_MAX_DEPTH words are kept; its id, 0 on failure. */
+CW_HIDDEN uint32_t cw_stack_store(const uintptr_t *values, int n);
 /* Frames of stack id; returns depth (0 if unknown). */
 CW_HIDDEN int cw_stack_frames(uint32_t id, const uintptr_t **pcs);
 /* Is pc inside libunwind?  (A signal handler that interrupts an unwind is not.) */

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "unwind/symbolize.h"
+#include "unwind/gopclntab.h"
 #include "unwind/stacks.h"
 #include "shared/region.h"
 
@@ -45,6 +46,15 @@ DW(dwarf_formudata);
 DW(dwarf_formstring);
 DW(dwarf_getsrcfiles);
 DW(dwarf_filesrc);
+DW(dwfl_module_getdwarf);
+DW(dwarf_nextcu);
+DW(dwarf_offdie);
+DW(dwarf_haspc);
+DW(dwarf_getsrc_die);
+DW(dwarf_linesrc);
+DW(dwarf_lineno);
+DW(dwarf_child);
+DW(dwarf_siblingof);
 #undef DW
 
 static int dw_state; /* 0 untried, 1 ready, -1 unavailable */
@@ -91,6 +101,15 @@ static int load_libdw(void)
     LOAD(dwarf_formstring);
     LOAD(dwarf_getsrcfiles);
     LOAD(dwarf_filesrc);
+    LOAD(dwfl_module_getdwarf);
+    LOAD(dwarf_nextcu);
+    LOAD(dwarf_offdie);
+    LOAD(dwarf_haspc);
+    LOAD(dwarf_getsrc_die);
+    LOAD(dwarf_linesrc);
+    LOAD(dwarf_lineno);
+    LOAD(dwarf_child);
+    LOAD(dwarf_siblingof);
 #undef LOAD
     callbacks.find_elf = p_dwfl_linux_proc_find_elf;
     callbacks.find_debuginfo = p_dwfl_standard_find_debuginfo;
@@ -287,6 +306,46 @@ static const char *hex_build_id(Dwfl_Module *mod)
     return intern(hex);
 }
 
+/* The compilation unit holding addr, by each unit's own ranges: for objects without
+ * .debug_aranges (Go's), where libdw before 0.189 finds no unit at all. */
+static int cu_by_ranges(Dwfl_Module *mod, uintptr_t lookup, Dwarf_Die *cu, Dwarf_Addr *bias)
+{
+    Dwarf *dw = p_dwfl_module_getdwarf(mod, bias);
+    if (dw == NULL) return 0;
+    Dwarf_Off off = 0, next;
+    size_t header = 0;
+    for (int units = 0; units < 100000 && p_dwarf_nextcu(dw, off, &next, &header, NULL, NULL, NULL) == 0; units++) {
+        if (p_dwarf_offdie(dw, off + header, cu) != NULL && p_dwarf_haspc(cu, lookup - *bias) > 0) return 1;
+        off = next;
+    }
+    return 0;
+}
+
+/* The function at addr and the calls inlined into it that hold addr, innermost first, found by
+ * walking the unit's tree: dwarf_getscopes() gives up on units it cannot take a base address
+ * from (Go's: "no address value").  A malloc'ed array and its length, 0 if none. */
+static int scopes_by_hand(Dwarf_Die *cu, Dwarf_Addr addr, Dwarf_Die **out)
+{
+    Dwarf_Die chain[32], cur = *cu, child;
+    int n = 0;
+    for (int depth = 0; depth < 64 && n < 32 && p_dwarf_child(&cur, &child) == 0; depth++) {
+        int found = 0;
+        do {
+            int tag = p_dwarf_tag(&child);
+            if ((tag == DW_TAG_subprogram || tag == DW_TAG_inlined_subroutine || tag == DW_TAG_lexical_block) &&
+                p_dwarf_haspc(&child, addr) > 0) {
+                if (tag != DW_TAG_lexical_block) chain[n++] = child;
+                cur = child;
+                found = 1;
+            }
+        } while (!found && p_dwarf_siblingof(&child, &child) == 0);
+        if (!found) break;
+    }
+    if (n == 0 || (*out = malloc((size_t)n * sizeof **out)) == NULL) return 0;
+    for (int i = 0; i < n; i++) (*out)[i] = chain[n - 1 - i];
+    return n;
+}
+
 /* With libdw: ELF symbol (static functions too), line table and inline chain. */
 static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, int max)
 {
@@ -324,6 +383,16 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
     off = 0;
     base.function = demangled(p_dwfl_module_addrinfo(mod, lookup, &off, &sym, NULL, NULL, NULL));
     base.sym_off = base.function != NULL ? (uintptr_t)off : (uintptr_t)-1;
+    if (base.function == NULL && base.module != NULL && base.module[0] == '/') {
+        /* A Go binary without symbols nor DWARF: the runtime's own table names it. */
+        const char *fn = NULL, *fl = NULL;
+        int ln = 0;
+        if (cw_gopclntab_lookup(base.module, (uint64_t)(lookup - (uintptr_t)bias), &fn, &fl, &ln) == 0) {
+            base.function = intern(fn);
+            base.file = intern(fl);
+            base.line = ln;
+        }
+    }
     Dwfl_Line *line = p_dwfl_module_getsrc(mod, lookup);
     if (line != NULL) {
         int lineno = 0;
@@ -331,11 +400,26 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
         base.file = intern(file);
         base.line = lineno;
     }
+    Dwarf_Die ranged_cu;
+    Dwarf_Addr ranged_bias = 0;
+    int ranged = line == NULL && cu_by_ranges(mod, lookup, &ranged_cu, &ranged_bias);
+    if (ranged) {
+        Dwarf_Line *l = p_dwarf_getsrc_die(&ranged_cu, lookup - ranged_bias);
+        int lineno = 0;
+        if (l != NULL && p_dwarf_lineno(l, &lineno) == 0) {
+            base.file = intern(p_dwarf_linesrc(l, NULL, NULL));
+            base.line = lineno;
+        }
+    }
 
     /* Inlined calls: each DW_TAG_inlined_subroutine scope is a frame whose caller's location is
      * its DW_AT_call_file:DW_AT_call_line. */
     Dwarf_Addr cubias = 0;
     Dwarf_Die *cudie = p_dwfl_module_addrdie(mod, lookup, &cubias);
+    if (cudie == NULL && ranged) {
+        cudie = &ranged_cu;
+        cubias = ranged_bias;
+    }
     Dwarf_Die *scopes = NULL;
     int nscopes = cudie != NULL ? p_dwarf_getscopes(cudie, lookup - cubias, &scopes) : 0;
     if (nscopes > 0) {
@@ -352,6 +436,7 @@ static int symbolize_dwfl(uintptr_t pc, uintptr_t lookup, struct cw_frame *out, 
             nscopes = nchain;
         }
     }
+    if (nscopes <= 0 && cudie != NULL) nscopes = scopes_by_hand(cudie, lookup - cubias, &scopes);
     int n = 0;
     if (nscopes > 0) {
         Dwarf_Files *files = NULL;

@@ -21,7 +21,7 @@ void cw_finding_announce(void)
         .ppid = cw_program_ppid(),
         .exe = P->exe,
         .host = hostname,
-        .watcher = thread_mode ? "thread" : "process",
+        .watcher = thread_mode ? "thread" : ebpf_front_end ? "ebpf" : "process",
         .version = CLOSEWAIT_VERSION,
         .grace_ms = cw_cfg.grace_ms,
     };
@@ -197,6 +197,7 @@ void cw_finding_leak(const struct observed *o, int64_t now)
         .owner = has_owner ? &owner : NULL,
         .callbacks = has_callbacks ? &callbacks : NULL,
         .reg_stack_shown = has_callbacks && callbacks.stack != 0 ? text_stack_shown(callbacks.stack) : 0,
+        .before_attach = o->before_attach,
     };
     g->printed = 1;
     cw_finding_announce();

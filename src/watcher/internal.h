@@ -113,6 +113,7 @@ CW_HIDDEN extern struct cw_dump dump, established;
 CW_HIDDEN extern int listeners_seen;
 CW_HIDDEN extern char hostname[256];
 CW_HIDDEN extern int thread_mode; /* this process watches itself, from a thread */
+CW_HIDDEN extern int ebpf_front_end; /* closewait-ebpf: the slots are written from the kernel's records */
 CW_HIDDEN extern int suppressions_loaded;
 
 struct observed {
@@ -125,6 +126,7 @@ struct observed {
     enum reason reason;
     const char *local, *peer;
     pid_t holder;               /* the process holding it, if not the one it was opened in */
+    int before_attach;          /* held in CLOSE_WAIT already when the eBPF front-end attached */
     uint32_t spawn_stack;
     int spawn_kind;
     uint32_t lang_open, lang_eof; /* language stacks (shared/langstack.h), 0: none */

@@ -14,6 +14,7 @@ struct cw_dump dump, established;
 int listeners_seen;
 char hostname[256];
 int thread_mode;
+int ebpf_front_end;
 int suppressions_loaded;
 const char *const reason_names[] = {"eof_not_closed", "peer_closed_unread", "shutdown_not_closed", "inherited"};
 

@@ -131,6 +131,10 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     int state = k != NULL ? k->state : 0;
     if (k != NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR))) cw_proc_keep_ends(fd, seq, k);
     if (k != NULL && (state == TCPS_CLOSE_WAIT || state == TCPS_LAST_ACK)) {
+        /* In CLOSE_WAIT before an attach: since the peer's last segment at least (its FIN, or
+         * an ACK of ours sent later), the best the kernel can say. */
+        if (s->w_fin_ms == 0 && (flags & CW_SF_HELD_AT_ATTACH) && k->has_info && k->last_ack_recv < now)
+            s->w_fin_ms = now - (int64_t)k->last_ack_recv;
         if (s->w_fin_ms == 0) s->w_fin_ms = now;
     } else if (k == NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR)) && !(s->w_flags & WF_ESTABLISHED)) {
         /* Not being torn down by the kernel's account, yet EOF read or shut down: CLOSE, or
@@ -162,7 +166,9 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
         int64_t eof = atomic_load_explicit(&s->eof_ms, memory_order_relaxed);
         if (eof != 0 && (fin == 0 || eof < fin)) fin = eof;
     }
-    if (fin == 0 || now - fin < cw_cfg.grace_ms) return;
+    /* Found in CLOSE_WAIT at an attach: listed at once, its grace spent before we came. */
+    int before_attach = (flags & CW_SF_HELD_AT_ATTACH) && k != NULL && state == TCPS_CLOSE_WAIT;
+    if (fin == 0 || (now - fin < cw_cfg.grace_ms && !before_attach)) return;
     /* Data still going out, or sent after the FIN within the grace period: a reply to a
      * half-closing client, alive and not leaked. */
     if (k != NULL && k->has_info) {
@@ -198,6 +204,7 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     o.holder = inherited ? cw_program_pid() : 0;
     o.spawn_stack = inherited ? atomic_load(&P->area->fork_stack) : 0;
     o.spawn_kind = CW_SPAWN_FORK;
+    o.before_attach = before_attach;
     if (o.open_ms > now || o.open_ms < 0) o.open_ms = now;
     struct proc *holder = P;
     if (parent != NULL) {
