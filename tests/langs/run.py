@@ -187,6 +187,35 @@ def test_python_asyncio_streams_server():
         stop(p)
 
 
+@test
+def test_python_socketserver_server():
+    """socketserver accepts in serve_forever(): the report names the RequestHandlerClass's
+    handle() first, at its def line, and the readline() that returned the EOF in it; the
+    handler's threads are blocked after EOF, so socketserver never closes the connections."""
+    log = os.path.join(_tmp, 'py-socketserver.json')
+    p, port = start([sys.executable, 'socketserver_server.py'], lang_env(log))
+    try:
+        talk_and_close(port, 2)
+        evs = wait_leaks(log, 2)
+        check(len(held_in_close_wait(port, p.pid)) == 2, 'ss: not 2 CLOSE-WAIT sockets held by the server')
+        name = 'LineHandler.handle' if sys.version_info >= (3, 11) else 'handle'  # co_qualname from 3.11
+        opened, eof = mark_line('socketserver_server.py', 'handler'), mark_line('socketserver_server.py', 'eof')
+        for e in evs:
+            check(frame_is(e.get('lang_open_at'), 'socketserver_server.py', name, opened),
+                  'open at %s' % describe(e.get('lang_open_at')))
+            check(frame_is(e.get('lang_eof_at'), 'socketserver_server.py', name, eof),
+                  'EOF at %s' % describe(e.get('lang_eof_at')))
+            fns = [f['function'] for f in e['lang_open_stack']]
+            check(fns[1].endswith('accept') and fns[2].endswith('get_request'),
+                  'socketserver\'s accept frames kept after the handler: %s' % fns)
+            check(e['lang_open_stack'][-1]['program'] is True, 'the serve_forever() caller kept: %s' % fns)
+        check(len({e['stack_id'] for e in evs}) == 1, 'one open site for both')
+        return '2 leaks, open at socketserver_server.py:%d in %s, EOF at line %d' % (opened, name, eof)
+    finally:
+        err = stop(p)
+        check('closewait' not in err, 'program stderr: %s' % err[-500:])
+
+
 class IdleClosingServer:
     """An HTTP/1.1 server (in this process, not under the library) that answers each request
     and closes a connection idle for 200 ms: what a keep-alive pool meets."""
@@ -255,6 +284,46 @@ def test_python_http_client_pool():
     finally:
         stop(p)
         server.close()
+
+
+@test
+def test_python_requests_session_streamed():
+    """A requests.Session whose streamed responses are kept and never read or closed: urllib3
+    cannot return their connections to its pool, each is held after the server closes it, and
+    each report names fetch(), through requests' and urllib3's frames.  Run with Debian's
+    python3, for which apt installs requests."""
+    if not os.path.exists(DEBIAN_PY):
+        raise Skip('no %s' % DEBIAN_PY)
+    r = subprocess.run([DEBIAN_PY, '-c', 'import requests'], env=harness.clean_env(), capture_output=True,
+                       text=True, timeout=30)
+    if r.returncode != 0:
+        raise Skip('%s cannot import requests (apt-get install python3-requests): %s' % (
+            DEBIAN_PY, (r.stderr.strip().splitlines() or ['?'])[-1]))
+    log = os.path.join(_tmp, 'py-requests.json')
+    server = IdleClosingServer()
+    p = subprocess.Popen([DEBIAN_PY, 'requests_client.py', str(server.port)], env=lang_env(log), cwd=PROGS,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    _started.append(p)
+    try:
+        evs = wait_leaks(log, 3)
+        held = [s for s in harness.close_wait_sockets() if s['peer'].endswith(':%d' % server.port) and p.pid in s['pids']]
+        check(len(held) == 3, 'ss: %d CLOSE-WAIT connections held by the client, not 3' % len(held))
+        line = mark_line('requests_client.py', 'open')
+        for e in evs:
+            check(e.get('role') == 'client', 'role %r' % e.get('role'))
+            check(frame_is(e.get('lang_open_at'), 'requests_client.py', 'fetch', line),
+                  'open at %s' % describe(e.get('lang_open_at')))
+            st = e['lang_open_stack']
+            libs = {os.path.basename(f['file']) for f in st if not f['program']}
+            check({'sessions.py', 'connectionpool.py', 'connection.py'} <= libs,
+                  'requests and urllib3 frames: %s' % libs)
+            check(st[0]['program'] is False and st[0]['function'] == 'create_connection',
+                  'urllib3 makes the socket: %s' % describe(st[0]))
+        return '3 leaks, open at requests_client.py:%d in fetch (%s)' % (line, evs[0]['lang'])
+    finally:
+        err = stop(p)
+        server.close()
+        check('closewait' not in err, 'program stderr: %s' % err[-500:])
 
 
 def clean_server(argv, name):

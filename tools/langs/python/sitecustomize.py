@@ -110,10 +110,14 @@ def _install(socket):
     # objects are kept alive with it, so that their ids stay theirs.
     texts = {}
 
-    # asyncio accepts and reads in its event loop, where the program's code is not on the stack:
-    # the code it hands the connection to (start_server's client_connected_cb, a Protocol's
-    # data_received) is named first, at its def line.
-    loop_frames = ('_accept_connection', '_read_ready__data_received', '_read_ready__get_buffer')
+    # asyncio accepts and reads in its event loop, and socketserver accepts in serve_forever(),
+    # where the program's code is not on the stack: the code the connection is handed to
+    # (start_server's client_connected_cb, a Protocol's data_received, the RequestHandlerClass's
+    # handle) is named first, at its def line.
+    loop_frames = {'_accept_connection': 'selector_events.py',
+                   '_read_ready__data_received': 'selector_events.py',
+                   '_read_ready__get_buffer': 'selector_events.py',
+                   '_handle_request_noblock': 'socketserver.py'}
 
     def program_code(fn):
         co = getattr(fn, '__code__', None) or getattr(getattr(fn, '__func__', None), '__code__', None)
@@ -122,6 +126,8 @@ def _install(socket):
     def handler_of(frame):
         try:
             loc = frame.f_locals
+            if frame.f_code.co_name == '_handle_request_noblock':
+                return program_code(getattr(getattr(loc.get('self'), 'RequestHandlerClass', None), 'handle', None))
             if frame.f_code.co_name == '_accept_connection':
                 pf = loc.get('protocol_factory')
                 if isinstance(pf, type):
@@ -170,7 +176,7 @@ def _install(socket):
         n = 0
         while f is not None and n < 5:
             co = f.f_code
-            if co.co_name in loop_frames and co.co_filename.endswith('selector_events.py'):
+            if co.co_name in loop_frames and co.co_filename.endswith(loop_frames[co.co_name]):
                 handler = handler_of(f)
                 add(id(handler))
             add(id(co))
