@@ -72,15 +72,15 @@ static int unwinder_pipe_r = INT_MAX - 1, unwinder_pipe_w = INT_MAX;
 /* A sanitizer's interceptors stand between libunwind and these hooks. */
 static int unwinder_calls_intercepted;
 
-static void at_fork_prepare(void)
+CW_FORK_PATH static void at_fork_prepare(void)
 {
     /* Asked here, so that the child need not read the region's header (a page a child faults
      * in: a fork does not copy the page tables of a shared mapping). */
-    cw_private.fork_watcher_alive = cw_watcher_process_alive();
+    cw_watcher_before_fork();
     cw_region_fork_prepare();
 }
 
-static void at_fork_child(void)
+CW_FORK_PATH static void at_fork_child(void)
 {
     /* First of all: until the child has its own area, every write lands in the parent's. */
     cw_region_fork_child();

@@ -84,7 +84,7 @@ static uint32_t spawn_stack(void)
     return cw_in_lib ? 0 : cw_stack_capture();
 }
 
-pid_t fork(void)
+CW_FORK_PATH pid_t fork(void)
 {
     CW_REAL(fork);
     int saved = errno;

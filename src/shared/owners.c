@@ -83,11 +83,17 @@ struct cw_thread_rec *cw_thread_claim(void)
     return NULL;
 }
 
-void cw_threads_after_fork_child(void)
+CW_FORK_PATH void cw_threads_after_fork_child(void)
 {
-    cw_self_tid_cache = 0;
-    cw_self_rec = NULL;
-    if (atomic_load(&release_key_made) == 1) pthread_setspecific(release_key, NULL);
+    /* Written only where set: a write to a page the parent shares is a copy in every child. */
+    struct cw_thread_rec *rec = cw_self_rec;
+    if (cw_self_tid_cache != 0) cw_self_tid_cache = 0;
+    if (rec != NULL) {
+        cw_self_rec = NULL;
+        /* A record of its own (not a mark): the key holds it, for the thread's exit to give back;
+         * the record is the parent's. */
+        if ((uintptr_t)rec > 2) pthread_setspecific(release_key, NULL);
+    }
 }
 
 void cw_owner_set_nonblock(int fd, int on)

@@ -458,12 +458,12 @@ void cw_region_fork_prepare(void)
     fork_area = a;
 }
 
-void cw_region_fork_parent(void)
+CW_FORK_PATH void cw_region_fork_parent(void)
 {
     /* fork_area stays until cw_region_fork_result() says how the fork went. */
 }
 
-void cw_region_fork_result(pid_t child)
+CW_FORK_PATH void cw_region_fork_result(pid_t child)
 {
     struct cw_area *a = fork_area;
     fork_area = NULL;
@@ -478,7 +478,7 @@ void cw_region_fork_result(pid_t child)
     atomic_compare_exchange_strong(&a->state, &forking, AREA_LIVE);
 }
 
-void cw_region_fork_child(void)
+CW_FORK_PATH void cw_region_fork_child(void)
 {
     struct cw_area *a = fork_area;
     fork_area = NULL;

@@ -375,7 +375,7 @@ void cw_stacks_fork_prepare(void)
     }
 }
 
-void cw_stacks_fork_done(void)
+CW_FORK_PATH void cw_stacks_fork_done(void)
 {
     atomic_store(&fork_pending, 0);
 }

@@ -48,11 +48,11 @@ void cw_metrics_set_owner(pid_t pid)
     owner_pid = pid;
 }
 
-void cw_metrics_after_fork_child(void)
+CW_FORK_PATH void cw_metrics_after_fork_child(void)
 {
     /* Thread mode: the child's thread watches the child alone, from scratch (only there: each
      * page written here is a copy-on-write fault in every forked child). */
-    if (!thread_mode) return;
+    if (!cw_private.fork_thread_mode) return;
     if (!cw_promfile_names_pid(cw_cfg.metrics_path)) forked_without_pid = 1;
     owner_pid = 0;
     last_write_ms = 0;

@@ -123,13 +123,24 @@ void cw_watcher_start(void)
     atomic_store(&watcher_pending, 1);
 }
 
-void cw_watcher_after_fork_child(void)
+/* Asked before the fork, so that the child reads only the page it writes anyway: the region's
+ * header, and the watcher's own variables, which the program never touches in process mode, are
+ * pages a child would fault in (a fork copies no page tables of a shared mapping, and none of a
+ * page never touched). */
+void cw_watcher_before_fork(void)
+{
+    cw_private.fork_watcher_alive = cw_watcher_process_alive();
+    cw_private.fork_thread_mode = thread_mode;
+    cw_private.fork_watching_here = thread_mode || nprocs > 0;
+}
+
+CW_FORK_PATH void cw_watcher_after_fork_child(void)
 {
     /* The child's findings are the watcher's business; a watcher thread did not come along. */
     /* Written only where it was set: each page of ours written here is a copy-on-write fault
      * in every forked child (a fork-per-connection server pays it per connection). */
     cw_metrics_after_fork_child();
-    if (thread_mode || nprocs > 0) {
+    if (cw_private.fork_watching_here) {
         pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
         memcpy(&tick_lock, &fresh, sizeof fresh);
         atomic_store(&running, 0);
@@ -139,7 +150,7 @@ void cw_watcher_after_fork_child(void)
     }
     if (cw_me == NULL) return;
     /* A process watcher serves the child already, through its area. */
-    if (!thread_mode) {
+    if (!cw_private.fork_thread_mode) {
         if (atomic_load(&watcher_pending) == 0 && !cw_private.fork_watcher_alive) atomic_store(&watcher_pending, 1);
         return;
     }

@@ -7,6 +7,7 @@
 CW_HIDDEN void cw_watcher_start(void);
 /* The first TCP socket of the process is being born: start the watcher if it waits for that. */
 CW_HIDDEN void cw_watcher_first_tcp(void);
+CW_HIDDEN void cw_watcher_before_fork(void);
 CW_HIDDEN void cw_watcher_after_fork_child(void);
 CW_HIDDEN void cw_watcher_at_exit(void);
 /* The process changed its credentials: what watches it must have no more privilege. */
