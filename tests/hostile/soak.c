@@ -116,11 +116,20 @@ static void *worker(void *arg)
         for (int i = 0; i < made; i++)
             if (read_exact(mode, cli[i], ans, 16) != 0 || ans[0] != 'A') COUNT_ERROR();
         if (hold_ms > 0) sleep_ms(hold_ms);
-        for (int i = 0; i < made; i++) close(cli[i]);
         if (leak_at >= made) leak_at = -1;
+        const char *leak_kind = leak_at >= 0 ? kinds[(id * leaks_per_thread + round) % 3] : "";
+        /* The client of a connection that leaks by "eof" or "unread" half-closes and keeps its
+         * end: closed, it would be an orphan in FIN_WAIT2 that the kernel may reap under this
+         * churn, or its port reused for the same 4-tuple, and either resets the leaked socket,
+         * sometimes before the watcher has seen it in CLOSE_WAIT at all.  ("shut": the server's
+         * FIN would make a kept client end a leak of its own.) */
+        for (int i = 0; i < made; i++) {
+            if (i == leak_at && strcmp(leak_kind, "shut") != 0) shutdown(cli[i], SHUT_WR);
+            else close(cli[i]);
+        }
         for (int i = 0; i < made; i++) {
             if (i == leak_at) {
-                const char *kind = kinds[(id * leaks_per_thread + round) % 3];
+                const char *kind = leak_kind;
                 if (strcmp(kind, "unread") != 0) {
                     char x;
                     if (rd(mode, srv[i], &x, 1) != 0) COUNT_ERROR();
