@@ -169,7 +169,8 @@ static uint64_t inode_of(int fd)
     return fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
 }
 
-static void birth(int fd, enum cw_kind kind, int op, int nonblocking)
+/* The slot of the new life, or NULL (no slot, no table). */
+static struct cw_slot *birth(int fd, enum cw_kind kind, int op, int nonblocking)
 {
     if (CW_UNLIKELY(atomic_load_explicit(&init_state, memory_order_acquire) != 2)) cw_init();
     /* Is the watcher still there?  One word; a new one if it died. */
@@ -187,7 +188,7 @@ static void birth(int fd, enum cw_kind kind, int op, int nonblocking)
         }
     }
     struct cw_slot *s = cw_slot_get(fd);
-    if (s == NULL) return;
+    if (s == NULL) return NULL;
     uint32_t stack = (kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && !cw_in_lib ? cw_stack_capture() : 0;
     cw_slot_birth(s, kind, op, stack, inode_of(fd));
     if (nonblocking) cw_owner_born_nonblocking(s);
@@ -195,6 +196,7 @@ static void birth(int fd, enum cw_kind kind, int op, int nonblocking)
         uint32_t java = cw_jvm_stack();
         if (CW_UNLIKELY(java != 0)) cw_lang_note_id(fd, CW_LANG_OPEN, java);
     }
+    return s;
 }
 
 /* A descriptor we did not see born: is it a TCP socket?  Asked once, the answer is kept. */
@@ -234,8 +236,7 @@ static void on_accept(int lfd, int fd, int op, int nonblocking)
         }
     }
     if (lkind == CW_KIND_TCP || lkind == CW_KIND_LISTEN) {
-        birth(fd, CW_KIND_TCP, op, nonblocking);
-        struct cw_slot *s = cw_slot_peek(fd);
+        struct cw_slot *s = birth(fd, CW_KIND_TCP, op, nonblocking);
         if (s != NULL) atomic_store_explicit(&s->origin_fd, lfd, memory_order_relaxed);
         /* Only while the watcher sees a queue on this listener: did the client give up
          * before we got to it? */

@@ -223,10 +223,9 @@ static void frame_text(jvmtiEnvp env, JNIEnvp jni, jmethodID m, jlocation loc, c
     }
 }
 
-uint32_t cw_jvm_stack(void)
+/* Out of line: its frame (the JVMTI frames, the text) is not set up for a program without a JVM. */
+static __attribute__((noinline)) uint32_t jvm_stack_of(JavaVMp vm)
 {
-    JavaVMp vm = the_jvm();
-    if (CW_LIKELY(vm == NULL)) return 0;
     int saved = errno;
     uint32_t id = 0;
     JNIEnvp jni = NULL;
@@ -256,4 +255,10 @@ uint32_t cw_jvm_stack(void)
     }
     errno = saved;
     return id;
+}
+
+uint32_t cw_jvm_stack(void)
+{
+    JavaVMp vm = the_jvm();
+    return CW_LIKELY(vm == NULL) ? 0 : jvm_stack_of(vm);
 }

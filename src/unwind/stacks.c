@@ -294,6 +294,8 @@ static int unwind_with_slots(uintptr_t *pcs, uintptr_t *slots, int max)
     return n;
 }
 
+static uint32_t capture_unwound(int located, uintptr_t ret0, uintptr_t sp0, int depth);
+
 uint32_t cw_stack_capture(void)
 {
     int st = atomic_load_explicit(&unwinder_state, memory_order_acquire);
@@ -311,6 +313,12 @@ uint32_t cw_stack_capture(void)
         uint32_t id = site_lookup(ret0, sp0, depth);
         if (id != 0) return id;
     }
+    return capture_unwound(located, ret0, sp0, depth);
+}
+
+/* Out of line: the unwind itself and its buffers, not set up on a call-site cache hit. */
+static __attribute__((noinline)) uint32_t capture_unwound(int located, uintptr_t ret0, uintptr_t sp0, int depth)
+{
     atomic_fetch_add(&unwinds_running, 1);
     if (atomic_load(&fork_pending)) {
         atomic_fetch_sub(&unwinds_running, 1);
