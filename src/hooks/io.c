@@ -169,8 +169,9 @@ static uint64_t inode_of(int fd)
     return fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
 }
 
-/* The slot of the new life, or NULL (no slot, no table). */
-static struct cw_slot *birth(int fd, enum cw_kind kind, int op, int nonblocking)
+/* The slot of the new life, or NULL (no slot, no table).  `frame`: the frame of the hook the program
+ * called (where the walk to the program's call site starts). */
+static struct cw_slot *birth(int fd, enum cw_kind kind, int op, int nonblocking, const void *frame)
 {
     if (CW_UNLIKELY(atomic_load_explicit(&init_state, memory_order_acquire) != 2)) cw_init();
     /* Is the watcher still there?  One word; a new one if it died. */
@@ -189,7 +190,7 @@ static struct cw_slot *birth(int fd, enum cw_kind kind, int op, int nonblocking)
     }
     struct cw_slot *s = cw_slot_get(fd);
     if (s == NULL) return NULL;
-    uint32_t stack = (kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && !cw_in_lib ? cw_stack_capture() : 0;
+    uint32_t stack = (kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && !cw_in_lib ? cw_stack_capture_from(frame) : 0;
     cw_slot_birth(s, kind, op, stack, inode_of(fd));
     if (nonblocking) cw_owner_born_nonblocking(s);
     if (kind == CW_KIND_TCP && !cw_in_lib) {
@@ -220,7 +221,7 @@ static enum cw_kind classify(int fd)
     return CW_KIND_OTHER;
 }
 
-static void on_accept(int lfd, int fd, int op, int nonblocking)
+static void on_accept(int lfd, int fd, int op, int nonblocking, const void *frame)
 {
     int saved = errno;
     /* The listener's slot is there already unless it was inherited: no chunk to make then. */
@@ -236,7 +237,7 @@ static void on_accept(int lfd, int fd, int op, int nonblocking)
         }
     }
     if (lkind == CW_KIND_TCP || lkind == CW_KIND_LISTEN) {
-        struct cw_slot *s = birth(fd, CW_KIND_TCP, op, nonblocking);
+        struct cw_slot *s = birth(fd, CW_KIND_TCP, op, nonblocking, frame);
         if (s != NULL) atomic_store_explicit(&s->origin_fd, lfd, memory_order_relaxed);
         /* Only while the watcher sees a queue on this listener: did the client give up
          * before we got to it? */
@@ -267,7 +268,7 @@ int socket(int domain, int type, int protocol)
     if (fd >= 0) {
         int saved = errno;
         if (is_tcp_request(domain, type, protocol)) {
-            birth(fd, CW_KIND_TCP, CW_OP_SOCKET, (type & SOCK_NONBLOCK) != 0);
+            birth(fd, CW_KIND_TCP, CW_OP_SOCKET, (type & SOCK_NONBLOCK) != 0, __builtin_frame_address(0));
             if (domain == AF_INET6 && cw_me != NULL) atomic_store_explicit(&cw_me->any_inet6, 1, memory_order_relaxed);
         } else {
             cw_slot_forget(fd);
@@ -282,7 +283,7 @@ int accept(int fd, struct sockaddr *addr, socklen_t *len)
     CW_REAL(accept);
     if (ON_WATCHER_TABLE()) return real_accept(fd, addr, len);
     int r = real_accept(fd, addr, len);
-    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT, 0);
+    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT, 0, __builtin_frame_address(0));
     return r;
 }
 
@@ -291,7 +292,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
     CW_REAL(accept4);
     if (ON_WATCHER_TABLE()) return real_accept4(fd, addr, len, flags);
     int r = real_accept4(fd, addr, len, flags);
-    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT4, (flags & SOCK_NONBLOCK) != 0);
+    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT4, (flags & SOCK_NONBLOCK) != 0, __builtin_frame_address(0));
     return r;
 }
 
@@ -322,7 +323,7 @@ int listen(int fd, int backlog)
             if (k == CW_KIND_FREE) k = classify(fd);
             if (k == CW_KIND_TCP || k == CW_KIND_LISTEN) {
                 /* The listen() site is what a backlog finding points at. */
-                birth(fd, CW_KIND_LISTEN, CW_OP_SOCKET, 0);
+                birth(fd, CW_KIND_LISTEN, CW_OP_SOCKET, 0, __builtin_frame_address(0));
                 atomic_store_explicit(&s->backlog, backlog, memory_order_relaxed);
             } else if (k == CW_KIND_OTHER) {
                 cw_slot_birth(s, CW_KIND_OTHER, CW_OP_NONE, 0, 0);
@@ -883,10 +884,10 @@ long syscall(long number, ...)
             on_dup((int)a1, (int)r);
             break;
         case SYS_accept:
-            on_accept((int)a1, (int)r, CW_OP_ACCEPT, 0);
+            on_accept((int)a1, (int)r, CW_OP_ACCEPT, 0, __builtin_frame_address(0));
             break;
         case SYS_accept4:
-            on_accept((int)a1, (int)r, CW_OP_ACCEPT4, ((unsigned long)a4 & SOCK_NONBLOCK) != 0);
+            on_accept((int)a1, (int)r, CW_OP_ACCEPT4, ((unsigned long)a4 & SOCK_NONBLOCK) != 0, __builtin_frame_address(0));
             break;
         default:
             break;

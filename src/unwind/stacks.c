@@ -244,10 +244,9 @@ static __thread struct site site_cache[SITE_WAYS] __attribute__((tls_model("init
 static __thread unsigned site_next __attribute__((tls_model("initial-exec")));
 
 /* Where the program called into the library: walk our own frame-pointer chain (the library is
- * built with frame pointers) to the first return address outside it. */
-static __attribute__((noinline)) int program_caller(uintptr_t *ret0, uintptr_t *sp0)
+ * built with frame pointers) from `fp` to the first return address outside it. */
+static int program_caller(const uintptr_t *fp, uintptr_t *ret0, uintptr_t *sp0)
 {
-    const uintptr_t *fp = (const uintptr_t *)__builtin_frame_address(0);
     for (int i = 0; i < 12 && fp != NULL; i++) {
         uintptr_t ret = fp[1];
         if (!(ret >= own_text.lo && ret < own_text.hi)) {
@@ -298,6 +297,11 @@ static uint32_t capture_unwound(int located, uintptr_t ret0, uintptr_t sp0, int 
 
 uint32_t cw_stack_capture(void)
 {
+    return cw_stack_capture_from(__builtin_frame_address(0));
+}
+
+uint32_t cw_stack_capture_from(const void *frame)
+{
     int st = atomic_load_explicit(&unwinder_state, memory_order_acquire);
     if (CW_UNLIKELY(st != 2)) {
         if (st == 0) cw_stacks_init();
@@ -308,7 +312,7 @@ uint32_t cw_stack_capture(void)
     if (cw_in_unwind) return 0;
     int depth = cw_cfg.stack_depth;
     uintptr_t ret0 = 0, sp0 = 0;
-    int located = site_caching && program_caller(&ret0, &sp0);
+    int located = site_caching && program_caller((const uintptr_t *)frame, &ret0, &sp0);
     if (located) {
         uint32_t id = site_lookup(ret0, sp0, depth);
         if (id != 0) return id;
@@ -391,5 +395,5 @@ CW_FORK_PATH void cw_stacks_fork_done(void)
 int cw_stack_program_return(uintptr_t *ret)
 {
     uintptr_t sp = 0;
-    return own_text.hi != 0 && program_caller(ret, &sp);
+    return own_text.hi != 0 && program_caller((const uintptr_t *)__builtin_frame_address(0), ret, &sp);
 }

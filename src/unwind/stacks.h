@@ -6,6 +6,9 @@
 CW_HIDDEN void cw_stacks_init(void);
 /* Capture the caller's stack (our own frames removed) and return its id, 0 on failure. */
 CW_HIDDEN uint32_t cw_stack_capture(void);
+/* The same, the walk to the program's call site starting at `frame`: the frame of the hook the
+ * program called (its __builtin_frame_address(0)), so that our frames below it are not walked. */
+CW_HIDDEN uint32_t cw_stack_capture_from(const void *frame);
 /* Keep a list of words in the same deduplicated store, not as a backtrace of this thread: a stack
  * captured elsewhere (another process's, by the eBPF front-end, which publishes that process's
  * modules itself) or a list of callbacks (the caller makes sure the watcher knows the modules of
