@@ -82,6 +82,9 @@ CW_FORK_PATH static void at_fork_prepare(void)
 
 CW_FORK_PATH static void at_fork_child(void)
 {
+    /* Forked while another thread copied the table: that thread is not in the child. */
+    if (CW_UNLIKELY(atomic_load_explicit(&cw_private.first_tcp_busy, memory_order_relaxed)))
+        atomic_store(&cw_private.first_tcp_busy, 0);
     /* First of all: until the child has its own area, every write lands in the parent's. */
     cw_region_fork_child();
     cw_threads_after_fork_child();
@@ -114,9 +117,11 @@ void cw_init(void)
         unwinder_pipe_w = (1 << 20) - 1;
     }
     unwinder_calls_intercepted = dlsym(RTLD_DEFAULT, "__tsan_init") != NULL || dlsym(RTLD_DEFAULT, "__asan_init") != NULL;
-    /* The unwinder (libunwind and liblzma: eleven mappings, which every fork copies and every
-     * exit tears down) is loaded with the first TCP socket: a process that never makes one pays
-     * for nothing but the loading of this library. */
+    /* The unwinder is loaded here, not at the first TCP socket: loaded then, its loader's memory
+     * lands among the program's own allocations (nginx's configuration pools), and nginx's
+     * per-request allocations take a longer path through malloc (+111 instructions a request,
+     * more than all of the hooks' own cost: BENCHMARKS.md, section 12). */
+    cw_stacks_init();
     cw_threads_init();
     /* Registered first, so its prepare handler runs last, right before the fork. */
     pthread_atfork(at_fork_prepare, cw_region_fork_parent, at_fork_child);
@@ -171,6 +176,16 @@ static uint64_t inode_of(int fd)
 
 /* The slot of the new life, or NULL (no slot, no table).  `frame`: the frame of the hook the program
  * called (where the walk to the program's call site starts). */
+/* Another thread is copying the table for the watcher it starts (a few milliseconds, once per
+ * process): wait for it, bounded. */
+static void first_tcp_wait(void)
+{
+    int saved = errno;
+    for (int i = 0; i < 40 && atomic_load_explicit(&cw_private.first_tcp_busy, memory_order_acquire); i++)
+        cw_futex_wait(&cw_private.first_tcp_busy, 1, 50);
+    errno = saved;
+}
+
 static struct cw_slot *birth(int fd, enum cw_kind kind, int op, int nonblocking, const void *frame)
 {
     if (CW_UNLIKELY(atomic_load_explicit(&init_state, memory_order_acquire) != 2)) cw_init();
@@ -184,10 +199,18 @@ static struct cw_slot *birth(int fd, enum cw_kind kind, int op, int nonblocking,
          * written (its start gives this process a region of its own, at the same address). */
         int expected = 0;
         if (atomic_compare_exchange_strong(&me->any_tcp, &expected, 1)) {
-            cw_stacks_init();
+            /* While the table is copied into the new watcher's region, other threads' births
+             * wait: a slot given meanwhile would be written to the old copy and lost, and a
+             * chunk of slots taken meanwhile would be given a second time (two ranges of
+             * descriptors sharing one: leaks missed under a multithreaded start). */
+            atomic_store(&cw_private.first_tcp_busy, 1);
             cw_watcher_first_tcp();
+            atomic_store(&cw_private.first_tcp_busy, 0);
+            cw_futex_wake(&cw_private.first_tcp_busy);
         }
     }
+    if (CW_UNLIKELY(atomic_load_explicit(&cw_private.first_tcp_busy, memory_order_acquire)) && !cw_in_lib)
+        first_tcp_wait();
     struct cw_slot *s = cw_slot_get(fd);
     if (s == NULL) return NULL;
     uint32_t stack = (kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && !cw_in_lib ? cw_stack_capture_from(frame) : 0;

@@ -86,6 +86,7 @@ struct cw_private {
     _Atomic int fork_pending;                       /* a fork waits for them; new ones are skipped */
     _Atomic unsigned spawn_next;                    /* hooks/process.c: the next spawn record */
     int fork_watcher_alive;                         /* the watcher process was alive at the fork */
+    _Atomic uint32_t first_tcp_busy;                /* the table is being copied for a new watcher */
     int fork_thread_mode;                           /* the watcher was a thread of this process */
     int fork_watching_here;                         /* ...or this process had a watcher's state */
     struct cw_slot *fork_chunks[CW_FORK_CHUNKS];    /* the child's first chunks, computed before the fork */
