@@ -696,25 +696,7 @@ def connect_accepted(prog, port, timeout=5.0):
 def read_events(path):
     """The complete lines of a JSON Lines log, parsed (a line still being written is left out).
     A line that is not a JSON object fails the test."""
-    if not os.path.isfile(path):      # never a FIFO: opening one would wait for a writer
-        return []
-    try:
-        with open(path, 'rb') as f:
-            text = f.read().decode('utf-8', 'replace')
-    except OSError:
-        return []
-    out = []
-    for line in text.split('\n')[:-1]:
-        if not line.strip():
-            continue
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            raise Fail('a line of %s is not JSON: %r' % (os.path.basename(path), line[:200]))
-        if not isinstance(ev, dict):
-            raise Fail('a line of %s is not a JSON object: %r' % (os.path.basename(path), line[:200]))
-        out.append(ev)
-    return out
+    return harness.read_events(path)
 
 
 def is_leak(e, pid=None):
