@@ -13,6 +13,8 @@
 #include "watcher/internal.h"
 #include "report/promfile.h"
 
+#include <stddef.h>
+
 #include <fnmatch.h>
 
 #define METRICS_SITES 20
@@ -288,29 +290,29 @@ static void render(struct buf *b, int64_t now, int64_t period)
         labels(b, progs[i].exe, with_pid);
         buf_printf(b, ",stack_id=\"other\",top_frame=\"\"} %ld\n", progs[i].other_now);
     }
-    family(b, "closewait_open_sites", "gauge", "Open sites (code that opened a socket later reported) known in the running processes.");
-    for (size_t i = 0; i < nprog; i++) {
-        buf_puts(b, "closewait_open_sites");
-        labels(b, progs[i].exe, with_pid);
-        buf_printf(b, "} %ld\n", progs[i].sites);
-    }
-    family(b, "closewait_leaks_reported_total", "counter", "Sockets reported held in CLOSE_WAIT past the grace period, in all.");
-    for (size_t i = 0; i < nprog; i++) {
-        buf_puts(b, "closewait_leaks_reported_total");
-        labels(b, progs[i].exe, with_pid);
-        buf_printf(b, "} %ld\n", progs[i].reported);
-    }
-    family(b, "closewait_leaks_suppressed_total", "counter", "Leaks not reported because CLOSEWAIT_SUPPRESSIONS matched them, in all.");
-    for (size_t i = 0; i < nprog; i++) {
-        buf_puts(b, "closewait_leaks_suppressed_total");
-        labels(b, progs[i].exe, with_pid);
-        buf_printf(b, "} %ld\n", progs[i].suppressed);
-    }
-    family(b, "closewait_processes_watched", "gauge", "Processes of the program watched now.");
-    for (size_t i = 0; i < nprog; i++) {
-        buf_puts(b, "closewait_processes_watched");
-        labels(b, progs[i].exe, with_pid);
-        buf_printf(b, "} %ld\n", progs[i].procs);
+    /* One series a program for each of these. */
+    static const struct {
+        const char *name, *type, *help;
+        size_t field;
+    } per_program[] = {
+        {"closewait_open_sites", "gauge", "Open sites (code that opened a socket later reported) known in the running processes.",
+         offsetof(struct program_row, sites)},
+        {"closewait_leaks_reported_total", "counter", "Sockets reported held in CLOSE_WAIT past the grace period, in all.",
+         offsetof(struct program_row, reported)},
+        {"closewait_leaks_suppressed_total", "counter", "Leaks not reported because CLOSEWAIT_SUPPRESSIONS matched them, in all.",
+         offsetof(struct program_row, suppressed)},
+        {"closewait_processes_watched", "gauge", "Processes of the program watched now.",
+         offsetof(struct program_row, procs)},
+    };
+    for (size_t f = 0; f < sizeof per_program / sizeof per_program[0]; f++) {
+        family(b, per_program[f].name, per_program[f].type, per_program[f].help);
+        for (size_t i = 0; i < nprog; i++) {
+            long v;
+            memcpy(&v, (const char *)&progs[i] + per_program[f].field, sizeof v);
+            buf_puts(b, per_program[f].name);
+            labels(b, progs[i].exe, with_pid);
+            buf_printf(b, "} %ld\n", v);
+        }
     }
 
     /* Listeners: the first ones met, in order (a bounded, stable set). */
