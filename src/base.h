@@ -32,7 +32,7 @@ CW_HIDDEN void *cw_resolve(const char *name);
 
 /* Set while the library itself runs on this thread: its calls pass the hooks untouched. */
 CW_HIDDEN extern __thread int cw_in_lib __attribute__((tls_model("initial-exec")));
-/* Set while libunwind runs on this thread: its pipe I/O is routed by the hooks. */
+/* Set while this thread unwinds: a socket born in a signal handler meanwhile gets no stack. */
 CW_HIDDEN extern __thread int cw_in_unwind __attribute__((tls_model("initial-exec")));
 /* This process is a watcher process (watcher/process.c), not a program. */
 CW_HIDDEN extern int cw_in_watcher_process;

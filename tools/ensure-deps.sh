@@ -1,9 +1,8 @@
 #!/bin/sh
-# Build dependencies: the headers of libunwind and libdw (both are dlopen'ed at run time).
+# Build dependencies: the headers of libdw (dlopen'ed at run time).
 # As root on Debian/Ubuntu, install what is missing; otherwise say the one command to run.
 missing=""
 has_header() { echo "#include <$1>" | ${CC:-cc} -E -x c - >/dev/null 2>&1; }
-has_header libunwind.h || missing="$missing libunwind-dev"
 has_header elfutils/libdwfl.h || missing="$missing libdw-dev"
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
 [ -z "$missing" ] && exit 0

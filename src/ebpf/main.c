@@ -405,7 +405,7 @@ static void on_fork(pid_t child, pid_t parent)
     table_of(p);
     cw_region_fork_prepare();
     struct cw_area *a = cw_private.fork_area;
-    cw_region_fork_result(child);
+    cw_region_fork_result(child, 0);
     struct followed *f = a != NULL ? follow(child, a) : NULL;
     if (f == NULL) {
         if (a != NULL) cw_area_release(a);

@@ -67,11 +67,6 @@ void *cw_resolve(const char *name)
     return p;
 }
 
-/* The two numbers libunwind gets for its validation pipe (see unwinder_validate). */
-static int unwinder_pipe_r = INT_MAX - 1, unwinder_pipe_w = INT_MAX;
-/* A sanitizer's interceptors stand between libunwind and these hooks. */
-static int unwinder_calls_intercepted;
-
 CW_FORK_PATH static void at_fork_prepare(void)
 {
     /* Asked here, so that the child need not read the region's header (a page a child faults
@@ -109,18 +104,6 @@ void cw_init(void)
     if (cw_region_create() != 0) cw_warn("cannot map the descriptor table; ", "nothing will be tracked", NULL);
     cw_config_load();
     if (cw_sh != NULL) memcpy(&cw_sh->cfg, &cw_cfg, sizeof cw_cfg);
-    /* ThreadSanitizer sees libunwind's pipe first and keeps a table of descriptors below 2^20:
-     * the two numbers go just under that there (a descriptor that high needs a raised
-     * RLIMIT_NOFILE, and the sanitizer's own table would not hold it either). */
-    if (dlsym(RTLD_DEFAULT, "__tsan_init") != NULL) {
-        unwinder_pipe_r = (1 << 20) - 2;
-        unwinder_pipe_w = (1 << 20) - 1;
-    }
-    unwinder_calls_intercepted = dlsym(RTLD_DEFAULT, "__tsan_init") != NULL || dlsym(RTLD_DEFAULT, "__asan_init") != NULL;
-    /* The unwinder is loaded here, not at the first TCP socket: loaded then, its loader's memory
-     * lands among the program's own allocations (nginx's configuration pools), and nginx's
-     * per-request allocations take a longer path through malloc (+111 instructions a request,
-     * more than all of the hooks' own cost: BENCHMARKS.md, section 12). */
     cw_stacks_init();
     cw_threads_init();
     /* Registered first, so its prepare handler runs last, right before the fork. */
@@ -357,142 +340,9 @@ int listen(int fd, int backlog)
     return r;
 }
 
-/* ---- libunwind's memory-validation pipe ------------------------------------
- * libunwind validates an address before it trusts a frame pointer: it writes one byte from that
- * address into a pipe of its own (the kernel says EFAULT if it cannot be read) and reads the
- * byte back; when a read fails it closes both numbers and opens a new pipe.  A real pipe would
- * be two descriptors in the program: visible in /proc/self/fd, and, moved out of the program's
- * way to a high number, a descriptor table grown to that size, which every fork() then copies.
- * So libunwind is given two numbers no descriptor can have, and the hooks answer for them: the
- * write asks the kernel whether the address can be read (unwinder_validate), the read says
- * "empty".  Should the kernel refuse that question, a real pipe at high numbers stands behind
- * the two numbers from then on.  Any other read, write
- * or close from libunwind is refused: a number it kept may be the program's by now. */
-#define UNWINDER_PIPE_R unwinder_pipe_r
-#define UNWINDER_PIPE_W unwinder_pipe_w
-static _Atomic int unwinder_backing[2] = {-1, -1}; /* the real pipe, once one is needed */
-static _Atomic uint64_t unwinder_backing_ino;
-static _Atomic int unwinder_futex_refused;
-
-/* The call comes from libunwind itself, not from a signal handler that interrupted it.  Under
- * a sanitizer the caller is the sanitizer's interceptor, which defers signals itself. */
-#define FROM_UNWINDER() \
-    (CW_UNLIKELY(cw_in_unwind) && \
-     (unwinder_calls_intercepted || cw_pc_in_unwinder((uintptr_t)__builtin_return_address(0))))
-
-/* The real pipe behind the two numbers (once the kernel refused unwinder_validate), or -1. */
-static int unwinder_backing_fd(int end)
-{
-    CW_REAL(pipe2);
-    int fd = atomic_load(&unwinder_backing[end]);
-    if (fd < 0) {
-        int fds[2];
-        if (real_pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return -1;
-        int depth = cw_in_unwind;
-        cw_in_unwind = 0; /* our own close of the low numbers must go through */
-        int hi0 = cw_fd_move_high(fds[0]), hi1 = cw_fd_move_high(fds[1]);
-        cw_in_unwind = depth;
-        struct stat st;
-        atomic_store(&unwinder_backing_ino, fstat(hi0, &st) == 0 ? (uint64_t)st.st_ino : 0);
-        atomic_store(&unwinder_backing[1], hi1);
-        atomic_store(&unwinder_backing[0], hi0);
-        fd = end == 0 ? hi0 : hi1;
-    }
-    /* The program may have closed or replaced it since (closefrom at a daemon's start). */
-    struct stat st;
-    if (fstat(fd, &st) != 0 || (uint64_t)st.st_ino != atomic_load(&unwinder_backing_ino)) {
-        atomic_store(&unwinder_backing[0], -1);
-        atomic_store(&unwinder_backing[1], -1);
-        return -1;
-    }
-    return fd;
-}
-
-/* libunwind's write of one byte at addr: 1 if it can be read, -1 with EFAULT if not.  The
- * kernel is asked to compare the aligned word there with a value, waiting for nothing (a
- * private futex wait with a zero timeout): it reads the word first and says EFAULT where it
- * cannot.  No descriptor, nothing changed, and a call no seccomp profile forbids (threads need
- * it); process_vm_readv would do too, but containers' filters refuse it, some by killing. */
-static long unwinder_validate(const void *addr, long n)
-{
-    if (n <= 0) return 0;
-    if (!atomic_load_explicit(&unwinder_futex_refused, memory_order_relaxed)) {
-        int saved = errno;
-        const struct timespec now = {0, 0};
-        CW_REAL(syscall);
-        long r = real_syscall(SYS_futex, (long)((uintptr_t)addr & ~(uintptr_t)3), (long)FUTEX_WAIT_PRIVATE,
-                              (long)0x5a5a5a5a, (long)&now, 0L, 0L);
-        int err = errno;
-        errno = saved == EINTR ? 0 : saved; /* libunwind loops while errno says EINTR */
-        if (r == 0 || err == EAGAIN || err == ETIMEDOUT || err == EINTR) return 1;
-        if (err == EFAULT) {
-            errno = EFAULT;
-            return -1;
-        }
-        atomic_store(&unwinder_futex_refused, 1);
-    }
-    int fd = unwinder_backing_fd(1);
-    if (fd < 0) {
-        errno = EFAULT; /* nothing to check with: say unreadable, libunwind stops there */
-        return -1;
-    }
-    CW_REAL(write);
-    long r = real_write(fd, addr, 1);
-    if (r < 0 && errno == EAGAIN) { /* full of bytes nobody read back: read them, then again */
-        char drain[64];
-        int rfd = unwinder_backing_fd(0);
-        CW_REAL(read);
-        if (rfd >= 0)
-            while (real_read(rfd, drain, sizeof drain) > 0) {
-            }
-        r = real_write(fd, addr, 1);
-    }
-    if (r >= 0 && errno == EINTR) errno = 0;
-    return r;
-}
-
-static ssize_t unwinder_read(int fd, void *buf, size_t n)
-{
-    int real_fd = fd == UNWINDER_PIPE_R && atomic_load(&unwinder_futex_refused) ? unwinder_backing_fd(0) : -1;
-    if (real_fd >= 0) {
-        CW_REAL(read);
-        ssize_t r = real_read(real_fd, buf, n);
-        if (r < 0 && errno == EINTR) errno = EAGAIN;
-        return r;
-    }
-    errno = fd == UNWINDER_PIPE_R ? EAGAIN : EBADF;
-    return -1;
-}
-
-static int unwinder_pipe2(int fds[2])
-{
-    fds[0] = UNWINDER_PIPE_R;
-    fds[1] = UNWINDER_PIPE_W;
-    return 0;
-}
-
-int pipe2(int fds[2], int flags)
-{
-    if (FROM_UNWINDER()) return unwinder_pipe2(fds);
-    CW_REAL(pipe2);
-    return real_pipe2(fds, flags);
-}
-
-int pipe(int fds[2])
-{
-    if (FROM_UNWINDER()) return unwinder_pipe2(fds);
-    CW_REAL(pipe);
-    return real_pipe(fds);
-}
-
 ssize_t write(int fd, const void *buf, size_t n)
 {
     CW_REAL(write);
-    if (FROM_UNWINDER()) {
-        if (fd == UNWINDER_PIPE_W) return unwinder_validate(buf, (long)n);
-        errno = EBADF;
-        return -1;
-    }
     BLOCK_ENTER(CW_CALL_WRITE, fd, 0);
     UNTRACKED_CALL(real_write(fd, buf, n));
     ssize_t r = real_write(fd, buf, n);
@@ -579,7 +429,6 @@ static size_t iov_total(const struct iovec *iov, size_t n)
 ssize_t read(int fd, void *buf, size_t n)
 {
     CW_REAL(read);
-    if (FROM_UNWINDER()) return unwinder_read(fd, buf, n);
     BLOCK_ENTER(CW_CALL_READ, fd, 0);
     UNTRACKED_CALL(real_read(fd, buf, n));
     ssize_t r = real_read(fd, buf, n);
@@ -722,7 +571,6 @@ int close(int fd)
 {
     CW_REAL(close);
     if (ON_WATCHER_TABLE()) return real_close(fd);
-    if (FROM_UNWINDER()) return 0; /* its own numbers are not descriptors; any other is not its */
     cw_slot_forget(fd);
     int r = real_close(fd);
     if (CW_UNLIKELY(fd == 2)) stderr_moved();
@@ -862,11 +710,6 @@ long syscall(long number, ...)
     long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
     va_end(ap);
     if (ON_WATCHER_TABLE()) return real_syscall(number, a1, a2, a3, a4, a5, a6);
-    if (number == SYS_write && FROM_UNWINDER()) {
-        if (a1 == UNWINDER_PIPE_W) return unwinder_validate((const void *)a2, a3); /* NOLINT(performance-no-int-to-ptr): syscall() passes pointers as long */
-        errno = EBADF;
-        return -1;
-    }
     switch (number) {
     case SYS_close:
         cw_slot_forget((int)a1);

@@ -91,10 +91,12 @@ CW_FORK_PATH pid_t fork(void)
     uint32_t stack = spawn_stack();
     cw_stacks_fork_prepare();
     cw_private.fork_hooked = 1;
-    errno = saved;
+    /* errno lives in a private page the program may not write between its forks: written
+     * after a fork, that page is copied (a fault) each time; so only when it changed. */
+    if (errno != saved) errno = saved;
     pid_t r = real_fork();
     int err = errno;
-    if (r != 0) cw_region_fork_result(r);
+    if (r != 0) cw_region_fork_result(r, stack);
     /* Out of pids (a container's pids limit): the program's own fork must not fail for the pid
      * our watcher takes.  It leaves, and the fork is tried again while the pid is freed. */
     if (r < 0 && err == EAGAIN && cw_watcher_process_give_way() == 0) {
@@ -105,18 +107,14 @@ CW_FORK_PATH pid_t fork(void)
             nanosleep(&ts, NULL);
             r = real_fork();
             err = errno;
-            if (r != 0) cw_region_fork_result(r);
+            if (r != 0) cw_region_fork_result(r, stack);
             if (r >= 0 || err != EAGAIN) break;
         }
     }
     cw_stacks_fork_done();
     if (r != 0) cw_private.fork_hooked = 0;
-    if (r > 0) {
-        record(CW_SPAWN_FORK, r, stack);
-    } else if (r == 0 && cw_me != NULL) {
-        atomic_store(&cw_me->fork_stack, stack);
-    }
-    errno = err;
+    if (r > 0) record(CW_SPAWN_FORK, r, stack);
+    if (errno != err) errno = err;
     return r;
 }
 

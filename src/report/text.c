@@ -14,7 +14,7 @@ static void frames_upto(struct buf *b, uint32_t id, int max)
 {
     struct cw_frame f[CW_MAX_FRAMES];
     int n = cw_report_frames(id, f, CW_MAX_FRAMES);
-    if (n == 0) buf_puts(b, "    (no backtrace: libunwind unavailable, or born before an eBPF attach)\n");
+    if (n == 0) buf_puts(b, "    (no backtrace: none could be taken, or born before an eBPF attach)\n");
     for (int i = 0; i < n; i++) {
         if (max >= 0 && i >= max) {
             buf_printf(b, "    ... %d more native frame(s) (CLOSEWAIT_FORMAT=json has them all)\n", n - i);

@@ -25,6 +25,7 @@
 
 #include <linux/futex.h>
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -222,13 +223,31 @@ static void point_into(void *base)
     atomic_store_explicit((_Atomic(struct cw_shared *) *)&cw_sh, (struct cw_shared *)base, memory_order_release);
 }
 
-/* A sparse memfd of `size` bytes mapped shared (at `at` if not NULL), or (no memfd) private
- * anonymous memory. */
+/* Where the region goes: away from where the program's own mappings grow.  Placed among them,
+ * it pushes every mapping made after it 600 MB further down, into other page directories, and
+ * each fork() then allocates and fills page tables for those directories too (three pages a fork
+ * for a program with one late mapping).  A random gigabyte-aligned address between 32 and 64 TB:
+ * below the executable and the heap, above the low mappings, and not a fixed address.  None
+ * under a sanitizer, whose runtime owns that part of the address space. */
+static void *region_hint(void)
+{
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    return NULL;
+#else
+    if (dlsym(RTLD_DEFAULT, "__tsan_init") != NULL || dlsym(RTLD_DEFAULT, "__asan_init") != NULL) return NULL;
+    uint16_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) return NULL;
+    uintptr_t gb = (uintptr_t)1 << 30;
+    return (void *)(((uintptr_t)32 << 40) + (uintptr_t)(r & 0x7fffu) * gb); /* NOLINT(performance-no-int-to-ptr) */
+#endif
+}
+
+/* A sparse memfd of `size` bytes mapped shared, or (no memfd) private anonymous memory. */
 static void *map_fresh(size_t size, int *memfd, int *shared)
 {
     *memfd = (int)syscall(SYS_memfd_create, "closewait", MFD_CLOEXEC);
     if (*memfd >= 0 && syscall(SYS_ftruncate, *memfd, (long)size) == 0) {
-        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, *memfd, 0);
+        void *p = mmap(region_hint(), size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, *memfd, 0);
         if (p != MAP_FAILED) {
             *shared = 1;
             return p;
@@ -237,7 +256,7 @@ static void *map_fresh(size_t size, int *memfd, int *shared)
     if (*memfd >= 0) syscall(SYS_close, *memfd);
     *memfd = -1;
     *shared = 0;
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *p = mmap(region_hint(), size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 
@@ -463,7 +482,7 @@ CW_FORK_PATH void cw_region_fork_parent(void)
     /* fork_area stays until cw_region_fork_result() says how the fork went. */
 }
 
-CW_FORK_PATH void cw_region_fork_result(pid_t child)
+CW_FORK_PATH void cw_region_fork_result(pid_t child, uint32_t fork_stack)
 {
     struct cw_area *a = fork_area;
     fork_area = NULL;
@@ -472,6 +491,7 @@ CW_FORK_PATH void cw_region_fork_result(pid_t child)
         cw_area_release(a);
         return;
     }
+    if (fork_stack != 0) atomic_store(&a->fork_stack, fork_stack);
     int32_t none = 0;
     atomic_compare_exchange_strong(&a->pid, &none, (int32_t)child);
     uint32_t forking = AREA_FORKING;

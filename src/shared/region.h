@@ -114,7 +114,10 @@ CW_HIDDEN int cw_region_fd(void);
 CW_HIDDEN void cw_region_fork_prepare(void);
 CW_HIDDEN void cw_region_fork_parent(void);
 CW_HIDDEN void cw_region_fork_child(void);
-CW_HIDDEN void cw_region_fork_result(pid_t child);
+/* The parent, after the fork: the child's pid (< 0: the fork failed) and the stack of the fork
+ * call (0: none), written into the child's area here: a page of the region the child would
+ * otherwise fault in. */
+CW_HIDDEN void cw_region_fork_result(pid_t child, uint32_t fork_stack);
 /* The process changed credentials: the tree's region (and its watcher) are no longer its
  * business; take a region of its own holding its own area.  0 on success. */
 CW_HIDDEN int cw_region_leave(void);

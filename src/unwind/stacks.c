@@ -1,14 +1,15 @@
 /*
- * Backtraces: captured with libunwind once per socket birth (and once per EOF), deduplicated in
- * a lock-free store so that a hook, even one called from a signal handler, never blocks and
- * never allocates from malloc.
+ * Backtraces: captured once per socket birth (and once per EOF), deduplicated in a lock-free
+ * store so that a hook, even one called from a signal handler, never blocks and never allocates
+ * from malloc.
  *
- * libunwind is opened with dlopen(RTLD_LOCAL) rather than linked: its exported names
- * (unw_backtrace, backtrace, _Unwind_Backtrace) then never enter the program's global scope, and
- * a program that carries its own unwinder (LLVM's libunwind, gperftools) keeps using its own.
- * Not RTLD_DEEPBIND: libunwind's own libc calls must reach our hooks, because it keeps a pipe to
- * validate memory, and cw_in_unwind lets the hooks answer for that pipe without giving the
- * program a descriptor (the unwinder-pipe guard in hooks/io.c).
+ * The unwinder is the compiler's own (_Unwind_Backtrace over .eh_frame), linked into this
+ * library and hidden in it: no other library is loaded, so a fork copies no more mappings (each
+ * one costs every fork of a fork-per-connection server, BENCHMARKS.md section 15), nothing is
+ * dlopen'ed among the program's own allocations, and the program's own unwinder (libgcc_s for
+ * its C++ exceptions, LLVM's libunwind, gperftools) is never displaced.  It finds a frame's
+ * unwind table with _dl_find_object, which takes no lock and is safe in a signal handler.  It
+ * only follows a frame's own CFI, so a frame without any (JIT code, Go) ends the walk there.
  */
 #define _GNU_SOURCE
 #include "shared/region.h"
@@ -16,35 +17,22 @@
 #include "unwind/stacks.h"
 #include "options/options.h"
 
-#include <dlfcn.h>
-#define UNW_LOCAL_ONLY /* the _UL* names: this process only */
-#include <libunwind.h>
 #include <link.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
+#include <unwind.h>
 
-#define STR2(x) #x
-#define STR(x) STR2(x)
-
-static int (*unwind_backtrace)(void **, int);
-/* The step-by-step interface, for ThreadSanitizer runs only (see cw_stacks_init). */
-static int (*unwind_getcontext)(unw_context_t *);
-static int (*unwind_init_local)(unw_cursor_t *, unw_context_t *);
-static int (*unwind_step)(unw_cursor_t *);
-static int (*unwind_get_reg)(unw_cursor_t *, unw_regnum_t, unw_word_t *);
-static int step_by_step;  /* ThreadSanitizer: never unw_backtrace */
-static int site_caching;  /* the step interface is there: births at a known site skip the unwind */
-/* fork() while another thread unwinds would hand the child a lock (the loader's phdr lock
- * taken by dl_iterate_phdr, libunwind's pools) that nobody will ever release there: fork
- * waits for running unwinds to finish, and unwinds that would start meanwhile are skipped. */
+static int site_caching; /* births at a known site skip the unwind */
+/* fork() while another thread unwinds must not hand the child a half-updated call-site cache or
+ * store entry: fork waits for running unwinds to finish, and unwinds that would start meanwhile
+ * are skipped. */
 #define unwinds_running (cw_private.unwinds_running)
 #define fork_pending (cw_private.fork_pending)
 static _Atomic int unwinder_state; /* 0: not tried, 1: trying, 2: ready, 3: unavailable */
 
 struct range { uintptr_t lo, hi; };
-static struct range own_text, unwinder_text;
+static struct range own_text;
 
 /* Stack store: an open-addressing index of packed (hash, arena offset) words over an arena of
  * frames.  A new stack is written to the arena first and then published with one CAS, so a
@@ -94,60 +82,48 @@ static struct range object_range(const void *addr)
     return r;
 }
 
+static int ours(uintptr_t pc)
+{
+    return pc >= own_text.lo && pc < own_text.hi; /* the unwinder is linked in: ours too */
+}
+
+/* Step by step, keeping each frame's return-address slot. */
+struct walk {
+    uintptr_t *pcs, *slots;
+    int n, max, steps;
+};
+
+static _Unwind_Reason_Code walk_frame(struct _Unwind_Context *ctx, void *arg)
+{
+    struct walk *w = arg;
+    uintptr_t ip = (uintptr_t)_Unwind_GetIP(ctx);
+    if (ip == 0 || ++w->steps > w->max + 16) return _URC_END_OF_STACK;
+    if (w->n == 0 && ours(ip)) return _URC_NO_REASON; /* our own frames */
+    /* The CFA of the frame below is this frame's stack pointer, just above the slot where the
+     * call pushed the return address. */
+    w->pcs[w->n] = ip;
+    w->slots[w->n] = (uintptr_t)_Unwind_GetCFA(ctx) - sizeof(uintptr_t);
+    return ++w->n < w->max ? _URC_NO_REASON : _URC_END_OF_STACK;
+}
+
+static int unwind_with_slots(uintptr_t *pcs, uintptr_t *slots, int max)
+{
+    struct walk w = {pcs, slots, 0, max, 0};
+    _Unwind_Backtrace(walk_frame, &w);
+    return w.n;
+}
+
 void cw_stacks_init(void)
 {
     int expected = 0;
     if (!atomic_compare_exchange_strong(&unwinder_state, &expected, 1)) return;
-
     own_text = object_range((const void *)&cw_stacks_init);
-
-    /* libunwind opens its validation pipe from its constructor already. */
-    cw_in_unwind++;
-    void *h = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
-    cw_in_unwind--;
-    if (h == NULL) {
-        cw_warn("cannot load libunwind.so.8 (install libunwind8); ", "reports will have no backtraces",
-                NULL);
-        atomic_store(&unwinder_state, 3);
-        return;
-    }
-    unwind_backtrace = (int (*)(void **, int))dlsym(h, "unw_backtrace");
-    int (*set_policy)(unw_addr_space_t, unw_caching_policy_t) =
-        (int (*)(unw_addr_space_t, unw_caching_policy_t))dlsym(h, STR(unw_set_caching_policy));
-    unw_addr_space_t *local_as = (unw_addr_space_t *)dlsym(h, STR(unw_local_addr_space));
-    /* Per-thread caching: no lock taken while unwinding, so a signal handler can unwind too.
-     * Under ThreadSanitizer, libunwind's per-thread cache destructor runs after the sanitizer
-     * has let go of the exiting thread and crashes it: no cache there (slower, same stacks). */
-    int tsan = dlsym(RTLD_DEFAULT, "__tsan_init") != NULL;
-    /* Its first use opens the validation pipe (hooks/io.c answers for it). */
-    cw_in_unwind++;
-    if (set_policy != NULL && local_as != NULL)
-        set_policy(*local_as, tsan ? UNW_CACHE_NONE : UNW_CACHE_PER_THREAD);
-    cw_in_unwind--;
-    unwind_getcontext = (int (*)(unw_context_t *))dlsym(h, "_Ux86_64_getcontext");
-    unwind_init_local = (int (*)(unw_cursor_t *, unw_context_t *))dlsym(h, STR(unw_init_local));
-    unwind_step = (int (*)(unw_cursor_t *))dlsym(h, STR(unw_step));
-    unwind_get_reg = (int (*)(unw_cursor_t *, unw_regnum_t, unw_word_t *))dlsym(h, STR(unw_get_reg));
-    int stepping = unwind_getcontext != NULL && unwind_init_local != NULL && unwind_step != NULL &&
-                   unwind_get_reg != NULL;
-    /* unw_backtrace keeps a per-thread trace cache whose destructor runs, under ThreadSanitizer,
-     * after the sanitizer has let go of the exiting thread: step frame by frame there. */
-    step_by_step = tsan && stepping;
-    site_caching = stepping && cw_cfg.site_cache;
-    if (unwind_backtrace != NULL) unwinder_text = object_range((const void *)unwind_backtrace);
-    atomic_store(&unwinder_state, unwind_backtrace != NULL && cw_region_arena != NULL ? 2 : 3);
-}
-
-int cw_pc_in_unwinder(uintptr_t pc)
-{
-    /* Before its range is known we are inside dlopen of it, on our own thread. */
-    return unwinder_text.hi == 0 || (pc >= unwinder_text.lo && pc < unwinder_text.hi);
-}
-
-static int ours(uintptr_t pc)
-{
-    return (pc >= own_text.lo && pc < own_text.hi) ||
-           (pc >= unwinder_text.lo && pc < unwinder_text.hi);
+    site_caching = cw_cfg.site_cache;
+    /* The unwinder sets up its register table once (under pthread_once): here, not in a
+     * signal handler that may have interrupted the first unwind. */
+    uintptr_t pcs[2], slots[2];
+    unwind_with_slots(pcs, slots, 2);
+    atomic_store(&unwinder_state, own_text.hi != 0 && cw_region_arena != NULL ? 2 : 3);
 }
 
 static uint32_t hash_pcs(const uintptr_t *pcs, int n)
@@ -273,26 +249,6 @@ static uint32_t site_lookup(uintptr_t ret0, uintptr_t sp0, int depth)
     return 0;
 }
 
-/* Step by step, keeping each kept frame's return-address slot; returns the frames kept. */
-static int unwind_with_slots(uintptr_t *pcs, uintptr_t *slots, int max)
-{
-    unw_context_t uc;
-    unw_cursor_t cur;
-    int n = 0;
-    if (unwind_getcontext(&uc) != 0 || unwind_init_local(&cur, &uc) != 0) return 0;
-    int steps = 0;
-    do {
-        unw_word_t ip = 0, sp = 0;
-        if (unwind_get_reg(&cur, UNW_REG_IP, &ip) != 0 || ip == 0) break;
-        unwind_get_reg(&cur, UNW_REG_SP, &sp);
-        if (n == 0 && ours((uintptr_t)ip)) continue; /* our own frames and libunwind's */
-        pcs[n] = (uintptr_t)ip;
-        slots[n] = (uintptr_t)sp - sizeof(uintptr_t); /* the call pushed it just below the SP */
-        n++;
-    } while (n < max && ++steps < max + 16 && unwind_step(&cur) > 0);
-    return n;
-}
-
 static uint32_t capture_unwound(int located, uintptr_t ret0, uintptr_t sp0, int depth);
 
 uint32_t cw_stack_capture(void)
@@ -307,8 +263,8 @@ uint32_t cw_stack_capture_from(const void *frame)
         if (st == 0) cw_stacks_init();
         if (atomic_load_explicit(&unwinder_state, memory_order_acquire) != 2) return 0;
     }
-    /* A signal handler that interrupted an unwind on this thread: libunwind's per-thread cache
-     * is in use, so this birth goes without a stack rather than risk it. */
+    /* A signal handler that interrupted an unwind on this thread: the call-site cache may be
+     * half written, so this birth goes without a stack rather than risk it. */
     if (cw_in_unwind) return 0;
     int depth = cw_cfg.stack_depth;
     uintptr_t ret0 = 0, sp0 = 0;
@@ -330,34 +286,25 @@ static __attribute__((noinline)) uint32_t capture_unwound(int located, uintptr_t
     }
     cw_in_unwind++;
     uint32_t id = 0;
-    if (located || step_by_step) {
-        uintptr_t pcs[CW_MAX_DEPTH], slots[CW_MAX_DEPTH];
-        int n = unwind_with_slots(pcs, slots, depth);
-        if (n > 0) id = store(pcs, n);
-        /* Cache only a chain that starts where the frame pointers said and whose slots all
-         * lie in the span the check trusts. */
-        if (id != 0 && located && n > 0 && pcs[0] == ret0 && slots[0] + sizeof(uintptr_t) == sp0 &&
-            slots[n - 1] - sp0 < SITE_MAX_SPAN) {
-            int cacheable = 1;
-            for (int i = 1; i < n && cacheable; i++) cacheable = slots[i] > slots[i - 1];
-            if (cacheable) {
-                struct site *e = &site_cache[site_next++ % SITE_WAYS];
-                e->id = 0;
-                e->ret0 = ret0;
-                e->sp0 = sp0;
-                e->n = (uint32_t)n;
-                memcpy(e->slot, slots, (size_t)n * sizeof slots[0]);
-                memcpy(e->pc, pcs, (size_t)n * sizeof pcs[0]);
-                e->id = id;
-            }
+    uintptr_t pcs[CW_MAX_DEPTH], slots[CW_MAX_DEPTH];
+    int n = unwind_with_slots(pcs, slots, depth);
+    if (n > 0) id = store(pcs, n);
+    /* Cache only a chain that starts where the frame pointers said and whose slots all lie in
+     * the span the check trusts. */
+    if (id != 0 && located && pcs[0] == ret0 && slots[0] + sizeof(uintptr_t) == sp0 &&
+        slots[n - 1] - sp0 < SITE_MAX_SPAN) {
+        int cacheable = 1;
+        for (int i = 1; i < n && cacheable; i++) cacheable = slots[i] > slots[i - 1];
+        if (cacheable) {
+            struct site *e = &site_cache[site_next++ % SITE_WAYS];
+            e->id = 0;
+            e->ret0 = ret0;
+            e->sp0 = sp0;
+            e->n = (uint32_t)n;
+            memcpy(e->slot, slots, (size_t)n * sizeof slots[0]);
+            memcpy(e->pc, pcs, (size_t)n * sizeof pcs[0]);
+            e->id = id;
         }
-    } else {
-        void *buf[CW_MAX_DEPTH + 6];
-        int n = unwind_backtrace(buf, depth + 6); /* our own frames: at most 4 */
-        int skip = 0;
-        while (skip < n && ours((uintptr_t)buf[skip])) skip++;
-        int kept = n - skip > depth ? depth : n - skip;
-        if (kept > 0) id = store((const uintptr_t *)&buf[skip], kept);
     }
     cw_in_unwind--;
     atomic_fetch_sub(&unwinds_running, 1);

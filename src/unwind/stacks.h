@@ -16,9 +16,7 @@ CW_HIDDEN uint32_t cw_stack_capture_from(const void *frame);
 CW_HIDDEN uint32_t cw_stack_store(const uintptr_t *values, int n);
 /* Frames of stack id; returns depth (0 if unknown). */
 CW_HIDDEN int cw_stack_frames(uint32_t id, const uintptr_t **pcs);
-/* Is pc inside libunwind?  (A signal handler that interrupts an unwind is not.) */
-CW_HIDDEN int cw_pc_in_unwinder(uintptr_t pc);
-/* Around fork(): no thread inside libunwind while the process is copied. */
+/* Around fork(): no thread unwinding while the process is copied. */
 CW_HIDDEN void cw_stacks_fork_prepare(void);
 CW_HIDDEN void cw_stacks_fork_done(void);
 /* The return address into the program of the hook running on this thread (our frames skipped):

@@ -100,7 +100,7 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static inline lon
 
 /* Both run in the program's memory (CLONE_VM), on stacks of their own, with nothing the
  * sanitizers instrument, while the calling thread waits: the intermediate, and the watcher until
- * its exec (the spawn memory is reused by the next start). */
+ * its exec (the spawn memory is unmapped once both are done). */
 __attribute__((no_sanitize("address", "thread", "undefined"))) static int watcher_exec(void *p)
 {
     struct spawn_args *a = p;
@@ -131,7 +131,7 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) static int watche
 __attribute__((no_sanitize("address", "thread", "undefined"))) static int watcher_launch(void *p)
 {
     struct spawn_args *a = p;
-    /* Always until its exec: spawn memory and stacks are reused by the next start. */
+    /* Always until its exec: the caller unmaps the spawn memory and stacks once it resumes. */
     int flags = CLONE_VM | CLONE_VFORK;
     a->pid = a->clone_fn(watcher_exec, a->stack2, flags, a);
     if (a->pid < 0) a->err = errno;
@@ -163,12 +163,13 @@ static void remember_preload(void)
         snprintf(saved_preload, sizeof saved_preload, "%s", info.dli_fname);
 }
 
-/* Memory for the child's stack and its argument and environment arrays: mmap'ed once, because
- * a fork (and so this) may happen in a signal handler, where malloc is out. */
+/* Memory for the child's stack and its argument and environment arrays: mmap'ed, because a fork
+ * (and so this) may happen in a signal handler, where malloc is out; and unmapped once the
+ * watcher runs, because every mapping kept is one more that each fork() of the program copies. */
 #define SPAWN_STACK ((size_t)32 << 10) /* two of them */
 #define SPAWN_ENV ((size_t)64 << 10)
+#define SPAWN_MEM (2 * SPAWN_STACK + SPAWN_ENV)
 _Static_assert(sizeof(struct spawn_args) <= 256, "spawn_args fits its place");
-static unsigned char *spawn_mem;
 
 /* The program's stderr for the watcher: not a network socket (an inetd-style server's stderr is
  * its client's connection, which the watcher must never hold open nor write to). */
@@ -198,15 +199,14 @@ int cw_watcher_process_start(int wait, int logfd)
         snprintf(sh->watcher_error, sizeof sh->watcher_error, "cannot tell where this library is");
         return -1;
     }
-    if (spawn_mem == NULL) {
-        void *m = mmap(NULL, 2 * SPAWN_STACK + SPAWN_ENV, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED) return -1;
-        spawn_mem = m;
-    }
+    void *m = mmap(NULL, SPAWN_MEM, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    unsigned char *spawn_mem = m;
     /* A region of our own to hand over (the old one stays with whoever else was in it). */
     int memfd = cw_region_fd();
     if (memfd < 0) {
         if (cw_sh != NULL) snprintf(cw_sh->watcher_error, sizeof cw_sh->watcher_error, "no shared memory for it");
+        munmap(spawn_mem, SPAWN_MEM);
         return -1;
     }
     sh = cw_sh;
@@ -268,6 +268,7 @@ int cw_watcher_process_start(int wait, int logfd)
     errno = saved;
     syscall(SYS_close, memfd);
     memcpy(&args_copy, argp, sizeof args_copy);
+    munmap(spawn_mem, SPAWN_MEM); /* CLONE_VFORK: the clone has exec'd or gone */
     struct spawn_args *a = &args_copy;
     if (mid < 0 || a->err != 0) {
         snprintf(sh->watcher_error, sizeof sh->watcher_error, "cannot start %s: %s", image,

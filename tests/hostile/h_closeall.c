@@ -1,6 +1,6 @@
 /*
  * A daemon's start: close every descriptor from 3 up to the limit (the library's log, its
- * netlink socket and libunwind's pipe among them), open a file of its own (it gets fd 3), then
+ * netlink socket among them), open a file of its own (it gets fd 3), then
  * serve and leak two sockets.  The reports must still reach CLOSEWAIT_LOG, and nothing of the
  * library's may land in the program's own file.
  *
@@ -20,7 +20,7 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     /* Warm up: a connection opened and closed, time for the watcher to run (its netlink
-     * socket is open then) and for libunwind's pipe to exist. */
+     * socket is open then). */
     int port;
     int l = listen_local(64, &port);
     if (l < 0) fail_setup("listen");

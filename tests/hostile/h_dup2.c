@@ -1,6 +1,6 @@
 /*
  * dup2() of one descriptor over every number from 3 to 1100: the library keeps its own (log,
- * netlink socket, libunwind's pipe) at high numbers, and they are replaced under it.  Then two
+ * netlink socket) at high numbers, and they are replaced under it.  Then two
  * sockets leak.  The reports must still reach CLOSEWAIT_LOG; in "file" mode the descriptor
  * dup'ed everywhere is a file of the program's, and nothing may be written into it.
  *

@@ -4,9 +4,10 @@
  * number, and a program it executes must inherit none.  What was open at the start and the
  * size of the descriptor table (FDSize: a descriptor of ours at a high number would grow it,
  * and every fork() copies it) are printed as compared lines: the run without the library says
- * what they must be.  All the program's own descriptors are CLOEXEC, so the child, a new
- * instance of this program, counts what it inherited besides what was open at the parent's
- * start.
+ * what they must be.  Its mappings, which every fork() copies too, are printed (#maps) for the
+ * caller to count the library's.  All the program's own descriptors are CLOEXEC, so the child,
+ * a new instance of this program, counts what it inherited besides what was open at the
+ * parent's start.
  *
  * usage: h_fdhygiene
  *        h_fdhygiene child BASELINE   (BASELINE: comma-separated fds open at the parent's start)
@@ -69,6 +70,29 @@ static int fd_table_size(void)
     return size;
 }
 
+/* The process's mappings, as "#maps COUNT PATH,PATH,..." (the distinct named ones): every one of
+ * them is copied by each fork() and torn down by each child's exit, so the library's are
+ * counted against the run without it. */
+static void print_mappings(void)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (f == NULL) fail_setup("fopen /proc/self/maps");
+    char line[512], names[8192] = "";
+    size_t len = 0;
+    int count = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        count++;
+        char *path = strchr(line, '/');
+        if (path == NULL) path = strstr(line, "memfd:");
+        if (path == NULL) continue;
+        path[strcspn(path, " \n")] = '\0';
+        if (strstr(names, path) != NULL || len + strlen(path) + 2 >= sizeof names) continue;
+        len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", len ? "," : "", path);
+    }
+    fclose(f);
+    printf("#maps %d %s\n", count, names);
+}
+
 /* Open descriptors, at any number, that are not in `baseline`, printed as "fd=target". */
 static int foreign_fds(const char *baseline, const char *who)
 {
@@ -122,6 +146,7 @@ int main(int argc, char **argv)
     snprintf(mine, sizeof mine, "%s,%d,%d", baseline, l, s);
     printf("foreign_after_report=%d\n", foreign_fds(mine, "in the program after the report"));
     printf("fd_table_size=%d\n", fd_table_size());
+    print_mappings();
 
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
