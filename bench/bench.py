@@ -58,7 +58,8 @@ P = {
     "scale_leaks": 5,
     # forks: fork-per-connection servers (PostgreSQL, Python's ForkingTCPServer, Apache prefork)
     "forks_rounds": 3 if QUICK else 5,        # rounds per variant, alternating
-    "pg_seconds": 2 if QUICK else 5,          # pgbench -T
+    "pg_seconds": 1 if QUICK else 2,          # pgbench -T of one measured run
+    "pg_pairs": 6 if QUICK else 12,           # ABBA pairs of runs against the two servers
     "py_conns": 500,                          # sequential connections to the forking echo server
     "ab_requests": 2000,                      # ab -n, -c 4
     "forkloop_n": 2000,                       # timed forks per process
@@ -1014,13 +1015,13 @@ class CpuMeter:
     sampled each 10 ms (the CPU after a watcher's last sample is missed)."""
     HZ = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self):
+    def __init__(self, name=""):
         self.cg, self.why = None, ""
         root = cgroup2_root()
         if root is None:
             self.why = "no cgroup v2 mounted"
         else:
-            path = os.path.join(root, "closewait-bench-%d" % os.getpid())
+            path = os.path.join(root, "closewait-bench-%d%s" % (os.getpid(), name))
             try:
                 os.makedirs(path, exist_ok=True)
                 with open(os.path.join(path, "cpu.stat")) as f:
@@ -1345,7 +1346,12 @@ def forks():
 
 
 def forks_postgres(meter, d, lib, rounds):
-    secs = P["pg_seconds"]
+    """Two servers side by side, one with the library, one without, both up for the whole part:
+    short pgbench runs alternate between them (ABBA), so that the drift of a shared machine
+    (a server's connection rate swings by a third from one second to the next here) falls on both
+    alike, and each ratio is of two runs a few seconds apart.  Each server's processes are in a
+    cgroup of their own for its CPU."""
+    secs, pairs = P["pg_seconds"], P["pg_pairs"]
     why = ensure_tool(lambda: pg_bindir() is not None and os.path.exists(os.path.join(pg_bindir(), "pgbench")),
                       ["postgresql"])
     if why is None:
@@ -1366,33 +1372,42 @@ def forks_postgres(meter, d, lib, rounds):
     pg = os.path.join(d, "pg")
     os.mkdir(pg)
     os.chown(pg, pw.pw_uid, pw.pw_gid)
-    data = os.path.join(pg, "data")
-    log = os.path.join(pg, "server.log")
     as_pg = as_user("postgres")
-    run(as_pg + [os.path.join(bindir, "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync",
-                 "--no-locale", "-E", "UTF8"], env=env_with(None), timeout=180)
-    port = free_port()
-    server = on_cpu(0) + as_pg + [os.path.join(bindir, "postgres"), "-D", data, "-h", "127.0.0.1",
-                                  "-p", str(port), "-k", pg, "-c", "autovacuum=off", "-c", "fsync=off",
-                                  "-c", "max_connections=50"]
-    conn = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
     pgbench = os.path.join(bindir, "pgbench")
-    say("  postgres %s: %s" % (os.path.basename(os.path.dirname(bindir)), " ".join(server)))
+    meters = {False: meter, True: CpuMeter("-with")}
+    servers = {}
 
-    def ready(p):
+    def server_cmd(w):
+        data = os.path.join(pg, "data-with" if w else "data")
+        return data, on_cpu(0) + as_pg + [os.path.join(bindir, "postgres"), "-D", data, "-h", "127.0.0.1", "-p",
+                                          str(servers[w]["port"]), "-k", pg, "-c", "autovacuum=off", "-c",
+                                          "fsync=off", "-c", "max_connections=50", "-c",
+                                          "external_pid_file=" + os.path.join(pg, "with.pid" if w else "without.pid")]
+
+    def conn(w):
+        return ["-h", "127.0.0.1", "-p", str(servers[w]["port"]), "-U", "postgres"]
+
+    def ready(w):
+        p = servers[w]["proc"]
         end = time.monotonic() + 60
         while time.monotonic() < end:
             if p.poll() is not None:
-                raise RuntimeError("postgres exited %d; see %s" % (p.returncode, log))
-            r = subprocess.run([os.path.join(bindir, "pg_isready"), "-q", "-t", "1"] + conn[:4],
+                raise RuntimeError("postgres exited %d; see %s" % (p.returncode, servers[w]["log"]))
+            r = subprocess.run([os.path.join(bindir, "pg_isready"), "-q", "-t", "1"] + conn(w)[:4],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if r.returncode == 0:
                 return
             time.sleep(0.1)
-        raise RuntimeError("postgres not ready; see " + log)
+        raise RuntimeError("postgres not ready; see " + servers[w]["log"])
 
-    def bench(args, seconds):
-        out = run(on_cpu(1) + [pgbench] + conn + ["-S", "-c", "4", "-j", "2", "-T", str(seconds)] + args +
+    def start(w):
+        data, cmd = server_cmd(w)
+        servers[w]["proc"] = start_server(meters[w], cmd, env_with(lib if w else None), servers[w]["log"])
+        ready(w)
+        return cmd
+
+    def bench(w, args, seconds):
+        out = run(on_cpu(1) + [pgbench] + conn(w) + ["-S", "-c", "4", "-j", "2", "-T", str(seconds)] + args +
                   ["postgres"], env=env_with(None), timeout=seconds + 120).stdout
         tps = re.search(r"^tps = ([\d.]+)", out, re.M)
         n = re.search(r"number of transactions actually processed: (\d+)", out)
@@ -1403,31 +1418,39 @@ def forks_postgres(meter, d, lib, rounds):
             raise RuntimeError("pgbench: %s failed transactions" % failed.group(1))
         return float(tps.group(1)), int(n.group(1))
 
-    first = [True]
-    got = {"C": {False: [], True: []}, "P": {False: [], True: []}}
-
-    def once(w):
-        p = start_server(meter, server, env_with(lib if w else None), log)
-        try:
-            ready(p)
-            if first[0]:
-                first[0] = False
-                run([pgbench] + conn + ["-i", "-q", "-s", "1", "postgres"], env=env_with(None), timeout=300)
-            if not QUICK:
-                bench(["-C"], 1)  # warm-up, not counted
-            for key, args in (("C", ["-C"]), ("P", [])):
-                (tps, n), cpu, procs = measure_load(meter, p.pid, lambda: bench(args, secs), lambda g: g[1])
-                got[key][w].append((tps, cpu, procs, ""))
-                if not meter.settled:
-                    say("    (round %s %s: processes still in the cgroup 5 s after the load)"
-                        % ("with" if w else "without", key))
-        finally:
-            end_server(meter, p, signal.SIGINT)
-        return None
-    alternate(rounds, once)
-    forks_ratio("PostgreSQL pgbench -S -C (new connection)", "tps", got["C"], 0.97, "reference <= 1.03x", "transaction")
-    forks_ratio("PostgreSQL pgbench -S (persistent)", "tps", got["P"], 0.98, "reference <= 1.03x", "transaction")
-    library_said(log)
+    for w in (False, True):
+        servers[w] = {"port": free_port(), "log": os.path.join(pg, "server-with.log" if w else "server.log")}
+    try:
+        # One database, initialized once and copied: both servers serve the same tables.
+        data = server_cmd(False)[0]
+        run(as_pg + [os.path.join(bindir, "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync",
+                     "--no-locale", "-E", "UTF8"], env=env_with(None), timeout=180)
+        start(False)
+        run([pgbench] + conn(False) + ["-i", "-q", "-s", "1", "postgres"], env=env_with(None), timeout=300)
+        end_server(meters[False], servers[False]["proc"], signal.SIGINT)
+        run(["cp", "-a", data, server_cmd(True)[0]])
+        cmd = start(False)
+        start(True)
+        say("  postgres %s, two servers side by side, %d ABBA pairs of %d s runs: %s"
+            % (os.path.basename(os.path.dirname(bindir)), pairs, secs, " ".join(cmd)))
+        for w in (False, True):
+            bench(w, ["-C"], 1)  # warm-up, not counted
+        got = {"C": {False: [], True: []}, "P": {False: [], True: []}}
+        for key, args in (("C", ["-C"]), ("P", [])):
+            for k in range(pairs):
+                for w in ((False, True) if k % 2 == 0 else (True, False)):
+                    (tps, n), cpu, procs = measure_load(meters[w], servers[w]["proc"].pid,
+                                                        lambda: bench(w, args, secs), lambda g: g[1])
+                    got[key][w].append((tps, cpu, procs, ""))
+        forks_ratio("PostgreSQL pgbench -S -C (new connection)", "tps", got["C"], 0.97, "reference <= 1.03x",
+                    "transaction")
+        forks_ratio("PostgreSQL pgbench -S (persistent)", "tps", got["P"], 0.98, "reference <= 1.03x", "transaction")
+    finally:
+        for w in (True, False):
+            if "proc" in servers.get(w, {}):
+                end_server(meters[w], servers[w]["proc"], signal.SIGINT)
+        meters[True].close()
+    library_said(servers[True]["log"])
 
 
 def library_said(log):

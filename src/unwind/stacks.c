@@ -15,6 +15,7 @@
 #include "shared/region.h"
 #include "shared/modules.h"
 #include "unwind/stacks.h"
+#include "unwind/cfi.h"
 #include "options/options.h"
 
 #include <link.h>
@@ -221,13 +222,14 @@ static __thread unsigned site_next __attribute__((tls_model("initial-exec")));
 
 /* Where the program called into the library: walk our own frame-pointer chain (the library is
  * built with frame pointers) from `fp` to the first return address outside it. */
-static int program_caller(const uintptr_t *fp, uintptr_t *ret0, uintptr_t *sp0)
+static int program_caller(const uintptr_t *fp, uintptr_t *ret0, uintptr_t *sp0, uintptr_t *rbp0)
 {
     for (int i = 0; i < 12 && fp != NULL; i++) {
         uintptr_t ret = fp[1];
         if (!(ret >= own_text.lo && ret < own_text.hi)) {
             *ret0 = ret;
             *sp0 = (uintptr_t)(fp + 2);
+            *rbp0 = fp[0]; /* the program's RBP, saved by the frame it called */
             return 1;
         }
         const uintptr_t *next = (const uintptr_t *)fp[0]; /* NOLINT(performance-no-int-to-ptr) */
@@ -249,7 +251,7 @@ static uint32_t site_lookup(uintptr_t ret0, uintptr_t sp0, int depth)
     return 0;
 }
 
-static uint32_t capture_unwound(int located, uintptr_t ret0, uintptr_t sp0, int depth);
+static uint32_t capture_unwound(int located, uintptr_t ret0, uintptr_t sp0, uintptr_t rbp0, int depth);
 
 uint32_t cw_stack_capture(void)
 {
@@ -267,17 +269,18 @@ uint32_t cw_stack_capture_from(const void *frame)
      * half written, so this birth goes without a stack rather than risk it. */
     if (cw_in_unwind) return 0;
     int depth = cw_cfg.stack_depth;
-    uintptr_t ret0 = 0, sp0 = 0;
-    int located = site_caching && program_caller((const uintptr_t *)frame, &ret0, &sp0);
-    if (located) {
+    uintptr_t ret0 = 0, sp0 = 0, rbp0 = 0;
+    int located = program_caller((const uintptr_t *)frame, &ret0, &sp0, &rbp0);
+    if (located && site_caching) {
         uint32_t id = site_lookup(ret0, sp0, depth);
         if (id != 0) return id;
     }
-    return capture_unwound(located, ret0, sp0, depth);
+    return capture_unwound(located, ret0, sp0, rbp0, depth);
 }
 
 /* Out of line: the unwind itself and its buffers, not set up on a call-site cache hit. */
-static __attribute__((noinline)) uint32_t capture_unwound(int located, uintptr_t ret0, uintptr_t sp0, int depth)
+static __attribute__((noinline)) uint32_t capture_unwound(int located, uintptr_t ret0, uintptr_t sp0, uintptr_t rbp0,
+                                                          int depth)
 {
     atomic_fetch_add(&unwinds_running, 1);
     if (atomic_load(&fork_pending)) {
@@ -287,11 +290,14 @@ static __attribute__((noinline)) uint32_t capture_unwound(int located, uintptr_t
     cw_in_unwind++;
     uint32_t id = 0;
     uintptr_t pcs[CW_MAX_DEPTH], slots[CW_MAX_DEPTH];
-    int n = unwind_with_slots(pcs, slots, depth);
+    /* From where the program called us, by the rules kept per return address; libgcc's unwinder
+     * for a stack they cannot follow, or when our own frames did not lead to the program. */
+    int n = located ? cw_cfi_walk(ret0, sp0, rbp0, pcs, slots, depth) : -1;
+    if (n < 0) n = unwind_with_slots(pcs, slots, depth);
     if (n > 0) id = store(pcs, n);
     /* Cache only a chain that starts where the frame pointers said and whose slots all lie in
      * the span the check trusts. */
-    if (id != 0 && located && pcs[0] == ret0 && slots[0] + sizeof(uintptr_t) == sp0 &&
+    if (id != 0 && located && site_caching && pcs[0] == ret0 && slots[0] + sizeof(uintptr_t) == sp0 &&
         slots[n - 1] - sp0 < SITE_MAX_SPAN) {
         int cacheable = 1;
         for (int i = 1; i < n && cacheable; i++) cacheable = slots[i] > slots[i - 1];
@@ -341,6 +347,6 @@ CW_FORK_PATH void cw_stacks_fork_done(void)
 
 int cw_stack_program_return(uintptr_t *ret)
 {
-    uintptr_t sp = 0;
-    return own_text.hi != 0 && program_caller((const uintptr_t *)__builtin_frame_address(0), ret, &sp);
+    uintptr_t sp = 0, rbp = 0;
+    return own_text.hi != 0 && program_caller((const uintptr_t *)__builtin_frame_address(0), ret, &sp, &rbp);
 }
