@@ -119,7 +119,7 @@ static int64_t sleb(struct cursor *c)
         c->bad = 1;
         return 0;
     }
-    if (shift < 64 && (b & 0x40)) v |= -((int64_t)1 << shift);
+    if (shift < 64 && (b & 0x40)) v = (int64_t)((uint64_t)v | ~(uint64_t)0 << shift);
     return v;
 }
 
@@ -184,10 +184,10 @@ static const uint8_t *find_fde(uintptr_t pc, const uint8_t *hdr)
 }
 
 struct state {
-    uint8_t cfa_reg;
     int64_t cfa_off;
     int64_t rbp_off; /* 0: unchanged */
     int rbp_lost, ra_ok, ra_undefined;
+    uint8_t cfa_reg;
 };
 
 /* Runs a CFA program up to `target` (the code address whose rule is wanted); 0 if it uses
@@ -323,7 +323,7 @@ static int rule_for(uintptr_t pc, const uint8_t *hdr, struct rule *out)
     } else if (auglen != 0) {
         return 0;
     }
-    struct state st = {DW_REG_RSP, 8, 0, 0, 0, 0}, initial;
+    struct state st = {.cfa_off = 8, .cfa_reg = DW_REG_RSP}, initial;
     uintptr_t loc = 0;
     if (!run_program(&c, &loc, UINTPTR_MAX, code_align, data_align, &st, NULL)) return 0;
     initial = st;
