@@ -60,7 +60,7 @@ P = {
     "forks_rounds": 3 if QUICK else 5,        # rounds per variant, alternating
     "pg_seconds": 1 if QUICK else 2,          # pgbench -T of one measured run
     "pg_pairs": 6 if QUICK else 12,           # ABBA pairs of runs against the two servers
-    "py_conns": 500,                          # sequential connections to the forking echo server
+    "py_pairs": 200 if QUICK else 400,        # connections to each of the two forking echo servers, per run
     "ab_requests": 2000,                      # ab -n, -c 4
     "forkloop_n": 2000,                       # timed forks per process
 }
@@ -1465,37 +1465,52 @@ def library_said(log):
 
 
 def forks_python(meter, d, lib, rounds):
-    conns = P["py_conns"]
+    """Two ForkingTCPServers side by side, one with the library, one without; the client
+    alternates single connections between them (A B, B A, ...) and times each one, so that what
+    the machine does meanwhile falls on both alike; each server's processes are in a cgroup of
+    their own for its CPU.  `rounds` runs of py_pairs pairs; the median of the runs."""
+    pairs = P["py_pairs"]
     client = os.path.join(BIN, "client")
     script = os.path.join(HERE, "forking_echo.py")
-    log = os.path.join(d, "python.log")
-    say("  python socketserver.ForkingTCPServer (bench/forking_echo.py): client line PORT %d, "
-        "sequential connections, one line each" % conns)
-    res = {False: [], True: []}
-
-    def once(w):
-        portfile = os.path.join(d, "py.port")
-        if os.path.exists(portfile):
-            os.unlink(portfile)
-        p = start_server(meter, on_cpu(0) + [sys.executable, script, portfile], env_with(lib if w else None), log)
-        try:
-            if not wait_file(portfile, 30, p):
+    say("  python socketserver.ForkingTCPServer (bench/forking_echo.py), two servers side by side: "
+        "client pair PORT_A PORT_B %d (one-line connections alternating between them), %d runs" % (pairs, rounds))
+    meters = {False: meter, True: CpuMeter("-with")}
+    procs, ports = {}, {}
+    try:
+        for w in (False, True):
+            portfile = os.path.join(d, "py-with.port" if w else "py.port")
+            if os.path.exists(portfile):
+                os.unlink(portfile)
+            log = os.path.join(d, "python-with.log" if w else "python.log")
+            procs[w] = start_server(meters[w], on_cpu(0) + [sys.executable, script, portfile], env_with(lib if w else None), log)
+            if not wait_file(portfile, 30, procs[w]):
                 raise RuntimeError("forking_echo.py did not start; see " + log)
-            port = open(portfile).read().strip()
-            run(on_cpu(1) + [client, "line", port, "20"], timeout=60)  # warm-up, not counted
-
-            def load():
-                out = run(on_cpu(1) + [client, "line", port, str(conns)], timeout=300).stdout
-                return float(out.split()[1])
-            wall, cpu, procs = measure_load(meter, p.pid, load, lambda g: conns)
-            res[w].append((conns / wall, cpu, procs, ""))
-        finally:
-            end_server(meter, p)
-        return None
-    alternate(rounds, once)
-    forks_ratio("Python ForkingTCPServer, %d connections" % conns, "conn/s", res, 0.97, "reference <= 1.03x",
-                "connection")
-    library_said(log)
+            ports[w] = open(portfile).read().strip()
+        run(on_cpu(1) + [client, "pair", ports[False], ports[True], "20"], timeout=60)  # warm-up, not counted
+        res = {False: [], True: []}
+        for _ in range(rounds):
+            n0 = forks_processes_created()
+            for w in (False, True):
+                meters[w].begin(procs[w].pid)
+            out = run(on_cpu(1) + [client, "pair", ports[False], ports[True], str(pairs)], timeout=600).stdout
+            cpu = {w: meters[w].end() for w in (False, True)}
+            created = (forks_processes_created() - n0) / (2.0 * pairs)
+            m = re.search(r"pair_us ([\d.]+) ([\d.]+) ([\d.]+)", out)
+            if m is None:
+                raise RuntimeError("client pair printed nothing: " + out[-300:])
+            a_us, b_us, ratio = float(m.group(1)), float(m.group(2)), float(m.group(3))
+            # The rate of each, from its median connection; the pair's own ratio is kept for the
+            # spread (1 / the median of B/A: a connection rate ratio).
+            res[False].append((1e6 / a_us, cpu[False] * 1e6 / pairs, created, ""))
+            res[True].append((1e6 / a_us / ratio, cpu[True] * 1e6 / pairs, created, ""))
+        forks_ratio("Python ForkingTCPServer, %d pairs of connections" % pairs, "conn/s", res, 0.97,
+                    "reference <= 1.03x", "connection")
+    finally:
+        for w in (True, False):
+            if w in procs:
+                end_server(meters[w], procs[w])
+        meters[True].close()
+    library_said(os.path.join(d, "python-with.log"))
 
 
 APACHE_CONF = """ServerRoot "{dir}"

@@ -11,6 +11,12 @@
  *       CONNECTIONS sequential connections; on each, one line of 64 bytes ("...\n") sent and
  *       the same line read back, then close() (the fork-per-connection echo server of
  *       bench/forking_echo.py).
+ *   client pair PORT_A PORT_B CONNECTIONS
+ *       The same one-line connections, alternating between two servers (A B, then B A, ...),
+ *       each connection timed from connect to close.  Prints "pair_us MEDIAN_A MEDIAN_B RATIO":
+ *       each server's median connection time in microseconds and the median of the per-pair
+ *       ratios B/A.  Two servers side by side, one connection apart: what the machine does
+ *       meanwhile falls on both alike.
  * Prints "elapsed_s X" (from the first connect to the last close) and exits 0 if every reply
  * came back whole.
  */
@@ -133,12 +139,12 @@ static void run_echo(long conns, long messages)
     }
 }
 
-static void run_line(long conns)
+static void one_line(void)
 {
     char msg[64], back[64];
     memset(msg, 'l', sizeof msg);
     msg[sizeof msg - 1] = '\n';
-    for (long c = 0; c < conns; c++) {
+    {
         int fd = dial();
         send_all(fd, msg, sizeof msg);
         size_t got = 0;
@@ -158,8 +164,55 @@ static void run_line(long conns)
     }
 }
 
+static void run_line(long conns)
+{
+    for (long c = 0; c < conns; c++) one_line();
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, long n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void run_pair(unsigned short port_a, unsigned short port_b, long conns)
+{
+    double *a = calloc((size_t)conns, sizeof *a), *b = calloc((size_t)conns, sizeof *b);
+    double *ratio = calloc((size_t)conns, sizeof *ratio);
+    if (a == NULL || b == NULL || ratio == NULL) exit(1);
+    for (long c = 0; c < conns; c++) {
+        for (int k = 0; k < 2; k++) {
+            int to_b = (c % 2 == 0) == (k == 1); /* A B, B A, A B, ... */
+            addr.sin_port = htons(to_b ? port_b : port_a);
+            double t0 = now_s();
+            one_line();
+            (to_b ? b : a)[c] = (now_s() - t0) * 1e6;
+        }
+        ratio[c] = b[c] / a[c];
+    }
+    double ma = median(a, conns), mb = median(b, conns), mr = median(ratio, conns);
+    printf("pair_us %.1f %.1f %.4f\n", ma, mb, mr);
+    free(a);
+    free(b);
+    free(ratio);
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 5 && strcmp(argv[1], "pair") == 0) {
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        double t0 = now_s();
+        run_pair((unsigned short)atoi(argv[2]), (unsigned short)atoi(argv[3]), atol(argv[4]));
+        printf("elapsed_s %.6f\n", now_s() - t0);
+        return 0;
+    }
     if (argc == 4 && strcmp(argv[1], "line") == 0) {
         addr.sin_family = AF_INET;
         addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
