@@ -17,11 +17,18 @@
  *       each server's median connection time in microseconds and the median of the per-pair
  *       ratios B/A.  Two servers side by side, one connection apart: what the machine does
  *       meanwhile falls on both alike.
+ *   client pgpair PORT_A PORT_B CONNECTIONS
+ *       What `pgbench -S -C` does for one transaction, against two PostgreSQL servers in turn (A B,
+ *       then B A, ...): connect as user postgres to database postgres (trust authentication),
+ *       one SELECT of an account's balance from pgbench_accounts, terminate, close.  Each
+ *       transaction timed; prints "pair_us" as the pair mode does.
  * Prints "elapsed_s X" (from the first connect to the last close) and exits 0 if every reply
  * came back whole.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -164,6 +171,63 @@ static void one_line(void)
     }
 }
 
+/* PostgreSQL's protocol 3.0: reads messages until ReadyForQuery ('Z'); exits on an error ('E'). */
+static void pg_until_ready(int fd)
+{
+    char buf[8192];
+    size_t have = 0;
+    for (;;) {
+        while (have >= 5) {
+            uint32_t len;
+            memcpy(&len, buf + 1, 4);
+            len = ntohl(len);
+            if (len < 4 || len + 1 > sizeof buf) {
+                fprintf(stderr, "client: a PostgreSQL message of %u bytes\n", len);
+                exit(1);
+            }
+            if (have < len + 1) break;
+            char type = buf[0];
+            if (type == 'E') {
+                fprintf(stderr, "client: PostgreSQL said an error: %.*s\n", (int)len - 4, buf + 5);
+                exit(1);
+            }
+            memmove(buf, buf + len + 1, have - len - 1);
+            have -= len + 1;
+            if (type == 'Z') return;
+        }
+        ssize_t r = read(fd, buf + have, sizeof buf - have);
+        if (r <= 0) {
+            fprintf(stderr, "client: PostgreSQL closed the connection\n");
+            exit(1);
+        }
+        have += (size_t)r;
+    }
+}
+
+static void one_pg_transaction(long aid)
+{
+    int fd = dial();
+    static const char params[] = "user\0postgres\0database\0postgres\0\0";
+    char msg[256];
+    uint32_t len = htonl((uint32_t)(8 + sizeof params - 1)), version = htonl(196608);
+    memcpy(msg, &len, 4);
+    memcpy(msg + 4, &version, 4);
+    memcpy(msg + 8, params, sizeof params - 1);
+    send_all(fd, msg, 8 + sizeof params - 1);
+    pg_until_ready(fd);
+    char sql[128];
+    int n = snprintf(sql, sizeof sql, "SELECT abalance FROM pgbench_accounts WHERE aid = %ld;", aid);
+    msg[0] = 'Q';
+    len = htonl((uint32_t)(4 + n + 1));
+    memcpy(msg + 1, &len, 4);
+    memcpy(msg + 5, sql, (size_t)n + 1);
+    send_all(fd, msg, 5 + (size_t)n + 1);
+    pg_until_ready(fd);
+    const char term[5] = {'X', 0, 0, 0, 4};
+    send_all(fd, term, sizeof term);
+    close(fd);
+}
+
 static void run_line(long conns)
 {
     for (long c = 0; c < conns; c++) one_line();
@@ -181,7 +245,7 @@ static double median(double *v, long n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static void run_pair(unsigned short port_a, unsigned short port_b, long conns)
+static void run_pair(unsigned short port_a, unsigned short port_b, long conns, int pg)
 {
     double *a = calloc((size_t)conns, sizeof *a), *b = calloc((size_t)conns, sizeof *b);
     double *ratio = calloc((size_t)conns, sizeof *ratio);
@@ -191,7 +255,8 @@ static void run_pair(unsigned short port_a, unsigned short port_b, long conns)
             int to_b = (c % 2 == 0) == (k == 1); /* A B, B A, A B, ... */
             addr.sin_port = htons(to_b ? port_b : port_a);
             double t0 = now_s();
-            one_line();
+            if (pg) one_pg_transaction(1 + (c * 7919) % 100000); /* pgbench -s 1: 100,000 accounts */
+            else one_line();
             (to_b ? b : a)[c] = (now_s() - t0) * 1e6;
         }
         ratio[c] = b[c] / a[c];
@@ -205,11 +270,11 @@ static void run_pair(unsigned short port_a, unsigned short port_b, long conns)
 
 int main(int argc, char **argv)
 {
-    if (argc == 5 && strcmp(argv[1], "pair") == 0) {
+    if (argc == 5 && (strcmp(argv[1], "pair") == 0 || strcmp(argv[1], "pgpair") == 0)) {
         addr.sin_family = AF_INET;
         addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         double t0 = now_s();
-        run_pair((unsigned short)atoi(argv[2]), (unsigned short)atoi(argv[3]), atol(argv[4]));
+        run_pair((unsigned short)atoi(argv[2]), (unsigned short)atoi(argv[3]), atol(argv[4]), argv[1][0] == 'p' && argv[1][1] == 'g');
         printf("elapsed_s %.6f\n", now_s() - t0);
         return 0;
     }

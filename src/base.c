@@ -13,8 +13,14 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The thread-locals every hook touches, defined here together (this object is linked first): on
+ * one page of each thread's TLS, which a forked child then copies once, not once for each of
+ * them.  The big ones (the call-site cache, the language-stack buffer) come after. */
 CW_HIDDEN __thread int cw_in_lib __attribute__((tls_model("initial-exec")));
 CW_HIDDEN __thread int cw_in_unwind __attribute__((tls_model("initial-exec")));
+CW_HIDDEN __thread struct cw_thread_rec *cw_self_rec __attribute__((tls_model("initial-exec")));
+CW_HIDDEN __thread int32_t cw_self_tid_cache __attribute__((tls_model("initial-exec")));
+CW_HIDDEN __thread int cw_on_private_table __attribute__((tls_model("initial-exec")));
 CW_HIDDEN int cw_in_watcher_process;
 
 void cw_sigpipe_block(struct cw_sigpipe_guard *g)

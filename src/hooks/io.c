@@ -67,6 +67,28 @@ void *cw_resolve(const char *name)
     return p;
 }
 
+/* The real functions of the calls a connection's life goes through, resolved all at once when
+ * the process makes its first TCP socket, rather than each at its first call: a
+ * fork-per-connection server's children would otherwise each look up again (dlsym) the calls the
+ * parent never made itself, and write the page that keeps them. */
+#define IO_CALLS(X) X(read) X(__read_chk) X(recv) X(__recv_chk) X(recvfrom) X(__recvfrom_chk) X(recvmsg) X(recvmmsg) X(readv) X(write) X(send) X(sendto) X(sendmsg) X(close) X(shutdown) X(accept) X(accept4) X(socket) X(connect) X(getsockopt) X(listen) X(dup) X(dup2) X(dup3) X(fcntl) X(fcntl64) X(syscall) X(close_range)
+#define IO_REAL_DECLARE(fn) static _Atomic(__typeof__(fn) *) io_real_##fn;
+IO_CALLS(IO_REAL_DECLARE)
+#define CW_REAL_IO(fn)                                                                      \
+    __typeof__(fn) *real_##fn = atomic_load_explicit(&io_real_##fn, memory_order_relaxed);  \
+    if (CW_UNLIKELY(real_##fn == NULL)) {                                                   \
+        real_##fn = (__typeof__(fn) *)cw_resolve(#fn);                                      \
+        atomic_store_explicit(&io_real_##fn, real_##fn, memory_order_relaxed);             \
+    }
+#define IO_REAL_RESOLVE(fn)                                                                 \
+    if (atomic_load_explicit(&io_real_##fn, memory_order_relaxed) == NULL)                   \
+        atomic_store_explicit(&io_real_##fn, (__typeof__(fn) *)cw_resolve(#fn), memory_order_relaxed);
+
+static void io_resolve_all(void)
+{
+    IO_CALLS(IO_REAL_RESOLVE)
+}
+
 CW_FORK_PATH static void at_fork_prepare(void)
 {
     /* Asked here, so that the child need not read the region's header (a page a child faults
@@ -187,6 +209,7 @@ static struct cw_slot *birth(int fd, enum cw_kind kind, int op, int nonblocking,
              * chunk of slots taken meanwhile would be given a second time (two ranges of
              * descriptors sharing one: leaks missed under a multithreaded start). */
             atomic_store(&cw_private.first_tcp_busy, 1);
+            io_resolve_all();
             cw_watcher_first_tcp();
             atomic_store(&cw_private.first_tcp_busy, 0);
             cw_futex_wake(&cw_private.first_tcp_busy);
@@ -211,7 +234,7 @@ static enum cw_kind classify(int fd)
 {
     int proto = 0;
     socklen_t len = sizeof proto;
-    CW_REAL(getsockopt);
+    CW_REAL_IO(getsockopt);
     if (real_getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 &&
         (proto == IPPROTO_TCP || proto == IPPROTO_MPTCP)) {
         int type = 0;
@@ -251,7 +274,7 @@ static void on_accept(int lfd, int fd, int op, int nonblocking, const void *fram
             (atomic_load_explicit(&ls->flags, memory_order_relaxed) & CW_SF_BACKLOGGED)) {
             struct tcp_info ti;
             socklen_t tlen = sizeof ti;
-            CW_REAL(getsockopt);
+            CW_REAL_IO(getsockopt);
             if (real_getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen) == 0 && ti.tcpi_state == 8 &&
                 ti.tcpi_last_data_recv >= CW_QUEUED_DEAD_MS) {
                 atomic_fetch_or_explicit(&s->flags, CW_SF_DEAD_ON_ACCEPT, memory_order_relaxed);
@@ -268,7 +291,7 @@ static void on_accept(int lfd, int fd, int op, int nonblocking, const void *fram
 
 int socket(int domain, int type, int protocol)
 {
-    CW_REAL(socket);
+    CW_REAL_IO(socket);
     if (ON_WATCHER_TABLE()) return real_socket(domain, type, protocol);
     int fd = real_socket(domain, type, protocol);
     if (fd >= 0) {
@@ -286,7 +309,7 @@ int socket(int domain, int type, int protocol)
 
 int accept(int fd, struct sockaddr *addr, socklen_t *len)
 {
-    CW_REAL(accept);
+    CW_REAL_IO(accept);
     if (ON_WATCHER_TABLE()) return real_accept(fd, addr, len);
     int r = real_accept(fd, addr, len);
     if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT, 0, __builtin_frame_address(0));
@@ -295,7 +318,7 @@ int accept(int fd, struct sockaddr *addr, socklen_t *len)
 
 int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 {
-    CW_REAL(accept4);
+    CW_REAL_IO(accept4);
     if (ON_WATCHER_TABLE()) return real_accept4(fd, addr, len, flags);
     int r = real_accept4(fd, addr, len, flags);
     if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT4, (flags & SOCK_NONBLOCK) != 0, __builtin_frame_address(0));
@@ -304,7 +327,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 
 int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
-    CW_REAL(connect);
+    CW_REAL_IO(connect);
     if (ON_WATCHER_TABLE()) return real_connect(fd, addr, len);
     BLOCK_ENTER(CW_CALL_CONNECT, fd, 0);
     UNTRACKED_CALL(real_connect(fd, addr, len));
@@ -318,7 +341,7 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
 
 int listen(int fd, int backlog)
 {
-    CW_REAL(listen);
+    CW_REAL_IO(listen);
     if (ON_WATCHER_TABLE()) return real_listen(fd, backlog);
     int r = real_listen(fd, backlog);
     if (r == 0) {
@@ -342,7 +365,7 @@ int listen(int fd, int backlog)
 
 ssize_t write(int fd, const void *buf, size_t n)
 {
-    CW_REAL(write);
+    CW_REAL_IO(write);
     BLOCK_ENTER(CW_CALL_WRITE, fd, 0);
     UNTRACKED_CALL(real_write(fd, buf, n));
     ssize_t r = real_write(fd, buf, n);
@@ -352,7 +375,7 @@ ssize_t write(int fd, const void *buf, size_t n)
 
 ssize_t send(int fd, const void *buf, size_t n, int flags)
 {
-    CW_REAL(send);
+    CW_REAL_IO(send);
     BLOCK_ENTER(CW_CALL_SEND, fd, (flags & MSG_DONTWAIT) != 0);
     UNTRACKED_CALL(real_send(fd, buf, n, flags));
     ssize_t r = real_send(fd, buf, n, flags);
@@ -362,7 +385,7 @@ ssize_t send(int fd, const void *buf, size_t n, int flags)
 
 ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t len)
 {
-    CW_REAL(sendto);
+    CW_REAL_IO(sendto);
     BLOCK_ENTER(CW_CALL_SENDTO, fd, (flags & MSG_DONTWAIT) != 0);
     UNTRACKED_CALL(real_sendto(fd, buf, n, flags, addr, len));
     ssize_t r = real_sendto(fd, buf, n, flags, addr, len);
@@ -372,7 +395,7 @@ ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockad
 
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
-    CW_REAL(sendmsg);
+    CW_REAL_IO(sendmsg);
     BLOCK_ENTER(CW_CALL_SENDMSG, fd, (flags & MSG_DONTWAIT) != 0);
     UNTRACKED_CALL(real_sendmsg(fd, msg, flags));
     ssize_t r = real_sendmsg(fd, msg, flags);
@@ -428,7 +451,7 @@ static size_t iov_total(const struct iovec *iov, size_t n)
 
 ssize_t read(int fd, void *buf, size_t n)
 {
-    CW_REAL(read);
+    CW_REAL_IO(read);
     BLOCK_ENTER(CW_CALL_READ, fd, 0);
     UNTRACKED_CALL(real_read(fd, buf, n));
     ssize_t r = real_read(fd, buf, n);
@@ -439,7 +462,7 @@ ssize_t read(int fd, void *buf, size_t n)
 
 ssize_t readv(int fd, const struct iovec *iov, int cnt)
 {
-    CW_REAL(readv);
+    CW_REAL_IO(readv);
     BLOCK_ENTER(CW_CALL_READV, fd, 0);
     UNTRACKED_CALL(real_readv(fd, iov, cnt));
     ssize_t r = real_readv(fd, iov, cnt);
@@ -450,7 +473,7 @@ ssize_t readv(int fd, const struct iovec *iov, int cnt)
 
 ssize_t recv(int fd, void *buf, size_t n, int flags)
 {
-    CW_REAL(recv);
+    CW_REAL_IO(recv);
     BLOCK_ENTER(CW_CALL_RECV, fd, (flags & MSG_DONTWAIT) != 0);
     UNTRACKED_CALL(real_recv(fd, buf, n, flags));
     ssize_t r = real_recv(fd, buf, n, flags);
@@ -461,7 +484,7 @@ ssize_t recv(int fd, void *buf, size_t n, int flags)
 
 ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, socklen_t *len)
 {
-    CW_REAL(recvfrom);
+    CW_REAL_IO(recvfrom);
     BLOCK_ENTER(CW_CALL_RECVFROM, fd, (flags & MSG_DONTWAIT) != 0);
     UNTRACKED_CALL(real_recvfrom(fd, buf, n, flags, addr, len));
     ssize_t r = real_recvfrom(fd, buf, n, flags, addr, len);
@@ -472,7 +495,7 @@ ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, 
 
 ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
-    CW_REAL(recvmsg);
+    CW_REAL_IO(recvmsg);
     BLOCK_ENTER(CW_CALL_RECVMSG, fd, (flags & MSG_DONTWAIT) != 0);
     UNTRACKED_CALL(real_recvmsg(fd, msg, flags));
     ssize_t r = real_recvmsg(fd, msg, flags);
@@ -485,7 +508,7 @@ ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 
 int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct timespec *timeout)
 {
-    CW_REAL(recvmmsg);
+    CW_REAL_IO(recvmmsg);
     BLOCK_ENTER(CW_CALL_RECVMMSG, fd, (flags & MSG_DONTWAIT) != 0);
     UNTRACKED_CALL(real_recvmmsg(fd, vec, vlen, flags, timeout));
     int r = real_recvmmsg(fd, vec, vlen, flags, timeout);
@@ -501,7 +524,7 @@ int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct t
 ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen);
 ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen)
 {
-    CW_REAL(__read_chk);
+    CW_REAL_IO(__read_chk);
     BLOCK_ENTER(CW_CALL_READ, fd, 0);
     UNTRACKED_CALL(real___read_chk(fd, buf, n, buflen));
     ssize_t r = real___read_chk(fd, buf, n, buflen);
@@ -513,7 +536,7 @@ ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen)
 ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags);
 ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags)
 {
-    CW_REAL(__recv_chk);
+    CW_REAL_IO(__recv_chk);
     BLOCK_ENTER(CW_CALL_RECV, fd, (flags & MSG_DONTWAIT) != 0);
     UNTRACKED_CALL(real___recv_chk(fd, buf, n, buflen, flags));
     ssize_t r = real___recv_chk(fd, buf, n, buflen, flags);
@@ -527,7 +550,7 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, st
 ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, struct sockaddr *addr,
                        socklen_t *len)
 {
-    CW_REAL(__recvfrom_chk);
+    CW_REAL_IO(__recvfrom_chk);
     BLOCK_ENTER(CW_CALL_RECVFROM, fd, (flags & MSG_DONTWAIT) != 0);
     UNTRACKED_CALL(real___recvfrom_chk(fd, buf, n, buflen, flags, addr, len));
     ssize_t r = real___recvfrom_chk(fd, buf, n, buflen, flags, addr, len);
@@ -540,7 +563,7 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, st
 
 int shutdown(int fd, int how)
 {
-    CW_REAL(shutdown);
+    CW_REAL_IO(shutdown);
     if (ON_WATCHER_TABLE()) return real_shutdown(fd, how);
     struct cw_slot *s = cw_slot_peek(fd);
     uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_relaxed) : 0;
@@ -569,7 +592,7 @@ static void stderr_moved(void)
 
 int close(int fd)
 {
-    CW_REAL(close);
+    CW_REAL_IO(close);
     if (ON_WATCHER_TABLE()) return real_close(fd);
     cw_slot_forget(fd);
     int r = real_close(fd);
@@ -605,7 +628,7 @@ static void on_dup(int from, int to)
 
 int dup(int fd)
 {
-    CW_REAL(dup);
+    CW_REAL_IO(dup);
     if (ON_WATCHER_TABLE()) return real_dup(fd);
     int r = real_dup(fd);
     if (r >= 0) on_dup(fd, r);
@@ -616,7 +639,7 @@ int dup(int fd)
  * record is updated after the call. */
 int dup2(int from, int to)
 {
-    CW_REAL(dup2);
+    CW_REAL_IO(dup2);
     if (ON_WATCHER_TABLE()) return real_dup2(from, to);
     int r = real_dup2(from, to);
     if (r >= 0 && from != to) on_dup(from, to);
@@ -626,7 +649,7 @@ int dup2(int from, int to)
 
 int dup3(int from, int to, int flags)
 {
-    CW_REAL(dup3);
+    CW_REAL_IO(dup3);
     if (ON_WATCHER_TABLE()) return real_dup3(from, to, flags);
     int r = real_dup3(from, to, flags);
     if (r >= 0) on_dup(from, to);
@@ -645,7 +668,7 @@ static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg)
 
 int fcntl(int fd, int cmd, ...)
 {
-    CW_REAL(fcntl);
+    CW_REAL_IO(fcntl);
     va_list ap;
     va_start(ap, cmd);
     void *arg = va_arg(ap, void *); /* NOLINT(clang-analyzer-valist.Uninitialized): as glibc does, every fcntl argument fits a pointer */
@@ -656,7 +679,7 @@ int fcntl(int fd, int cmd, ...)
 int fcntl64(int fd, int cmd, ...);
 int fcntl64(int fd, int cmd, ...)
 {
-    CW_REAL(fcntl64);
+    CW_REAL_IO(fcntl64);
     va_list ap;
     va_start(ap, cmd);
     void *arg = va_arg(ap, void *); /* NOLINT(clang-analyzer-valist.Uninitialized) */
@@ -666,7 +689,7 @@ int fcntl64(int fd, int cmd, ...)
 
 int close_range(unsigned int first, unsigned int last, int flags)
 {
-    CW_REAL(close_range);
+    CW_REAL_IO(close_range);
     if (ON_WATCHER_TABLE()) return real_close_range(first, last, flags);
     if (!((unsigned)flags & CLOSE_RANGE_CLOEXEC) && first <= last) cw_slot_forget_range(first, last);
     int r = real_close_range(first, last, flags);
@@ -703,7 +726,7 @@ static int cred_syscall(long number)
 __attribute__((no_sanitize("address")))
 long syscall(long number, ...)
 {
-    CW_REAL(syscall);
+    CW_REAL_IO(syscall);
     va_list ap;
     va_start(ap, number);
     long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long); /* NOLINT(clang-analyzer-valist.Uninitialized) */

@@ -17,8 +17,6 @@
 CW_HIDDEN uintptr_t cw_owner_bias;
 static const _Atomic int64_t no_tick;
 CW_HIDDEN const _Atomic int64_t *cw_tick_word = &no_tick;
-CW_HIDDEN __thread int32_t cw_self_tid_cache __attribute__((tls_model("initial-exec")));
-CW_HIDDEN __thread struct cw_thread_rec *cw_self_rec __attribute__((tls_model("initial-exec")));
 
 _Static_assert(sizeof(struct cw_slot) == 64 && sizeof(struct cw_owner) == 16, "owner records are a quarter of a slot");
 _Static_assert(sizeof(struct cw_thread_rec) == 32, "thread records are half a cache line");

@@ -173,7 +173,7 @@ static struct cw_area *area_take(void)
     struct cw_area *a = cw_area_at(n - 1);
     /* The fields, not the big arrays: those are written before they are read, and the chunk
      * index was emptied when the area was given back. */
-    memset(a, 0, offsetof(struct cw_area, modules));
+    memset(a, 0, offsetof(struct cw_area, threads));
     for (int i = 0; i < CW_MAX_SPAWNS; i++) {
         atomic_store(&a->spawns[i].state, 0);
         a->spawns[i].nsocks = 0;

@@ -53,12 +53,15 @@ struct cw_area {
     struct cw_stderr_id err;
     _Atomic uint32_t modules_gen;    /* the module list below: odd while being written */
     _Atomic uint32_t modules_len;
+    /* Never zeroed: free unless of thread_epoch.  Right after the fields: a forked child's first
+     * blocking call claims one, on the page of the fields it reads anyway (each page of the
+     * region a child touches is a fault in that child). */
+    struct cw_thread_rec threads[CW_MAX_THREADS];
     char modules[12288];             /* /proc/pid/maps lines of the loaded objects' segments */
     char exe[256];
     _Atomic uint32_t chunk[CW_MAX_CHUNKS]; /* pool chunk + 1 holding fds [c*CHUNK, (c+1)*CHUNK) */
     struct cw_spawn spawns[CW_MAX_SPAWNS];
     struct cw_crossed crossed[CW_MAX_SPAWNS][CW_SPAWN_SOCKS];
-    struct cw_thread_rec threads[CW_MAX_THREADS]; /* never zeroed: free unless of thread_epoch */
 };
 
 /* The control block at the start of the region.  Words that processes wait on are 32-bit

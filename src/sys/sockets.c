@@ -270,7 +270,6 @@ const char *cw_tcp_state_name(int state)
     return names[state];
 }
 
-CW_HIDDEN __thread int cw_on_private_table __attribute__((tls_model("initial-exec")));
 
 int cw_watcher_private_table(void)
 {
