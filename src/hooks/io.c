@@ -71,6 +71,11 @@ void *cw_resolve(const char *name)
  * the process makes its first TCP socket, rather than each at its first call: a
  * fork-per-connection server's children would otherwise each look up again (dlsym) the calls the
  * parent never made itself, and write the page that keeps them. */
+/* glibc declares the fortified entry points only under _FORTIFY_SOURCE. */
+ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen);
+ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags);
+ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, struct sockaddr *addr,
+                       socklen_t *len);
 #define IO_CALLS(X) X(read) X(__read_chk) X(recv) X(__recv_chk) X(recvfrom) X(__recvfrom_chk) X(recvmsg) X(recvmmsg) X(readv) X(write) X(send) X(sendto) X(sendmsg) X(close) X(shutdown) X(accept) X(accept4) X(socket) X(connect) X(getsockopt) X(listen) X(dup) X(dup2) X(dup3) X(fcntl) X(fcntl64) X(syscall) X(close_range)
 #define IO_REAL_DECLARE(fn) static _Atomic(__typeof__(fn) *) io_real_##fn;
 IO_CALLS(IO_REAL_DECLARE)
