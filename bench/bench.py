@@ -60,6 +60,7 @@ P = {
     "forks_rounds": 3 if QUICK else 5,        # rounds per variant, alternating
     "pg_seconds": 1 if QUICK else 2,          # pgbench -T of one measured run
     "pg_pairs": 6 if QUICK else 12,           # ABBA pairs of runs against the two servers
+    "pg_txn_pairs": 150 if QUICK else 300,    # transactions alternating between them (client pgpair), per run
     "py_pairs": 200 if QUICK else 400,        # connections to each of the two forking echo servers, per run
     "ab_requests": 2000,                      # ab -n, -c 4
     "forkloop_n": 2000,                       # timed forks per process
@@ -1445,6 +1446,26 @@ def forks_postgres(meter, d, lib, rounds):
         forks_ratio("PostgreSQL pgbench -S -C (new connection)", "tps", got["C"], 0.97, "reference <= 1.03x",
                     "transaction")
         forks_ratio("PostgreSQL pgbench -S (persistent)", "tps", got["P"], 0.98, "reference <= 1.03x", "transaction")
+        # pgbench -S -C's transaction, one at a time, alternating between the two servers
+        # (bench/client.c pgpair): the ratio of two transactions a few milliseconds apart.
+        client = os.path.join(BIN, "client")
+        res = {False: [], True: []}
+        for _ in range(rounds):
+            n0 = forks_processes_created()
+            for w in (False, True):
+                meters[w].begin(servers[w]["proc"].pid)
+            out = run(on_cpu(1) + [client, "pgpair", str(servers[False]["port"]), str(servers[True]["port"]),
+                                   str(P["pg_txn_pairs"])], timeout=600).stdout
+            cpu = {w: meters[w].end() for w in (False, True)}
+            created = (forks_processes_created() - n0) / (2.0 * P["pg_txn_pairs"])
+            m = re.search(r"pair_us ([\d.]+) ([\d.]+) ([\d.]+)", out)
+            if m is None:
+                raise RuntimeError("client pgpair printed nothing: " + out[-300:])
+            a_us, ratio = float(m.group(1)), float(m.group(3))
+            res[False].append((1e6 / a_us, cpu[False] * 1e6 / P["pg_txn_pairs"], created, ""))
+            res[True].append((1e6 / a_us / ratio, cpu[True] * 1e6 / P["pg_txn_pairs"], created, ""))
+        forks_ratio("PostgreSQL, pgbench -S -C's transaction, %d pairs alternating" % P["pg_txn_pairs"], "tps", res,
+                    0.97, "reference <= 1.03x", "transaction")
     finally:
         for w in (True, False):
             if "proc" in servers.get(w, {}):

@@ -64,10 +64,11 @@ static int table_get(uintptr_t pc, const void *hdr, struct rule *r)
     struct entry *e = &table[slot_of(pc)];
     uint32_t s1 = atomic_load_explicit(&e->seq, memory_order_acquire);
     if (s1 & 1) return 0;
-    uint64_t p = atomic_load_explicit(&e->pc, memory_order_relaxed);
-    uint64_t h = atomic_load_explicit(&e->hdr, memory_order_relaxed);
-    uint64_t v = atomic_load_explicit(&e->packed, memory_order_relaxed);
-    atomic_thread_fence(memory_order_acquire);
+    /* Acquire loads, not a fence (ThreadSanitizer has no fences): the second read of the
+     * sequence stays after them. */
+    uint64_t p = atomic_load_explicit(&e->pc, memory_order_acquire);
+    uint64_t h = atomic_load_explicit(&e->hdr, memory_order_acquire);
+    uint64_t v = atomic_load_explicit(&e->packed, memory_order_acquire);
     if (atomic_load_explicit(&e->seq, memory_order_relaxed) != s1 || p != pc || h != (uint64_t)(uintptr_t)hdr ||
         !(v >> 50 & 1))
         return 0;
