@@ -85,9 +85,10 @@ IO_CALLS(IO_REAL_DECLARE)
         real_##fn = (__typeof__(fn) *)cw_resolve(#fn);                                      \
         atomic_store_explicit(&io_real_##fn, real_##fn, memory_order_relaxed);             \
     }
+/* A call this libc lacks stays unresolved here: only a call of it would need it. */
 #define IO_REAL_RESOLVE(fn)                                                                 \
     if (atomic_load_explicit(&io_real_##fn, memory_order_relaxed) == NULL)                   \
-        atomic_store_explicit(&io_real_##fn, (__typeof__(fn) *)cw_resolve(#fn), memory_order_relaxed);
+        atomic_store_explicit(&io_real_##fn, (__typeof__(fn) *)dlsym(RTLD_NEXT, #fn), memory_order_relaxed);
 
 static void io_resolve_all(void)
 {
