@@ -17,9 +17,9 @@ CW_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden -pthread $(WARN) -Iinclude -Is
              -fno-omit-frame-pointer -D_FORTIFY_SOURCE=2
 # libdw is dlopen'ed at run time (src/unwind/symbolize.c): only its headers are needed here.
 # The unwinder behind src/unwind/cfi.c is libgcc's, linked in (-static-libgcc) and hidden by
-# the version script: no library is loaded for it.  -z noseparate-code: the headers, text and read-only data in one
-# mapping instead of three; every mapping of the process is copied by each fork() (about
-# 1.5 us apiece here, BENCHMARKS.md section 15).
+# the version script: no library is loaded for it.  -z noseparate-code: the headers, text and
+# read-only data in one mapping instead of three; every mapping of the process is copied by each
+# fork() (about 1.5 us apiece here, BENCHMARKS.md section 15).
 CW_LDFLAGS := -shared -pthread -ldl -static-libgcc -Wl,--version-script=src/exports.map \
               -Wl,-z,relro,-z,now -Wl,-z,noseparate-code -Wl,--no-undefined
 
