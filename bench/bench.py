@@ -12,7 +12,7 @@ missing prints one "skipped" line.
 
 Environment: BENCH_QUICK=1 (short run), BENCH_ONLY=micro,fork,callgrind,macro,langs,nginxcg,alt,scale,forks
 (a subset), BENCH_OUT=FILE (also write the final table there); for the forks part only:
-BENCH_FORKS=postgres,python,apache,forkloop (a subset of its workloads), BENCH_CGROUP=0 (count
+BENCH_FORKS=postgres,python,apache,nginx,forkloop (a subset of its workloads), BENCH_CGROUP=0 (count
 CPU from /proc instead of a cgroup, to try the fallback).
 """
 import glob
@@ -61,6 +61,7 @@ P = {
     "pg_seconds": 1 if QUICK else 2,          # pgbench -T of one measured run
     "pg_pairs": 6 if QUICK else 12,           # ABBA pairs of runs against the two servers
     "pg_txn_pairs": 150 if QUICK else 300,    # transactions alternating between them (client pgpair), per run
+    "nginx_pairs": 1000 if QUICK else 3000,   # requests to each of the two nginx, per run
     "py_pairs": 200 if QUICK else 400,        # connections to each of the two forking echo servers, per run
     "ab_requests": 2000,                      # ab -n, -c 4
     "forkloop_n": 2000,                       # timed forks per process
@@ -1327,7 +1328,7 @@ def forks():
     try:
         only = set(filter(None, os.environ.get("BENCH_FORKS", "").split(",")))
         for name, fn in (("postgres", forks_postgres), ("python", forks_python), ("apache", forks_apache),
-                         ("forkloop", forks_forkloop)):
+                         ("nginx", forks_nginx), ("forkloop", forks_forkloop)):
             if only and name not in only:
                 continue
             t0 = time.monotonic()
@@ -1532,6 +1533,59 @@ def forks_python(meter, d, lib, rounds):
                 end_server(meters[w], procs[w])
         meters[True].close()
     library_said(os.path.join(d, "python-with.log"))
+
+
+def forks_nginx(meter, d, lib, rounds):
+    """nginx (no fork) in the forks part for its budget there: the CPU of every process involved,
+    the library's watcher included, per new connection, at most +3%.  Two nginx side by side, one
+    with the library, one without, each in a cgroup of its own; the client alternates single
+    Connection: close requests between them."""
+    if shutil.which("nginx") is None:
+        say("  nginx: SKIP: nginx is not installed")
+        row("forks", "nginx (skipped)", "-", "-", "-", "nginx is not installed")
+        return
+    pairs = P["nginx_pairs"]
+    client = os.path.join(BIN, "client")
+    meters = {False: meter, True: CpuMeter("-with")}
+    procs, ports = {}, {}
+    try:
+        for w in (False, True):
+            nd = os.path.join(d, "nginx-with" if w else "nginx")
+            for sub in ("www", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                os.makedirs(os.path.join(nd, sub), exist_ok=True)
+            with open(os.path.join(nd, "www", "f512"), "wb") as f:
+                f.write(bytes((65 + i % 26) for i in range(512)))
+            ports[w] = free_port()
+            conf = os.path.join(nd, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(NGINX_CONF.format(dir=nd, port=ports[w]))
+            procs[w] = start_server(meters[w], on_cpu(0) + nginx_cmd(nd, conf), env_with(lib if w else None),
+                                    os.path.join(nd, "stderr.log"))
+            if not wait_port(ports[w], 30, procs[w]):
+                raise RuntimeError("nginx did not start; see " + os.path.join(nd, "error.log"))
+        say("  nginx, two side by side: client httppair PORT_A PORT_B %d (Connection: close, alternating), "
+            "%d runs" % (pairs, rounds))
+        run(on_cpu(1) + [client, "httppair", str(ports[False]), str(ports[True]), "200"], timeout=60)  # warm-up
+        res = {False: [], True: []}
+        for _ in range(rounds):
+            for w in (False, True):
+                meters[w].begin(procs[w].pid)
+            out = run(on_cpu(1) + [client, "httppair", str(ports[False]), str(ports[True]), str(pairs)],
+                      timeout=600).stdout
+            cpu = {w: meters[w].end() for w in (False, True)}
+            m = re.search(r"pair_us ([\d.]+) ([\d.]+) ([\d.]+)", out)
+            if m is None:
+                raise RuntimeError("client httppair printed nothing: " + out[-300:])
+            a_us, ratio = float(m.group(1)), float(m.group(3))
+            res[False].append((1e6 / a_us, cpu[False] * 1e6 / pairs, 0.0, ""))
+            res[True].append((1e6 / a_us / ratio, cpu[True] * 1e6 / pairs, 0.0, ""))
+        forks_ratio("nginx, a new connection per request, pairs alternating", "req/s", res, None,
+                    "budget <= 1.03x", "request")
+    finally:
+        for w in (True, False):
+            if w in procs:
+                end_server(meters[w], procs[w])
+        meters[True].close()
 
 
 APACHE_CONF = """ServerRoot "{dir}"

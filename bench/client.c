@@ -17,6 +17,9 @@
  *       each server's median connection time in microseconds and the median of the per-pair
  *       ratios B/A.  Two servers side by side, one connection apart: what the machine does
  *       meanwhile falls on both alike.
+ *   client httppair PORT_A PORT_B CONNECTIONS
+ *       One GET of /f512 with "Connection: close" per connection, alternating between two HTTP
+ *       servers the same way; prints "pair_us" as the pair mode does.
  *   client pgpair PORT_A PORT_B CONNECTIONS
  *       What `pgbench -S -C` does for one transaction, against two PostgreSQL servers in turn (A B,
  *       then B A, ...): connect as user postgres to database postgres (trust authentication),
@@ -245,7 +248,9 @@ static double median(double *v, long n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static void run_pair(unsigned short port_a, unsigned short port_b, long conns, int pg)
+enum pair_kind { PAIR_LINE, PAIR_PG, PAIR_HTTP };
+
+static void run_pair(unsigned short port_a, unsigned short port_b, long conns, enum pair_kind kind)
 {
     double *a = calloc((size_t)conns, sizeof *a), *b = calloc((size_t)conns, sizeof *b);
     double *ratio = calloc((size_t)conns, sizeof *ratio);
@@ -255,7 +260,8 @@ static void run_pair(unsigned short port_a, unsigned short port_b, long conns, i
             int to_b = (c % 2 == 0) == (k == 1); /* A B, B A, A B, ... */
             addr.sin_port = htons(to_b ? port_b : port_a);
             double t0 = now_s();
-            if (pg) one_pg_transaction(1 + (c * 7919) % 100000); /* pgbench -s 1: 100,000 accounts */
+            if (kind == PAIR_PG) one_pg_transaction(1 + (c * 7919) % 100000); /* pgbench -s 1: 100,000 accounts */
+            else if (kind == PAIR_HTTP) run_http("/f512", 1, 0);
             else one_line();
             (to_b ? b : a)[c] = (now_s() - t0) * 1e6;
         }
@@ -270,11 +276,12 @@ static void run_pair(unsigned short port_a, unsigned short port_b, long conns, i
 
 int main(int argc, char **argv)
 {
-    if (argc == 5 && (strcmp(argv[1], "pair") == 0 || strcmp(argv[1], "pgpair") == 0)) {
+    if (argc == 5 && (strcmp(argv[1], "pair") == 0 || strcmp(argv[1], "pgpair") == 0 || strcmp(argv[1], "httppair") == 0)) {
         addr.sin_family = AF_INET;
         addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         double t0 = now_s();
-        run_pair((unsigned short)atoi(argv[2]), (unsigned short)atoi(argv[3]), atol(argv[4]), argv[1][0] == 'p' && argv[1][1] == 'g');
+        enum pair_kind kind = argv[1][0] == 'p' && argv[1][1] == 'g' ? PAIR_PG : argv[1][0] == 'h' ? PAIR_HTTP : PAIR_LINE;
+        run_pair((unsigned short)atoi(argv[2]), (unsigned short)atoi(argv[3]), atol(argv[4]), kind);
         printf("elapsed_s %.6f\n", now_s() - t0);
         return 0;
     }
