@@ -1347,6 +1347,30 @@ def forks():
             shutil.rmtree(d, ignore_errors=True)
 
 
+def paired_runs(meters, pids, mode, ports, pairs, rounds):
+    """`rounds` runs of `client MODE PORT_A PORT_B PAIRS` (pair, pgpair, httppair: single
+    connections alternating between the server without the library, A, and the one with it, B),
+    each server's CPU from its own meter.  Returns res[with] = [(rate from the median connection,
+    CPU us per connection, processes created per connection, "")] for forks_ratio; B's rate is
+    A's over the median of the per-pair time ratios, so the spread is that of the pairs."""
+    client = os.path.join(BIN, "client")
+    res = {False: [], True: []}
+    for _ in range(rounds):
+        n0 = forks_processes_created()
+        for w in (False, True):
+            meters[w].begin(pids[w])
+        out = run(on_cpu(1) + [client, mode, str(ports[False]), str(ports[True]), str(pairs)], timeout=600).stdout
+        cpu = {w: meters[w].end() for w in (False, True)}
+        created = (forks_processes_created() - n0) / (2.0 * pairs)
+        m = re.search(r"pair_us ([\d.]+) ([\d.]+) ([\d.]+)", out)
+        if m is None:
+            raise RuntimeError("client %s printed nothing: %s" % (mode, out[-300:]))
+        a_us, ratio = float(m.group(1)), float(m.group(3))
+        res[False].append((1e6 / a_us, cpu[False] * 1e6 / pairs, created, ""))
+        res[True].append((1e6 / a_us / ratio, cpu[True] * 1e6 / pairs, created, ""))
+    return res
+
+
 def forks_postgres(meter, d, lib, rounds):
     """Two servers side by side, one with the library, one without, both up for the whole part:
     short pgbench runs alternate between them (ABBA), so that the drift of a shared machine
@@ -1449,22 +1473,8 @@ def forks_postgres(meter, d, lib, rounds):
         forks_ratio("PostgreSQL pgbench -S (persistent)", "tps", got["P"], 0.98, "reference <= 1.03x", "transaction")
         # pgbench -S -C's transaction, one at a time, alternating between the two servers
         # (bench/client.c pgpair): the ratio of two transactions a few milliseconds apart.
-        client = os.path.join(BIN, "client")
-        res = {False: [], True: []}
-        for _ in range(rounds):
-            n0 = forks_processes_created()
-            for w in (False, True):
-                meters[w].begin(servers[w]["proc"].pid)
-            out = run(on_cpu(1) + [client, "pgpair", str(servers[False]["port"]), str(servers[True]["port"]),
-                                   str(P["pg_txn_pairs"])], timeout=600).stdout
-            cpu = {w: meters[w].end() for w in (False, True)}
-            created = (forks_processes_created() - n0) / (2.0 * P["pg_txn_pairs"])
-            m = re.search(r"pair_us ([\d.]+) ([\d.]+) ([\d.]+)", out)
-            if m is None:
-                raise RuntimeError("client pgpair printed nothing: " + out[-300:])
-            a_us, ratio = float(m.group(1)), float(m.group(3))
-            res[False].append((1e6 / a_us, cpu[False] * 1e6 / P["pg_txn_pairs"], created, ""))
-            res[True].append((1e6 / a_us / ratio, cpu[True] * 1e6 / P["pg_txn_pairs"], created, ""))
+        res = paired_runs(meters, {w: servers[w]["proc"].pid for w in servers}, "pgpair",
+                          {w: servers[w]["port"] for w in servers}, P["pg_txn_pairs"], rounds)
         forks_ratio("PostgreSQL, pgbench -S -C's transaction, %d pairs alternating" % P["pg_txn_pairs"], "tps", res,
                     0.97, "reference <= 1.03x", "transaction")
     finally:
@@ -1509,22 +1519,7 @@ def forks_python(meter, d, lib, rounds):
                 raise RuntimeError("forking_echo.py did not start; see " + log)
             ports[w] = open(portfile).read().strip()
         run(on_cpu(1) + [client, "pair", ports[False], ports[True], "20"], timeout=60)  # warm-up, not counted
-        res = {False: [], True: []}
-        for _ in range(rounds):
-            n0 = forks_processes_created()
-            for w in (False, True):
-                meters[w].begin(procs[w].pid)
-            out = run(on_cpu(1) + [client, "pair", ports[False], ports[True], str(pairs)], timeout=600).stdout
-            cpu = {w: meters[w].end() for w in (False, True)}
-            created = (forks_processes_created() - n0) / (2.0 * pairs)
-            m = re.search(r"pair_us ([\d.]+) ([\d.]+) ([\d.]+)", out)
-            if m is None:
-                raise RuntimeError("client pair printed nothing: " + out[-300:])
-            a_us, b_us, ratio = float(m.group(1)), float(m.group(2)), float(m.group(3))
-            # The rate of each, from its median connection; the pair's own ratio is kept for the
-            # spread (1 / the median of B/A: a connection rate ratio).
-            res[False].append((1e6 / a_us, cpu[False] * 1e6 / pairs, created, ""))
-            res[True].append((1e6 / a_us / ratio, cpu[True] * 1e6 / pairs, created, ""))
+        res = paired_runs(meters, {w: procs[w].pid for w in procs}, "pair", ports, pairs, rounds)
         forks_ratio("Python ForkingTCPServer, %d pairs of connections" % pairs, "conn/s", res, 0.97,
                     "reference <= 1.03x", "connection")
     finally:
@@ -1566,19 +1561,7 @@ def forks_nginx(meter, d, lib, rounds):
         say("  nginx, two side by side: client httppair PORT_A PORT_B %d (Connection: close, alternating), "
             "%d runs" % (pairs, rounds))
         run(on_cpu(1) + [client, "httppair", str(ports[False]), str(ports[True]), "200"], timeout=60)  # warm-up
-        res = {False: [], True: []}
-        for _ in range(rounds):
-            for w in (False, True):
-                meters[w].begin(procs[w].pid)
-            out = run(on_cpu(1) + [client, "httppair", str(ports[False]), str(ports[True]), str(pairs)],
-                      timeout=600).stdout
-            cpu = {w: meters[w].end() for w in (False, True)}
-            m = re.search(r"pair_us ([\d.]+) ([\d.]+) ([\d.]+)", out)
-            if m is None:
-                raise RuntimeError("client httppair printed nothing: " + out[-300:])
-            a_us, ratio = float(m.group(1)), float(m.group(3))
-            res[False].append((1e6 / a_us, cpu[False] * 1e6 / pairs, 0.0, ""))
-            res[True].append((1e6 / a_us / ratio, cpu[True] * 1e6 / pairs, 0.0, ""))
+        res = paired_runs(meters, {w: procs[w].pid for w in procs}, "httppair", ports, pairs, rounds)
         forks_ratio("nginx, a new connection per request, pairs alternating", "req/s", res, None,
                     "budget <= 1.03x", "request")
     finally:
