@@ -701,7 +701,7 @@ static void on_signal(int sig)
 
 static void look(void)
 {
-    cw_watch_tick();
+    cw_watch_tick(0);
 }
 
 /* f's process is gone (the one we started: its status in *status). */

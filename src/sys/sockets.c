@@ -213,6 +213,14 @@ int cw_dump_take(struct cw_dump *d, uint32_t state_mask, int with_inet6)
     return rc;
 }
 
+void cw_dump_take_none(struct cw_dump *d)
+{
+    d->n = 0;
+    d->unowned.n = 0;
+    if (d->index != NULL) memset(d->index, 0, d->index_cap * sizeof *d->index);
+    d->ok = 1;
+}
+
 void cw_sock_endpoint(const struct cw_sock *s, int peer, char *out, size_t cap)
 {
     __be32 addr[4];

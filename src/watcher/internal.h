@@ -37,6 +37,7 @@ CW_HIDDEN extern const char *const reason_names[];
 #define WF_REPORTED 1u
 #define WF_SUPPRESSED 2u
 #define WF_ESTABLISHED 4u   /* read EOF or shut down, yet found established (its own SHUT_RD) */
+#define WF_QUEUED 8u        /* a listener: connections waited in its accept queue at the last look */
 
 /* Findings from one open site (one open stack). */
 struct open_site {
@@ -161,7 +162,7 @@ CW_HIDDEN void cw_proc_keep_ends(int fd, uint32_t seq, const struct cw_sock *k);
 CW_HIDDEN int cw_watch_dumped_held(uint64_t inode);
 CW_HIDDEN struct proc *cw_proc_parent(void);
 CW_HIDDEN int cw_watch_pid_watched(pid_t pid);
-CW_HIDDEN void cw_watch_tick(void);
+CW_HIDDEN void cw_watch_tick(int whole);
 CW_HIDDEN void cw_watch_children(int64_t now);
 CW_HIDDEN void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now);
 CW_HIDDEN void cw_proc_free(struct proc *p);

@@ -156,7 +156,7 @@ static int answer(struct proc *p, _Atomic uint32_t *req, _Atomic uint32_t *done,
 {
     uint32_t r = atomic_load(req);
     if (r == atomic_load(done)) return 0;
-    cw_watch_tick();
+    cw_watch_tick(1);
     P = p;
     cw_set_current_area(p->area);
     cw_finding_summary(why);
@@ -227,7 +227,7 @@ void cw_watch_loop(void)
         }
         answer_requests();
         if (now >= next_tick) {
-            cw_watch_tick();
+            cw_watch_tick(0);
             cw_metrics_write(cw_now_ms(), 0);
             next_tick = cw_now_ms() + (cw_watch_interval_ms > 0 ? cw_watch_interval_ms : cw_cfg.interval_ms);
         }

@@ -131,10 +131,16 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     int state = k != NULL ? k->state : 0;
     if (k != NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR))) cw_proc_keep_ends(fd, seq, k);
     if (k != NULL && (state == TCPS_CLOSE_WAIT || state == TCPS_LAST_ACK)) {
-        /* In CLOSE_WAIT before an attach: since the peer's last segment at least (its FIN, or
-         * an ACK of ours sent later), the best the kernel can say. */
-        if (s->w_fin_ms == 0 && (flags & CW_SF_HELD_AT_ATTACH) && k->has_info && k->last_ack_recv < now)
-            s->w_fin_ms = now - (int64_t)k->last_ack_recv;
+        /* In CLOSE_WAIT since the peer's last acknowledgement at the latest (its FIN carried
+         * one; any later one only moves this later, never before the FIN): the best the kernel
+         * can say, where a look that skipped young sockets (look_needed) came late.  Never
+         * before the birth, unless it was held before an attach. */
+        if (s->w_fin_ms == 0 && k->has_info && k->last_ack_recv < now) {
+            int64_t fin = now - (int64_t)k->last_ack_recv;
+            int64_t born = atomic_load_explicit(&s->open_ms, memory_order_relaxed);
+            if (!(flags & CW_SF_HELD_AT_ATTACH) && born > fin && born <= now) fin = born;
+            s->w_fin_ms = fin;
+        }
         if (s->w_fin_ms == 0) s->w_fin_ms = now;
     } else if (k == NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR)) && !(s->w_flags & WF_ESTABLISHED)) {
         /* Not being torn down by the kernel's account, yet EOF read or shut down: CLOSE, or
@@ -254,6 +260,9 @@ int cw_watch_pid_watched(pid_t pid)
     return 0;
 }
 
+/* This look took the dump of the sockets being torn down (not only the listeners). */
+static int teardown_dumped;
+
 static void scan_proc(int64_t now)
 {
     cw_set_current_area(P->area);
@@ -262,9 +271,99 @@ static void scan_proc(int64_t now)
         struct cw_slot *s = cw_proc_slot(fd);
         if (s == NULL) continue;
         uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-        if (CW_SEQ_KIND(seq) == CW_KIND_TCP) examine(fd, s, now, 0);
+        if (CW_SEQ_KIND(seq) == CW_KIND_TCP && teardown_dumped) examine(fd, s, now, 0);
         else if (CW_SEQ_KIND(seq) == CW_KIND_LISTEN) cw_watch_listener(fd, s, seq, now);
     }
+}
+
+/*
+ * Is the dump of the sockets being torn down worth its price at this look?  The kernel walks
+ * every TCP socket of the namespace for it, the TIME_WAIT ones a busy server leaves by the ten
+ * thousand included: a few milliseconds a look, for a server of short connections more than
+ * the library costs it otherwise.  It is not needed while every connection held is too young
+ * for a report before the next look: one that is in CLOSE_WAIT now is found there at that look,
+ * its FIN dated by the kernel's clock (examine), and reported on time all the same.  Needed for
+ * anything older, anything seen closing already, a finding to follow up, a socket handed to a
+ * spawned program.
+ */
+static int young_before_ms(void)
+{
+    int64_t interval = cw_watch_interval_ms > cw_cfg.interval_ms ? cw_watch_interval_ms : cw_cfg.interval_ms;
+    /* the next look comes an interval later, a little more if the machine is busy */
+    int64_t young = cw_cfg.grace_ms - interval - interval / 2 - 100;
+    return young > 0 ? (int)young : 0;
+}
+
+static int proc_needs_teardown(int64_t now, int64_t young)
+{
+    if (P->nleaks > 0) return 1;
+    struct cw_area *a = P->area;
+    for (int i = 0; i < CW_MAX_SPAWNS; i++) {
+        struct cw_spawn *r = &a->spawns[i];
+        if (atomic_load(&r->state) != 2) continue;
+        size_t nsocks = r->nsocks < CW_SPAWN_SOCKS ? r->nsocks : CW_SPAWN_SOCKS;
+        for (size_t k = 0; k < nsocks; k++)
+            if (!a->crossed[i][k].w_done) return 1;
+    }
+    if (!atomic_load_explicit(&a->any_tcp, memory_order_relaxed)) return 0;
+    for (int fd = cw_proc_next(0); fd >= 0; fd = cw_proc_next(fd + 1)) {
+        struct cw_slot *s = cw_proc_slot(fd);
+        if (s == NULL) continue;
+        uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (CW_SEQ_KIND(seq) != CW_KIND_TCP) continue;
+        if (s->w_seq == seq && (s->w_flags & (WF_REPORTED | WF_SUPPRESSED))) continue;
+        if (s->w_seq == seq && (s->w_fin_ms != 0 || (s->w_flags & WF_ESTABLISHED))) return 1;
+        if (atomic_load_explicit(&s->flags, memory_order_relaxed) & (CW_SF_BEFORE_ATTACH | CW_SF_HELD_AT_ATTACH))
+            return 1;
+        int64_t born = atomic_load_explicit(&s->open_ms, memory_order_relaxed);
+        /* a birth time the program's memory got wrong is no reason to look less */
+        if (born <= 0 || born > now || now - born >= young) return 1;
+    }
+    return 0;
+}
+
+/* A listener of ours with connections waiting to be accepted at this look and the one before:
+ * one of them may have died there, which only the teardown dump shows (one that waits a moment
+ * for a busy accept() is no reason). */
+static int queue_waiting(void)
+{
+    int waiting = 0;
+    for (size_t k = 0; k < nprocs; k++) {
+        P = &procs[k];
+        if (P->untrusted) continue;
+        cw_set_current_area(P->area);
+        for (int fd = cw_proc_next(0); fd >= 0; fd = cw_proc_next(fd + 1)) {
+            struct cw_slot *s = cw_proc_slot(fd);
+            if (s == NULL) continue;
+            uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+            if (CW_SEQ_KIND(seq) != CW_KIND_LISTEN) continue;
+            if (s->w_seq != seq) {
+                s->w_seq = seq;
+                s->w_flags = 0;
+            }
+            const struct cw_sock *l = cw_dump_find(&dump, atomic_load_explicit(&s->inode, memory_order_relaxed));
+            if (l == NULL || l->state != TCPS_LISTEN || l->rqueue == 0) {
+                s->w_flags &= ~WF_QUEUED;
+                continue;
+            }
+            if (s->w_flags & WF_QUEUED) waiting = 1;
+            s->w_flags |= WF_QUEUED;
+        }
+    }
+    return waiting;
+}
+
+static int teardown_needed(int64_t now)
+{
+    int64_t young = young_before_ms();
+    if (young == 0 || adopting) return 1;
+    for (size_t k = 0; k < nprocs; k++) {
+        P = &procs[k];
+        if (P->untrusted) continue;
+        cw_set_current_area(P->area);
+        if (proc_needs_teardown(now, young)) return 1;
+    }
+    return 0;
 }
 
 int64_t cw_watch_interval_ms;
@@ -283,25 +382,37 @@ static int any_tcp(void)
     return 0;
 }
 
-/* One look at every watched process. */
-void cw_watch_tick(void)
+/* One look at every watched process; whole: a look asked for (an exit summary, a dump on
+ * request), which takes every dump whatever the ages. */
+void cw_watch_tick(int whole)
 {
     if (!any_tcp()) return;
     int64_t now = cw_now_ms();
     uint32_t mask = 1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK | 1u << TCPS_FIN_WAIT1 | 1u << TCPS_FIN_WAIT2 |
                     1u << TCPS_CLOSING;
-    if (listeners_seen) mask |= 1u << TCPS_LISTEN;
-    int64_t t0 = cw_now_ns();
-    int rc = cw_dump_take(&dump, mask, cw_watch_any_inet6());
-    /* What a look costs the kernel grows with every TCP socket of the namespace (TIME_WAIT
-     * ones too), not with ours: the watcher looks less often where that is much, so that it
-     * spends at most about 1% of a core on it. */
-    int64_t budget_ms = (cw_now_ns() - t0) / 10000; /* 100 times what the look took */
-    /* ... but never so long that a report comes more than a second, or half the grace period,
-     * after it is due */
-    int64_t cap = cw_cfg.grace_ms / 2 < 1000 ? cw_cfg.grace_ms / 2 : 1000;
-    if (budget_ms > cap) budget_ms = cap;
-    cw_watch_interval_ms = cw_cfg.interval_ms > budget_ms ? cw_cfg.interval_ms : budget_ms;
+    int rc = 0;
+    teardown_dumped = whole || teardown_needed(now);
+    if (!teardown_dumped && listeners_seen) {
+        /* The listening table only: the kernel walks no connection for it. */
+        rc = cw_dump_take(&dump, 1u << TCPS_LISTEN, cw_watch_any_inet6());
+        teardown_dumped = rc == 0 && queue_waiting();
+    } else if (!teardown_dumped) {
+        cw_dump_take_none(&dump);
+    }
+    if (teardown_dumped) {
+        if (listeners_seen) mask |= 1u << TCPS_LISTEN;
+        int64_t t0 = cw_now_ns();
+        rc = cw_dump_take(&dump, mask, cw_watch_any_inet6());
+        /* What a look costs the kernel grows with every TCP socket of the namespace (TIME_WAIT
+         * ones too), not with ours: the watcher looks less often where that is much, so that
+         * it spends at most about 1% of a core on it. */
+        int64_t budget_ms = (cw_now_ns() - t0) / 10000; /* 100 times what the look took */
+        /* ... but never so long that a report comes more than a second, or half the grace
+         * period, after it is due */
+        int64_t cap = cw_cfg.grace_ms / 2 < 1000 ? cw_cfg.grace_ms / 2 : 1000;
+        if (budget_ms > cap) budget_ms = cap;
+        cw_watch_interval_ms = cw_cfg.interval_ms > budget_ms ? cw_cfg.interval_ms : budget_ms;
+    }
     if (rc != 0) {
         static int warned;
         if (!warned) {

@@ -211,7 +211,7 @@ static void watch_here_once(const char *why)
     }
     cw_watch_load_suppressions();
     adopting = 1;
-    cw_watch_tick();
+    cw_watch_tick(1);
     P = &procs[0];
     cw_set_current_area(NULL);
     cw_finding_summary(why);
@@ -284,7 +284,7 @@ __attribute__((visibility("default"))) void closewait_dump(void)
         int was_thread = thread_mode;
         thread_mode = 1;
         if (nprocs == 0) cw_proc_add(me, getpid());
-        cw_watch_tick();
+        cw_watch_tick(1);
         P = &procs[0];
         cw_finding_summary("on request");
         P = NULL;
