@@ -40,6 +40,10 @@ struct cw_dump {
 /* One dump per address family asked for (state_mask: a bit per TCP state); 0 on success.  The
  * kernel walks every TCP socket of the namespace for each, whatever the states asked. */
 CW_HIDDEN int cw_dump_take(struct cw_dump *d, uint32_t state_mask, int with_inet6);
+/* Dumps asked of the kernel by this process: of connections (a walk of every TCP socket of the
+ * namespace), of the listening table alone. */
+enum { CW_DUMP_CONNECTIONS, CW_DUMP_LISTENERS };
+CW_HIDDEN extern long cw_dumps_taken[2];
 /* An empty dump, as if taken: a look that needed none of it. */
 CW_HIDDEN void cw_dump_take_none(struct cw_dump *d);
 CW_HIDDEN const struct cw_sock *cw_dump_find(const struct cw_dump *d, uint64_t inode);

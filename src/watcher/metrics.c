@@ -369,6 +369,15 @@ static void render(struct buf *b, int64_t now, int64_t period)
     buf_puts(b, "closewait_watcher_restarts_total");
     labels(b, progs[0].exe, with_pid);
     buf_printf(b, "} %ld\n", restarts);
+    family(b, "closewait_sock_diag_dumps_total", "counter",
+           "Socket lists the watcher asked of the kernel: connections (a walk of every TCP socket of the "
+           "network namespace, TIME_WAIT ones included), listeners (the listening table alone).");
+    static const char *const tables[] = {"connections", "listeners"};
+    for (int t = 0; t < 2; t++) {
+        buf_puts(b, "closewait_sock_diag_dumps_total");
+        labels(b, progs[0].exe, with_pid);
+        buf_printf(b, ",table=\"%s\"} %ld\n", tables[t], cw_dumps_taken[t]);
+    }
     free(rows);
     free(progs);
 }

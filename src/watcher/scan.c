@@ -311,7 +311,11 @@ static int proc_needs_teardown(int64_t now, int64_t young)
         if (s == NULL) continue;
         uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
         if (CW_SEQ_KIND(seq) != CW_KIND_TCP) continue;
-        if (s->w_seq == seq && (s->w_flags & (WF_REPORTED | WF_SUPPRESSED))) continue;
+        if (s->w_seq == seq && (s->w_flags & (WF_REPORTED | WF_SUPPRESSED))) {
+            /* reported by a watcher that died: counted again, from the dump */
+            if (adopting && (s->w_flags & WF_REPORTED)) return 1;
+            continue;
+        }
         if (s->w_seq == seq && (s->w_fin_ms != 0 || (s->w_flags & WF_ESTABLISHED))) return 1;
         if (atomic_load_explicit(&s->flags, memory_order_relaxed) & (CW_SF_BEFORE_ATTACH | CW_SF_HELD_AT_ATTACH))
             return 1;
@@ -356,7 +360,7 @@ static int queue_waiting(void)
 static int teardown_needed(int64_t now)
 {
     int64_t young = young_before_ms();
-    if (young == 0 || adopting) return 1;
+    if (young == 0) return 1;
     for (size_t k = 0; k < nprocs; k++) {
         P = &procs[k];
         if (P->untrusted) continue;

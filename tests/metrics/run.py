@@ -781,6 +781,58 @@ def test_growth_chart_of_a_real_leak():
         shutil.rmtree(work, ignore_errors=True)
 
 
+@test
+def test_young_connections_cost_no_walk():
+    """A server of short connections (300, each closed within milliseconds) leaves TIME_WAIT
+    sockets for the kernel to walk: its watcher asks for the listening table only, never for
+    every connection of the namespace (closewait_sock_diag_dumps_total).  A client whose server
+    closes on it and that never reads is still reported on time, its FIN dated to the moment
+    the server closed although no look walked the connections before it was old."""
+    grace = 2000
+    env = {'CLOSEWAIT_GRACE_MS': str(grace), 'CLOSEWAIT_INTERVAL_MS': '100'}
+    p = tserver(300, env=env)
+    try:
+        port = p.port()
+        for i in range(300):
+            connect(port, b'x')
+            if i % 50 == 0:
+                time.sleep(0.1)
+        p.line('DONE')
+        time.sleep(0.5)
+
+        def dumps(f, table):
+            got = [v for l, v in samples(f, 'closewait_sock_diag_dumps_total') if l.get('table') == table]
+            return got[0] if len(got) == 1 else None
+        fams = wait_metrics(p.metrics, lambda f: (dumps(f, 'listeners') or 0) >= 5,
+                            what='5 looks at the listening table')
+        walks, lists = dumps(fams, 'connections'), dumps(fams, 'listeners')
+        check(walks == 0, '%s walks of every connection for connections under %d ms old' % (walks, grace))
+    finally:
+        p.cleanup()
+
+    srv = socket.socket()
+    srv.bind(('127.0.0.1', 0))
+    srv.listen(4)
+    c = Prog([PROGS['tclient'], str(srv.getsockname()[1]), 'unread', '20000'], env=env)
+    try:
+        conn, _ = srv.accept()
+        c.line('LEAK ')
+        conn.close()
+        closed_ms = time.time() * 1000
+        leak = c.wait_leaks(1, timeout=grace / 1000 + 8)[0]
+        fin_ms = leak['ts_ms'] - leak['since_fin_ms']
+        check(closed_ms - 50 <= fin_ms <= closed_ms + 300,
+              'FIN dated %+.0f ms from the server\'s close' % (fin_ms - closed_ms))
+        late = leak['ts_ms'] - closed_ms
+        check(grace - 50 <= late <= grace + 1500, 'reported %.0f ms after the FIN (grace %d)' % (late, grace))
+        fams = wait_metrics(c.metrics, lambda f: (dumps(f, 'connections') or 0) >= 1, what='a walk of the connections')
+        return ('short connections: %d looks at the listening table, %d walks; the leak: FIN dated %+.0f ms, '
+                'reported %.0f ms after it' % (lists, walks, fin_ms - closed_ms, late))
+    finally:
+        c.cleanup()
+        srv.close()
+
+
 # ---------------------------------------------------------------- main
 
 def build():
