@@ -317,8 +317,8 @@ static int proc_needs_teardown(int64_t now, int64_t young)
             continue;
         }
         if (s->w_seq == seq && (s->w_fin_ms != 0 || (s->w_flags & WF_ESTABLISHED))) return 1;
-        if (atomic_load_explicit(&s->flags, memory_order_relaxed) & (CW_SF_BEFORE_ATTACH | CW_SF_HELD_AT_ATTACH))
-            return 1;
+        /* in CLOSE_WAIT already when the eBPF front-end attached: listed at once */
+        if (atomic_load_explicit(&s->flags, memory_order_relaxed) & CW_SF_HELD_AT_ATTACH) return 1;
         int64_t born = atomic_load_explicit(&s->open_ms, memory_order_relaxed);
         /* a birth time the program's memory got wrong is no reason to look less */
         if (born <= 0 || born > now || now - born >= young) return 1;
