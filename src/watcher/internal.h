@@ -37,7 +37,6 @@ CW_HIDDEN extern const char *const reason_names[];
 #define WF_REPORTED 1u
 #define WF_SUPPRESSED 2u
 #define WF_ESTABLISHED 4u   /* read EOF or shut down, yet found established (its own SHUT_RD) */
-#define WF_QUEUED 8u        /* a listener: connections waited in its accept queue at the last look */
 
 /* Findings from one open site (one open stack). */
 struct open_site {

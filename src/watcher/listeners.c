@@ -78,8 +78,19 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
     uint32_t queued = 0;
     for (int i = 0; i < dump.unowned.n; i++)
         if (dump.unowned.port[i] == l->port) queued = dump.unowned.count[i];
-    /* While connections wait, accept() checks each one it returns. */
-    if (qlen > 0 || queued > 0)
+    /* Since when the queue was not empty at every look (the watcher's w_fin_ms of a listener). */
+    if (s->w_seq != seq) {
+        s->w_seq = seq;
+        s->w_flags = 0;
+        s->w_fin_ms = 0;
+    }
+    if (qlen == 0) s->w_fin_ms = 0;
+    else if (s->w_fin_ms == 0 || s->w_fin_ms > now) s->w_fin_ms = now;
+    /* While connections may have waited long, accept() asks the kernel about each one it
+     * returns: the queue was not empty at the look before either (a connection that waits a
+     * moment for a busy accept() is no reason to ask at each), or one died there.  A connection
+     * that waits CW_QUEUED_DEAD_MS is there at two looks at the default interval. */
+    if ((qlen > 0 && s->w_fin_ms < now) || queued > 0)
         atomic_fetch_or_explicit(&s->flags, CW_SF_BACKLOGGED, memory_order_relaxed);
     else
         atomic_fetch_and_explicit(&s->flags, ~CW_SF_BACKLOGGED, memory_order_relaxed);

@@ -326,12 +326,13 @@ static int proc_needs_teardown(int64_t now, int64_t young)
     return 0;
 }
 
-/* A listener of ours with connections waiting to be accepted at this look and the one before:
- * one of them may have died there, which only the teardown dump shows (one that waits a moment
- * for a busy accept() is no reason). */
-static int queue_waiting(void)
+/* A listener of ours whose accept queue was not empty at every look for a while: a connection
+ * may have died waiting there (CW_QUEUED_DEAD_MS), which only the teardown dump shows.  (A
+ * queue that holds a connection for a moment, before a busy accept() takes it, is no reason:
+ * one that sat there that long was there at each of those looks.)  cw_watch_listener keeps
+ * since when, in the listener's w_fin_ms. */
+static int queue_waiting(int64_t now)
 {
-    int waiting = 0;
     for (size_t k = 0; k < nprocs; k++) {
         P = &procs[k];
         if (P->untrusted) continue;
@@ -340,21 +341,13 @@ static int queue_waiting(void)
             struct cw_slot *s = cw_proc_slot(fd);
             if (s == NULL) continue;
             uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-            if (CW_SEQ_KIND(seq) != CW_KIND_LISTEN) continue;
-            if (s->w_seq != seq) {
-                s->w_seq = seq;
-                s->w_flags = 0;
-            }
+            if (CW_SEQ_KIND(seq) != CW_KIND_LISTEN || s->w_seq != seq || s->w_fin_ms == 0) continue;
             const struct cw_sock *l = cw_dump_find(&dump, atomic_load_explicit(&s->inode, memory_order_relaxed));
-            if (l == NULL || l->state != TCPS_LISTEN || l->rqueue == 0) {
-                s->w_flags &= ~WF_QUEUED;
-                continue;
-            }
-            if (s->w_flags & WF_QUEUED) waiting = 1;
-            s->w_flags |= WF_QUEUED;
+            if (l != NULL && l->state == TCPS_LISTEN && l->rqueue > 0 && now - s->w_fin_ms >= CW_QUEUED_DEAD_MS)
+                return 1;
         }
     }
-    return waiting;
+    return 0;
 }
 
 static int teardown_needed(int64_t now)
@@ -399,7 +392,7 @@ void cw_watch_tick(int whole)
     if (!teardown_dumped && listeners_seen) {
         /* The listening table only: the kernel walks no connection for it. */
         rc = cw_dump_take(&dump, 1u << TCPS_LISTEN, cw_watch_any_inet6());
-        teardown_dumped = rc == 0 && queue_waiting();
+        teardown_dumped = rc == 0 && queue_waiting(now);
     } else if (!teardown_dumped) {
         cw_dump_take_none(&dump);
     }
