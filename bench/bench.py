@@ -1432,9 +1432,31 @@ def forks_postgres(meter, d, lib, rounds):
         ready(w)
         return cmd
 
+    def pgbench_cmd(w, args, seconds):
+        return on_cpu(1) + [pgbench] + conn(w) + ["-S", "-c", "4", "-j", "2", "-T", str(seconds)] + args + ["postgres"]
+
     def bench(w, args, seconds):
-        out = run(on_cpu(1) + [pgbench] + conn(w) + ["-S", "-c", "4", "-j", "2", "-T", str(seconds)] + args +
-                  ["postgres"], env=env_with(None), timeout=seconds + 120).stdout
+        return pgbench_result(run(pgbench_cmd(w, args, seconds), env=env_with(None), timeout=seconds + 120).stdout)
+
+    def bench_at_once(args, seconds):
+        """A pgbench against each server, both at once: what the machine does meanwhile falls on
+        both alike.  Returns {w: ((tps, transactions), CPU us per transaction, processes per
+        transaction)}."""
+        n0 = forks_processes_created()
+        for w in (False, True):
+            meters[w].begin(servers[w]["proc"].pid)
+        ps = {w: subprocess.Popen(pgbench_cmd(w, args, seconds), env=env_with(None), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT) for w in (False, True)}
+        outs = {w: ps[w].communicate(timeout=seconds + 120)[0].decode("utf-8", "replace") for w in ps}
+        cpu = {w: meters[w].end() for w in ps}
+        created = forks_processes_created() - n0
+        got = {}
+        for w in ps:
+            tps, n = pgbench_result(outs[w])
+            got[w] = ((tps, n), cpu[w] * 1e6 / max(n, 1), created / 2.0 / max(n, 1))
+        return got
+
+    def pgbench_result(out):
         tps = re.search(r"^tps = ([\d.]+)", out, re.M)
         n = re.search(r"number of transactions actually processed: (\d+)", out)
         failed = re.search(r"number of failed transactions: (\d+)", out)
@@ -1469,6 +1491,15 @@ def forks_postgres(meter, d, lib, rounds):
                                                         lambda: bench(w, args, secs), lambda g: g[1])
                     got[key][w].append((tps, cpu, procs, ""))
         forks_ratio("PostgreSQL pgbench -S -C (new connection)", "tps", got["C"], 0.97, "reference <= 1.03x",
+                    "transaction")
+        # The same pgbench -S -C against both servers at once, each server's CPU in its cgroup.
+        both = {False: [], True: []}
+        for k in range(pairs):
+            res = bench_at_once(["-C"], secs)
+            for w in (False, True):
+                (tps, n), cpu, procs = res[w]
+                both[w].append((tps, cpu, procs, ""))
+        forks_ratio("PostgreSQL pgbench -S -C, both servers at once", "tps", both, 0.97, "reference <= 1.03x",
                     "transaction")
         forks_ratio("PostgreSQL pgbench -S (persistent)", "tps", got["P"], 0.98, "reference <= 1.03x", "transaction")
         # pgbench -S -C's transaction, one at a time, alternating between the two servers

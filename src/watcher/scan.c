@@ -298,12 +298,18 @@ static int proc_needs_teardown(int64_t now, int64_t young)
 {
     if (P->nleaks > 0) return 1;
     struct cw_area *a = P->area;
+    /* Sockets that crossed into a child: a forked child we watch answers for them itself; the
+     * others count from the spawn, as a socket of ours from its birth (a fork-per-connection
+     * server's children come and go by the hundred a second). */
     for (int i = 0; i < CW_MAX_SPAWNS; i++) {
         struct cw_spawn *r = &a->spawns[i];
         if (atomic_load(&r->state) != 2) continue;
+        if (r->kind == CW_SPAWN_FORK && r->child > 0 && cw_watch_pid_watched(r->child)) continue;
+        int64_t at = r->when_ms;
+        int old = at <= 0 || at > now || now - at >= young;
         size_t nsocks = r->nsocks < CW_SPAWN_SOCKS ? r->nsocks : CW_SPAWN_SOCKS;
         for (size_t k = 0; k < nsocks; k++)
-            if (!a->crossed[i][k].w_done) return 1;
+            if (!a->crossed[i][k].w_done && (old || a->crossed[i][k].w_fin_ms != 0)) return 1;
     }
     if (!atomic_load_explicit(&a->any_tcp, memory_order_relaxed)) return 0;
     for (int fd = cw_proc_next(0); fd >= 0; fd = cw_proc_next(fd + 1)) {
