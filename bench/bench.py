@@ -1492,14 +1492,16 @@ def forks_postgres(meter, d, lib, rounds):
                     got[key][w].append((tps, cpu, procs, ""))
         forks_ratio("PostgreSQL pgbench -S -C (new connection)", "tps", got["C"], 0.97, "reference <= 1.03x",
                     "transaction")
-        # The same pgbench -S -C against both servers at once, each server's CPU in its cgroup.
+        # The same pgbench -S -C against both servers at once, each server's CPU in its cgroup: a
+        # reference (the two compete for CPU 0, and each transaction's latency counts as much as
+        # its CPU), not the method, which alternates the runs.
         both = {False: [], True: []}
         for k in range(pairs):
             res = bench_at_once(["-C"], secs)
             for w in (False, True):
                 (tps, n), cpu, procs = res[w]
                 both[w].append((tps, cpu, procs, ""))
-        forks_ratio("PostgreSQL pgbench -S -C, both servers at once", "tps", both, 0.97, "reference <= 1.03x",
+        forks_ratio("PostgreSQL pgbench -S -C, both servers at once", "tps", both, None, "reference <= 1.03x",
                     "transaction")
         forks_ratio("PostgreSQL pgbench -S (persistent)", "tps", got["P"], 0.98, "reference <= 1.03x", "transaction")
         # pgbench -S -C's transaction, one at a time, alternating between the two servers
