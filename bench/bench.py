@@ -1602,6 +1602,63 @@ def forks_nginx(meter, d, lib, rounds):
             if w in procs:
                 end_server(meters[w], procs[w])
         meters[True].close()
+    forks_nginx_saturated(meter, d, lib)
+
+
+def forks_nginx_saturated(meter, d, lib):
+    """nginx saturated: wrk -c32 with Connection: close against each of two nginx in turn (ABBA,
+    3 s runs), CPU per request from each one's cgroup.  The two instances differ by a few percent
+    on this machine even without the library (which one is faster depends on the start), so the
+    library goes to one in the first block and to the other in the second."""
+    if shutil.which("wrk") is None:
+        say("  nginx saturated: SKIP: wrk is not installed")
+        row("forks", "nginx saturated (skipped)", "-", "-", "-", "wrk is not installed")
+        return
+    secs, pairs = (2, 2) if QUICK else (3, 4)
+    say("  nginx saturated, two side by side: wrk -t1 -c32 -d%ds 'Connection: close', %d ABBA pairs, then "
+        "the library on the other instance for %d more" % (secs, pairs, pairs))
+    res = {False: [], True: []}
+    for block in (0, 1):
+        meters = {0: meter, 1: CpuMeter("-other")}
+        procs, ports = {}, {}
+        try:
+            for i in (0, 1):
+                nd = os.path.join(d, "nginx-sat-%d" % i)
+                for sub in ("www", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                    os.makedirs(os.path.join(nd, sub), exist_ok=True)
+                with open(os.path.join(nd, "www", "f512"), "wb") as f:
+                    f.write(bytes((65 + k % 26) for k in range(512)))
+                ports[i] = free_port()
+                conf = os.path.join(nd, "nginx.conf")
+                with open(conf, "w") as f:
+                    f.write(NGINX_CONF.format(dir=nd, port=ports[i]))
+                with_lib = (i == 1) == (block == 0)
+                procs[i] = start_server(meters[i], on_cpu(0) + nginx_cmd(nd, conf), env_with(lib if with_lib else None),
+                                        os.path.join(nd, "stderr.log"))
+                if not wait_port(ports[i], 30, procs[i]):
+                    raise RuntimeError("nginx did not start; see " + os.path.join(nd, "error.log"))
+            lib_on = 1 if block == 0 else 0
+
+            def one(i):
+                meters[i].begin(procs[i].pid)
+                out = run(on_cpu(1) + ["wrk", "-t1", "-c32", "-d%ds" % secs, "-H", "Connection: close",
+                                       "http://127.0.0.1:%d/f512" % ports[i]], timeout=secs + 60).stdout
+                cpu = meters[i].end()
+                m = re.search(r"^\s*(\d+) requests in", out, re.M)
+                if m is None:
+                    raise RuntimeError("wrk printed no count: " + out[-300:])
+                n = int(m.group(1))
+                res[i == lib_on].append((n / float(secs), cpu * 1e6 / max(n, 1), 0.0, ""))
+            for k in range(pairs):
+                for i in ((0, 1) if k % 2 == 0 else (1, 0)):
+                    one(i)
+        finally:
+            for i in (1, 0):
+                if i in procs:
+                    end_server(meters[i], procs[i])
+            meters[1].close()
+    forks_ratio("nginx saturated (wrk -c32, new connection per request), roles swapped", "req/s", res, None,
+                "budget <= 1.03x", "request")
 
 
 APACHE_CONF = """ServerRoot "{dir}"
