@@ -274,6 +274,11 @@ static void on_accept(int lfd, int fd, int op, int nonblocking, const void *fram
     if (lkind == CW_KIND_TCP || lkind == CW_KIND_LISTEN) {
         struct cw_slot *s = birth(fd, CW_KIND_TCP, op, nonblocking, frame);
         if (s != NULL) atomic_store_explicit(&s->origin_fd, lfd, memory_order_relaxed);
+        /* For the watcher: did the queue turn over between two looks?  Not a locked add: two
+         * threads accepting at once may lose one, which only makes the watcher ask more. */
+        if (ls != NULL && lkind == CW_KIND_LISTEN)
+            atomic_store_explicit(&ls->accepts, atomic_load_explicit(&ls->accepts, memory_order_relaxed) + 1,
+                                  memory_order_relaxed);
         /* Only while the watcher sees a queue on this listener: did the client give up
          * before we got to it? */
         if (s != NULL && ls != NULL &&
@@ -284,9 +289,7 @@ static void on_accept(int lfd, int fd, int op, int nonblocking, const void *fram
             if (real_getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen) == 0 && ti.tcpi_state == 8 &&
                 ti.tcpi_last_data_recv >= CW_QUEUED_DEAD_MS) {
                 atomic_fetch_or_explicit(&s->flags, CW_SF_DEAD_ON_ACCEPT, memory_order_relaxed);
-                /* its eof_ms: when the last one was */
                 atomic_fetch_add_explicit(&ls->dead_accepts, 1, memory_order_relaxed);
-                atomic_store_explicit(&ls->eof_ms, cw_now_ms(), memory_order_relaxed);
             }
         }
     } else {

@@ -46,7 +46,10 @@ struct cw_slot {
     };
     _Atomic uint64_t inode;        /* the socket's, from fstat at birth */
     _Atomic int64_t open_ms;
-    _Atomic int64_t eof_ms;
+    union {
+        _Atomic int64_t eof_ms;
+        _Atomic int64_t accepts;        /* a listener: connections accept() returned (a lower bound) */
+    };
     _Atomic uint8_t opened_by;
     _Atomic uint8_t eof_by;
     _Atomic uint16_t fork_gen;     /* cw_fork_gen at birth: older means inherited from a parent */

@@ -72,6 +72,9 @@ struct listener {
     int64_t last_report_ms;
     int64_t full_since;
     int full_reported;
+    /* at the last look: the queue's length, the accepts the program had counted */
+    uint32_t last_qlen;
+    int64_t last_accepts;
     /* for the metrics */
     uint32_t dead_now, queued_now;
     long full_events;

@@ -87,10 +87,17 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
     if (qlen == 0) s->w_fin_ms = 0;
     else if (s->w_fin_ms == 0 || s->w_fin_ms > now) s->w_fin_ms = now;
     /* While connections may have waited long, accept() asks the kernel about each one it
-     * returns: the queue was not empty at the look before either (a connection that waits a
-     * moment for a busy accept() is no reason to ask at each), or one died there.  A connection
-     * that waits CW_QUEUED_DEAD_MS is there at two looks at the default interval. */
-    if ((qlen > 0 && s->w_fin_ms < now) || queued > 0)
+     * returns: the queue was not empty at the look before either, and did not turn over since
+     * (fewer accepts than were waiting then: the queue is first in, first out), or one died
+     * there.  A connection that waits CW_QUEUED_DEAD_MS is in the queue at two looks at the
+     * default interval, and no turnover passes it; a saturated server's queue, never empty,
+     * turns over many times between two looks, and its accept() asks nothing. */
+    int64_t accepts = atomic_load_explicit(&s->accepts, memory_order_relaxed);
+    int turned_over = l->last_qlen > 0 && accepts - l->last_accepts >= (int64_t)l->last_qlen;
+    int waited = qlen > 0 && s->w_fin_ms < now && l->last_qlen > 0 && !turned_over;
+    l->last_qlen = qlen;
+    l->last_accepts = accepts;
+    if (waited || queued > 0)
         atomic_fetch_or_explicit(&s->flags, CW_SF_BACKLOGGED, memory_order_relaxed);
     else
         atomic_fetch_and_explicit(&s->flags, ~CW_SF_BACKLOGGED, memory_order_relaxed);
