@@ -1563,6 +1563,23 @@ def forks_python(meter, d, lib, rounds):
     library_said(os.path.join(d, "python-with.log"))
 
 
+def start_nginx(meter, nd, lib):
+    """An nginx (NGINX_CONF, one process) serving /f512 from directory nd, in meter's cgroup, on
+    CPU 0, with the library when lib is not None; returns (process, port) once it listens."""
+    for sub in ("www", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(nd, sub), exist_ok=True)
+    with open(os.path.join(nd, "www", "f512"), "wb") as f:
+        f.write(bytes((65 + i % 26) for i in range(512)))
+    port = free_port()
+    conf = os.path.join(nd, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(dir=nd, port=port))
+    proc = start_server(meter, on_cpu(0) + nginx_cmd(nd, conf), env_with(lib), os.path.join(nd, "stderr.log"))
+    if not wait_port(port, 30, proc):
+        raise RuntimeError("nginx did not start; see " + os.path.join(nd, "error.log"))
+    return proc, port
+
+
 def forks_nginx(meter, d, lib, rounds):
     """nginx (no fork) in the forks part for its budget there: the CPU of every process involved,
     the library's watcher included, per new connection, at most +3%.  Two nginx side by side, one
@@ -1578,19 +1595,8 @@ def forks_nginx(meter, d, lib, rounds):
     procs, ports = {}, {}
     try:
         for w in (False, True):
-            nd = os.path.join(d, "nginx-with" if w else "nginx")
-            for sub in ("www", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
-                os.makedirs(os.path.join(nd, sub), exist_ok=True)
-            with open(os.path.join(nd, "www", "f512"), "wb") as f:
-                f.write(bytes((65 + i % 26) for i in range(512)))
-            ports[w] = free_port()
-            conf = os.path.join(nd, "nginx.conf")
-            with open(conf, "w") as f:
-                f.write(NGINX_CONF.format(dir=nd, port=ports[w]))
-            procs[w] = start_server(meters[w], on_cpu(0) + nginx_cmd(nd, conf), env_with(lib if w else None),
-                                    os.path.join(nd, "stderr.log"))
-            if not wait_port(ports[w], 30, procs[w]):
-                raise RuntimeError("nginx did not start; see " + os.path.join(nd, "error.log"))
+            procs[w], ports[w] = start_nginx(meters[w], os.path.join(d, "nginx-with" if w else "nginx"),
+                                             lib if w else None)
         say("  nginx, two side by side: client httppair PORT_A PORT_B %d (Connection: close, alternating), "
             "%d runs" % (pairs, rounds))
         run(on_cpu(1) + [client, "httppair", str(ports[False]), str(ports[True]), "200"], timeout=60)  # warm-up
@@ -1623,20 +1629,9 @@ def forks_nginx_saturated(meter, d, lib):
         procs, ports = {}, {}
         try:
             for i in (0, 1):
-                nd = os.path.join(d, "nginx-sat-%d" % i)
-                for sub in ("www", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
-                    os.makedirs(os.path.join(nd, sub), exist_ok=True)
-                with open(os.path.join(nd, "www", "f512"), "wb") as f:
-                    f.write(bytes((65 + k % 26) for k in range(512)))
-                ports[i] = free_port()
-                conf = os.path.join(nd, "nginx.conf")
-                with open(conf, "w") as f:
-                    f.write(NGINX_CONF.format(dir=nd, port=ports[i]))
                 with_lib = (i == 1) == (block == 0)
-                procs[i] = start_server(meters[i], on_cpu(0) + nginx_cmd(nd, conf), env_with(lib if with_lib else None),
-                                        os.path.join(nd, "stderr.log"))
-                if not wait_port(ports[i], 30, procs[i]):
-                    raise RuntimeError("nginx did not start; see " + os.path.join(nd, "error.log"))
+                procs[i], ports[i] = start_nginx(meters[i], os.path.join(d, "nginx-sat-%d" % i),
+                                                 lib if with_lib else None)
             lib_on = 1 if block == 0 else 0
 
             def one(i):

@@ -94,7 +94,7 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
      * turns over many times between two looks, and its accept() asks nothing. */
     int64_t accepts = atomic_load_explicit(&s->accepts, memory_order_relaxed);
     int turned_over = l->last_qlen > 0 && accepts - l->last_accepts >= (int64_t)l->last_qlen;
-    int waited = qlen > 0 && s->w_fin_ms < now && l->last_qlen > 0 && !turned_over;
+    int waited = qlen > 0 && l->last_qlen > 0 && !turned_over;
     l->last_qlen = qlen;
     l->last_accepts = accepts;
     if (waited || queued > 0)

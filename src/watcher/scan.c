@@ -133,7 +133,7 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     if (k != NULL && (state == TCPS_CLOSE_WAIT || state == TCPS_LAST_ACK)) {
         /* In CLOSE_WAIT since the peer's last acknowledgement at the latest (its FIN carried
          * one; any later one only moves this later, never before the FIN): the best the kernel
-         * can say, where a look that skipped young sockets (look_needed) came late.  Never
+         * can say, where a look that skipped young sockets (teardown_needed) came late.  Never
          * before the birth, unless it was held before an attach. */
         if (s->w_fin_ms == 0 && k->has_info && k->last_ack_recv < now) {
             int64_t fin = now - (int64_t)k->last_ack_recv;
