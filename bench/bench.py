@@ -1371,6 +1371,24 @@ def paired_runs(meters, pids, mode, ports, pairs, rounds):
     return res
 
 
+def paired_part(meters, procs, ports, mode, warmup, pairs, rounds, verdict):
+    """A warm-up of `warmup` pairs not counted, then paired_runs, then forks_ratio(label, unit,
+    res, budget_rate, budget_cpu_text, cpu_unit) with verdict's five."""
+    client = os.path.join(BIN, "client")
+    run(on_cpu(1) + [client, mode, str(ports[False]), str(ports[True]), str(warmup)], timeout=60)
+    res = paired_runs(meters, {w: procs[w].pid for w in procs}, mode, ports, pairs, rounds)
+    label, unit, budget_rate, budget_cpu_text, cpu_unit = verdict
+    forks_ratio(label, unit, res, budget_rate, budget_cpu_text, cpu_unit)
+
+
+def end_servers(meters, procs):
+    """The server with the library first, then the other; the second meter's cgroup goes too."""
+    for w in (True, False):
+        if w in procs:
+            end_server(meters[w], procs[w])
+    meters[True].close()
+
+
 def forks_postgres(meter, d, lib, rounds):
     """Two servers side by side, one with the library, one without, both up for the whole part:
     short pgbench runs alternate between them (ABBA), so that the drift of a shared machine
@@ -1535,7 +1553,6 @@ def forks_python(meter, d, lib, rounds):
     the machine does meanwhile falls on both alike; each server's processes are in a cgroup of
     their own for its CPU.  `rounds` runs of py_pairs pairs; the median of the runs."""
     pairs = P["py_pairs"]
-    client = os.path.join(BIN, "client")
     script = os.path.join(HERE, "forking_echo.py")
     say("  python socketserver.ForkingTCPServer (bench/forking_echo.py), two servers side by side: "
         "client pair PORT_A PORT_B %d (one-line connections alternating between them), %d runs" % (pairs, rounds))
@@ -1551,15 +1568,11 @@ def forks_python(meter, d, lib, rounds):
             if not wait_file(portfile, 30, procs[w]):
                 raise RuntimeError("forking_echo.py did not start; see " + log)
             ports[w] = open(portfile).read().strip()
-        run(on_cpu(1) + [client, "pair", ports[False], ports[True], "20"], timeout=60)  # warm-up, not counted
-        res = paired_runs(meters, {w: procs[w].pid for w in procs}, "pair", ports, pairs, rounds)
-        forks_ratio("Python ForkingTCPServer, %d pairs of connections" % pairs, "conn/s", res, 0.97,
-                    "reference <= 1.03x", "connection")
+        paired_part(meters, procs, ports, "pair", 20, pairs, rounds,
+                    ("Python ForkingTCPServer, %d pairs of connections" % pairs, "conn/s", 0.97, "reference <= 1.03x",
+                     "connection"))
     finally:
-        for w in (True, False):
-            if w in procs:
-                end_server(meters[w], procs[w])
-        meters[True].close()
+        end_servers(meters, procs)
     library_said(os.path.join(d, "python-with.log"))
 
 
@@ -1590,7 +1603,6 @@ def forks_nginx(meter, d, lib, rounds):
         row("forks", "nginx (skipped)", "-", "-", "-", "nginx is not installed")
         return
     pairs = P["nginx_pairs"]
-    client = os.path.join(BIN, "client")
     meters = {False: meter, True: CpuMeter("-with")}
     procs, ports = {}, {}
     try:
@@ -1599,15 +1611,11 @@ def forks_nginx(meter, d, lib, rounds):
                                              lib if w else None)
         say("  nginx, two side by side: client httppair PORT_A PORT_B %d (Connection: close, alternating), "
             "%d runs" % (pairs, rounds))
-        run(on_cpu(1) + [client, "httppair", str(ports[False]), str(ports[True]), "200"], timeout=60)  # warm-up
-        res = paired_runs(meters, {w: procs[w].pid for w in procs}, "httppair", ports, pairs, rounds)
-        forks_ratio("nginx, a new connection per request, pairs alternating", "req/s", res, None,
-                    "budget <= 1.03x", "request")
+        paired_part(meters, procs, ports, "httppair", 200, pairs, rounds,
+                    ("nginx, a new connection per request, pairs alternating", "req/s", None, "budget <= 1.03x",
+                     "request"))
     finally:
-        for w in (True, False):
-            if w in procs:
-                end_server(meters[w], procs[w])
-        meters[True].close()
+        end_servers(meters, procs)
     forks_nginx_saturated(meter, d, lib)
 
 
