@@ -332,15 +332,23 @@ http {{
 """
 
 
-def nginx_setup():
-    d = os.path.join(WORK, "nginx")
-    os.makedirs(os.path.join(d, "www"), exist_ok=True)
+def nginx_config(d):
+    """Directory d made ready for an nginx of NGINX_CONF on a free port serving /f512; returns
+    (config path, port)."""
+    for sub in ("www", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(d, sub), exist_ok=True)
     with open(os.path.join(d, "www", "f512"), "wb") as f:
         f.write(bytes((65 + i % 26) for i in range(512)))
     port = free_port()
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(dir=d, port=port))
+    return conf, port
+
+
+def nginx_setup():
+    d = os.path.join(WORK, "nginx")
+    conf, port = nginx_config(d)
     return d, conf, port
 
 
@@ -1579,14 +1587,7 @@ def forks_python(meter, d, lib, rounds):
 def start_nginx(meter, nd, lib):
     """An nginx (NGINX_CONF, one process) serving /f512 from directory nd, in meter's cgroup, on
     CPU 0, with the library when lib is not None; returns (process, port) once it listens."""
-    for sub in ("www", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        os.makedirs(os.path.join(nd, sub), exist_ok=True)
-    with open(os.path.join(nd, "www", "f512"), "wb") as f:
-        f.write(bytes((65 + i % 26) for i in range(512)))
-    port = free_port()
-    conf = os.path.join(nd, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=nd, port=port))
+    conf, port = nginx_config(nd)
     proc = start_server(meter, on_cpu(0) + nginx_cmd(nd, conf), env_with(lib), os.path.join(nd, "stderr.log"))
     if not wait_port(port, 30, proc):
         raise RuntimeError("nginx did not start; see " + os.path.join(nd, "error.log"))
