@@ -200,12 +200,17 @@ static int dump_family(int fd, int family, uint32_t state_mask, struct cw_dump *
 
 long cw_dumps_taken[2];
 
-int cw_dump_take(struct cw_dump *d, uint32_t state_mask, int with_inet6)
+static void dump_empty(struct cw_dump *d)
 {
-    cw_dumps_taken[(state_mask & ~(1u << TCPS_LISTEN)) != 0 ? CW_DUMP_CONNECTIONS : CW_DUMP_LISTENERS]++;
     d->n = 0;
     d->unowned.n = 0;
     if (d->index != NULL) memset(d->index, 0, d->index_cap * sizeof *d->index);
+}
+
+int cw_dump_take(struct cw_dump *d, uint32_t state_mask, int with_inet6)
+{
+    cw_dumps_taken[(state_mask & ~(1u << TCPS_LISTEN)) != 0 ? CW_DUMP_CONNECTIONS : CW_DUMP_LISTENERS]++;
+    dump_empty(d);
     d->ok = 0;
     int fd = diag_socket();
     if (fd < 0) return -1;
@@ -218,9 +223,7 @@ int cw_dump_take(struct cw_dump *d, uint32_t state_mask, int with_inet6)
 
 void cw_dump_take_none(struct cw_dump *d)
 {
-    d->n = 0;
-    d->unowned.n = 0;
-    if (d->index != NULL) memset(d->index, 0, d->index_cap * sizeof *d->index);
+    dump_empty(d);
     d->ok = 1;
 }
 

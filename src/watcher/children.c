@@ -61,15 +61,7 @@ void cw_watch_children(int64_t now)
                 c->w_fin_ms = 0;
                 continue;
             }
-            if (c->w_fin_ms == 0) {
-                /* dated as a socket of ours is (examine): the peer's last acknowledgement */
-                const struct cw_sock *k0 = cw_dump_find(&dump, c->inode);
-                c->w_fin_ms = now;
-                if (k0 != NULL && k0->has_info && k0->last_ack_recv < now) {
-                    c->w_fin_ms = now - (int64_t)k0->last_ack_recv;
-                    if (c->open_ms > c->w_fin_ms && c->open_ms <= now) c->w_fin_ms = c->open_ms;
-                }
-            }
+            if (c->w_fin_ms == 0) c->w_fin_ms = cw_fin_dated(cw_dump_find(&dump, c->inode), now, c->open_ms);
             if (now - c->w_fin_ms < cw_cfg.grace_ms) continue;
             /* Ours still: our own report covers it; a forked child we watch: its own does. */
             if (cw_proc_fds_of_socket(c->inode, -1, NULL, 1) > 0) continue;

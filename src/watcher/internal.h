@@ -75,6 +75,7 @@ struct listener {
     /* at the last look: the queue's length, the accepts the program had counted */
     uint32_t last_qlen;
     int64_t last_accepts;
+    int64_t queue_since;  /* its queue was not empty at every look since then; 0: empty */
     /* for the metrics */
     uint32_t dead_now, queued_now;
     long full_events;
@@ -162,6 +163,10 @@ CW_HIDDEN int cw_proc_fds_of_socket(uint64_t inode, int except, int *out, int ma
 CW_HIDDEN int cw_proc_cached_ends(int fd, uint32_t seq, char *local, char *peer, size_t cap);
 CW_HIDDEN void cw_proc_keep_ends(int fd, uint32_t seq, const struct cw_sock *k);
 CW_HIDDEN int cw_watch_dumped_held(uint64_t inode);
+/* When a socket the dump shows in CLOSE_WAIT got its FIN, at the latest: its peer's last
+ * acknowledgement (the FIN carried one; a later one only moves this later), not before `born`
+ * (0: unknown, held before an attach); now when the kernel does not say. */
+CW_HIDDEN int64_t cw_fin_dated(const struct cw_sock *k, int64_t now, int64_t born);
 CW_HIDDEN struct proc *cw_proc_parent(void);
 CW_HIDDEN int cw_watch_pid_watched(pid_t pid);
 CW_HIDDEN void cw_watch_tick(int whole);

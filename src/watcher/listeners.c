@@ -78,14 +78,8 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
     uint32_t queued = 0;
     for (int i = 0; i < dump.unowned.n; i++)
         if (dump.unowned.port[i] == l->port) queued = dump.unowned.count[i];
-    /* Since when the queue was not empty at every look (the watcher's w_fin_ms of a listener). */
-    if (s->w_seq != seq) {
-        s->w_seq = seq;
-        s->w_flags = 0;
-        s->w_fin_ms = 0;
-    }
-    if (qlen == 0) s->w_fin_ms = 0;
-    else if (s->w_fin_ms == 0 || s->w_fin_ms > now) s->w_fin_ms = now;
+    if (qlen == 0) l->queue_since = 0;
+    else if (l->queue_since == 0) l->queue_since = now;
     /* While connections may have waited long, accept() asks the kernel about each one it
      * returns: the queue was not empty at the look before either, and did not turn over since
      * (fewer accepts than were waiting then: the queue is first in, first out), or one died

@@ -14,6 +14,13 @@ struct pending_close {
 static struct pending_close *pending;
 static size_t npending, pending_cap;
 
+int64_t cw_fin_dated(const struct cw_sock *k, int64_t now, int64_t born)
+{
+    if (k == NULL || !k->has_info || k->last_ack_recv >= now) return now;
+    int64_t fin = now - (int64_t)k->last_ack_recv;
+    return born > fin && born <= now ? born : fin;
+}
+
 /* Held in a state the dump shows (CLOSE_WAIT, LAST_ACK) */
 int cw_watch_dumped_held(uint64_t inode)
 {
@@ -131,17 +138,10 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     int state = k != NULL ? k->state : 0;
     if (k != NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR))) cw_proc_keep_ends(fd, seq, k);
     if (k != NULL && (state == TCPS_CLOSE_WAIT || state == TCPS_LAST_ACK)) {
-        /* In CLOSE_WAIT since the peer's last acknowledgement at the latest (its FIN carried
-         * one; any later one only moves this later, never before the FIN): the best the kernel
-         * can say, where a look that skipped young sockets (teardown_needed) came late.  Never
-         * before the birth, unless it was held before an attach. */
-        if (s->w_fin_ms == 0 && k->has_info && k->last_ack_recv < now) {
-            int64_t fin = now - (int64_t)k->last_ack_recv;
-            int64_t born = atomic_load_explicit(&s->open_ms, memory_order_relaxed);
-            if (!(flags & CW_SF_HELD_AT_ATTACH) && born > fin && born <= now) fin = born;
-            s->w_fin_ms = fin;
-        }
-        if (s->w_fin_ms == 0) s->w_fin_ms = now;
+        /* Dated by the kernel, not by this look, which may come late (teardown_needed). */
+        if (s->w_fin_ms == 0)
+            s->w_fin_ms = cw_fin_dated(k, now, (flags & CW_SF_HELD_AT_ATTACH) ? 0
+                                                   : atomic_load_explicit(&s->open_ms, memory_order_relaxed));
     } else if (k == NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR)) && !(s->w_flags & WF_ESTABLISHED)) {
         /* Not being torn down by the kernel's account, yet EOF read or shut down: CLOSE, or
          * established (its own SHUT_RD) -- asked below. */
@@ -335,22 +335,20 @@ static int proc_needs_teardown(int64_t now, int64_t young)
 /* A listener of ours whose accept queue was not empty at every look for a while: a connection
  * may have died waiting there (CW_QUEUED_DEAD_MS), which only the teardown dump shows.  (A
  * queue that holds a connection for a moment, before a busy accept() takes it, is no reason:
- * one that sat there that long was there at each of those looks.)  cw_watch_listener keeps
- * since when, in the listener's w_fin_ms. */
+ * one that sat there that long was there at each of those looks.) */
 static int queue_waiting(int64_t now)
 {
     for (size_t k = 0; k < nprocs; k++) {
         P = &procs[k];
         if (P->untrusted) continue;
         cw_set_current_area(P->area);
-        for (int fd = cw_proc_next(0); fd >= 0; fd = cw_proc_next(fd + 1)) {
-            struct cw_slot *s = cw_proc_slot(fd);
-            if (s == NULL) continue;
-            uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-            if (CW_SEQ_KIND(seq) != CW_KIND_LISTEN || s->w_seq != seq || s->w_fin_ms == 0) continue;
-            const struct cw_sock *l = cw_dump_find(&dump, atomic_load_explicit(&s->inode, memory_order_relaxed));
-            if (l != NULL && l->state == TCPS_LISTEN && l->rqueue > 0 && now - s->w_fin_ms >= CW_QUEUED_DEAD_MS)
-                return 1;
+        for (size_t i = 0; i < P->nlisteners; i++) {
+            const struct listener *l = &P->listeners[i];
+            if (l->queue_since == 0 || now - l->queue_since < CW_QUEUED_DEAD_MS) continue;
+            struct cw_slot *s = cw_proc_slot(l->fd);
+            if (s == NULL || atomic_load_explicit(&s->seq, memory_order_acquire) != l->seq) continue;
+            const struct cw_sock *d = cw_dump_find(&dump, atomic_load_explicit(&s->inode, memory_order_relaxed));
+            if (d != NULL && d->state == TCPS_LISTEN && d->rqueue > 0) return 1;
         }
     }
     return 0;
