@@ -48,6 +48,7 @@ TCLIENT = os.path.join(BUILD, 'tclient')
 TSERVER_SRC = os.path.join(TESTS_DIR, 'progs', 'tserver.c')
 TCLIENT_SRC = os.path.join(TESTS_DIR, 'progs', 'tclient.c')
 SEED_PY = os.path.join(TESTS_DIR, 'progs', 'seed_server.py')
+ONE_PEER_PY = os.path.join(TESTS_DIR, 'progs', 'one_peer_two_listeners.py')
 SYSTEM_PYTHON = '/usr/bin/python3'
 
 GRACE_MS = 300
@@ -610,6 +611,7 @@ def test_seed_sleep_before_read():
     ev = evs[0]
     check_leak(ev, c, 'peer_closed_unread', opened_by='accept', open_fn='tserver_accept_conn')
     check(ev.get('state') == 'CLOSE_WAIT', 'state %r' % ev.get('state'))
+    check(not ev.get('dup_fds'), 'the other connection named a copy of it: %r' % ev.get('dup_fds'))
     check('eof_stack' not in ev and 'eof_by' not in ev, 'eof fields on a socket whose EOF was never read: %r' % ev.get('eof_by'))
     check(seen - c.t_close <= GRACE_MS / 1000.0 + 1.1, 'report %.2fs after the close' % (seen - c.t_close))
     t_woke = p.wait_line(r'WOKE %d$' % c.fd, 6)[0]
@@ -642,6 +644,73 @@ def test_seed_python_server():
     p.wait_line(r'DONE$', 8)
     p.finish()
     check(len(p.leaks()) == 1, 'wanted one leak event, got %d' % len(p.leaks()))
+
+
+def one_peer_two_listeners(argv_prefix, nodump):
+    """One client address and port connected to one port on two local addresses: the library's
+    keys of the two accepted connections are equal (shared/fdtable.h).  The first is leaked, the
+    second served and closed.  Returns (prog, kept fd, local, peer, the second client)."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        raise TestSkip('no ' + SYSTEM_PYTHON)
+    p = run_prog(argv_prefix + [SYSTEM_PYTHON, ONE_PEER_PY] + (['nodump'] if nodump else []))
+    port = p.port()
+    a = socket.socket()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    a.bind(('127.0.0.1', 0))
+    a.connect(('127.0.0.1', port))
+    kept = int(p.wait_line(r'ACCEPTED (\d+) 127\.0\.0\.1:')[1].group(1))
+    b = socket.socket()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    b.bind(a.getsockname())
+    b.connect(('127.0.0.2', port))
+    p.wait_line(r'ACCEPTED (\d+) 127\.0\.0\.2:')
+    peer = '%s:%d' % a.getsockname()
+    local = '127.0.0.1:%d' % port
+    a.close()
+    wait_kernel_state(local, peer, 'CLOSE-WAIT', p.pid, kept)
+    return p, kept, local, peer, b
+
+
+def check_kept_reported(p, kept, local, peer, timeout):
+    evs, _ = p.wait_events(is_leak, 1, timeout=timeout)
+    ev = evs[0]
+    check(ev.get('fd') == kept and ev.get('local') == local and ev.get('peer') == peer,
+          'reported fd %r %r <- %r, wanted fd %d %s <- %s' % (ev.get('fd'), ev.get('local'), ev.get('peer'),
+                                                              kept, local, peer))
+    check(ev.get('state') == 'CLOSE_WAIT', 'state %r' % ev.get('state'))
+    check(not ev.get('dup_fds'), 'the other connection named a copy of it: %r' % ev.get('dup_fds'))
+
+
+@test
+def test_one_peer_two_listeners():
+    """Two connections with one key: the leaked one is reported, with its own descriptor and ends,
+    and the served one never (the watcher tells them apart by /proc/PID/fd, which it may read)."""
+    p, kept, local, peer, b = one_peer_two_listeners([], False)
+    check_kept_reported(p, kept, local, peer, GRACE_MS / 1000.0 + 2.0)
+    quiet_period()
+    b.close()
+    p.wait_line(r'CLOSED \d+$')
+    time.sleep(GRACE_MS / 1000.0 + 0.3)
+    p.finish()
+    check(len(p.leaks()) == 1, 'wanted one leak event, got %s' % json.dumps(p.leaks())[:600])
+
+
+@test
+def test_one_peer_two_listeners_no_proc():
+    """The same where /proc/PID/fd is closed to the watcher (a non-dumpable program without
+    CAP_SYS_PTRACE): no report while the two cannot be told apart (never the wrong one), the
+    right one as soon as the other is gone."""
+    if shutil.which('setpriv') is None:
+        raise TestSkip('no setpriv')
+    prefix = ['setpriv', '--bounding-set', '-sys_ptrace', '--inh-caps', '-sys_ptrace'] if os.geteuid() == 0 else []
+    p, kept, local, peer, b = one_peer_two_listeners(prefix, True)
+    quiet_period()
+    no_leaks(p, 'two connections with one key')
+    b.close()
+    p.wait_line(r'CLOSED \d+$')
+    check_kept_reported(p, kept, local, peer, GRACE_MS / 1000.0 + 2.0)
+    p.finish()
+    check(len(p.leaks()) == 1, 'wanted one leak event, got %s' % json.dumps(p.leaks())[:600])
 
 
 # ---------------------------------------------------------------- tests: no false reports

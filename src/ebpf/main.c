@@ -875,6 +875,7 @@ int main(int argc, char **argv)
         else follow_children(target, &all, &held_before, 0);
         free(all.socks);
         free(all.index);
+        free(all.peers);
         if (held_before > 0) look(); /* at once: what it held in CLOSE_WAIT before the attach */
     }
 

@@ -185,6 +185,49 @@ static uint64_t inode_of(int fd)
     return fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
 }
 
+/* A listener's port, for the keys of the connections it gives (shared/fdtable.h): asked once. */
+static void listener_port(struct cw_slot *s, int fd)
+{
+    struct sockaddr_storage ss = {0};
+    socklen_t len = sizeof ss;
+    uint16_t port = 0;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET && len >= sizeof(struct sockaddr_in)) port = ((struct sockaddr_in *)&ss)->sin_port;
+        else if (ss.ss_family == AF_INET6 && len >= sizeof(struct sockaddr_in6))
+            port = ((struct sockaddr_in6 *)&ss)->sin6_port;
+    }
+    atomic_store_explicit(&s->port, port, memory_order_relaxed);
+}
+
+/* Which socket accept() returned: the key of its ends when accept() wrote the peer's address and
+ * the listener's port is known; its inode otherwise.  The length is read only after the call
+ * succeeded (the kernel read and wrote it, so it is there: before, a bad pointer would crash here
+ * where the kernel returns EFAULT).  A buffer shorter than the address (the kernel cuts it, and
+ * still says the whole length) gives a key no socket has: a report missed, never a wrong one. */
+static uint64_t accepted_id(int fd, uint16_t lport, const struct sockaddr *addr, const socklen_t *len)
+{
+    if (lport != 0 && addr != NULL && len != NULL) {
+        socklen_t got = *len;
+        if (got == sizeof(struct sockaddr_in) && addr->sa_family == AF_INET) {
+            const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
+            uint8_t mapped[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+            memcpy(mapped + 12, &in->sin_addr, 4);
+            return cw_peer_key(mapped, in->sin_port, lport);
+        }
+        if (got == sizeof(struct sockaddr_in6) && addr->sa_family == AF_INET6) {
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)addr;
+            return cw_peer_key(in6->sin6_addr.s6_addr, in6->sin6_port, lport);
+        }
+    }
+    return inode_of(fd);
+}
+
+/* Where accept() was asked to write the peer's address. */
+struct peer_out {
+    const struct sockaddr *addr;
+    const socklen_t *len;
+};
+
 /* The slot of the new life, or NULL (no slot, no table).  `frame`: the frame of the hook the program
  * called (where the walk to the program's call site starts). */
 /* Another thread is copying the table for the watcher it starts (a few milliseconds, once per
@@ -197,7 +240,7 @@ static void first_tcp_wait(void)
     errno = saved;
 }
 
-static struct cw_slot *birth(int fd, enum cw_kind kind, int op, int nonblocking, const void *frame)
+static struct cw_slot *birth(int fd, enum cw_kind kind, int op, int nonblocking, const void *frame, uint64_t id)
 {
     if (CW_UNLIKELY(atomic_load_explicit(&init_state, memory_order_acquire) != 2)) cw_init();
     /* Is the watcher still there?  One word; a new one if it died. */
@@ -226,7 +269,7 @@ static struct cw_slot *birth(int fd, enum cw_kind kind, int op, int nonblocking,
     struct cw_slot *s = cw_slot_get(fd);
     if (s == NULL) return NULL;
     uint32_t stack = (kind == CW_KIND_TCP || kind == CW_KIND_LISTEN) && !cw_in_lib ? cw_stack_capture_from(frame) : 0;
-    cw_slot_birth(s, kind, op, stack, inode_of(fd));
+    cw_slot_birth(s, kind, op, stack, id);
     if (nonblocking) cw_owner_born_nonblocking(s);
     if (kind == CW_KIND_TCP && !cw_in_lib) {
         uint32_t java = cw_jvm_stack();
@@ -256,7 +299,7 @@ static enum cw_kind classify(int fd)
     return CW_KIND_OTHER;
 }
 
-static void on_accept(int lfd, int fd, int op, int nonblocking, const void *frame)
+static void on_accept(int lfd, int fd, int op, int nonblocking, const void *frame, struct peer_out peer)
 {
     int saved = errno;
     /* The listener's slot is there already unless it was inherited: no chunk to make then. */
@@ -269,15 +312,17 @@ static void on_accept(int lfd, int fd, int op, int nonblocking, const void *fram
             /* A listener we did not see created (inherited, or made by a raw syscall). */
             lkind = classify(lfd) == CW_KIND_TCP ? CW_KIND_LISTEN : CW_KIND_OTHER;
             cw_slot_birth(ls, lkind, CW_OP_INHERITED, 0, lkind == CW_KIND_LISTEN ? inode_of(lfd) : 0);
+            if (lkind == CW_KIND_LISTEN) listener_port(ls, lfd);
         }
     }
     if (lkind == CW_KIND_TCP || lkind == CW_KIND_LISTEN) {
-        struct cw_slot *s = birth(fd, CW_KIND_TCP, op, nonblocking, frame);
+        uint16_t lport = lkind == CW_KIND_LISTEN ? atomic_load_explicit(&ls->port, memory_order_relaxed) : 0;
+        struct cw_slot *s = birth(fd, CW_KIND_TCP, op, nonblocking, frame, accepted_id(fd, lport, peer.addr, peer.len));
         if (s != NULL) atomic_store_explicit(&s->origin_fd, lfd, memory_order_relaxed);
         /* For the watcher: did the queue turn over between two looks?  Not a locked add: two
          * threads accepting at once may lose one, which only makes the watcher ask more. */
         if (ls != NULL && lkind == CW_KIND_LISTEN)
-            atomic_store_explicit(&ls->accepts, atomic_load_explicit(&ls->accepts, memory_order_relaxed) + 1,
+            atomic_store_explicit(&ls->accepts, atomic_load_explicit(&ls->accepts, memory_order_relaxed) + 1u,
                                   memory_order_relaxed);
         /* Only while the watcher sees a queue on this listener: did the client give up
          * before we got to it? */
@@ -306,7 +351,7 @@ int socket(int domain, int type, int protocol)
     if (fd >= 0) {
         int saved = errno;
         if (is_tcp_request(domain, type, protocol)) {
-            birth(fd, CW_KIND_TCP, CW_OP_SOCKET, (type & SOCK_NONBLOCK) != 0, __builtin_frame_address(0));
+            birth(fd, CW_KIND_TCP, CW_OP_SOCKET, (type & SOCK_NONBLOCK) != 0, __builtin_frame_address(0), inode_of(fd));
             if (domain == AF_INET6 && cw_me != NULL) atomic_store_explicit(&cw_me->any_inet6, 1, memory_order_relaxed);
         } else {
             cw_slot_forget(fd);
@@ -321,7 +366,7 @@ int accept(int fd, struct sockaddr *addr, socklen_t *len)
     CW_REAL_IO(accept);
     if (ON_WATCHER_TABLE()) return real_accept(fd, addr, len);
     int r = real_accept(fd, addr, len);
-    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT, 0, __builtin_frame_address(0));
+    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT, 0, __builtin_frame_address(0), (struct peer_out){addr, len});
     return r;
 }
 
@@ -330,7 +375,8 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
     CW_REAL_IO(accept4);
     if (ON_WATCHER_TABLE()) return real_accept4(fd, addr, len, flags);
     int r = real_accept4(fd, addr, len, flags);
-    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT4, (flags & SOCK_NONBLOCK) != 0, __builtin_frame_address(0));
+    if (r >= 0) on_accept(fd, r, CW_OP_ACCEPT4, (flags & SOCK_NONBLOCK) != 0, __builtin_frame_address(0),
+                              (struct peer_out){addr, len});
     return r;
 }
 
@@ -361,8 +407,9 @@ int listen(int fd, int backlog)
             if (k == CW_KIND_FREE) k = classify(fd);
             if (k == CW_KIND_TCP || k == CW_KIND_LISTEN) {
                 /* The listen() site is what a backlog finding points at. */
-                birth(fd, CW_KIND_LISTEN, CW_OP_SOCKET, 0, __builtin_frame_address(0));
+                birth(fd, CW_KIND_LISTEN, CW_OP_SOCKET, 0, __builtin_frame_address(0), inode_of(fd));
                 atomic_store_explicit(&s->backlog, backlog, memory_order_relaxed);
+                listener_port(s, fd);
             } else if (k == CW_KIND_OTHER) {
                 cw_slot_birth(s, CW_KIND_OTHER, CW_OP_NONE, 0, 0);
             }
@@ -782,10 +829,12 @@ long syscall(long number, ...)
             on_dup((int)a1, (int)r);
             break;
         case SYS_accept:
-            on_accept((int)a1, (int)r, CW_OP_ACCEPT, 0, __builtin_frame_address(0));
+            on_accept((int)a1, (int)r, CW_OP_ACCEPT, 0, __builtin_frame_address(0),
+                      (struct peer_out){NULL, NULL});
             break;
         case SYS_accept4:
-            on_accept((int)a1, (int)r, CW_OP_ACCEPT4, ((unsigned long)a4 & SOCK_NONBLOCK) != 0, __builtin_frame_address(0));
+            on_accept((int)a1, (int)r, CW_OP_ACCEPT4, ((unsigned long)a4 & SOCK_NONBLOCK) != 0, __builtin_frame_address(0),
+                      (struct peer_out){NULL, NULL});
             break;
         default:
             break;

@@ -55,14 +55,14 @@ static void record(int kind, pid_t child, uint32_t stack)
     for (int fd = cw_table_next(0); fd >= 0 && k < n; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
         if (s == NULL || CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) != CW_KIND_TCP) continue;
-        uint64_t ino = atomic_load_explicit(&s->inode, memory_order_relaxed);
-        if (ino == 0) {
+        uint64_t id = atomic_load_explicit(&s->inode, memory_order_relaxed);
+        if (id == 0) {
             struct stat st;
             if (fstat(fd, &st) != 0) continue;
-            ino = (uint64_t)st.st_ino;
+            id = (uint64_t)st.st_ino;
         }
         socks[k].fd = fd;
-        socks[k].inode = ino;
+        socks[k].id = id;
         socks[k].open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed);
         socks[k].open_ms = atomic_load_explicit(&s->open_ms, memory_order_relaxed);
         socks[k].opened_by = atomic_load_explicit(&s->opened_by, memory_order_relaxed);

@@ -44,11 +44,14 @@ struct cw_slot {
         _Atomic uint32_t eof_stack;     /* a connection: where it read EOF */
         _Atomic uint32_t dead_accepts;  /* a listener: connections accepted dead (their client gave up) */
     };
-    _Atomic uint64_t inode;        /* the socket's, from fstat at birth */
+    _Atomic uint64_t inode;        /* which socket: its inode, or a peer key (CW_ID_PEER) */
     _Atomic int64_t open_ms;
     union {
         _Atomic int64_t eof_ms;
-        _Atomic int64_t accepts;        /* a listener: connections accept() returned (a lower bound) */
+        struct {                        /* a listener: */
+            _Atomic uint32_t accepts;   /* connections accept() returned (a lower bound, mod 2^32) */
+            _Atomic uint16_t port;      /* its local port, network order (0: unknown) */
+        };
     };
     _Atomic uint8_t opened_by;
     _Atomic uint8_t eof_by;
@@ -111,9 +114,31 @@ static inline struct cw_slot *cw_slot_peek(int fd)
 }
 /* Slot of fd, creating its chunk (mmap) if needed; NULL if fd is out of range or mmap fails. */
 CW_HIDDEN struct cw_slot *cw_slot_get(int fd);
-/* Start a new life in the slot. */
-/* inode: the socket's (fstat at birth), which the watcher looks for in the kernel's dumps. */
-CW_HIDDEN void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack, uint64_t inode);
+/*
+ * Which socket a slot holds, for the watcher to find it in the kernel's dumps: its inode (fstat
+ * at birth), or, for a connection accept() returned, a key of its ends: the peer's address and
+ * port as accept() wrote them and the listener's port.  accept() is the call a server of short
+ * connections makes most, and an fstat there was a fifth of what the library cost it.  Bit 63
+ * marks a key: an inode is below 2^32 (sockfs numbers its inodes with get_next_ino).  Two held
+ * sockets share a key only if one peer address and port reached one port on two local addresses;
+ * the watcher checks that none does before it reports one found by its key.
+ */
+#define CW_ID_PEER (1ull << 63)
+#define CW_ID_IS_PEER(id) (((id) & CW_ID_PEER) != 0)
+/* addr: the peer's address, 16 bytes, an IPv4 one mapped (::ffff:a.b.c.d), as sock_diag's IPv6
+ * dumps give it; ports in network order. */
+static inline uint64_t cw_peer_key(const uint8_t addr[16], uint16_t peer_port, uint16_t local_port)
+{
+    uint64_t a, b;
+    __builtin_memcpy(&a, addr, 8);
+    __builtin_memcpy(&b, addr + 8, 8);
+    uint64_t h = (a ^ 0x9e3779b97f4a7c15ull) * 0xff51afd7ed558ccdull;
+    h = ((h ^ (h >> 32)) ^ b) * 0xc4ceb9fe1a85ec53ull;
+    h = ((h ^ (h >> 29)) ^ ((uint64_t)peer_port << 16 | local_port)) * 0x9e3779b97f4a7c15ull;
+    return (h ^ (h >> 32)) | CW_ID_PEER;
+}
+/* Start a new life in the slot; id: which socket (above), 0 if not known. */
+CW_HIDDEN void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack, uint64_t id);
 /* End the life (before the real close runs). */
 CW_HIDDEN void cw_slot_forget(int fd);
 CW_HIDDEN void cw_slot_forget_range(unsigned first, unsigned last);

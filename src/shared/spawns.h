@@ -6,7 +6,7 @@
 struct cw_crossed {
     int fd;
     uint32_t open_stack;
-    uint64_t inode;
+    uint64_t id;                /* which socket: the slot's (shared/fdtable.h), or its inode */
     int64_t open_ms;
     uint8_t opened_by;
     /* watcher-owned */

@@ -1,6 +1,7 @@
 /* What the kernel knows: socket states by netlink sock_diag (as ss does), TCP_INFO, addresses. */
 #define _GNU_SOURCE
 #include "sys/sockets.h"
+#include "shared/fdtable.h"
 #include <sched.h>
 
 #include <arpa/inet.h>
@@ -78,24 +79,35 @@ static size_t hash_inode(uint64_t ino, size_t cap)
     return (size_t)((ino * 0x9e3779b97f4a7c15ull) >> 17) & (cap - 1);
 }
 
+static void index_put(uint32_t *index, size_t cap, uint64_t id, size_t at)
+{
+    size_t i = hash_inode(id, cap);
+    while (index[i] != 0) i = (i + 1) & (cap - 1);
+    index[i] = (uint32_t)at + 1;
+}
+
 static void dump_index(struct cw_dump *d, size_t at)
 {
     if ((d->n + 1) * 2 > d->index_cap) {
         size_t ncap = d->index_cap ? d->index_cap * 2 : 512;
-        uint32_t *ni = calloc(ncap, sizeof *ni);
-        if (ni == NULL) return;
+        uint32_t *ni = calloc(ncap, sizeof *ni), *np = calloc(ncap, sizeof *np);
+        if (ni == NULL || np == NULL) {
+            free(ni);
+            free(np);
+            return;
+        }
         free(d->index);
+        free(d->peers);
         d->index = ni;
+        d->peers = np;
         d->index_cap = ncap;
         for (size_t k = 0; k < at; k++) {
-            size_t i = hash_inode(d->socks[k].inode, ncap);
-            while (ni[i] != 0) i = (i + 1) & (ncap - 1);
-            ni[i] = (uint32_t)k + 1;
+            index_put(ni, ncap, d->socks[k].inode, k);
+            if (d->socks[k].key != 0) index_put(np, ncap, d->socks[k].key, k);
         }
     }
-    size_t i = hash_inode(d->socks[at].inode, d->index_cap);
-    while (d->index[i] != 0) i = (i + 1) & (d->index_cap - 1);
-    d->index[i] = (uint32_t)at + 1;
+    index_put(d->index, d->index_cap, d->socks[at].inode, at);
+    if (d->socks[at].key != 0) index_put(d->peers, d->index_cap, d->socks[at].key, at);
 }
 
 const struct cw_sock *cw_dump_find(const struct cw_dump *d, uint64_t inode)
@@ -106,6 +118,44 @@ const struct cw_sock *cw_dump_find(const struct cw_dump *d, uint64_t inode)
         if (k == 0) return NULL;
         if (d->socks[k - 1].inode == inode) return &d->socks[k - 1];
     }
+}
+
+int cw_dump_count_key(const struct cw_dump *d, uint64_t key)
+{
+    if (key == 0 || d->index_cap == 0) return 0;
+    int n = 0;
+    for (size_t i = hash_inode(key, d->index_cap);; i = (i + 1) & (d->index_cap - 1)) {
+        uint32_t k = d->peers[i];
+        if (k == 0) return n;
+        if (d->socks[k - 1].key == key) n++;
+    }
+}
+
+const struct cw_sock *cw_dump_find_id(const struct cw_dump *d, uint64_t id, int *ambiguous)
+{
+    if (!CW_ID_IS_PEER(id)) return cw_dump_find(d, id);
+    if (d->index_cap == 0) return NULL;
+    const struct cw_sock *found = NULL;
+    for (size_t i = hash_inode(id, d->index_cap);; i = (i + 1) & (d->index_cap - 1)) {
+        uint32_t k = d->peers[i];
+        if (k == 0) return found;
+        if (d->socks[k - 1].key != id) continue;
+        if (found != NULL) {
+            if (ambiguous != NULL) *ambiguous = 1;
+            return NULL;
+        }
+        found = &d->socks[k - 1];
+    }
+}
+
+/* The key of a connection's ends, as accept() gave them to the program (shared/fdtable.h). */
+static uint64_t sock_key(const struct cw_sock *s)
+{
+    if (s->state == TCPS_LISTEN) return 0;
+    uint8_t peer[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (s->family == AF_INET) memcpy(peer + 12, s->dst, 4);
+    else memcpy(peer, s->dst, 16);
+    return cw_peer_key(peer, s->dport, s->sport);
 }
 
 static void take_info(const struct nlmsghdr *h, const struct inet_diag_msg *m, struct cw_sock *s)
@@ -173,6 +223,7 @@ static int dump_family(int fd, int family, uint32_t state_mask, struct cw_dump *
             memcpy(s.src, m->id.idiag_src, 16);
             memcpy(s.dst, m->id.idiag_dst, 16);
             take_info(h, m, &s);
+            if (s.inode != 0) s.key = sock_key(&s);
             if (s.inode == 0) {
                 /* No process holds it yet: a connection in an accept queue.  Dead there if its
                  * peer closed and it waited long (a client that sends its request and closes at
@@ -205,6 +256,7 @@ static void dump_empty(struct cw_dump *d)
     d->n = 0;
     d->unowned.n = 0;
     if (d->index != NULL) memset(d->index, 0, d->index_cap * sizeof *d->index);
+    if (d->peers != NULL) memset(d->peers, 0, d->index_cap * sizeof *d->peers);
 }
 
 int cw_dump_take(struct cw_dump *d, uint32_t state_mask, int with_inet6)

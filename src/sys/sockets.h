@@ -21,6 +21,7 @@ struct unowned_ports {
  * process that holds it is needed to ask. */
 struct cw_sock {
     uint64_t inode;
+    uint64_t key;                 /* a connection: the key of its ends (shared/fdtable.h), else 0 */
     uint8_t state, family, has_info;
     uint32_t rqueue, wqueue;      /* a listener: accept queue length and its limit */
     uint32_t notsent, unacked, last_data_sent, last_data_recv, last_ack_recv;
@@ -32,7 +33,8 @@ struct cw_sock {
 struct cw_dump {
     struct cw_sock *socks;
     size_t n, cap;
-    uint32_t *index;
+    uint32_t *index;              /* by inode */
+    uint32_t *peers;              /* by key: a connection accept() gave */
     size_t index_cap;
     struct unowned_ports unowned;
     int ok;
@@ -47,6 +49,11 @@ CW_HIDDEN extern long cw_dumps_taken[2];
 /* An empty dump, as if taken: a look that needed none of it. */
 CW_HIDDEN void cw_dump_take_none(struct cw_dump *d);
 CW_HIDDEN const struct cw_sock *cw_dump_find(const struct cw_dump *d, uint64_t inode);
+/* The socket a slot's id names (an inode or a key: shared/fdtable.h), or NULL.  Two sockets with
+ * the key: NULL, and *ambiguous (may be NULL) set. */
+CW_HIDDEN const struct cw_sock *cw_dump_find_id(const struct cw_dump *d, uint64_t id, int *ambiguous);
+/* How many sockets of the dump have the key. */
+CW_HIDDEN int cw_dump_count_key(const struct cw_dump *d, uint64_t key);
 /* "ip:port" of the socket's local or peer end. */
 CW_HIDDEN void cw_sock_endpoint(const struct cw_sock *s, int peer, char *out, size_t cap);
 

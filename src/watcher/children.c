@@ -57,26 +57,29 @@ void cw_watch_children(int64_t now)
         for (size_t k = 0; k < nsocks; k++) {
             struct cw_crossed *c = &a->crossed[i][k];
             if (c->w_done) continue;
-            if (!cw_watch_dumped_held(c->inode)) {
+            int ambiguous = 0;
+            const struct cw_sock *ks = cw_dump_find_id(&dump, c->id, &ambiguous);
+            if (ambiguous) continue;
+            if (ks == NULL || (ks->state != TCPS_CLOSE_WAIT && ks->state != TCPS_LAST_ACK)) {
                 c->w_fin_ms = 0;
                 continue;
             }
-            if (c->w_fin_ms == 0) c->w_fin_ms = cw_fin_dated(cw_dump_find(&dump, c->inode), now, c->open_ms);
+            if (c->w_fin_ms == 0) c->w_fin_ms = cw_fin_dated(ks, now, c->open_ms);
             if (now - c->w_fin_ms < cw_cfg.grace_ms) continue;
             /* Ours still: our own report covers it; a forked child we watch: its own does. */
-            if (cw_proc_fds_of_socket(c->inode, -1, NULL, 1) > 0) continue;
+            if (cw_proc_fds_of_socket(c->id, -1, NULL, 1) > 0) continue;
             if (child > 0 && cw_watch_pid_watched(child)) continue;
+            if (!cw_watch_id_unique(c->id, now)) continue;
             c->w_done = 1;
-            if (cw_reported_anywhere(c->inode)) continue;
+            if (cw_reported_anywhere(c->id)) continue;
             int child_fd = -1;
-            pid_t holder = child > 0 ? child : find_holder(c->inode, &child_fd);
-            if (child > 0) child_fd = fd_in_process(child, c->inode);
-            const struct cw_sock *ks = cw_dump_find(&dump, c->inode);
+            pid_t holder = child > 0 ? child : find_holder(ks->inode, &child_fd);
+            if (child > 0) child_fd = fd_in_process(child, ks->inode);
             char local[64], peer[64];
             cw_sock_ends(ks, local, peer, sizeof local);
             struct observed o = {
                 .fd = child_fd,
-                .inode = c->inode,
+                .id = c->id,
                 .open_stack = c->open_stack,
                 .open_ms = c->open_ms,
                 .fin_ms = c->w_fin_ms,

@@ -95,11 +95,11 @@ long cw_proc_open_now(const struct proc *p)
     return open;
 }
 
-int cw_reported_anywhere(uint64_t inode)
+int cw_reported_anywhere(uint64_t id)
 {
     for (size_t k = 0; k < nprocs; k++)
         for (size_t i = 0; i < procs[k].nleaks; i++)
-            if (procs[k].leaks[i].inode == inode) return 1;
+            if (procs[k].leaks[i].id == id) return 1;
     return 0;
 }
 
@@ -130,7 +130,7 @@ void cw_finding_leak(const struct observed *o, int64_t now)
     memset(l, 0, sizeof *l);
     l->fd = o->fd;
     l->seq = o->seq;
-    l->inode = o->inode;
+    l->id = o->id;
     l->site_index = (size_t)(g - P->sites);
     l->fin_ms = o->fin_ms;
     l->foreign = o->holder != 0 && o->holder != cw_program_pid();
@@ -153,7 +153,17 @@ void cw_finding_leak(const struct observed *o, int64_t now)
 
     if (silent) return;
     int dups[8], ndups = 0;
-    if (!l->foreign) ndups = cw_proc_fds_of_socket(o->inode, o->fd, dups, 8);
+    if (!l->foreign) ndups = cw_proc_fds_of_socket(o->id, o->fd, dups, 8);
+    if (o->proc_inode != 0) {
+        /* its key is another socket's too: its copies are those /proc names alike */
+        int same = 0;
+        for (int i = 0; i < ndups; i++) {
+            struct cw_slot *d = cw_proc_slot(dups[i]);
+            uint32_t dseq = d != NULL ? atomic_load_explicit(&d->seq, memory_order_acquire) : 0;
+            if (cw_proc_fd_inode(dups[i], dseq) == o->proc_inode) dups[same++] = dups[i];
+        }
+        ndups = same;
+    }
     /* Its owner and callbacks: of the process that holds it (not a parent answering for an
      * inherited one). */
     struct cw_owner_event owner;

@@ -53,7 +53,7 @@ struct open_site {
 struct leak {
     int fd;
     uint32_t seq;
-    uint64_t inode;
+    uint64_t id;                  /* which socket: as the slot says (shared/fdtable.h) */
     size_t site_index;            /* index into sites */
     int64_t fin_ms;
     char local[64], peer[64];
@@ -74,7 +74,7 @@ struct listener {
     int full_reported;
     /* at the last look: the queue's length, the accepts the program had counted */
     uint32_t last_qlen;
-    int64_t last_accepts;
+    uint32_t last_accepts;
     int64_t queue_since;  /* its queue was not empty at every look since then; 0: empty */
     /* for the metrics */
     uint32_t dead_now, queued_now;
@@ -123,7 +123,8 @@ CW_HIDDEN extern int suppressions_loaded;
 struct observed {
     int fd;
     uint32_t seq;
-    uint64_t inode;
+    uint64_t id;                /* which socket: as the slot says (shared/fdtable.h) */
+    uint64_t proc_inode;        /* its inode, from /proc/PID/fd: its key is another socket's too */
     uint32_t flags, open_stack, eof_stack;
     int64_t open_ms, eof_ms, fin_ms;
     int opened_by, eof_by, state;
@@ -144,7 +145,7 @@ CW_HIDDEN int cw_watch_suppressed(uint32_t id, uint32_t lang);
 CW_HIDDEN struct open_site *cw_open_site_for(uint32_t stack, uint32_t lang, int64_t now);
 CW_HIDDEN int cw_open_site_growing(const struct open_site *g, int64_t now);
 CW_HIDDEN long cw_proc_open_now(const struct proc *p);
-CW_HIDDEN int cw_reported_anywhere(uint64_t inode);
+CW_HIDDEN int cw_reported_anywhere(uint64_t id);
 CW_HIDDEN const char *cw_role_of(const struct observed *o);
 CW_HIDDEN void cw_finding_leak(const struct observed *o, int64_t now);
 CW_HIDDEN void cw_finding_closed(const struct leak *l, int64_t now, const char *how);
@@ -159,10 +160,19 @@ CW_HIDDEN int cw_owner_story(int fd, int64_t now, struct cw_owner_event *out);
 CW_HIDDEN int cw_owner_callbacks(int fd, uint32_t seq, struct cw_callbacks_event *out);
 CW_HIDDEN int cw_area_limit(const struct cw_area *a);
 CW_HIDDEN int cw_proc_next(int fd);
-CW_HIDDEN int cw_proc_fds_of_socket(uint64_t inode, int except, int *out, int max);
+CW_HIDDEN int cw_proc_fds_of_socket(uint64_t id, int except, int *out, int max);
+/* The inode of the socket at fd in the current process by /proc/PID/fd, where that may be read
+ * (the program's credentials and dumpability allow it), while its slot's life is seq; else 0.
+ * Only to tell apart two sockets with one key (shared/fdtable.h). */
+CW_HIDDEN uint64_t cw_proc_fd_inode(int fd, uint32_t seq);
 CW_HIDDEN int cw_proc_cached_ends(int fd, uint32_t seq, char *local, char *peer, size_t cap);
 CW_HIDDEN void cw_proc_keep_ends(int fd, uint32_t seq, const struct cw_sock *k);
-CW_HIDDEN int cw_watch_dumped_held(uint64_t inode);
+CW_HIDDEN int cw_watch_dumped_held(uint64_t id);
+/* Every socket of the namespace a process may hold (not the listeners): dumped at most once per
+ * look, and only when asked; NULL if the kernel did not answer. */
+CW_HIDDEN const struct cw_dump *cw_watch_dump_held(int64_t now);
+/* Before a socket found by its key is reported: no other socket held has that key. */
+CW_HIDDEN int cw_watch_id_unique(uint64_t id, int64_t now);
 /* When a socket the dump shows in CLOSE_WAIT got its FIN, at the latest: its peer's last
  * acknowledgement (the FIN carried one; a later one only moves this later), not before `born`
  * (0: unknown, held before an attach); now when the kernel does not say. */

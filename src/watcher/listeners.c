@@ -86,8 +86,8 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
      * there.  A connection that waits CW_QUEUED_DEAD_MS is in the queue at two looks at the
      * default interval, and no turnover passes it; a saturated server's queue, never empty,
      * turns over many times between two looks, and its accept() asks nothing. */
-    int64_t accepts = atomic_load_explicit(&s->accepts, memory_order_relaxed);
-    int turned_over = l->last_qlen > 0 && accepts - l->last_accepts >= (int64_t)l->last_qlen;
+    uint32_t accepts = atomic_load_explicit(&s->accepts, memory_order_relaxed);
+    int turned_over = l->last_qlen > 0 && accepts - l->last_accepts >= l->last_qlen;
     int waited = qlen > 0 && l->last_qlen > 0 && !turned_over;
     l->last_qlen = qlen;
     l->last_accepts = accepts;

@@ -12,22 +12,13 @@
 #include "watcher/internal.h"
 #include "sys/procfs.h"
 
-/* The connections around a blocked call (an upstream is established, in no teardown dump):
- * dumped at most once per look, and only when a report asks. */
-static struct cw_dump around;
-static int64_t around_ms = -1;
-
-static const struct cw_sock *find_socket(uint64_t inode, int64_t now)
+/* The connection around a blocked call (an upstream is established, in no teardown dump). */
+static const struct cw_sock *find_socket(uint64_t id, int64_t now)
 {
-    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    const struct cw_sock *k = cw_dump_find_id(&dump, id, NULL);
     if (k != NULL) return k;
-    if (around_ms != now) {
-        around_ms = now;
-        uint32_t mask = 1u << TCPS_ESTABLISHED | 1u << 2 | 1u << 3 | 1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK |
-                        1u << TCPS_FIN_WAIT1 | 1u << TCPS_FIN_WAIT2 | 1u << TCPS_CLOSING;
-        if (cw_dump_take(&around, mask, cw_watch_any_inet6()) != 0) around.ok = 0;
-    }
-    return around.ok ? cw_dump_find(&around, inode) : NULL;
+    const struct cw_dump *held = cw_watch_dump_held(now);
+    return held != NULL ? cw_dump_find_id(held, id, NULL) : NULL;
 }
 
 /* The record of thread tid in the current area, NULL if it has none. */
@@ -47,12 +38,12 @@ static void blocked_fd_story(struct cw_owner_event *out, int64_t now)
     uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
     uint32_t kind = CW_SEQ_KIND(seq);
     if (kind != CW_KIND_TCP && kind != CW_KIND_LISTEN) return;
-    uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    uint64_t id = atomic_load_explicit(&s->inode, memory_order_relaxed);
     uint32_t flags = atomic_load_explicit(&s->flags, memory_order_relaxed);
     int op = atomic_load_explicit(&s->opened_by, memory_order_relaxed);
     uint32_t stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed);
     if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return;
-    const struct cw_sock *k = inode != 0 ? find_socket(inode, now) : NULL;
+    const struct cw_sock *k = id != 0 ? find_socket(id, now) : NULL;
     cw_sock_ends(k, out->local, out->peer, sizeof out->local);
     if (k == NULL) cw_proc_cached_ends(out->fd, seq, out->local, out->peer, sizeof out->peer);
     out->state = k != NULL ? cw_tcp_state_name(k->state) : kind == CW_KIND_LISTEN ? "LISTEN" : "unknown";

@@ -22,10 +22,35 @@ int64_t cw_fin_dated(const struct cw_sock *k, int64_t now, int64_t born)
 }
 
 /* Held in a state the dump shows (CLOSE_WAIT, LAST_ACK) */
-int cw_watch_dumped_held(uint64_t inode)
+int cw_watch_dumped_held(uint64_t id)
 {
-    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    const struct cw_sock *k = cw_dump_find_id(&dump, id, NULL);
     return k != NULL && (k->state == TCPS_CLOSE_WAIT || k->state == TCPS_LAST_ACK);
+}
+
+static struct cw_dump held_all;
+static int64_t held_all_ms = -1;
+
+const struct cw_dump *cw_watch_dump_held(int64_t now)
+{
+    if (held_all_ms != now) {
+        held_all_ms = now;
+        uint32_t mask = 1u << TCPS_ESTABLISHED | 1u << 2 | 1u << 3 | 1u << TCPS_CLOSE_WAIT | 1u << TCPS_LAST_ACK |
+                        1u << TCPS_FIN_WAIT1 | 1u << TCPS_FIN_WAIT2 | 1u << TCPS_CLOSING;
+        if (cw_dump_take(&held_all, mask, cw_watch_any_inet6()) != 0) held_all.ok = 0;
+    }
+    return held_all.ok ? &held_all : NULL;
+}
+
+/* A key names one socket unless one peer address and port reached the listener's port on two
+ * local addresses (shared/fdtable.h).  The dump a look takes holds only the sockets being torn
+ * down, where the other one may be missing: every state is asked before a report.  (A socket
+ * in CLOSE is in no dump: none found but it.) */
+int cw_watch_id_unique(uint64_t id, int64_t now)
+{
+    if (!CW_ID_IS_PEER(id)) return 1;
+    const struct cw_dump *all = cw_watch_dump_held(now);
+    return all != NULL && cw_dump_count_key(all, id) <= 1;
 }
 
 /* Reported descriptors that are gone now (closed by a hook we saw, or by one we did not). */
@@ -37,10 +62,10 @@ static void sweep_leaks(int64_t now)
         uint32_t seq = s != NULL ? atomic_load_explicit(&s->seq, memory_order_acquire) : 0;
         const char *how = NULL;
         if (l->foreign) {
-            if (dump.ok && !cw_watch_dumped_held(l->inode)) how = "holder";
+            if (dump.ok && !cw_watch_dumped_held(l->id)) how = "holder";
         } else if (seq != l->seq) {
             how = "close";
-        } else if (dump.ok && !l->in_close && !cw_watch_dumped_held(l->inode)) {
+        } else if (dump.ok && !l->in_close && !cw_watch_dumped_held(l->id)) {
             how = "unseen";
         }
         if (how == NULL) {
@@ -66,7 +91,7 @@ struct proc *cw_proc_parent(void)
 
 /* Is the socket still held by the process this one was forked from?  Then that one answers
  * for it: it knows where it came from. */
-static int parent_holds(uint64_t inode)
+static int parent_holds(uint64_t id)
 {
     int32_t parent = atomic_load(&P->area->parent);
     if (parent <= 0 || parent > CW_MAX_AREAS) return 0;
@@ -75,7 +100,7 @@ static int parent_holds(uint64_t inode)
         if (procs[k].area != pa || procs[k].untrusted) continue;
         struct proc *saved = P;
         P = &procs[k];
-        int held = cw_proc_fds_of_socket(inode, -1, NULL, 1) > 0;
+        int held = cw_proc_fds_of_socket(id, -1, NULL, 1) > 0;
         P = saved;
         return held;
     }
@@ -83,7 +108,7 @@ static int parent_holds(uint64_t inode)
 }
 
 /* What a slot says of the socket, as a finding starts from it. */
-static struct observed observed_of(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, const char *local,
+static struct observed observed_of(int fd, struct cw_slot *s, uint32_t seq, uint64_t id, const char *local,
                                    const char *peer)
 {
     struct observed o = {
@@ -91,7 +116,7 @@ static struct observed observed_of(int fd, struct cw_slot *s, uint32_t seq, uint
         .peer = peer,
         .fd = fd,
         .seq = seq,
-        .inode = inode,
+        .id = id,
         .flags = atomic_load_explicit(&s->flags, memory_order_acquire),
         .open_stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed),
         .eof_stack = atomic_load_explicit(&s->eof_stack, memory_order_relaxed),
@@ -104,12 +129,12 @@ static struct observed observed_of(int fd, struct cw_slot *s, uint32_t seq, uint
     return o;
 }
 
-static void adopt(int fd, struct cw_slot *s, uint32_t seq, uint64_t inode, int64_t now)
+static void adopt(int fd, struct cw_slot *s, uint32_t seq, uint64_t id, int64_t now)
 {
-    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    const struct cw_sock *k = cw_dump_find_id(&dump, id, NULL);
     char local[64], peer[64];
     cw_sock_ends(k, local, peer, sizeof local);
-    struct observed o = observed_of(fd, s, seq, inode, local, peer);
+    struct observed o = observed_of(fd, s, seq, id, local, peer);
     o.fin_ms = s->w_fin_ms != 0 ? s->w_fin_ms : now;
     o.state = k != NULL ? k->state : TCPS_CLOSE_WAIT;
     silent = 1;
@@ -126,15 +151,23 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
         s->w_flags = 0;
         s->w_fin_ms = 0;
     }
-    uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    uint64_t id = atomic_load_explicit(&s->inode, memory_order_relaxed);
     if (s->w_flags & (WF_REPORTED | WF_SUPPRESSED)) {
-        if (adopting && (s->w_flags & WF_REPORTED) && inode != 0 && !cw_reported_anywhere(inode) && cw_watch_dumped_held(inode))
-            adopt(fd, s, seq, inode, now);
+        if (adopting && (s->w_flags & WF_REPORTED) && id != 0 && !cw_reported_anywhere(id) && cw_watch_dumped_held(id) &&
+            cw_watch_id_unique(id, now))
+            adopt(fd, s, seq, id, now);
         return;
     }
-    if (inode == 0) return;
+    if (id == 0) return;
     uint32_t flags = atomic_load_explicit(&s->flags, memory_order_acquire);
-    const struct cw_sock *k = cw_dump_find(&dump, inode);
+    int ambiguous = 0;
+    const struct cw_sock *k = cw_dump_find_id(&dump, id, &ambiguous);
+    /* Two sockets with its key (shared/fdtable.h): no verdict while neither is known to be it. */
+    uint64_t proc_inode = 0;
+    if (ambiguous) {
+        if ((proc_inode = cw_proc_fd_inode(fd, seq)) == 0) return;
+        k = cw_dump_find(&dump, proc_inode);
+    }
     int state = k != NULL ? k->state : 0;
     if (k != NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR))) cw_proc_keep_ends(fd, seq, k);
     if (k != NULL && (state == TCPS_CLOSE_WAIT || state == TCPS_LAST_ACK)) {
@@ -186,20 +219,29 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
                     atomic_load_explicit(&P->area->fork_gen, memory_order_relaxed);
     /* The process it was forked from answers for what it still holds itself, and, while it is
      * there, reports what its child holds (it knows where it came from). */
-    if (inherited && parent_holds(inode)) return;
+    if (inherited && parent_holds(id)) return;
     struct proc *parent = inherited ? cw_proc_parent() : NULL;
     /* The same life still, now that the kernel has been asked (the program may close it this
      * very moment). */
     if (atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return;
     /* A dup of a socket already reported: the report named this fd already. */
-    if (cw_reported_anywhere(inode)) {
+    if (cw_reported_anywhere(id)) {
         s->w_flags |= WF_REPORTED;
         return;
+    }
+    if (proc_inode == 0 && !cw_watch_id_unique(id, now)) {
+        /* /proc may tell: the socket found must be it (or, in CLOSE, none held be it) */
+        const struct cw_dump *all = cw_watch_dump_held(now);
+        proc_inode = cw_proc_fd_inode(fd, seq);
+        if (proc_inode == 0 || all == NULL ||
+            (k != NULL ? k->inode != proc_inode : cw_dump_find(all, proc_inode) != NULL))
+            return;
     }
     char local[64], peer[64];
     cw_sock_ends(k, local, peer, sizeof local);
     if (k == NULL) cw_proc_cached_ends(fd, seq, local, peer, sizeof peer);
-    struct observed o = observed_of(fd, s, seq, inode, local, peer);
+    struct observed o = observed_of(fd, s, seq, id, local, peer);
+    o.proc_inode = proc_inode;
     o.flags = flags; /* as the verdict saw them */
     o.fin_ms = fin;
     o.state = state;
@@ -239,11 +281,13 @@ static void settle_pending(int64_t now)
             P = pending[i].p;
             struct cw_slot *s = cw_proc_slot(pending[i].fd);
             if (s == NULL || atomic_load_explicit(&s->seq, memory_order_acquire) != pending[i].seq) continue;
-            if (cw_dump_find(&established, atomic_load_explicit(&s->inode, memory_order_relaxed)) != NULL) {
+            int ambiguous = 0;
+            if (cw_dump_find_id(&established, atomic_load_explicit(&s->inode, memory_order_relaxed), &ambiguous) != NULL) {
                 s->w_flags |= WF_ESTABLISHED;
                 s->w_fin_ms = 0;
                 continue;
             }
+            if (ambiguous) continue;
             cw_set_current_area(P->area);
             examine(pending[i].fd, s, now, 1);
         }

@@ -54,21 +54,36 @@ int cw_proc_next(int fd)
     return -1;
 }
 
-/* The current process's descriptors (other than `except`) that hold the socket `inode`: up to
- * max of them in out (which may be NULL); returns how many were found. */
-int cw_proc_fds_of_socket(uint64_t inode, int except, int *out, int max)
+/* The current process's descriptors (other than `except`) that hold the socket `id` (a slot's, the
+ * same in every copy of it: dup, fork): up to max of them in out (which may be NULL); returns how
+ * many were found. */
+int cw_proc_fds_of_socket(uint64_t id, int except, int *out, int max)
 {
     int n = 0;
     for (int fd = cw_proc_next(0); fd >= 0 && n < max; fd = cw_proc_next(fd + 1)) {
         if (fd == except) continue;
         struct cw_slot *s = cw_proc_slot(fd);
         if (s != NULL && CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == CW_KIND_TCP &&
-            atomic_load_explicit(&s->inode, memory_order_relaxed) == inode) {
+            atomic_load_explicit(&s->inode, memory_order_relaxed) == id) {
             if (out != NULL) out[n] = fd;
             n++;
         }
     }
     return n;
+}
+
+uint64_t cw_proc_fd_inode(int fd, uint32_t seq)
+{
+    struct cw_slot *s = cw_proc_slot(fd);
+    if (s == NULL || atomic_load_explicit(&s->seq, memory_order_acquire) != seq) return 0;
+    char path[64], link[64];
+    snprintf(path, sizeof path, "/proc/%ld/fd/%d", (long)P->pid, fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    if (n <= 0) return 0;
+    link[n] = 0;
+    unsigned long long inode = 0;
+    if (sscanf(link, "socket:[%llu]", &inode) != 1) return 0;
+    return atomic_load_explicit(&s->seq, memory_order_acquire) == seq ? (uint64_t)inode : 0;
 }
 
 int cw_proc_cached_ends(int fd, uint32_t seq, char *local, char *peer, size_t cap)
