@@ -3,8 +3,9 @@
  * TCP socket, sharing nothing with them but the region (region.c).  It needs no permission over
  * the program: it reads the region, asks the kernel about sockets by netlink sock_diag (as ss
  * does, which any process may), and learns of the program's end from a pidfd (which any process
- * may open).  No pidfd_getfd, no process_vm_readv, no /proc/PID/fd, no signal: a container
- * without CAP_SYS_PTRACE, Yama, a non-dumpable worker or a seccomp profile changes nothing.
+ * may open).  No pidfd_getfd, no process_vm_readv, no signal, no /proc/PID/fd (but, where it
+ * may be read, to tell apart two held sockets with one key: scan.c): a container without
+ * CAP_SYS_PTRACE, Yama, a non-dumpable worker or a seccomp profile changes nothing.
  *
  * How it is started, and why:
  * - clone(CLONE_VM | CLONE_VFORK) with no exit signal, then execve: the child only makes raw
