@@ -1622,26 +1622,27 @@ def forks_nginx(meter, d, lib, rounds):
 
 def forks_nginx_saturated(meter, d, lib):
     """nginx saturated: wrk -c32 with Connection: close against each of two nginx in turn (ABBA,
-    3 s runs), CPU per request from each one's cgroup.  The two instances differ by a few percent
-    on this machine even without the library (which one is faster depends on the start), so the
-    library goes to one in the first block and to the other in the second."""
+    2 s runs), CPU per request from each one's cgroup.  Two instances differ by up to 5% on this
+    machine even without the library, and which one is cheaper changes with each start (where
+    their memory lands): so each block starts a new pair, the library on one instance and then
+    on the other, and the median is over the pairs of every block."""
     if shutil.which("wrk") is None:
         say("  nginx saturated: SKIP: wrk is not installed")
         row("forks", "nginx saturated (skipped)", "-", "-", "-", "wrk is not installed")
         return
-    secs, pairs = (2, 2) if QUICK else (3, 4)
-    say("  nginx saturated, two side by side: wrk -t1 -c32 -d%ds 'Connection: close', %d ABBA pairs, then "
-        "the library on the other instance for %d more" % (secs, pairs, pairs))
+    secs, pairs, blocks = (2, 1, 2) if QUICK else (2, 2, 6)
+    say("  nginx saturated, two side by side: wrk -t1 -c32 -d%ds 'Connection: close', %d blocks of %d ABBA "
+        "pairs, each block two new nginx, the library on one and then on the other" % (secs, blocks, pairs))
     res = {False: [], True: []}
-    for block in (0, 1):
+    for block in range(blocks):
         meters = {0: meter, 1: CpuMeter("-other")}
         procs, ports = {}, {}
         try:
             for i in (0, 1):
-                with_lib = (i == 1) == (block == 0)
+                with_lib = (i == 1) == (block % 2 == 0)
                 procs[i], ports[i] = start_nginx(meters[i], os.path.join(d, "nginx-sat-%d" % i),
                                                  lib if with_lib else None)
-            lib_on = 1 if block == 0 else 0
+            lib_on = 1 if block % 2 == 0 else 0
 
             def one(i):
                 meters[i].begin(procs[i].pid)
@@ -1653,6 +1654,9 @@ def forks_nginx_saturated(meter, d, lib):
                     raise RuntimeError("wrk printed no count: " + out[-300:])
                 n = int(m.group(1))
                 res[i == lib_on].append((n / float(secs), cpu * 1e6 / max(n, 1), 0.0, ""))
+            for i in (0, 1):  # warm-up, not counted
+                run(on_cpu(1) + ["wrk", "-t1", "-c32", "-d1s", "-H", "Connection: close",
+                                 "http://127.0.0.1:%d/f512" % ports[i]], timeout=60)
             for k in range(pairs):
                 for i in ((0, 1) if k % 2 == 0 else (1, 0)):
                     one(i)
@@ -1661,7 +1665,7 @@ def forks_nginx_saturated(meter, d, lib):
                 if i in procs:
                     end_server(meters[i], procs[i])
             meters[1].close()
-    forks_ratio("nginx saturated (wrk -c32, new connection per request), roles swapped", "req/s", res, None,
+    forks_ratio("nginx saturated (wrk -c32, new connection per request), new pairs, roles swapped", "req/s", res, None,
                 "budget <= 1.03x", "request")
 
 

@@ -75,7 +75,8 @@ struct listener {
     /* at the last look: the queue's length, the accepts the program had counted */
     uint32_t last_qlen;
     uint32_t last_accepts;
-    int64_t queue_since;  /* its queue was not empty at every look since then; 0: empty */
+    /* its queue was neither empty nor turned over at any look since then; 0: empty */
+    int64_t queue_since;
     /* for the metrics */
     uint32_t dead_now, queued_now;
     long full_events;

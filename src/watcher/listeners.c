@@ -78,8 +78,6 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
     uint32_t queued = 0;
     for (int i = 0; i < dump.unowned.n; i++)
         if (dump.unowned.port[i] == l->port) queued = dump.unowned.count[i];
-    if (qlen == 0) l->queue_since = 0;
-    else if (l->queue_since == 0) l->queue_since = now;
     /* While connections may have waited long, accept() asks the kernel about each one it
      * returns: the queue was not empty at the look before either, and did not turn over since
      * (fewer accepts than were waiting then: the queue is first in, first out), or one died
@@ -89,6 +87,13 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
     uint32_t accepts = atomic_load_explicit(&s->accepts, memory_order_relaxed);
     int turned_over = l->last_qlen > 0 && accepts - l->last_accepts >= l->last_qlen;
     int waited = qlen > 0 && l->last_qlen > 0 && !turned_over;
+    /* A queue that turned over since the last look holds nothing that was there then: it counts
+     * from now again, as an empty one.  A connection that waits CW_QUEUED_DEAD_MS is there at the
+     * looks of that time and no turnover passes it; a saturated server's queue, never empty, is
+     * then no reason for the walk (queue_waiting), which would make the looks slower (each takes
+     * longer with every TIME_WAIT socket), the queue older at each, and the walk again. */
+    if (qlen == 0) l->queue_since = 0;
+    else if (l->queue_since == 0 || turned_over) l->queue_since = now;
     l->last_qlen = qlen;
     l->last_accepts = accepts;
     if (waited || queued > 0)

@@ -833,6 +833,94 @@ def test_young_connections_cost_no_walk():
         srv.close()
 
 
+BUSY_SERVER = r"""
+import socket, sys, time
+s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen(64)
+print('PORT %d' % s.getsockname()[1], flush=True)
+s.settimeout(1.0)
+end = time.time() + float(sys.argv[1])
+n = 0
+while True:
+    try:
+        c, _ = s.accept()
+    except socket.timeout:
+        if time.time() > end:
+            break
+        continue
+    c.recv(16)
+    c.close()
+    n += 1
+    time.sleep(0.004)
+print('DONE %d' % n, flush=True)
+sys.stdin.read()
+"""
+
+
+@test
+def test_saturated_queue_turning_over_costs_no_walk():
+    """A server that is never idle: connections always wait in its accept queue, but each look
+    finds the queue turned over since the last (more accepted than were waiting then), so none can
+    have waited there a second: no walk of the namespace's connections for the queue's sake.
+    (Before, a queue never seen empty made every look walk, which with the TIME_WAIT sockets of
+    such a load costs more each time, spaces the looks out, and so kept the walks coming.)"""
+    if not os.path.exists('/usr/bin/python3'):
+        raise TestSkip('no /usr/bin/python3')
+    secs = 3.0
+    env = {'CLOSEWAIT_GRACE_MS': '4000', 'CLOSEWAIT_INTERVAL_MS': '100'}
+    p = Prog(['/usr/bin/python3', '-c', BUSY_SERVER, str(secs)], env=env)
+    stop = threading.Event()
+    seen_queue = []
+    try:
+        port = int(p.line('PORT ').split()[1])
+
+        def client():
+            # four connections waiting at all times: each one, once served, is replaced
+            pending = []
+            while not stop.is_set():
+                while len(pending) < 4:
+                    c = socket.socket()
+                    c.settimeout(5)
+                    c.connect(('127.0.0.1', port))
+                    c.sendall(b'x')
+                    pending.append(c)
+                c = pending.pop(0)
+                c.recv(16)
+                c.close()
+            for c in pending:  # served by the server, which drains its queue before it ends
+                c.recv(16)
+                c.close()
+        threads = [threading.Thread(target=client, daemon=True)]
+        threads[0].start()
+        deadline = time.time() + secs - 0.3
+        while time.time() < deadline:
+            out = subprocess.run(['ss', '-Hltn', 'sport = :%d' % port], capture_output=True, text=True).stdout.split()
+            if len(out) >= 2:
+                seen_queue.append(int(out[1]))
+            time.sleep(0.05)
+        stop.set()
+        threads[0].join(5)
+        served = int(p.line('DONE ', timeout=secs + 5).split()[1])
+
+        def dumps(f, table):
+            got = [v for l, v in samples(f, 'closewait_sock_diag_dumps_total') if l.get('table') == table]
+            return got[0] if len(got) == 1 else None
+        fams = wait_metrics(p.metrics, lambda f: (dumps(f, 'listeners') or 0) >= 20,
+                            what='20 looks at the listening table')
+        walks, lists = dumps(fams, 'connections'), dumps(fams, 'listeners')
+        check(served >= 200, 'the server served only %d connections in %.0f s' % (served, secs))
+        waiting = sum(1 for q in seen_queue if q > 0)
+        check(len(seen_queue) >= 10 and waiting >= 0.8 * len(seen_queue),
+              'the queue was not kept full: %d of %d samples non-empty' % (waiting, len(seen_queue)))
+        check(walks == 0, '%s walks of every connection for a queue that turned over at every look' % walks)
+        return '%d connections served, the queue non-empty in %d of %d samples; %d looks at the listening ' \
+               'table, %d walks' % (served, waiting, len(seen_queue), lists, walks)
+    finally:
+        stop.set()
+        p.cleanup()
+
+
 # ---------------------------------------------------------------- main
 
 def build():
