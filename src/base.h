@@ -39,6 +39,10 @@ CW_HIDDEN extern int cw_in_watcher_process;
 
 /* The clock */
 CW_HIDDEN int64_t cw_now_ms(void);      /* CLOCK_MONOTONIC */
+/* CLOCK_MONOTONIC_COARSE: the same clock at its last tick (a few ms behind, never ahead), read
+ * without the time counter: for the hooks' timestamps, which are shown in milliseconds and taken
+ * at every connection's birth. */
+CW_HIDDEN int64_t cw_tick_ms(void);
 CW_HIDDEN int64_t cw_wall_ms(void);     /* CLOCK_REALTIME */
 CW_HIDDEN int64_t cw_now_ns(void);      /* CLOCK_MONOTONIC */
 

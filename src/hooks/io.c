@@ -210,9 +210,7 @@ static uint64_t accepted_id(int fd, uint16_t lport, const struct sockaddr *addr,
         socklen_t got = *len;
         if (got == sizeof(struct sockaddr_in) && addr->sa_family == AF_INET) {
             const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
-            uint8_t mapped[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-            memcpy(mapped + 12, &in->sin_addr, 4);
-            return cw_peer_key(mapped, in->sin_port, lport);
+            return cw_peer_key_v4(in->sin_addr.s_addr, in->sin_port, lport);
         }
         if (got == sizeof(struct sockaddr_in6) && addr->sa_family == AF_INET6) {
             const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)addr;
@@ -491,7 +489,7 @@ static void on_eof(int fd, int op)
     }
     atomic_store_explicit(&s->eof_stack, stack, memory_order_relaxed);
     atomic_store_explicit(&s->eof_by, (uint8_t)op, memory_order_relaxed);
-    atomic_store_explicit(&s->eof_ms, cw_now_ms(), memory_order_relaxed);
+    atomic_store_explicit(&s->eof_ms, cw_tick_ms(), memory_order_relaxed);
     atomic_fetch_or_explicit(&s->flags, CW_SF_EOF, memory_order_release);
     /* The thread that read the EOF is the one that should close it. */
     cw_owner_claim(cw_owner_peek(fd));

@@ -108,7 +108,7 @@ void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack,
     atomic_store_explicit(&s->open_stack, stack, memory_order_relaxed);
     atomic_store_explicit(&s->eof_stack, 0, memory_order_relaxed);
     atomic_store_explicit(&s->inode, inode, memory_order_relaxed);
-    atomic_store_explicit(&s->open_ms, cw_now_ms(), memory_order_relaxed);
+    atomic_store_explicit(&s->open_ms, cw_tick_ms(), memory_order_relaxed);
     atomic_store_explicit(&s->eof_ms, 0, memory_order_relaxed);
     atomic_store_explicit(&s->opened_by, (uint8_t)op, memory_order_relaxed);
     atomic_store_explicit(&s->eof_by, 0, memory_order_relaxed);

@@ -127,15 +127,27 @@ CW_HIDDEN struct cw_slot *cw_slot_get(int fd);
 #define CW_ID_IS_PEER(id) (((id) & CW_ID_PEER) != 0)
 /* addr: the peer's address, 16 bytes, an IPv4 one mapped (::ffff:a.b.c.d), as sock_diag's IPv6
  * dumps give it; ports in network order. */
+/* One multiply: a key is checked against every held socket before a report, so a rare collision
+ * costs a late report, never a wrong one, and the hook is on every accept.  For an IPv4 peer
+ * (a = 0) nothing is lost before the multiply, which is invertible. */
 static inline uint64_t cw_peer_key(const uint8_t addr[16], uint16_t peer_port, uint16_t local_port)
 {
     uint64_t a, b;
     __builtin_memcpy(&a, addr, 8);
     __builtin_memcpy(&b, addr + 8, 8);
-    uint64_t h = (a ^ 0x9e3779b97f4a7c15ull) * 0xff51afd7ed558ccdull;
-    h = ((h ^ (h >> 32)) ^ b) * 0xc4ceb9fe1a85ec53ull;
-    h = ((h ^ (h >> 29)) ^ ((uint64_t)peer_port << 16 | local_port)) * 0x9e3779b97f4a7c15ull;
-    return (h ^ (h >> 32)) | CW_ID_PEER;
+    uint64_t h = (a * 0xff51afd7ed558ccdull ^ b ^ ((uint64_t)peer_port << 16 | local_port)) * 0x9e3779b97f4a7c15ull;
+    return (h ^ (h >> 31)) | CW_ID_PEER;
+}
+/* The same for an IPv4 peer (addr: its 4 bytes as they lie in memory), without the 16 bytes. */
+static inline uint64_t cw_peer_key_v4(uint32_t addr, uint16_t peer_port, uint16_t local_port)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t b = (uint64_t)addr << 32 | 0xffff0000u; /* bytes 8-15 of ::ffff:a.b.c.d */
+#else
+    uint64_t b = 0xffffull << 32 | addr;
+#endif
+    uint64_t h = (b ^ ((uint64_t)peer_port << 16 | local_port)) * 0x9e3779b97f4a7c15ull;
+    return (h ^ (h >> 31)) | CW_ID_PEER;
 }
 /* Start a new life in the slot; id: which socket (above), 0 if not known. */
 CW_HIDDEN void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack, uint64_t id);
