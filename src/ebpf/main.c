@@ -389,7 +389,7 @@ static void kernel_fds(struct followed *f, int add)
         struct {
             uint32_t tgid, fd;
         } key = {(uint32_t)f->pid, (uint32_t)fd};
-        uint64_t inode = atomic_load(&s->inode);
+        uint64_t inode = atomic_load(&s->id);
         if (add) bpf_map_update_elem(map, &key, &inode, BPF_NOEXIST);
         else bpf_map_delete_elem(map, &key);
     }
@@ -528,7 +528,7 @@ static void on_listen(struct followed *f, const struct cw_ev *e)
 {
     struct cw_slot *s = tcp_slot(e->fd);
     if (s == NULL) return;
-    uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    uint64_t inode = atomic_load_explicit(&s->id, memory_order_relaxed);
     cw_slot_birth(s, CW_KIND_LISTEN, CW_OP_SOCKET, stack_of(f, e), inode);
     atomic_store_explicit(&s->backlog, e->fd2, memory_order_relaxed);
     f->listening = 1;

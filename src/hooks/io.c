@@ -199,23 +199,15 @@ static void listener_port(struct cw_slot *s, int fd)
     atomic_store_explicit(&s->port, port, memory_order_relaxed);
 }
 
-/* Which socket accept() returned: the key of its ends when accept() wrote the peer's address and
- * the listener's port is known; its inode otherwise.  The length is read only after the call
- * succeeded (the kernel read and wrote it, so it is there: before, a bad pointer would crash here
- * where the kernel returns EFAULT).  A buffer shorter than the address (the kernel cuts it, and
- * still says the whole length) gives a key no socket has: a report missed, never a wrong one. */
+/* Which socket accept() returned: the key of its ends when accept() wrote an IPv4 peer's address
+ * and the listener's port is known; its inode otherwise (shared/fdtable.h).  The length is read
+ * only after the call succeeded: the kernel read and wrote it, so it is there (before, a bad
+ * pointer would crash here where the kernel returns EFAULT). */
 static uint64_t accepted_id(int fd, uint16_t lport, const struct sockaddr *addr, const socklen_t *len)
 {
-    if (lport != 0 && addr != NULL && len != NULL) {
-        socklen_t got = *len;
-        if (got == sizeof(struct sockaddr_in) && addr->sa_family == AF_INET) {
-            const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
-            return cw_peer_key_v4(in->sin_addr.s_addr, in->sin_port, lport);
-        }
-        if (got == sizeof(struct sockaddr_in6) && addr->sa_family == AF_INET6) {
-            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)addr;
-            return cw_peer_key(in6->sin6_addr.s6_addr, in6->sin6_port, lport);
-        }
+    if (lport != 0 && addr != NULL && len != NULL && *len == sizeof(struct sockaddr_in) && addr->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
+        return cw_peer_key(in->sin_addr.s_addr, in->sin_port, lport);
     }
     return inode_of(fd);
 }

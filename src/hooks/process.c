@@ -55,7 +55,7 @@ static void record(int kind, pid_t child, uint32_t stack)
     for (int fd = cw_table_next(0); fd >= 0 && k < n; fd = cw_table_next(fd + 1)) {
         struct cw_slot *s = cw_slot_peek(fd);
         if (s == NULL || CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) != CW_KIND_TCP) continue;
-        uint64_t id = atomic_load_explicit(&s->inode, memory_order_relaxed);
+        uint64_t id = atomic_load_explicit(&s->id, memory_order_relaxed);
         if (id == 0) {
             struct stat st;
             if (fstat(fd, &st) != 0) continue;

@@ -93,7 +93,7 @@ static uint32_t next_seq(uint32_t old, enum cw_kind kind)
     return ((CW_SEQ_GEN(old) + 1) << 2) | (uint32_t)kind;
 }
 
-void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack, uint64_t inode)
+void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack, uint64_t id)
 {
     /* Before anything is written: starting the watcher process may put a copy of the region in
      * its place. */
@@ -107,7 +107,7 @@ void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack,
     atomic_store_explicit(&s->flags, 0, memory_order_relaxed);
     atomic_store_explicit(&s->open_stack, stack, memory_order_relaxed);
     atomic_store_explicit(&s->eof_stack, 0, memory_order_relaxed);
-    atomic_store_explicit(&s->inode, inode, memory_order_relaxed);
+    atomic_store_explicit(&s->id, id, memory_order_relaxed);
     atomic_store_explicit(&s->open_ms, cw_tick_ms(), memory_order_relaxed);
     atomic_store_explicit(&s->eof_ms, 0, memory_order_relaxed);
     atomic_store_explicit(&s->opened_by, (uint8_t)op, memory_order_relaxed);
@@ -158,7 +158,7 @@ void cw_slot_copy(int from, int to)
                                       memory_order_relaxed)
     COPY(open_stack);
     COPY(eof_stack);
-    COPY(inode);
+    COPY(id);
     COPY(open_ms);
     COPY(eof_ms);
     COPY(opened_by);

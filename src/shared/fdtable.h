@@ -44,7 +44,7 @@ struct cw_slot {
         _Atomic uint32_t eof_stack;     /* a connection: where it read EOF */
         _Atomic uint32_t dead_accepts;  /* a listener: connections accepted dead (their client gave up) */
     };
-    _Atomic uint64_t inode;        /* which socket: its inode, or a peer key (CW_ID_PEER) */
+    _Atomic uint64_t id;           /* which socket: its inode, or the key of its ends (below) */
     _Atomic int64_t open_ms;
     union {
         _Atomic int64_t eof_ms;
@@ -116,37 +116,22 @@ static inline struct cw_slot *cw_slot_peek(int fd)
 CW_HIDDEN struct cw_slot *cw_slot_get(int fd);
 /*
  * Which socket a slot holds, for the watcher to find it in the kernel's dumps: its inode (fstat
- * at birth), or, for a connection accept() returned, a key of its ends: the peer's address and
- * port as accept() wrote them and the listener's port.  accept() is the call a server of short
- * connections makes most, and an fstat there was a fifth of what the library cost it.  Bit 63
- * marks a key: an inode is below 2^32 (sockfs numbers its inodes with get_next_ino).  Two held
- * sockets share a key only if one peer address and port reached one port on two local addresses;
- * the watcher checks that none does before it reports one found by its key.
+ * at birth), or, for a connection accept() returned from an IPv4 peer, a key of its ends: the
+ * peer's address and port as accept() wrote them and the listener's port.  accept() is the call a
+ * server of short connections makes most, and the fstat was a system call per connection.  (An
+ * IPv6 peer's address needs 24 bytes of the program's buffer, which code written for IPv4 may not
+ * give, and the kernel reports the whole length either way: the inode is asked for then.)
+ * Bit 63 marks a key: an inode is below 2^32 (sockfs numbers its inodes with get_next_ino).
+ * Two held sockets share a key only if one peer address and port reached one port on two local
+ * addresses; the watcher checks that none does before it reports one found by its key.
  */
 #define CW_ID_PEER (1ull << 63)
 #define CW_ID_IS_PEER(id) (((id) & CW_ID_PEER) != 0)
-/* addr: the peer's address, 16 bytes, an IPv4 one mapped (::ffff:a.b.c.d), as sock_diag's IPv6
- * dumps give it; ports in network order. */
-/* One multiply: a key is checked against every held socket before a report, so a rare collision
- * costs a late report, never a wrong one, and the hook is on every accept.  For an IPv4 peer
- * (a = 0) nothing is lost before the multiply, which is invertible. */
-static inline uint64_t cw_peer_key(const uint8_t addr[16], uint16_t peer_port, uint16_t local_port)
+/* addr: the peer's 4 bytes as they lie in memory; ports in network order.  One multiply, which
+ * is invertible: only bit 63 is lost. */
+static inline uint64_t cw_peer_key(uint32_t addr, uint16_t peer_port, uint16_t local_port)
 {
-    uint64_t a, b;
-    __builtin_memcpy(&a, addr, 8);
-    __builtin_memcpy(&b, addr + 8, 8);
-    uint64_t h = (a * 0xff51afd7ed558ccdull ^ b ^ ((uint64_t)peer_port << 16 | local_port)) * 0x9e3779b97f4a7c15ull;
-    return (h ^ (h >> 31)) | CW_ID_PEER;
-}
-/* The same for an IPv4 peer (addr: its 4 bytes as they lie in memory), without the 16 bytes. */
-static inline uint64_t cw_peer_key_v4(uint32_t addr, uint16_t peer_port, uint16_t local_port)
-{
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    uint64_t b = (uint64_t)addr << 32 | 0xffff0000u; /* bytes 8-15 of ::ffff:a.b.c.d */
-#else
-    uint64_t b = 0xffffull << 32 | addr;
-#endif
-    uint64_t h = (b ^ ((uint64_t)peer_port << 16 | local_port)) * 0x9e3779b97f4a7c15ull;
+    uint64_t h = ((uint64_t)addr << 32 | (uint64_t)peer_port << 16 | local_port) * 0x9e3779b97f4a7c15ull;
     return (h ^ (h >> 31)) | CW_ID_PEER;
 }
 /* Start a new life in the slot; id: which socket (above), 0 if not known. */

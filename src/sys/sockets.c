@@ -148,13 +148,12 @@ const struct cw_sock *cw_dump_find_id(const struct cw_dump *d, uint64_t id, int 
     }
 }
 
-/* The key of a connection's ends, as accept() gave them to the program (shared/fdtable.h). */
+/* The key of an IPv4 connection's ends, as accept() gave them to the program (shared/fdtable.h). */
 static uint64_t sock_key(const struct cw_sock *s)
 {
-    if (s->state == TCPS_LISTEN) return 0;
-    uint8_t peer[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    if (s->family == AF_INET) memcpy(peer + 12, s->dst, 4);
-    else memcpy(peer, s->dst, 16);
+    if (s->state == TCPS_LISTEN || s->family != AF_INET) return 0;
+    uint32_t peer;
+    memcpy(&peer, s->dst, 4);
     return cw_peer_key(peer, s->dport, s->sport);
 }
 

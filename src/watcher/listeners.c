@@ -65,7 +65,7 @@ void cw_watch_listener(int fd, struct cw_slot *s, uint32_t seq, int64_t now)
             atomic_load_explicit(&P->area->fork_gen, memory_order_relaxed) &&
         parent_watched())
         return;
-    uint64_t inode = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    uint64_t inode = atomic_load_explicit(&s->id, memory_order_relaxed);
     const struct cw_sock *k = cw_dump_find(&dump, inode);
     if (k == NULL || k->state != TCPS_LISTEN) return;
     struct listener *l = listener_for(fd, seq);

@@ -38,7 +38,7 @@ static void blocked_fd_story(struct cw_owner_event *out, int64_t now)
     uint32_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
     uint32_t kind = CW_SEQ_KIND(seq);
     if (kind != CW_KIND_TCP && kind != CW_KIND_LISTEN) return;
-    uint64_t id = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    uint64_t id = atomic_load_explicit(&s->id, memory_order_relaxed);
     uint32_t flags = atomic_load_explicit(&s->flags, memory_order_relaxed);
     int op = atomic_load_explicit(&s->opened_by, memory_order_relaxed);
     uint32_t stack = atomic_load_explicit(&s->open_stack, memory_order_relaxed);

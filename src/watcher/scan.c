@@ -24,7 +24,10 @@ int64_t cw_fin_dated(const struct cw_sock *k, int64_t now, int64_t born)
 /* Held in a state the dump shows (CLOSE_WAIT, LAST_ACK) */
 int cw_watch_dumped_held(uint64_t id)
 {
-    const struct cw_sock *k = cw_dump_find_id(&dump, id, NULL);
+    int ambiguous = 0;
+    const struct cw_sock *k = cw_dump_find_id(&dump, id, &ambiguous);
+    /* two sockets with its key: not known to be gone (a close reported late, never a false one) */
+    if (ambiguous) return 1;
     return k != NULL && (k->state == TCPS_CLOSE_WAIT || k->state == TCPS_LAST_ACK);
 }
 
@@ -151,7 +154,7 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
         s->w_flags = 0;
         s->w_fin_ms = 0;
     }
-    uint64_t id = atomic_load_explicit(&s->inode, memory_order_relaxed);
+    uint64_t id = atomic_load_explicit(&s->id, memory_order_relaxed);
     if (s->w_flags & (WF_REPORTED | WF_SUPPRESSED)) {
         if (adopting && (s->w_flags & WF_REPORTED) && id != 0 && !cw_reported_anywhere(id) && cw_watch_dumped_held(id) &&
             cw_watch_id_unique(id, now))
@@ -282,7 +285,7 @@ static void settle_pending(int64_t now)
             struct cw_slot *s = cw_proc_slot(pending[i].fd);
             if (s == NULL || atomic_load_explicit(&s->seq, memory_order_acquire) != pending[i].seq) continue;
             int ambiguous = 0;
-            if (cw_dump_find_id(&established, atomic_load_explicit(&s->inode, memory_order_relaxed), &ambiguous) != NULL) {
+            if (cw_dump_find_id(&established, atomic_load_explicit(&s->id, memory_order_relaxed), &ambiguous) != NULL) {
                 s->w_flags |= WF_ESTABLISHED;
                 s->w_fin_ms = 0;
                 continue;
@@ -391,7 +394,7 @@ static int queue_waiting(int64_t now)
             if (l->queue_since == 0 || now - l->queue_since < CW_QUEUED_DEAD_MS) continue;
             struct cw_slot *s = cw_proc_slot(l->fd);
             if (s == NULL || atomic_load_explicit(&s->seq, memory_order_acquire) != l->seq) continue;
-            const struct cw_sock *d = cw_dump_find(&dump, atomic_load_explicit(&s->inode, memory_order_relaxed));
+            const struct cw_sock *d = cw_dump_find(&dump, atomic_load_explicit(&s->id, memory_order_relaxed));
             if (d != NULL && d->state == TCPS_LISTEN && d->rqueue > 0) return 1;
         }
     }

@@ -64,7 +64,7 @@ int cw_proc_fds_of_socket(uint64_t id, int except, int *out, int max)
         if (fd == except) continue;
         struct cw_slot *s = cw_proc_slot(fd);
         if (s != NULL && CW_SEQ_KIND(atomic_load_explicit(&s->seq, memory_order_acquire)) == CW_KIND_TCP &&
-            atomic_load_explicit(&s->inode, memory_order_relaxed) == id) {
+            atomic_load_explicit(&s->id, memory_order_relaxed) == id) {
             if (out != NULL) out[n] = fd;
             n++;
         }
