@@ -1486,7 +1486,13 @@ def test_watcher_process_under_pids_limit():
     base = '/sys/fs/cgroup/pids'
     if not os.path.isdir(base) or not os.access(base, os.W_OK):
         raise TestSkip('no writable cgroup v1 pids hierarchy')
-    cg = os.path.join(base, 'closewait-test-%d' % os.getpid())
+    for old in os.listdir(base):  # left by an earlier run whose watcher outlived the wait below
+        if old.startswith('closewait-test-'):
+            try:
+                os.rmdir(os.path.join(base, old))
+            except OSError:
+                pass
+    cg = os.path.join(base, 'closewait-test-%d-%d' % (os.getpid(), time.monotonic_ns()))
     try:
         os.mkdir(cg)
     except OSError as e:
