@@ -124,7 +124,11 @@ static void owner(struct buf *b, int pid, const struct cw_owner_event *o)
         return;
     }
     if (o->unrecorded) {
-        buf_printf(b, ", is alive; its calls are not recorded (more than %d threads)\n", CW_MAX_THREADS);
+        /* a thread gets a record at its first blocking call on a tracked socket, while any are left */
+        buf_printf(b,
+                   ", is alive; none of its calls is recorded (no blocking call on a tracked socket yet, "
+                   "or more than %d threads)\n",
+                   CW_MAX_THREADS);
         return;
     }
     if (o->call == NULL) {
