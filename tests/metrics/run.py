@@ -781,6 +781,19 @@ def test_growth_chart_of_a_real_leak():
         shutil.rmtree(work, ignore_errors=True)
 
 
+def sock_diag_dumps(fams, table):
+    got = [v for l, v in samples(fams, 'closewait_sock_diag_dumps_total') if l.get('table') == table]
+    return got[0] if len(got) == 1 else None
+
+
+def walks_and_looks(p, looks):
+    """Once the watcher has read the listening table `looks` times: (walks of the connections,
+    reads of the listening table) from p's metrics file."""
+    fams = wait_metrics(p.metrics, lambda f: (sock_diag_dumps(f, 'listeners') or 0) >= looks,
+                        what='%d looks at the listening table' % looks)
+    return sock_diag_dumps(fams, 'connections'), sock_diag_dumps(fams, 'listeners')
+
+
 @test
 def test_young_connections_cost_no_walk():
     """A server of short connections (300, each closed within milliseconds) leaves TIME_WAIT
@@ -800,12 +813,7 @@ def test_young_connections_cost_no_walk():
         p.line('DONE')
         time.sleep(0.5)
 
-        def dumps(f, table):
-            got = [v for l, v in samples(f, 'closewait_sock_diag_dumps_total') if l.get('table') == table]
-            return got[0] if len(got) == 1 else None
-        fams = wait_metrics(p.metrics, lambda f: (dumps(f, 'listeners') or 0) >= 5,
-                            what='5 looks at the listening table')
-        walks, lists = dumps(fams, 'connections'), dumps(fams, 'listeners')
+        walks, lists = walks_and_looks(p, 5)
         check(walks == 0, '%s walks of every connection for connections under %d ms old' % (walks, grace))
     finally:
         p.cleanup()
@@ -825,7 +833,7 @@ def test_young_connections_cost_no_walk():
               'FIN dated %+.0f ms from the server\'s close' % (fin_ms - closed_ms))
         late = leak['ts_ms'] - closed_ms
         check(grace - 50 <= late <= grace + 1500, 'reported %.0f ms after the FIN (grace %d)' % (late, grace))
-        fams = wait_metrics(c.metrics, lambda f: (dumps(f, 'connections') or 0) >= 1, what='a walk of the connections')
+        wait_metrics(c.metrics, lambda f: (sock_diag_dumps(f, 'connections') or 0) >= 1, what='a walk of the connections')
         return ('short connections: %d looks at the listening table, %d walks; the leak: FIN dated %+.0f ms, '
                 'reported %.0f ms after it' % (lists, walks, fin_ms - closed_ms, late))
     finally:
@@ -903,12 +911,7 @@ def test_saturated_queue_turning_over_costs_no_walk():
         threads[0].join(5)
         served = int(p.line('DONE ', timeout=secs + 5).split()[1])
 
-        def dumps(f, table):
-            got = [v for l, v in samples(f, 'closewait_sock_diag_dumps_total') if l.get('table') == table]
-            return got[0] if len(got) == 1 else None
-        fams = wait_metrics(p.metrics, lambda f: (dumps(f, 'listeners') or 0) >= 20,
-                            what='20 looks at the listening table')
-        walks, lists = dumps(fams, 'connections'), dumps(fams, 'listeners')
+        walks, lists = walks_and_looks(p, 20)
         check(served >= 200, 'the server served only %d connections in %.0f s' % (served, secs))
         waiting = sum(1 for q in seen_queue if q > 0)
         check(len(seen_queue) >= 10 and waiting >= 0.8 * len(seen_queue),
