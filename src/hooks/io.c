@@ -185,17 +185,15 @@ static uint64_t inode_of(int fd)
     return fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
 }
 
-/* A listener's port, for the keys of the connections it gives (shared/fdtable.h): asked once. */
+/* An IPv4 listener's port, for the keys of the connections it gives (shared/fdtable.h): asked
+ * once.  0 for any other (an IPv6 listener's connections keep their inode). */
 static void listener_port(struct cw_slot *s, int fd)
 {
-    struct sockaddr_storage ss = {0};
-    socklen_t len = sizeof ss;
+    struct sockaddr_in in = {0};
+    socklen_t len = sizeof in;
     uint16_t port = 0;
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET && len >= sizeof(struct sockaddr_in)) port = ((struct sockaddr_in *)&ss)->sin_port;
-        else if (ss.ss_family == AF_INET6 && len >= sizeof(struct sockaddr_in6))
-            port = ((struct sockaddr_in6 *)&ss)->sin6_port;
-    }
+    if (getsockname(fd, (struct sockaddr *)&in, &len) == 0 && in.sin_family == AF_INET && len == sizeof in)
+        port = in.sin_port;
     atomic_store_explicit(&s->port, port, memory_order_relaxed);
 }
 

@@ -120,32 +120,36 @@ const struct cw_sock *cw_dump_find(const struct cw_dump *d, uint64_t inode)
     }
 }
 
+/* The first socket of the dump with the key, and how many have it. */
+static const struct cw_sock *find_key(const struct cw_dump *d, uint64_t key, int *count)
+{
+    const struct cw_sock *found = NULL;
+    *count = 0;
+    if (key == 0 || d->index_cap == 0) return NULL;
+    for (size_t i = hash_inode(key, d->index_cap); d->peers[i] != 0; i = (i + 1) & (d->index_cap - 1)) {
+        const struct cw_sock *s = &d->socks[d->peers[i] - 1];
+        if (s->key != key) continue;
+        if (found == NULL) found = s;
+        (*count)++;
+    }
+    return found;
+}
+
 int cw_dump_count_key(const struct cw_dump *d, uint64_t key)
 {
-    if (key == 0 || d->index_cap == 0) return 0;
-    int n = 0;
-    for (size_t i = hash_inode(key, d->index_cap);; i = (i + 1) & (d->index_cap - 1)) {
-        uint32_t k = d->peers[i];
-        if (k == 0) return n;
-        if (d->socks[k - 1].key == key) n++;
-    }
+    int n;
+    find_key(d, key, &n);
+    return n;
 }
 
 const struct cw_sock *cw_dump_find_id(const struct cw_dump *d, uint64_t id, int *ambiguous)
 {
     if (!CW_ID_IS_PEER(id)) return cw_dump_find(d, id);
-    if (d->index_cap == 0) return NULL;
-    const struct cw_sock *found = NULL;
-    for (size_t i = hash_inode(id, d->index_cap);; i = (i + 1) & (d->index_cap - 1)) {
-        uint32_t k = d->peers[i];
-        if (k == 0) return found;
-        if (d->socks[k - 1].key != id) continue;
-        if (found != NULL) {
-            if (ambiguous != NULL) *ambiguous = 1;
-            return NULL;
-        }
-        found = &d->socks[k - 1];
-    }
+    int n;
+    const struct cw_sock *found = find_key(d, id, &n);
+    if (n <= 1) return found;
+    if (ambiguous != NULL) *ambiguous = 1;
+    return NULL;
 }
 
 /* The key of an IPv4 connection's ends, as accept() gave them to the program (shared/fdtable.h). */

@@ -84,4 +84,10 @@ CW_HIDDEN extern __thread int cw_on_private_table __attribute__((tls_model("init
 #define TCPS_LAST_ACK 9
 #define TCPS_LISTEN 10
 #define TCPS_CLOSING 11
+
+/* Held by a process after its peer's FIN, in a state a teardown dump shows. */
+static inline int cw_sock_closing_held(const struct cw_sock *k)
+{
+    return k != NULL && (k->state == TCPS_CLOSE_WAIT || k->state == TCPS_LAST_ACK);
+}
 #endif

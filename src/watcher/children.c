@@ -60,7 +60,7 @@ void cw_watch_children(int64_t now)
             int ambiguous = 0;
             const struct cw_sock *ks = cw_dump_find_id(&dump, c->id, &ambiguous);
             if (ambiguous) continue;
-            if (ks == NULL || (ks->state != TCPS_CLOSE_WAIT && ks->state != TCPS_LAST_ACK)) {
+            if (!cw_sock_closing_held(ks)) {
                 c->w_fin_ms = 0;
                 continue;
             }

@@ -28,7 +28,7 @@ int cw_watch_dumped_held(uint64_t id)
     const struct cw_sock *k = cw_dump_find_id(&dump, id, &ambiguous);
     /* two sockets with its key: not known to be gone (a close reported late, never a false one) */
     if (ambiguous) return 1;
-    return k != NULL && (k->state == TCPS_CLOSE_WAIT || k->state == TCPS_LAST_ACK);
+    return cw_sock_closing_held(k);
 }
 
 static struct cw_dump held_all;
@@ -173,7 +173,7 @@ static void examine(int fd, struct cw_slot *s, int64_t now, int second_look)
     }
     int state = k != NULL ? k->state : 0;
     if (k != NULL && (flags & (CW_SF_EOF | CW_SF_SHUT_WR))) cw_proc_keep_ends(fd, seq, k);
-    if (k != NULL && (state == TCPS_CLOSE_WAIT || state == TCPS_LAST_ACK)) {
+    if (cw_sock_closing_held(k)) {
         /* Dated by the kernel, not by this look, which may come late (teardown_needed). */
         if (s->w_fin_ms == 0)
             s->w_fin_ms = cw_fin_dated(k, now, (flags & CW_SF_HELD_AT_ATTACH) ? 0
