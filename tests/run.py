@@ -49,6 +49,7 @@ TSERVER_SRC = os.path.join(TESTS_DIR, 'progs', 'tserver.c')
 TCLIENT_SRC = os.path.join(TESTS_DIR, 'progs', 'tclient.c')
 SEED_PY = os.path.join(TESTS_DIR, 'progs', 'seed_server.py')
 ONE_PEER_PY = os.path.join(TESTS_DIR, 'progs', 'one_peer_two_listeners.py')
+SHUTDOWN_ENDS_PY = os.path.join(TESTS_DIR, 'progs', 'shutdown_ends.py')
 SYSTEM_PYTHON = '/usr/bin/python3'
 
 GRACE_MS = 300
@@ -716,6 +717,72 @@ def test_one_peer_two_listeners_no_proc():
     check_kept_reported(p, kept, local, peer, GRACE_MS / 1000.0 + 2.0)
     p.finish()
     check(len(p.leaks()) == 1, 'wanted one leak event, got %s' % json.dumps(p.leaks())[:600])
+
+
+def shutdown_ends(listen_addr, close_listener, prefix=()):
+    """A connection shut down and never closed by a Python server listening on listen_addr; its
+    client closes too, so that the socket is in CLOSE, in no dump, when it is reported: its ends
+    are those the hooks kept at shutdown().  Returns (prog, fd, local, peer)."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        raise TestSkip('no ' + SYSTEM_PYTHON)
+    p = run_prog(list(prefix) + [SYSTEM_PYTHON, SHUTDOWN_ENDS_PY, listen_addr] +
+                 (['closelistener'] if close_listener else []))
+    port = p.port()
+    c = socket.create_connection((listen_addr, port))
+    fd = int(p.wait_line(r'ACCEPTED (\d+)$')[1].group(1))
+    p.wait_line(r'SHUT %d$' % fd)
+    peer = '%s:%d' % c.getsockname()
+    local = '%s:%d' % (listen_addr, port)
+    c.settimeout(5)
+    check(c.recv(16) == b'', 'the client wanted EOF from the shut-down side')
+    c.close()
+    return p, fd, local, peer
+
+
+def check_shutdown_ends_reported(p, fd, local, peer):
+    evs, _ = p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
+    ev = evs[0]
+    check(ev.get('fd') == fd and ev.get('local') == local and ev.get('peer') == peer,
+          'reported fd %r %r <- %r, wanted fd %d %s <- %s' % (ev.get('fd'), ev.get('local'), ev.get('peer'),
+                                                              fd, local, peer))
+    check(ev.get('reason') in ('shutdown_not_closed', 'eof_not_closed'), 'reason %r' % ev.get('reason'))
+    return ev
+
+
+@test
+def test_shutdown_ends_from_key_and_listener():
+    """A connection accepted from 127.0.0.2 and shut down: reported with both ends, which the hooks
+    took from the connection's key and its listener's address; and no getpeername() at all (a
+    lingering-close server, Apache's, made two system calls per connection for them)."""
+    prefix, trace = [], None
+    if shutil.which('strace') is not None:
+        trace = os.path.join(tempfile.mkdtemp(prefix='closewait-ends-'), 'trace')
+        prefix = ['strace', '-f', '-qq', '-e', 'trace=getpeername,getsockname', '-o', trace]
+    p, fd, local, peer = shutdown_ends('127.0.0.2', False, prefix)
+    ev = check_shutdown_ends_reported(p, fd, local, peer)
+    if trace is None:
+        p.finish()
+        return 'state=%s; strace is not installed: system calls not counted' % ev.get('state')
+    # read before the exit, whose report asks every descriptor left
+    with open(trace) as f:
+        calls = f.readlines()  # the program's and its watcher's (which asks the kernel by sock_diag)
+    p.finish()
+    peername = [l for l in calls if 'getpeername(' in l]
+    sockname = [l for l in calls if 'getsockname(' in l]
+    check(not peername, 'the program made getpeername calls: %r' % peername[:3])
+    # the program's (its port; Python's socket object for the accepted one), the library's at listen()
+    check(len(sockname) <= 3, 'the program made %d getsockname calls: %r' % (len(sockname), sockname[:4]))
+    return 'state=%s getsockname=%d getpeername=0' % (ev.get('state'), len(sockname))
+
+
+@test
+def test_shutdown_ends_listener_gone():
+    """The same where the listener was closed before the shutdown: the local address is asked of
+    the connection itself, and the ends are still right."""
+    p, fd, local, peer = shutdown_ends('127.0.0.1', True)
+    ev = check_shutdown_ends_reported(p, fd, local, peer)
+    p.finish()
+    return 'state=%s' % ev.get('state')
 
 
 # ---------------------------------------------------------------- tests: no false reports

@@ -186,7 +186,9 @@ static uint64_t inode_of(int fd)
 }
 
 /* An IPv4 listener's port, for the keys of the connections it gives (shared/fdtable.h): asked
- * once.  0 for any other (an IPv6 listener's connections keep their inode). */
+ * once.  0 for any other (an IPv6 listener's connections keep their inode).  Its address goes
+ * into its peers entry (family 0: no peer; never taken for a connection's ends), where
+ * shutdown() finds the local address of the connections it gave. */
 static void listener_port(struct cw_slot *s, int fd)
 {
     struct sockaddr_in in = {0};
@@ -194,7 +196,19 @@ static void listener_port(struct cw_slot *s, int fd)
     uint16_t port = 0;
     if (getsockname(fd, (struct sockaddr *)&in, &len) == 0 && in.sin_family == AF_INET && len == sizeof in)
         port = in.sin_port;
+    /* A transparent proxy's listener gives connections to other addresses and ports than its
+     * own: they keep their inode. */
+    int transparent = 0;
+    len = sizeof transparent;
+    CW_REAL_IO(getsockopt);
+    if (port != 0 && real_getsockopt(fd, SOL_IP, IP_TRANSPARENT, &transparent, &len) == 0 && transparent) port = 0;
     atomic_store_explicit(&s->port, port, memory_order_relaxed);
+    struct cw_peer *p = cw_peer_slot(fd);
+    if (p != NULL && port != 0) {
+        struct cw_peer own = {.seq = atomic_load_explicit(&s->seq, memory_order_relaxed), .lport = ntohs(port)};
+        memcpy(own.laddr, &in.sin_addr, 4);
+        cw_peer_store(p, &own);
+    }
 }
 
 /* Which socket accept() returned: the key of its ends when accept() wrote an IPv4 peer's address
@@ -449,7 +463,52 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 
 /* ---- reads: only a return of 0 for a non-empty buffer is worth a look -- */
 
-static void keep_ends(int fd, uint32_t seq)
+/* The local address of a connection its listener gave, if that listener is bound to one (its
+ * peers entry, listener_port()); 0.0.0.0 otherwise. */
+static uint32_t listener_addr(const struct cw_slot *s, uint16_t lport)
+{
+    int lfd = atomic_load_explicit(&s->origin_fd, memory_order_relaxed);
+    const struct cw_slot *ls = lfd >= 0 ? cw_slot_peek(lfd) : NULL;
+    const struct cw_peer *lp = ls != NULL ? cw_peer_slot(lfd) : NULL;
+    if (lp == NULL) return 0;
+    uint32_t lseq = atomic_load_explicit(&ls->seq, memory_order_acquire);
+    struct cw_peer own;
+    cw_peer_load(lp, &own);
+    uint32_t addr = 0;
+    if (CW_SEQ_KIND(lseq) == CW_KIND_LISTEN && own.seq == lseq && own.family == 0 && own.lport == ntohs(lport))
+        memcpy(&addr, own.laddr, 4);
+    return addr;
+}
+
+/* Both ends of the connection in fd.  One accept() gave from an IPv4 peer has them in its key
+ * and its listener: no system call (a server that shuts down each connection, Apache's lingering
+ * close, would make two per connection); the local address is asked only of a listener bound to
+ * all addresses. */
+static int ends_of(int fd, const struct cw_slot *s, struct cw_peer *out)
+{
+    uint64_t id = atomic_load_explicit(&s->id, memory_order_relaxed);
+    if (!CW_ID_IS_PEER(id)) return cw_peer_from_fd(fd, out);
+    uint32_t addr = 0, laddr = 0;
+    uint16_t pport = 0, lport = 0;
+    cw_peer_key_ends(id, &addr, &pport, &lport);
+    laddr = listener_addr(s, lport);
+    if (laddr == 0) {
+        struct sockaddr_in in = {0};
+        socklen_t len = sizeof in;
+        if (getsockname(fd, (struct sockaddr *)&in, &len) != 0 || in.sin_family != AF_INET || len != sizeof in ||
+            in.sin_port != lport)
+            return cw_peer_from_fd(fd, out);
+        laddr = in.sin_addr.s_addr;
+    }
+    out->family = AF_INET;
+    out->port = ntohs(pport);
+    out->lport = ntohs(lport);
+    memcpy(out->addr, &addr, 4);
+    memcpy(out->laddr, &laddr, 4);
+    return 0;
+}
+
+static void keep_ends(int fd, const struct cw_slot *s, uint32_t seq)
 {
     struct cw_peer *p = cw_peer_slot(fd);
     if (p == NULL) return;
@@ -457,7 +516,7 @@ static void keep_ends(int fd, uint32_t seq)
     cw_peer_load(p, &cur);
     if (cur.seq == seq && cur.family != 0) return;
     struct cw_peer fresh = {.seq = seq};
-    if (cw_peer_from_fd(fd, &fresh) == 0) cw_peer_store(p, &fresh);
+    if (ends_of(fd, s, &fresh) == 0) cw_peer_store(p, &fresh);
 }
 
 static void on_eof(int fd, int op)
@@ -472,7 +531,7 @@ static void on_eof(int fd, int op)
     uint32_t stack = cw_in_lib ? 0 : cw_stack_capture();
     /* Both ends now, while the kernel still has them: a write to the half-closed peer can reset
      * the connection into CLOSE, where no dump lists it and getpeername() fails. */
-    keep_ends(fd, seq);
+    keep_ends(fd, s, seq);
     if (!cw_in_lib) {
         uint32_t java = cw_jvm_stack();
         if (CW_UNLIKELY(java != 0)) cw_lang_note_id(fd, CW_LANG_EOF, java);
@@ -615,7 +674,7 @@ int shutdown(int fd, int how)
     if (tracked) {
         /* Once both sides have closed, getpeername() fails: keep the ends now. */
         int saved = errno;
-        keep_ends(fd, seq);
+        keep_ends(fd, s, seq);
         errno = saved;
     }
     int r = real_shutdown(fd, how);

@@ -121,18 +121,23 @@ CW_HIDDEN struct cw_slot *cw_slot_get(int fd);
  * server of short connections makes most, and the fstat was a system call per connection.  (An
  * IPv6 peer's address needs 24 bytes of the program's buffer, which code written for IPv4 may not
  * give, and the kernel reports the whole length either way: the inode is asked for then.)
- * Bit 63 marks a key: an inode is below 2^32 (sockfs numbers its inodes with get_next_ino).
+ * The three are packed as they are, so that the hooks can read the ends back from the key
+ * (shutdown() keeps them for when the socket is in CLOSE).  A key is at least 2^32 (no peer is
+ * 0.0.0.0), an inode below it (sockfs numbers its inodes with get_next_ino, 32 bits).
  * Two held sockets share a key only if one peer address and port reached one port on two local
  * addresses; the watcher checks that none does before it reports one found by its key.
  */
-#define CW_ID_PEER (1ull << 63)
-#define CW_ID_IS_PEER(id) (((id) & CW_ID_PEER) != 0)
-/* addr: the peer's 4 bytes as they lie in memory; ports in network order.  One multiply, which
- * is invertible: only bit 63 is lost. */
+#define CW_ID_IS_PEER(id) (((id) >> 32) != 0)
+/* addr: the peer's 4 bytes as they lie in memory; ports in network order. */
 static inline uint64_t cw_peer_key(uint32_t addr, uint16_t peer_port, uint16_t local_port)
 {
-    uint64_t h = ((uint64_t)addr << 32 | (uint64_t)peer_port << 16 | local_port) * 0x9e3779b97f4a7c15ull;
-    return (h ^ (h >> 31)) | CW_ID_PEER;
+    return (uint64_t)addr << 32 | (uint64_t)peer_port << 16 | local_port;
+}
+static inline void cw_peer_key_ends(uint64_t key, uint32_t *addr, uint16_t *peer_port, uint16_t *local_port)
+{
+    *addr = (uint32_t)(key >> 32);
+    *peer_port = (uint16_t)(key >> 16);
+    *local_port = (uint16_t)key;
 }
 /* Start a new life in the slot; id: which socket (above), 0 if not known. */
 CW_HIDDEN void cw_slot_birth(struct cw_slot *s, enum cw_kind kind, int op, uint32_t stack, uint64_t id);

@@ -74,9 +74,11 @@ static void diag_done(int fd, int failed)
     }
 }
 
+/* The product's top bits, which every bit of the id reaches: a key's low 16 bits (its local
+ * port) are the same for every connection of a listener. */
 static size_t hash_inode(uint64_t ino, size_t cap)
 {
-    return (size_t)((ino * 0x9e3779b97f4a7c15ull) >> 17) & (cap - 1);
+    return (size_t)((ino * 0x9e3779b97f4a7c15ull) >> (64 - __builtin_ctzll((unsigned long long)cap))) & (cap - 1);
 }
 
 static void index_put(uint32_t *index, size_t cap, uint64_t id, size_t at)
