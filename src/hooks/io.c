@@ -187,8 +187,8 @@ static uint64_t inode_of(int fd)
 
 /* An IPv4 listener's port, for the keys of the connections it gives (shared/fdtable.h): asked
  * once.  0 for any other (an IPv6 listener's connections keep their inode).  Its address goes
- * into its peers entry (family 0: no peer; never taken for a connection's ends), where
- * shutdown() finds the local address of the connections it gave. */
+ * into its peers entry (family 0: no peer; never taken for a connection's ends): the local
+ * address of the connections it gives, which the hooks keep at their EOF or shutdown(). */
 static void listener_port(struct cw_slot *s, int fd)
 {
     struct sockaddr_in in = {0};
@@ -488,10 +488,10 @@ static int ends_of(int fd, const struct cw_slot *s, struct cw_peer *out)
 {
     uint64_t id = atomic_load_explicit(&s->id, memory_order_relaxed);
     if (!CW_ID_IS_PEER(id)) return cw_peer_from_fd(fd, out);
-    uint32_t addr = 0, laddr = 0;
+    uint32_t addr = 0;
     uint16_t pport = 0, lport = 0;
     cw_peer_key_ends(id, &addr, &pport, &lport);
-    laddr = listener_addr(s, lport);
+    uint32_t laddr = listener_addr(s, lport);
     if (laddr == 0) {
         struct sockaddr_in in = {0};
         socklen_t len = sizeof in;
