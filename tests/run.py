@@ -672,12 +672,16 @@ def one_peer_two_listeners(argv_prefix, nodump):
     return p, kept, local, peer, b
 
 
+def check_reported_ends(ev, fd, local, peer):
+    check(ev.get('fd') == fd and ev.get('local') == local and ev.get('peer') == peer,
+          'reported fd %r %r <- %r, wanted fd %d %s <- %s' % (ev.get('fd'), ev.get('local'), ev.get('peer'),
+                                                              fd, local, peer))
+
+
 def check_kept_reported(p, kept, local, peer, timeout):
     evs, _ = p.wait_events(is_leak, 1, timeout=timeout)
     ev = evs[0]
-    check(ev.get('fd') == kept and ev.get('local') == local and ev.get('peer') == peer,
-          'reported fd %r %r <- %r, wanted fd %d %s <- %s' % (ev.get('fd'), ev.get('local'), ev.get('peer'),
-                                                              kept, local, peer))
+    check_reported_ends(ev, kept, local, peer)
     check(ev.get('state') == 'CLOSE_WAIT', 'state %r' % ev.get('state'))
     check(not ev.get('dup_fds'), 'the other connection named a copy of it: %r' % ev.get('dup_fds'))
 
@@ -742,21 +746,23 @@ def shutdown_ends(listen_addr, close_listener, prefix=()):
 def check_shutdown_ends_reported(p, fd, local, peer):
     evs, _ = p.wait_events(is_leak, 1, timeout=REPORT_WAIT)
     ev = evs[0]
-    check(ev.get('fd') == fd and ev.get('local') == local and ev.get('peer') == peer,
-          'reported fd %r %r <- %r, wanted fd %d %s <- %s' % (ev.get('fd'), ev.get('local'), ev.get('peer'),
-                                                              fd, local, peer))
+    check_reported_ends(ev, fd, local, peer)
     check(ev.get('reason') in ('shutdown_not_closed', 'eof_not_closed'), 'reason %r' % ev.get('reason'))
     return ev
+
+
+def shutdown_ends_reported(listen_addr, close_listener):
+    p, fd, local, peer = shutdown_ends(listen_addr, close_listener)
+    ev = check_shutdown_ends_reported(p, fd, local, peer)
+    p.finish()
+    return 'state=%s' % ev.get('state')
 
 
 @test
 def test_shutdown_ends_from_key_and_listener():
     """A connection accepted from 127.0.0.2 and shut down: reported in CLOSE with both ends, which
     the hooks took from the connection's key and its listener's address."""
-    p, fd, local, peer = shutdown_ends('127.0.0.2', False)
-    ev = check_shutdown_ends_reported(p, fd, local, peer)
-    p.finish()
-    return 'state=%s' % ev.get('state')
+    return shutdown_ends_reported('127.0.0.2', False)
 
 
 @test
@@ -785,10 +791,7 @@ def test_shutdown_ends_without_getpeername():
 def test_shutdown_ends_listener_gone():
     """The same where the listener was closed before the shutdown: the local address is asked of
     the connection itself, and the ends are still right."""
-    p, fd, local, peer = shutdown_ends('127.0.0.1', True)
-    ev = check_shutdown_ends_reported(p, fd, local, peer)
-    p.finish()
-    return 'state=%s' % ev.get('state')
+    return shutdown_ends_reported('127.0.0.1', True)
 
 
 # ---------------------------------------------------------------- tests: no false reports
