@@ -108,13 +108,13 @@ class Prog:
         return 'argv=%s stdout=[%s] stderr=[%s] rc=%s' % (
             ' '.join(os.path.basename(a) for a in self.argv), out, err, self.proc.poll())
 
-    def wait_line(self, pattern, timeout=5.0):
-        """First stdout line matching the regex (searched from the start): (time, match)."""
+    def wait_line(self, pattern, timeout=5.0, start=0):
+        """First stdout line from the start-th on matching the regex: (time, match)."""
         rx = re.compile(pattern)
         deadline = time.time() + timeout
         with self.cond:
             while True:
-                for t, l in self.lines:
+                for t, l in self.lines[start:]:
                     m = rx.match(l)
                     if m:
                         return t, m
@@ -312,6 +312,9 @@ class Conn:
     """A client connection to a test server plus what the server said about it."""
 
     def __init__(self, prog, port, data=b'', accept_timeout=5.0):
+        # Only the lines printed since it connected: the kernel may give a port again once
+        # earlier clients closed, and an earlier ACCEPT must not be taken for this one.
+        start = len(prog.lines) if prog is not None else 0
         self.sock = socket.create_connection((HOST, port), timeout=5)
         self.client_local = addr(self.sock.getsockname())
         self.server_local = addr(self.sock.getpeername())   # the server's view: local
@@ -323,7 +326,7 @@ class Conn:
         self.fd = None
         self.t_close = None
         if prog is not None:
-            self.fd = int(prog.wait_line(r'ACCEPT (\d+) %d$' % self.cport, accept_timeout)[1].group(1))
+            self.fd = int(prog.wait_line(r'ACCEPT (\d+) %d$' % self.cport, accept_timeout, start)[1].group(1))
 
     def close(self):
         self.sock.close()

@@ -560,13 +560,13 @@ class Program:
         return '%s: stdout [%s] stderr [%s] (%s)' % (self.name, out, one_line(self.stderr_text(), 500),
                                                      status_text(self.proc.poll()))
 
-    def wait_line(self, pattern, timeout=5.0):
-        """The first stdout line matching the regex (from the start): its match object."""
+    def wait_line(self, pattern, timeout=5.0, start=0):
+        """The first stdout line from the start-th on matching the regex: its match object."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
-                for _, l in self.lines:
+                for _, l in self.lines[start:]:
                     m = rx.match(l)
                     if m:
                         return m
@@ -686,8 +686,9 @@ class Client:
 def connect_accepted(prog, port, timeout=5.0):
     """A client whose connection the program has accepted ('ACCEPT kind fd peerport' printed):
     (client, kind, fd).  One at a time, so that the n-th connection is the n-th accept."""
+    start = len(prog.lines)     # a port given again must not match an earlier client's ACCEPT
     c = Client(port)
-    m = prog.wait_line(r'ACCEPT (\w) (\d+) %d$' % c.local_port, timeout)
+    m = prog.wait_line(r'ACCEPT (\w) (\d+) %d$' % c.local_port, timeout, start)
     return c, m.group(1), int(m.group(2))
 
 

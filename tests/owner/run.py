@@ -90,12 +90,13 @@ class Prog:
                 self.lines.append(raw.decode('utf-8', 'replace').rstrip('\n'))
                 self.cond.notify_all()
 
-    def wait_line(self, pattern, timeout=WAIT):
+    def wait_line(self, pattern, timeout=WAIT, start=0):
+        """The first stdout line from the start-th on that matches the regex."""
         rx = re.compile(pattern)
         deadline = time.time() + timeout
         with self.cond:
             while True:
-                for line in self.lines:
+                for line in self.lines[start:]:
                     m = rx.match(line)
                     if m:
                         return m
@@ -195,6 +196,16 @@ def connect(port, data=b''):
     return c
 
 
+def connect_accepted(prog, port, data=b''):
+    """A client the program has accepted: (client, its port, the server's fd).  Only the lines
+    printed since it connected are searched: a port the kernel gives again after earlier clients
+    closed would otherwise match an earlier client's ACCEPT."""
+    start = len(prog.lines)
+    c = connect(port, data)
+    cport = c.getsockname()[1]
+    return c, cport, int(prog.wait_line(r'ACCEPT (\d+) %d$' % cport, start=start).group(1))
+
+
 def under_interceptor():
     """A sanitizer runtime preloaded before the library intercepts the calls first: the caller
     the library sees is the interceptor."""
@@ -232,9 +243,7 @@ def proxy_setup(fmt, mode=None):
     prog = Prog([exe, str(up.port)] + ([mode] if mode else []), fmt)
     try:
         port = int(prog.wait_line(r'PORT (\d+)$').group(1))
-        client = connect(port, b'GET / HTTP/1.0\r\n\r\n')
-        cport = client.getsockname()[1]
-        fd = int(prog.wait_line(r'ACCEPT (\d+) %d$' % cport).group(1))
+        client, cport, fd = connect_accepted(prog, port, b'GET / HTTP/1.0\r\n\r\n')
         tid = int(prog.wait_line(r'WORKER (\d+)$').group(1))
         ufd = None
         if mode == 'drop':
@@ -353,9 +362,7 @@ def test_thread_records_given_back():
         check(done, 'only %d BYE threads ran' % sum(1 for l in prog.lines if l.startswith('BYE ')))
         alive = poll_until(lambda: len(os.listdir('/proc/%d/task' % prog.pid)) <= 3, 10.0, 0.05)
         check(alive, 'the BYE threads did not all end: %d tasks' % len(os.listdir('/proc/%d/task' % prog.pid)))
-        client = connect(port, b'GET / HTTP/1.0\r\n\r\n')
-        cport = client.getsockname()[1]
-        fd = int(prog.wait_line(r'ACCEPT (\d+) %d$' % cport).group(1))
+        client, cport, fd = connect_accepted(prog, port, b'GET / HTTP/1.0\r\n\r\n')
         ufd = int(prog.wait_line(r'UPSTREAM (\d+)$').group(1))
         wait_kernel(prog.pid, ufd, 'ESTAB')
         client.close()
@@ -379,9 +386,7 @@ def test_report_tool_groups_by_owner():
         port = int(prog.wait_line(r'PORT (\d+)$').group(1))
         peers = []
         for _ in range(2):
-            c = connect(port, b'GET / HTTP/1.0\r\n\r\n')
-            cport = c.getsockname()[1]
-            prog.wait_line(r'ACCEPT (\d+) %d$' % cport)
+            c, cport, _ = connect_accepted(prog, port, b'GET / HTTP/1.0\r\n\r\n')
             ufd = int(poll_until(lambda: len([l for l in prog.lines if l.startswith('UPSTREAM ')]) > len(peers), WAIT, 0.05)
                       and [l for l in prog.lines if l.startswith('UPSTREAM ')][len(peers)].split()[1])
             wait_kernel(prog.pid, ufd, 'ESTAB')
@@ -420,9 +425,7 @@ def loop_leak(name, fmt='json'):
     prog = Prog([exe], fmt)
     try:
         port = int(prog.wait_line(r'PORT (\d+)$').group(1))
-        client = connect(port, b'hello\n')
-        cport = client.getsockname()[1]
-        fd = int(prog.wait_line(r'ACCEPT (\d+) %d$' % cport).group(1))
+        client, cport, fd = connect_accepted(prog, port, b'hello\n')
         wait_kernel(prog.pid, fd, 'ESTAB')
         client.close()
         wait_kernel(prog.pid, fd, 'CLOSE-WAIT')
