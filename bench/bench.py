@@ -13,7 +13,9 @@ missing prints one "skipped" line.
 Environment: BENCH_QUICK=1 (short run), BENCH_ONLY=micro,fork,callgrind,macro,langs,nginxcg,alt,scale,forks
 (a subset), BENCH_OUT=FILE (also write the final table there); for the forks part only:
 BENCH_FORKS=postgres,python,apache,nginx,forkloop (a subset of its workloads), BENCH_CGROUP=0 (count
-CPU from /proc instead of a cgroup, to try the fallback).
+CPU from /proc instead of a cgroup, to try the fallback), BENCH_BASELINE=LIBRARY (the servers
+"without" run under that library, an earlier build of closewait say: the ratios are then of this
+library against that one, both measured in the same minutes).
 """
 import glob
 import os
@@ -29,6 +31,7 @@ import time
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+BASELINE = os.environ.get("BENCH_BASELINE") or None
 BIN, LIB, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
@@ -1318,6 +1321,11 @@ def measure_load(meter, root, load, units_of):
     return got, cpu * 1e6 / units, created / units
 
 
+def baseline_beside(lib):
+    """What the servers 'without' run under: nothing, or BENCH_BASELINE's copy beside lib."""
+    return os.path.join(os.path.dirname(lib), "baseline.so") if BASELINE is not None else None
+
+
 def forks():
     rounds = P["forks_rounds"]
     meter = CpuMeter()
@@ -1333,6 +1341,13 @@ def forks():
     lib = os.path.join(d, "libclosewait.so")
     shutil.copy(LIB, lib)
     os.chmod(lib, 0o755)
+    if BASELINE is not None:
+        # A copy too, where the servers' users can read it; every "without" below is this library.
+        say("  BENCH_BASELINE: the servers 'without' run under %s: every ratio is this library against it"
+            % BASELINE)
+        shutil.copy(BASELINE, os.path.join(d, "baseline.so"))
+        os.chmod(os.path.join(d, "baseline.so"), 0o755)
+    first_row = len(ROWS)
     try:
         only = set(filter(None, os.environ.get("BENCH_FORKS", "").split(",")))
         for name, fn in (("postgres", forks_postgres), ("python", forks_python), ("apache", forks_apache),
@@ -1349,6 +1364,8 @@ def forks():
     finally:
         signal.signal(signal.SIGTERM, old_term)
         meter.close()
+        if BASELINE is not None:  # no row may be read as against no library at all
+            ROWS[first_row:] = [r[:5] + ("'without' is BENCH_BASELINE=%s; %s" % (BASELINE, r[5]),) for r in ROWS[first_row:]]
         if os.environ.get("BENCH_KEEP", "0") == "1":
             say("  forks: directory %s kept" % d)
         else:
@@ -1454,7 +1471,7 @@ def forks_postgres(meter, d, lib, rounds):
 
     def start(w):
         data, cmd = server_cmd(w)
-        servers[w]["proc"] = start_server(meters[w], cmd, env_with(lib if w else None), servers[w]["log"])
+        servers[w]["proc"] = start_server(meters[w], cmd, env_with(lib if w else baseline_beside(lib)), servers[w]["log"])
         ready(w)
         return cmd
 
@@ -1572,7 +1589,7 @@ def forks_python(meter, d, lib, rounds):
             if os.path.exists(portfile):
                 os.unlink(portfile)
             log = os.path.join(d, "python-with.log" if w else "python.log")
-            procs[w] = start_server(meters[w], on_cpu(0) + [sys.executable, script, portfile], env_with(lib if w else None), log)
+            procs[w] = start_server(meters[w], on_cpu(0) + [sys.executable, script, portfile], env_with(lib if w else baseline_beside(lib)), log)
             if not wait_file(portfile, 30, procs[w]):
                 raise RuntimeError("forking_echo.py did not start; see " + log)
             ports[w] = open(portfile).read().strip()
@@ -1609,7 +1626,7 @@ def forks_nginx(meter, d, lib, rounds):
     try:
         for w in (False, True):
             procs[w], ports[w] = start_nginx(meters[w], os.path.join(d, "nginx-with" if w else "nginx"),
-                                             lib if w else None)
+                                             lib if w else baseline_beside(lib))
         say("  nginx, two side by side: client httppair PORT_A PORT_B %d (Connection: close, alternating), "
             "%d runs" % (pairs, rounds))
         paired_part(meters, procs, ports, "httppair", 200, pairs, rounds,
@@ -1641,7 +1658,7 @@ def forks_nginx_saturated(meter, d, lib):
             for i in (0, 1):
                 with_lib = (i == 1) == (block % 2 == 0)
                 procs[i], ports[i] = start_nginx(meters[i], os.path.join(d, "nginx-sat-%d" % i),
-                                                 lib if with_lib else None)
+                                                 lib if with_lib else baseline_beside(lib))
             lib_on = 1 if block % 2 == 0 else 0
 
             def one(i):
@@ -1746,7 +1763,7 @@ def forks_apache(meter, d, lib, rounds):
         return float(rps.group(1)), int(done.group(1))
 
     def once(w):
-        p = start_server(meter, cmd, env_with(lib if w else None), log)
+        p = start_server(meter, cmd, env_with(lib if w else baseline_beside(lib)), log)
         try:
             if not wait_port(port, 30, p):
                 raise RuntimeError("apache2 did not start; see %s/error.log" % ad)
@@ -1769,7 +1786,7 @@ def forks_apache(meter, d, lib, rounds):
     try:
         for w in (False, True):
             pad, ports[w], pcmd = apache_dir("apache-pair-with" if w else "apache-pair")
-            procs[w] = start_server(meters[w], pcmd, env_with(lib if w else None), os.path.join(pad, "stderr.log"))
+            procs[w] = start_server(meters[w], pcmd, env_with(lib if w else baseline_beside(lib)), os.path.join(pad, "stderr.log"))
             if not wait_port(ports[w], 30, procs[w]):
                 raise RuntimeError("apache2 did not start; see %s/error.log" % pad)
         say("  apache prefork, two side by side: client httppair PORT_A PORT_B %d (Connection: close, "
@@ -1789,7 +1806,7 @@ def forks_forkloop(meter, d, lib, rounds):
 
     def once(w):
         def load():
-            p = subprocess.Popen(on_cpu(0) + [exe, str(n)], env=env_with(lib if w else None),
+            p = subprocess.Popen(on_cpu(0) + [exe, str(n)], env=env_with(lib if w else baseline_beside(lib)),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  preexec_fn=meter.preexec())
             out, err = p.communicate(timeout=300)

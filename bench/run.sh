@@ -5,6 +5,8 @@
 #                   (forks installs postgresql, apache2 and apache2-utils itself when root)
 #   BENCH_OUT=FILE  also write the final table to FILE
 #   BENCH_KEEP=1    keep the work directory (callgrind outputs, logs) and say where it is
+#   BENCH_BASELINE=LIBRARY   the forks part's servers "without" run under LIBRARY (an earlier
+#                   build of libclosewait.so): its ratios are then of this library against that one
 # Installs the tools it lacks when root (apt-get); a part whose tool is still missing is skipped
 # with one line saying so.  Figures are printed, never judged: the exit status is not about time.
 set -u
@@ -13,6 +15,14 @@ lib="$here/libclosewait.so"
 if [ ! -f "$lib" ]; then
   echo "bench: $lib is missing; run make first" >&2
   exit 1
+fi
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  if [ ! -f "$BENCH_BASELINE" ]; then
+    echo "bench: BENCH_BASELINE=$BENCH_BASELINE is not a file" >&2
+    exit 1
+  fi
+  BENCH_BASELINE=$(cd "$(dirname "$BENCH_BASELINE")" && pwd)/$(basename "$BENCH_BASELINE")
+  export BENCH_BASELINE
 fi
 
 need=""
